@@ -1,0 +1,133 @@
+//! Authorising a caller: open the client token, check expiry and conversation ownership.
+
+use http::{HeaderMap, header};
+
+use crate::clock;
+use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
+use crate::seal::{ClientToken, OpenError, Purpose, Sealer, StreamTicket};
+
+/// The bearer credential of a request, if it has a well-formed one.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(GatewayError::MissingCredential)?
+        .to_str()
+        .map_err(|_| GatewayError::InvalidToken)?;
+    let (scheme, credential) = value
+        .split_once(' ')
+        .ok_or(GatewayError::MissingCredential)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
+        return Err(GatewayError::MissingCredential);
+    }
+    Ok(credential.trim())
+}
+
+/// Opens the caller's gateway token and, for conversation-scoped routes, checks that it
+/// belongs to `conversation`. Everything that fails here is answered before any upstream call.
+pub fn authorize(
+    sealer: &Sealer,
+    headers: &HeaderMap,
+    conversation: Option<&ConversationId>,
+) -> Result<ClientToken, GatewayError> {
+    let credential = bearer(headers)?;
+    let token: ClientToken = sealer
+        .open(Purpose::ClientToken, credential)
+        .map_err(open_error)?;
+    if token.expires_at <= clock::unix_seconds() {
+        return Err(GatewayError::TokenExpired);
+    }
+    if let Some(conversation) = conversation
+        && token.conversation_id != conversation.as_str()
+    {
+        return Err(GatewayError::WrongConversation);
+    }
+    Ok(token)
+}
+
+/// Opens a stream ticket from the `t` query parameter for `conversation`.
+pub fn open_ticket(
+    sealer: &Sealer,
+    ticket: &str,
+    conversation: &ConversationId,
+) -> Result<StreamTicket, GatewayError> {
+    let ticket: StreamTicket = sealer
+        .open(Purpose::StreamTicket, ticket)
+        .map_err(|_| GatewayError::InvalidTicket)?;
+    if ticket.expires_at <= clock::unix_seconds() || ticket.conversation_id != conversation.as_str()
+    {
+        return Err(GatewayError::InvalidTicket);
+    }
+    Ok(ticket)
+}
+
+fn open_error(error: OpenError) -> GatewayError {
+    match error {
+        OpenError::Malformed | OpenError::UnknownKey | OpenError::Forged => {
+            GatewayError::InvalidToken
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn token(conversation: &str, expires_at: u64) -> ClientToken {
+        ClientToken {
+            conversation_id: conversation.into(),
+            user_id: "dl_u".into(),
+            upstream_token: "up".into(),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let sealer = Sealer::new(KEY, &[]).unwrap();
+        let conv = ConversationId::parse("conv").unwrap();
+        let good = sealer.seal(
+            Purpose::ClientToken,
+            &token("conv", clock::unix_seconds() + 60),
+        );
+        let expired = sealer.seal(
+            Purpose::ClientToken,
+            &token("conv", clock::unix_seconds() - 1),
+        );
+        let other = sealer.seal(
+            Purpose::ClientToken,
+            &token("other", clock::unix_seconds() + 60),
+        );
+        let cases = [
+            (HeaderMap::new(), Err(GatewayError::MissingCredential)),
+            (headers("Basic abc"), Err(GatewayError::MissingCredential)),
+            (headers("Bearer "), Err(GatewayError::MissingCredential)),
+            (
+                headers("Bearer the-raw-directline-secret"),
+                Err(GatewayError::InvalidToken),
+            ),
+            (
+                headers(&format!("Bearer {expired}")),
+                Err(GatewayError::TokenExpired),
+            ),
+            (
+                headers(&format!("Bearer {other}")),
+                Err(GatewayError::WrongConversation),
+            ),
+            (headers(&format!("bearer {good}")), Ok(())),
+        ];
+        for (headers, expected) in cases {
+            let got = authorize(&sealer, &headers, Some(&conv)).map(|_| ());
+            assert_eq!(got, expected);
+        }
+    }
+}

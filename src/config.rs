@@ -1,0 +1,794 @@
+//! Configuration: the TOML file, environment and flags, parsed once into typed values.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+pub const ENV_SECRET: &str = "DIRECTLINE_SECRET";
+pub const ENV_TOKEN_KEY: &str = "DIRECTLINE_GATEWAY_TOKEN_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("no Direct Line secret: set {ENV_SECRET} or secret_file (or use --upstream embedded)")]
+    MissingSecret,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Where the gateway sends Direct Line calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// The built-in emulator with an echo bot, started in-process on a loopback port.
+    Embedded,
+    /// A Direct Line base URL without `/v3/directline`.
+    Url(Url),
+}
+
+/// Values a command line may override; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: UpstreamTarget,
+    /// How clients reach the gateway (`https://chat.contoso.com`); rewritten stream URLs start here.
+    pub public_url: Option<Url>,
+    /// A path the gateway serves Direct Line under, e.g. `/bots/support` (empty: none).
+    pub path_prefix: String,
+    /// `None` only with the embedded emulator, which then gets a random secret.
+    pub secret: Option<Secret>,
+    /// `None`: a random per-process key (tokens then do not survive restarts or cross replicas).
+    pub token_key: Option<String>,
+    pub previous_token_keys: Vec<String>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Browser origins allowed by CORS; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Sent upstream as `trustedOrigins` on tokens/generate.
+    pub trusted_origins: Vec<String>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub stream: StreamConfig,
+    /// Refresh the upstream token on `tokens/refresh` when it has less than this left.
+    pub upstream_refresh_before: Duration,
+    /// Drain grace period on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub activity_body_bytes: u64,
+    pub upload_body_bytes: u64,
+    pub token_body_bytes: u64,
+    pub max_url_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub default: Duration,
+    pub activities: Duration,
+    pub upload: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Lifetime of a gateway stream ticket (Direct Line's stream URLs live 60 s).
+    pub ticket_ttl: Duration,
+    /// Empty text frame sent upstream this often (DLJS does the same every 20 s).
+    pub keepalive_interval: Duration,
+    /// No frame at all from upstream for this long → the socket is dead, resume.
+    pub liveness_timeout: Duration,
+    /// Total time the hub keeps trying to resume before closing clients with 1011.
+    pub resume_budget: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Upstream socket kept open this long after the last client leaves.
+    pub linger: Duration,
+    /// ActivitySets kept per conversation for client resume.
+    pub buffer_frames: usize,
+    /// Activity ids remembered per conversation to drop replays.
+    pub delivered_ids: usize,
+    /// Frames a client may fall behind before it is closed with 1013.
+    pub client_lag_frames: usize,
+    pub max_sockets_per_conversation: usize,
+    pub max_frame_bytes: usize,
+    pub ws_read_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            upstream: UpstreamTarget::Embedded,
+            public_url: None,
+            path_prefix: String::new(),
+            secret: None,
+            token_key: None,
+            previous_token_keys: Vec::new(),
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            trusted_origins: Vec::new(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            stream: StreamConfig::default(),
+            upstream_refresh_before: Duration::from_secs(1800),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // Direct Line's documented activity limit is 256K characters (spec §4.2).
+            activity_body_bytes: 256 * 1024,
+            upload_body_bytes: 16 * 1024 * 1024,
+            token_body_bytes: 16 * 1024,
+            max_url_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            default: Duration::from_secs(15),
+            // Bots get ~15 s and Direct Line adds its own time (spec §1.5, §10.9).
+            activities: Duration::from_secs(35),
+            upload: Duration::from_secs(140),
+        }
+    }
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            ticket_ttl: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(20),
+            liveness_timeout: Duration::from_secs(75),
+            resume_budget: Duration::from_secs(300),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            linger: Duration::from_secs(20),
+            buffer_frames: 256,
+            delivered_ids: 4096,
+            client_lag_frames: 128,
+            max_sockets_per_conversation: 8,
+            max_frame_bytes: 1024 * 1024,
+            ws_read_buffer_bytes: 4096,
+        }
+    }
+}
+
+/// An address or CIDR block (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    upstream: Option<String>,
+    public_url: Option<String>,
+    path_prefix: Option<String>,
+    secret_file: Option<PathBuf>,
+    token_key_file: Option<PathBuf>,
+    #[serde(default)]
+    previous_token_key_files: Vec<PathBuf>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    trusted_origins: Vec<String>,
+    upstream_refresh_before: Option<String>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    stream: FileStream,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    activity_body: Option<String>,
+    upload_body: Option<String>,
+    token_body: Option<String>,
+    max_url: Option<String>,
+    max_headers: Option<String>,
+    header_read_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    connect: Option<String>,
+    default: Option<String>,
+    activities: Option<String>,
+    upload: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStream {
+    keepalive_interval: Option<String>,
+    liveness_timeout: Option<String>,
+    resume_budget: Option<String>,
+    backoff_base: Option<String>,
+    backoff_max: Option<String>,
+    linger: Option<String>,
+    buffer_frames: Option<usize>,
+    delivered_ids: Option<usize>,
+    client_lag_frames: Option<usize>,
+    max_sockets_per_conversation: Option<usize>,
+    max_frame: Option<String>,
+    ws_read_buffer: Option<String>,
+}
+
+/// Where environment variables come from; tests pass a map instead of the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any), then the environment, then `overrides`, and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_parts(parsed, overrides, env)
+    }
+
+    fn from_parts(
+        file: FileConfig,
+        overrides: &Overrides,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        if let Some(listen) = overrides.listen.as_ref().or(file.listen.as_ref()) {
+            config.listen = parse_addr("listen", listen)?;
+        }
+        if let Some(admin) = overrides
+            .admin_listen
+            .as_ref()
+            .or(file.admin_listen.as_ref())
+        {
+            config.admin_listen = parse_addr("admin_listen", admin)?;
+        }
+        if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
+            config.upstream = parse_upstream(upstream)?;
+        }
+        if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
+            config.public_url = Some(parse_public_url(public)?);
+        }
+        if let Some(prefix) = file.path_prefix {
+            config.path_prefix = parse_prefix(&prefix)?;
+        }
+        config.secret = match env.var(ENV_SECRET) {
+            Some(secret) => Some(Secret::new(secret)),
+            None => match &file.secret_file {
+                Some(path) => Some(Secret::new(read_trimmed(path)?)),
+                None => None,
+            },
+        };
+        if config.secret.is_none() && config.upstream != UpstreamTarget::Embedded {
+            return Err(ConfigError::MissingSecret);
+        }
+        config.token_key = match env.var(ENV_TOKEN_KEY) {
+            Some(key) => Some(key),
+            None => file
+                .token_key_file
+                .as_deref()
+                .map(read_trimmed)
+                .transpose()?,
+        };
+        if let Some(key) = &config.token_key
+            && key.chars().count() < crate::seal::MIN_KEY_LEN
+        {
+            return Err(invalid(
+                "token key",
+                format!("must be at least {} characters", crate::seal::MIN_KEY_LEN),
+            ));
+        }
+        config.previous_token_keys = file
+            .previous_token_key_files
+            .iter()
+            .map(|p| read_trimmed(p))
+            .collect::<Result<_, _>>()?;
+        if config
+            .previous_token_keys
+            .iter()
+            .any(|k| k.chars().count() < crate::seal::MIN_KEY_LEN)
+        {
+            return Err(invalid("previous_token_key_files", "a key is too short"));
+        }
+        config.trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
+            .collect::<Result<_, _>>()?;
+        for origin in file.allowed_origins.iter().chain(&file.trusted_origins) {
+            if origin != "*" && Url::parse(origin).is_err() {
+                return Err(invalid("allowed_origins/trusted_origins", origin.clone()));
+            }
+        }
+        config.allowed_origins = file
+            .allowed_origins
+            .into_iter()
+            .filter(|o| o != "*")
+            .map(|o| o.trim_end_matches('/').to_owned())
+            .collect();
+        config.trusted_origins = file.trusted_origins;
+        set_duration(
+            &mut config.upstream_refresh_before,
+            "upstream_refresh_before",
+            file.upstream_refresh_before,
+        )?;
+        set_duration(
+            &mut config.shutdown_grace,
+            "shutdown_grace",
+            file.shutdown_grace,
+        )?;
+
+        let l = file.limits;
+        let limits = &mut config.limits;
+        set_size(
+            &mut limits.activity_body_bytes,
+            "limits.activity_body",
+            l.activity_body,
+        )?;
+        set_size(
+            &mut limits.upload_body_bytes,
+            "limits.upload_body",
+            l.upload_body,
+        )?;
+        set_size(
+            &mut limits.token_body_bytes,
+            "limits.token_body",
+            l.token_body,
+        )?;
+        set_usize(&mut limits.max_url_bytes, "limits.max_url", l.max_url)?;
+        set_usize(
+            &mut limits.max_header_bytes,
+            "limits.max_headers",
+            l.max_headers,
+        )?;
+        set_duration(
+            &mut limits.header_read_timeout,
+            "limits.header_read_timeout",
+            l.header_read_timeout,
+        )?;
+
+        let t = file.timeouts;
+        let timeouts = &mut config.timeouts;
+        set_duration(&mut timeouts.connect, "timeouts.connect", t.connect)?;
+        set_duration(&mut timeouts.default, "timeouts.default", t.default)?;
+        set_duration(
+            &mut timeouts.activities,
+            "timeouts.activities",
+            t.activities,
+        )?;
+        set_duration(&mut timeouts.upload, "timeouts.upload", t.upload)?;
+
+        let s = file.stream;
+        let stream = &mut config.stream;
+        set_duration(
+            &mut stream.keepalive_interval,
+            "stream.keepalive_interval",
+            s.keepalive_interval,
+        )?;
+        set_duration(
+            &mut stream.liveness_timeout,
+            "stream.liveness_timeout",
+            s.liveness_timeout,
+        )?;
+        set_duration(
+            &mut stream.resume_budget,
+            "stream.resume_budget",
+            s.resume_budget,
+        )?;
+        set_duration(
+            &mut stream.backoff_base,
+            "stream.backoff_base",
+            s.backoff_base,
+        )?;
+        set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
+        set_duration(&mut stream.linger, "stream.linger", s.linger)?;
+        set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
+        set_usize(
+            &mut stream.ws_read_buffer_bytes,
+            "stream.ws_read_buffer",
+            s.ws_read_buffer,
+        )?;
+        let counts = [
+            (
+                &mut stream.buffer_frames,
+                s.buffer_frames,
+                "stream.buffer_frames",
+            ),
+            (
+                &mut stream.delivered_ids,
+                s.delivered_ids,
+                "stream.delivered_ids",
+            ),
+            (
+                &mut stream.client_lag_frames,
+                s.client_lag_frames,
+                "stream.client_lag_frames",
+            ),
+            (
+                &mut stream.max_sockets_per_conversation,
+                s.max_sockets_per_conversation,
+                "stream.max_sockets_per_conversation",
+            ),
+        ];
+        for (slot, value, key) in counts {
+            if let Some(value) = value {
+                if value == 0 {
+                    return Err(invalid(key, "must be at least 1"));
+                }
+                *slot = value;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.stream;
+        if s.liveness_timeout <= s.keepalive_interval {
+            return Err(invalid(
+                "stream.liveness_timeout",
+                "must be longer than stream.keepalive_interval",
+            ));
+        }
+        if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {
+            return Err(invalid(
+                "stream.backoff_max",
+                "must be at least stream.backoff_base, which must be above 0",
+            ));
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err(invalid("limits.max_headers", "must be at least 1KiB"));
+        }
+        if self.limits.max_url_bytes < 256 {
+            return Err(invalid("limits.max_url", "must be at least 256B"));
+        }
+        if s.ws_read_buffer_bytes < 512 {
+            return Err(invalid("stream.ws_read_buffer", "must be at least 512B"));
+        }
+        Ok(())
+    }
+}
+
+fn read_trimmed(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not an IP:port address")))
+}
+
+fn parse_upstream(text: &str) -> Result<UpstreamTarget, ConfigError> {
+    if text == "embedded" {
+        return Ok(UpstreamTarget::Embedded);
+    }
+    let url = Url::parse(text).map_err(|e| invalid("upstream", format!("{text:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            "upstream",
+            "must be an http(s) URL or \"embedded\"",
+        ));
+    }
+    if url.query().is_some() || url.path().contains("/v3/directline") {
+        return Err(invalid(
+            "upstream",
+            "give the base URL without /v3/directline and without a query",
+        ));
+    }
+    Ok(UpstreamTarget::Url(url))
+}
+
+fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| invalid("public_url", format!("{text:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.query().is_some() {
+        return Err(invalid(
+            "public_url",
+            "must be an http(s) URL without a query",
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_prefix(text: &str) -> Result<String, ConfigError> {
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let valid = trimmed.starts_with('/')
+        && !trimmed.contains("..")
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if valid {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(invalid("path_prefix", "must look like /bots/support"))
+    }
+}
+
+fn set_duration(
+    slot: &mut Duration,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(text) = value {
+        *slot = parse_duration(&text)
+            .ok_or_else(|| invalid(key, format!("{text:?} is not a duration like 15s or 250ms")))?;
+    }
+    Ok(())
+}
+
+fn set_size(slot: &mut u64, key: &'static str, value: Option<String>) -> Result<(), ConfigError> {
+    if let Some(text) = value {
+        *slot = parse_size(&text)
+            .ok_or_else(|| invalid(key, format!("{text:?} is not a size like 256KiB")))?;
+    }
+    Ok(())
+}
+
+fn set_usize(
+    slot: &mut usize,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<(), ConfigError> {
+    let mut wide = *slot as u64;
+    set_size(&mut wide, key, value)?;
+    *slot = usize::try_from(wide).map_err(|_| invalid(key, "too large"))?;
+    Ok(())
+}
+
+/// `250ms`, `15s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// `512`, `512B`, `64KiB`, `16MiB`, `1GiB` (binary units; `KB`/`MB` are read as the same).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        "GiB" | "GB" | "G" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn load_str(
+        toml_text: &str,
+        env: &[(&'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
+            path: "test".into(),
+            message: e.to_string(),
+        })?;
+        Config::from_parts(
+            file,
+            &Overrides::default(),
+            &MapEnv(env.iter().copied().collect()),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_no_argument_run() {
+        let config = load_str("", &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.upstream, UpstreamTarget::Embedded);
+        assert_eq!(config.limits.activity_body_bytes, 262_144);
+    }
+
+    #[test]
+    fn real_upstream_needs_a_secret() {
+        let err = load_str("upstream = \"https://directline.botframework.com\"", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingSecret));
+        let ok = load_str(
+            "upstream = \"https://europe.directline.botframework.com\"",
+            &[(ENV_SECRET, "s")],
+        )
+        .unwrap();
+        assert!(matches!(ok.upstream, UpstreamTarget::Url(_)));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("listen = \"nope\"", "listen"),
+            ("upstream = \"ftp://x\"", "upstream"),
+            ("upstream = \"https://x/v3/directline\"", "upstream"),
+            ("path_prefix = \"bots\"", "path_prefix"),
+            ("trusted_proxies = [\"10.0.0.0/99\"]", "trusted_proxies"),
+            ("[limits]\nactivity_body = \"lots\"", "limits.activity_body"),
+            (
+                "[stream]\nliveness_timeout = \"1s\"",
+                "stream.liveness_timeout",
+            ),
+            ("[stream]\nbuffer_frames = 0", "stream.buffer_frames"),
+        ];
+        for (text, key) in cases {
+            match load_str(text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            load_str("nonsense = 1", &[]),
+            Err(ConfigError::Parse { .. })
+        ));
+        let short_key = load_str("", &[(ENV_TOKEN_KEY, "short")]).unwrap_err();
+        assert!(matches!(
+            short_key,
+            ConfigError::Invalid {
+                key: "token key",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_size("256KiB"), Some(262_144));
+        assert_eq!(parse_size("16MiB"), Some(16 * 1024 * 1024));
+        assert_eq!(parse_size("1e3"), None);
+    }
+
+    #[test]
+    fn cidr() {
+        let net = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(
+            IpNet::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(IpNet::parse("1.2.3.4/33").is_none());
+    }
+}

@@ -1,0 +1,271 @@
+//! Gateway errors: who is to blame, and the one place they become Direct Line error bodies.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// Who caused a failure; it decides the log level and keeps 4xx and 5xx honest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// Every failure the gateway answers itself. Messages are fixed strings: details
+/// (which may contain upstream text) go to the log, never to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no token in the Authorization header")]
+    MissingCredential,
+    #[error("the token could not be opened")]
+    InvalidToken,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the token belongs to another conversation")]
+    WrongConversation,
+    #[error("the stream ticket is invalid, expired or for another conversation")]
+    InvalidTicket,
+    #[error("the conversation id is not valid")]
+    InvalidConversationId,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("request body over the {limit} byte limit")]
+    BodyTooLarge { limit: u64 },
+    #[error("request URL over the limit")]
+    UrlTooLong,
+    #[error("request headers over the limit")]
+    HeadersTooLarge,
+    #[error("the body is not valid JSON")]
+    MalformedJson,
+    #[error("the activity must be a JSON object")]
+    InvalidActivity,
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    #[error("a query parameter is not valid")]
+    InvalidQuery,
+    #[error("the request body could not be read")]
+    BodyRead,
+    #[error("the origin is not allowed")]
+    OriginNotAllowed,
+    #[error("too many WebSocket connections for this conversation")]
+    TooManySockets,
+    #[error("WebSocket upgrade required")]
+    UpgradeRequired,
+    #[error("upstream could not be reached")]
+    UpstreamUnreachable,
+    #[error("upstream answered something the gateway cannot use")]
+    UpstreamInvalid,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the gateway is shutting down")]
+    Draining,
+    #[error("internal gateway error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            MissingCredential => StatusCode::UNAUTHORIZED,
+            InvalidToken | TokenExpired | WrongConversation | InvalidTicket | OriginNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            InvalidConversationId | MalformedJson | InvalidActivity | InvalidQuery | BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UrlTooLong => StatusCode::URI_TOO_LONG,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TooManySockets => StatusCode::TOO_MANY_REQUESTS,
+            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `error.code`; Direct Line's own codes where one exists (spec §1.5).
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            TokenExpired => "TokenExpired",
+            MissingCredential
+            | InvalidToken
+            | WrongConversation
+            | InvalidTicket
+            | InvalidConversationId
+            | MalformedJson
+            | InvalidActivity
+            | InvalidQuery
+            | BodyRead
+            | OriginNotAllowed => "BadArgument",
+            NotFound => "NotFound",
+            MethodNotAllowed => "MethodNotAllowed",
+            BodyTooLarge { .. } => "MessageSizeTooBig",
+            UrlTooLong => "UriTooLong",
+            HeadersTooLarge => "HeadersTooLarge",
+            UnsupportedMediaType => "UnsupportedMediaType",
+            TooManySockets => "TooManyRequests",
+            UpgradeRequired => "UpgradeRequired",
+            UpstreamUnreachable => "UpstreamUnavailable",
+            UpstreamInvalid => "UpstreamError",
+            UpstreamTimeout => "UpstreamTimeout",
+            Draining => "ServiceUnavailable",
+            Internal => "ServiceError",
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            MissingCredential => "Missing token",
+            InvalidToken => "Invalid token",
+            TokenExpired => "Token expired",
+            WrongConversation => "Token is not valid for this conversation",
+            InvalidTicket => "Invalid or expired stream URL",
+            InvalidConversationId => "Invalid conversation id",
+            NotFound => "Not found",
+            MethodNotAllowed => "Method not allowed",
+            BodyTooLarge { .. } => "Request body too large",
+            UrlTooLong => "Request URL too long",
+            HeadersTooLarge => "Request headers too large",
+            MalformedJson => "Malformed JSON body",
+            InvalidActivity => "Activity must be a JSON object",
+            UnsupportedMediaType => "Content-Type must be application/json",
+            InvalidQuery => "Invalid query parameter",
+            BodyRead => "Request body could not be read",
+            OriginNotAllowed => "Origin not allowed",
+            TooManySockets => "Too many connections for this conversation",
+            UpgradeRequired => "WebSocket upgrade required",
+            UpstreamUnreachable => "Direct Line could not be reached",
+            UpstreamInvalid => "Direct Line returned an invalid response",
+            UpstreamTimeout => "Direct Line did not respond in time",
+            Draining => "Gateway is shutting down",
+            Internal => "Internal gateway error",
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        use GatewayError::*;
+        match self {
+            UpstreamUnreachable | UpstreamInvalid | UpstreamTimeout => Blame::Upstream,
+            Internal | Draining => Blame::Gateway,
+            _ => Blame::Client,
+        }
+    }
+
+    /// Metric label for refusals of credentials; `None` for everything else.
+    pub fn auth_refusal_reason(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        match self {
+            MissingCredential => Some("missing"),
+            InvalidToken => Some("invalid"),
+            TokenExpired => Some("expired"),
+            WrongConversation => Some("wrong_conversation"),
+            InvalidTicket => Some("invalid_ticket"),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = error_response(self.status(), self.code(), self.message());
+        if matches!(self, GatewayError::MissingCredential) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, GatewayError::TooManySockets | GatewayError::Draining) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A Direct Line ErrorResponse: `{"error":{"code":…,"message":…}}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// Pins the status and code of every variant: clients key on these (spec §1.5, §10.8).
+    #[test]
+    fn status_and_code_table() {
+        use GatewayError::*;
+        let table: &[(GatewayError, u16, &str, Blame)] = &[
+            (MissingCredential, 401, "BadArgument", Blame::Client),
+            (InvalidToken, 403, "BadArgument", Blame::Client),
+            (TokenExpired, 403, "TokenExpired", Blame::Client),
+            (WrongConversation, 403, "BadArgument", Blame::Client),
+            (InvalidTicket, 403, "BadArgument", Blame::Client),
+            (InvalidConversationId, 400, "BadArgument", Blame::Client),
+            (NotFound, 404, "NotFound", Blame::Client),
+            (MethodNotAllowed, 405, "MethodNotAllowed", Blame::Client),
+            (
+                BodyTooLarge { limit: 1 },
+                413,
+                "MessageSizeTooBig",
+                Blame::Client,
+            ),
+            (UrlTooLong, 414, "UriTooLong", Blame::Client),
+            (HeadersTooLarge, 431, "HeadersTooLarge", Blame::Client),
+            (MalformedJson, 400, "BadArgument", Blame::Client),
+            (InvalidActivity, 400, "BadArgument", Blame::Client),
+            (
+                UnsupportedMediaType,
+                415,
+                "UnsupportedMediaType",
+                Blame::Client,
+            ),
+            (TooManySockets, 429, "TooManyRequests", Blame::Client),
+            (
+                UpstreamUnreachable,
+                502,
+                "UpstreamUnavailable",
+                Blame::Upstream,
+            ),
+            (UpstreamInvalid, 502, "UpstreamError", Blame::Upstream),
+            (UpstreamTimeout, 504, "UpstreamTimeout", Blame::Upstream),
+            (Draining, 503, "ServiceUnavailable", Blame::Gateway),
+            (Internal, 500, "ServiceError", Blame::Gateway),
+        ];
+        for (error, status, code, blame) in table {
+            assert_eq!(error.status().as_u16(), *status, "{error:?}");
+            assert_eq!(error.code(), *code, "{error:?}");
+            assert_eq!(error.blame(), *blame, "{error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn body_is_direct_line_shaped() {
+        let response = GatewayError::TokenExpired.into_response();
+        assert_eq!(response.status(), 403);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "TokenExpired");
+        assert_eq!(json["error"]["message"], "Token expired");
+    }
+}

@@ -1,0 +1,211 @@
+//! The gateway's shared state and the request pipeline: parse → authorize → upstream → rewrite → respond.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::cors;
+use crate::endpoint::{Endpoint, Route};
+use crate::error::{Blame, GatewayError};
+use crate::metrics::{Metrics, status_class};
+use crate::rest;
+use crate::seal::Sealer;
+use crate::secret::Secret;
+use crate::stream::Hubs;
+use crate::upstream::Upstream;
+
+pub struct Gateway {
+    pub config: Config,
+    pub secret: Secret,
+    pub sealer: Sealer,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub hubs: Hubs,
+    draining: AtomicBool,
+}
+
+/// Per-request facts the phases share.
+pub struct RequestContext {
+    pub route: Route,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub request_id: HeaderValue,
+    pub upstream_status: Option<u16>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        secret: Secret,
+        sealer: Sealer,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Self {
+            hubs: Hubs::new(weak.clone()),
+            config,
+            secret,
+            sealer,
+            upstream,
+            metrics,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Readiness goes false, new requests get 503, live client sockets close with 1001.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.hubs.close_all_for_drain();
+    }
+
+    pub async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let origin = cors::allowed_origin(&self.config, request.headers()).cloned();
+        let mut ctx = RequestContext {
+            route: Route::Unknown,
+            peer,
+            local,
+            request_id: request_id(request.headers()),
+            upstream_status: None,
+        };
+        let result = self.route(request, &mut ctx).await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                self.record_refusal(&error, &ctx);
+                error.into_response()
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert("x-request-id", ctx.request_id.clone());
+        if let Some(origin) = &origin
+            && ctx.route != Route::Preflight
+        {
+            cors::decorate(headers, origin);
+        }
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        let route = ctx.route.as_str();
+        self.metrics
+            .http_requests
+            .with_label_values(&[route, method_label(&method), status_class(status)])
+            .inc();
+        self.metrics
+            .http_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            route,
+            method = %method,
+            status,
+            upstream_status = ctx.upstream_status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            client_ip = %peer.ip(),
+        );
+        response
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        ctx: &mut RequestContext,
+    ) -> Result<Response<Body>, GatewayError> {
+        let uri = request.uri();
+        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > self.config.limits.max_url_bytes
+        {
+            return Err(GatewayError::UrlTooLong);
+        }
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if header_bytes > self.config.limits.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+        let endpoint = Endpoint::parse(request.method(), uri.path(), &self.config.path_prefix)?;
+        ctx.route = endpoint.route();
+        if self.is_draining() && !matches!(endpoint, Endpoint::Preflight(_)) {
+            return Err(GatewayError::Draining);
+        }
+        match endpoint {
+            Endpoint::Preflight(_) => Ok(cors::preflight(&self.config, request.headers())),
+            Endpoint::TokensGenerate => rest::generate_token(self, request, ctx).await,
+            Endpoint::TokensRefresh => rest::refresh_token(self, request, ctx).await,
+            Endpoint::StartConversation => rest::start_conversation(self, request, ctx).await,
+            Endpoint::Reconnect(id) => rest::reconnect(self, &id, request, ctx).await,
+            Endpoint::GetActivities(id) => rest::get_activities(self, &id, request, ctx).await,
+            Endpoint::PostActivity(id) => rest::post_activity(self, &id, request, ctx).await,
+            Endpoint::Upload(id) => rest::upload(self, &id, request, ctx).await,
+            Endpoint::SessionId => rest::session_id(self, request, ctx).await,
+            Endpoint::Stream {
+                conversation,
+                multimodal,
+            } => crate::stream::accept(self, conversation, multimodal, request, ctx),
+        }
+    }
+
+    fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {
+        if let Some(reason) = error.auth_refusal_reason() {
+            self.metrics
+                .auth_refusals
+                .with_label_values(&[reason])
+                .inc();
+        }
+        let request_id = ctx.request_id.to_str().unwrap_or("");
+        match error.blame() {
+            Blame::Client => {
+                tracing::debug!(route = ctx.route.as_str(), request_id, error = %error, "refused")
+            }
+            Blame::Upstream => {
+                tracing::warn!(route = ctx.route.as_str(), request_id, error = %error, "upstream failure")
+            }
+            Blame::Gateway => {
+                tracing::error!(route = ctx.route.as_str(), request_id, error = %error, "gateway failure")
+            }
+        }
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Keeps a caller's `x-request-id` when it is short and printable, else mints one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get("x-request-id")
+        && value.len() <= 128
+        && !value.is_empty()
+        && value.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return value.clone();
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}

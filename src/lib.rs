@@ -1,0 +1,34 @@
+//! directline-gateway: a reverse proxy for Bot Framework Direct Line 3.0.
+//!
+//! Map of the crate:
+//! - [`config`]: the TOML file, environment and flags, parsed once into typed values.
+//! - [`server`]: listeners, connections, the admin endpoints, and the whole-process [`server::run`].
+//! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
+//! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
+//! - [`auth`], [`seal`]: sealed client tokens and stream tickets, and the ownership check.
+//! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
+//! - [`rewrite`]: streamUrl rewriting; [`cors`]: browser preflight and headers.
+//! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
+//! - [`emulator`]: an embedded Direct Line 3.0 server with an echo bot and fault knobs.
+//! - [`error`]: blame and the one place errors become Direct Line error bodies.
+//! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
+
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod cors;
+pub mod emulator;
+pub mod endpoint;
+pub mod error;
+pub mod gateway;
+pub mod logging;
+pub mod metrics;
+pub mod rest;
+pub mod rewrite;
+pub mod seal;
+pub mod secret;
+pub mod server;
+pub mod stream;
+pub mod upstream;

@@ -1,0 +1,223 @@
+//! Prometheus metrics in the gateway's own registry. Labels are bounded sets
+//! (route names, status classes, reasons): never a conversation id, user id, token or path.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+const PREFIX: &str = "directline_gateway";
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub auth_refusals: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub client_sockets: IntGauge,
+    pub upstream_sockets: IntGauge,
+    pub hubs: IntGauge,
+    pub activities_relayed: IntCounter,
+    pub duplicates_dropped: IntCounter,
+    pub bytes_relayed: IntCounterVec,
+    pub upstream_reconnects: IntCounterVec,
+    pub resume_duration: Histogram,
+    pub slow_clients_closed: IntCounter,
+    pub client_replays: IntCounterVec,
+}
+
+/// HTTP status class label (`2xx` …) so the label set stays tiny.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
+            .expect("static prefix is a valid metric name");
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+            35.0, 140.0,
+        ];
+        let m = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "http_requests_total",
+                    "Client HTTP requests by route, method and status class.",
+                ),
+                &["route", "method", "status"],
+            )
+            .expect("valid metric"),
+            http_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "Client HTTP request duration by route, until response headers.",
+                )
+                .buckets(latency_buckets.clone()),
+                &["route"],
+            )
+            .expect("valid metric"),
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "upstream_requests_total",
+                    "Requests to Direct Line by route and status class (error: no response).",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "upstream_request_duration_seconds",
+                    "Direct Line request duration by route, until response headers.",
+                )
+                .buckets(latency_buckets),
+                &["route"],
+            )
+            .expect("valid metric"),
+            auth_refusals: IntCounterVec::new(
+                Opts::new(
+                    "auth_refusals_total",
+                    "Requests refused before reaching upstream, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            tokens: IntCounterVec::new(
+                Opts::new(
+                    "tokens_total",
+                    "Gateway client tokens issued, by kind (generated, refreshed, conversation).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            client_sockets: IntGauge::new("client_websockets", "Client WebSockets open now.")
+                .expect("valid metric"),
+            upstream_sockets: IntGauge::new(
+                "upstream_websockets",
+                "Upstream Direct Line WebSockets open now.",
+            )
+            .expect("valid metric"),
+            hubs: IntGauge::new(
+                "stream_hubs",
+                "Conversations with a live stream hub on this replica.",
+            )
+            .expect("valid metric"),
+            activities_relayed: IntCounter::new(
+                "activities_relayed_total",
+                "Activities received upstream and fanned out to clients (once per activity).",
+            )
+            .expect("valid metric"),
+            duplicates_dropped: IntCounter::new(
+                "duplicates_dropped_total",
+                "Replayed activities dropped because they were already delivered.",
+            )
+            .expect("valid metric"),
+            bytes_relayed: IntCounterVec::new(
+                Opts::new(
+                    "bytes_relayed_total",
+                    "WebSocket payload bytes relayed, by direction.",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            upstream_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "upstream_reconnects_total",
+                    "Upstream stream reconnect attempts by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            resume_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "resume_duration_seconds",
+                    "Time from an upstream stream drop until a new upstream stream is open.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0,
+                ]),
+            )
+            .expect("valid metric"),
+            slow_clients_closed: IntCounter::new(
+                "slow_clients_closed_total",
+                "Client WebSockets closed with 1013 because they fell too far behind.",
+            )
+            .expect("valid metric"),
+            client_replays: IntCounterVec::new(
+                Opts::new(
+                    "client_resumes_total",
+                    "Client stream attaches by source of the replay (buffer, upstream, live).",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_duration.clone()),
+            Box::new(self.upstream_requests.clone()),
+            Box::new(self.upstream_duration.clone()),
+            Box::new(self.auth_refusals.clone()),
+            Box::new(self.tokens.clone()),
+            Box::new(self.client_sockets.clone()),
+            Box::new(self.upstream_sockets.clone()),
+            Box::new(self.hubs.clone()),
+            Box::new(self.activities_relayed.clone()),
+            Box::new(self.duplicates_dropped.clone()),
+            Box::new(self.bytes_relayed.clone()),
+            Box::new(self.upstream_reconnects.clone()),
+            Box::new(self.resume_duration.clone()),
+            Box::new(self.slow_clients_closed.clone()),
+            Box::new(self.client_replays.clone()),
+        ];
+        for collector in collectors {
+            self.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        let build = prometheus::IntGaugeVec::new(
+            Opts::new("build_info", "Build information; the value is always 1."),
+            &["version", "git_sha"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("GIT_SHA").unwrap_or("unknown"),
+            ])
+            .set(1);
+        self.registry
+            .register(Box::new(build))
+            .expect("metric names are unique");
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

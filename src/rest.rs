@@ -1,0 +1,750 @@
+//! The REST routes: each one authorises, builds its upstream request, sends it, and rewrites.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::auth;
+use crate::body::{self, Body};
+use crate::clock;
+use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, RequestContext};
+use crate::metrics::status_class;
+use crate::rewrite;
+use crate::seal::{ClientToken, Purpose, StreamTicket};
+use crate::secret;
+use crate::upstream;
+
+/// Upstream response headers a client may see; everything else stays behind the gateway.
+const PASSED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::RETRY_AFTER,
+    header::CACHE_CONTROL,
+    header::PRAGMA,
+    header::EXPIRES,
+];
+
+const JSON: &str = "application/json; charset=utf-8";
+
+pub async fn generate_token(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let params =
+        read_optional_json(body, &parts.headers, gw.config.limits.token_body_bytes).await?;
+    let user_id = mint_user_id();
+    let mut user = Map::new();
+    user.insert("id".into(), Value::String(user_id.clone()));
+    // Only a display name is taken from the caller: the id is always the gateway's own.
+    if let Some(name) = params
+        .as_ref()
+        .and_then(|p| field(p, "user"))
+        .and_then(|u| field(u, "name"))
+        .and_then(Value::as_str)
+    {
+        user.insert("name".into(), Value::String(name.to_owned()));
+    }
+    let mut upstream_body = Map::new();
+    upstream_body.insert("user".into(), Value::Object(user));
+    if !gw.config.trusted_origins.is_empty() {
+        upstream_body.insert("trustedOrigins".into(), json!(gw.config.trusted_origins));
+    }
+    let request = gw
+        .upstream
+        .request(
+            Method::POST,
+            "/v3/directline/tokens/generate",
+            gw.secret.bearer_header(),
+        )?
+        .header(header::CONTENT_TYPE, "application/json");
+    let request = forwarded(request, ctx)
+        .body(body::full(Value::Object(upstream_body).to_string()))
+        .map_err(|_| GatewayError::Internal)?;
+    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
+    let (status, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
+    let conversation_id = json_str(&json, "conversationId")
+        .and_then(|c| ConversationId::parse(c).ok())
+        .ok_or(GatewayError::UpstreamInvalid)?;
+    let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    let expires_in = expires_in(&json);
+    let token = ClientToken {
+        conversation_id: conversation_id.to_string(),
+        user_id,
+        upstream_token: upstream_token.to_owned(),
+        expires_at: clock::unix_seconds() + expires_in,
+    };
+    gw.metrics.tokens.with_label_values(&["generated"]).inc();
+    let body = json!({
+        "conversationId": conversation_id.as_str(),
+        "token": gw.sealer.seal(Purpose::ClientToken, &token),
+        "expires_in": expires_in,
+    });
+    Ok(json_response(status, &body))
+}
+
+pub async fn refresh_token(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let mut token = auth::authorize(&gw.sealer, request.headers(), None)?;
+    let now = clock::unix_seconds();
+    if token.expires_at.saturating_sub(now) < gw.config.upstream_refresh_before.as_secs() {
+        let request = gw.upstream.request(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            secret::bearer(&token.upstream_token),
+        )?;
+        let request = forwarded(request, ctx)
+            .body(body::empty())
+            .map_err(|_| GatewayError::Internal)?;
+        let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
+        let json = match read_json_or_error(response, gw.config.timeouts.default).await? {
+            Ok((_, json)) => json,
+            Err(error_response) => return Ok(error_response),
+        };
+        let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+        token.upstream_token = fresh.to_owned();
+        token.expires_at = now + expires_in(&json);
+    }
+    gw.metrics.tokens.with_label_values(&["refreshed"]).inc();
+    let body = json!({
+        "conversationId": token.conversation_id,
+        "token": gw.sealer.seal(Purpose::ClientToken, &token),
+        "expires_in": token.expires_at.saturating_sub(now),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn start_conversation(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), None)?;
+    let ws_base = ws_base(gw, &request, ctx);
+    let (parts, body) = request.into_parts();
+    let mut params =
+        match read_optional_json(body, &parts.headers, gw.config.limits.token_body_bytes).await? {
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(GatewayError::MalformedJson),
+            None => Map::new(),
+        };
+    // The conversation's user is the one bound into the token, whatever the caller says.
+    params.retain(|k, _| !k.eq_ignore_ascii_case("user"));
+    params.insert("user".into(), json!({ "id": token.user_id }));
+    // The upstream token (not the secret) starts the conversation tokens/generate allocated.
+    let request = gw
+        .upstream
+        .request(
+            Method::POST,
+            "/v3/directline/conversations",
+            secret::bearer(&token.upstream_token),
+        )?
+        .header(header::CONTENT_TYPE, "application/json");
+    let request = forwarded(request, ctx)
+        .body(body::full(Value::Object(params).to_string()))
+        .map_err(|_| GatewayError::Internal)?;
+    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
+    let (status, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
+    let conversation =
+        ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
+    if json_str(&json, "conversationId") != Some(conversation.as_str()) {
+        tracing::warn!(
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            "upstream started a different conversation than the token's"
+        );
+        return Err(GatewayError::UpstreamInvalid);
+    }
+    let body = conversation_response(gw, json, token, true, None, &ws_base, &conversation)?;
+    gw.metrics.tokens.with_label_values(&["conversation"]).inc();
+    Ok(json_response(status, &body))
+}
+
+pub async fn reconnect(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let watermark = rewrite::query_watermark(request.uri().query())?;
+    let ws_base = ws_base(gw, &request, ctx);
+    let path = format!(
+        "/v3/directline/conversations/{conversation}{}",
+        rewrite::watermark_query(watermark.as_deref())
+    );
+    let (response, via_token) = send_with_token_fallback(
+        gw,
+        Method::GET,
+        &path,
+        None,
+        Bytes::new(),
+        &token,
+        gw.config.timeouts.default,
+        ctx,
+    )
+    .await?;
+    let (_, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
+    if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
+        return Err(GatewayError::UpstreamInvalid);
+    }
+    // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one.
+    let body = conversation_response(
+        gw,
+        json,
+        token,
+        via_token,
+        watermark,
+        &ws_base,
+        conversation,
+    )?;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn get_activities(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let watermark = rewrite::query_watermark(request.uri().query())?;
+    let path = format!(
+        "/v3/directline/conversations/{conversation}/activities{}",
+        rewrite::watermark_query(watermark.as_deref())
+    );
+    let (response, _) = send_with_token_fallback(
+        gw,
+        Method::GET,
+        &path,
+        None,
+        Bytes::new(),
+        &token,
+        gw.config.timeouts.default,
+        ctx,
+    )
+    .await?;
+    Ok(passthrough(response))
+}
+
+pub async fn post_activity(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let (parts, body) = request.into_parts();
+    require_json_content_type(&parts.headers)?;
+    let bytes = read_limited(body, &parts.headers, gw.config.limits.activity_body_bytes).await?;
+    let mut activity = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(GatewayError::InvalidActivity),
+        Err(_) => return Err(GatewayError::MalformedJson),
+    };
+    // Direct Line overwrites from.id for user-bound tokens; the gateway does the same
+    // because it posts with the secret (spec §1.1).
+    match activity.get_mut("from") {
+        Some(Value::Object(from)) => {
+            from.insert("id".into(), Value::String(token.user_id.clone()));
+        }
+        _ => {
+            activity.insert("from".into(), json!({ "id": token.user_id }));
+        }
+    }
+    let body = Bytes::from(Value::Object(activity).to_string());
+    let path = format!("/v3/directline/conversations/{conversation}/activities");
+    let (response, _) = send_with_token_fallback(
+        gw,
+        Method::POST,
+        &path,
+        Some("application/json"),
+        body,
+        &token,
+        gw.config.timeouts.activities,
+        ctx,
+    )
+    .await?;
+    Ok(passthrough(response))
+}
+
+pub async fn upload(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let (parts, body) = request.into_parts();
+    let limit = gw.config.limits.upload_body_bytes;
+    if content_length(&parts.headers).is_some_and(|len| len > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    // The uploader is the bound user, whatever `userId` the caller put in the query.
+    let user: String = form_urlencoded::byte_serialize(token.user_id.as_bytes()).collect();
+    let path = format!("/v3/directline/conversations/{conversation}/upload?userId={user}");
+    let mut builder = gw
+        .upstream
+        .request(Method::POST, &path, gw.secret.bearer_header())?;
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_DISPOSITION,
+        header::CONTENT_LENGTH,
+    ] {
+        if let Some(value) = parts.headers.get(&name) {
+            builder = builder.header(name, value.clone());
+        }
+    }
+    // Streamed as it arrives, never buffered whole; the limit cuts it off mid-way.
+    let request = forwarded(builder, ctx)
+        .body(body::stream(Limited::new(body, limit as usize)))
+        .map_err(|_| GatewayError::Internal)?;
+    let response = send(gw, request, gw.config.timeouts.upload, ctx)
+        .await
+        .map_err(|e| match e {
+            GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
+            other => other,
+        })?;
+    Ok(passthrough(response))
+}
+
+pub async fn session_id(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let token = auth::authorize(&gw.sealer, request.headers(), None)?;
+    let mut builder = gw.upstream.request(
+        Method::GET,
+        "/v3/directline/session/getsessionid",
+        secret::bearer(&token.upstream_token),
+    )?;
+    if let Some(cookie) = request.headers().get(header::COOKIE) {
+        builder = builder.header(header::COOKIE, cookie.clone());
+    }
+    let request = forwarded(builder, ctx)
+        .body(body::empty())
+        .map_err(|_| GatewayError::Internal)?;
+    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
+    let cookies: Vec<HeaderValue> = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(strip_cookie_domain)
+        .collect();
+    let mut response = passthrough(response);
+    for cookie in cookies {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+/// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
+/// stream URL; the upstream token and stream URL are sealed, never shown.
+fn conversation_response(
+    gw: &Gateway,
+    mut json: Map<String, Value>,
+    mut token: ClientToken,
+    adopt_upstream_token: bool,
+    watermark: Option<String>,
+    ws_base: &str,
+    conversation: &ConversationId,
+) -> Result<Map<String, Value>, GatewayError> {
+    let now = clock::unix_seconds();
+    if adopt_upstream_token && let Some(fresh) = json_str(&json, "token") {
+        token.upstream_token = fresh.to_owned();
+        if json.contains_key("expires_in") {
+            token.expires_at = now + expires_in(&json);
+        }
+    }
+    let upstream_stream_url = match json.get("streamUrl") {
+        Some(Value::String(url)) if rewrite::is_upstream_stream_url(url) => Some(url.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(GatewayError::UpstreamInvalid),
+    };
+    if let Some(upstream_url) = &upstream_stream_url {
+        let ticket = StreamTicket {
+            conversation_id: conversation.to_string(),
+            user_id: token.user_id.clone(),
+            watermark: watermark
+                .clone()
+                .or_else(|| rewrite::stream_url_watermark(upstream_url)),
+            upstream_stream_url: Some(upstream_url.clone()),
+            upstream_token: token.upstream_token.clone(),
+            issued_at_ms: clock::unix_millis(),
+            expires_at: now + gw.config.stream.ticket_ttl.as_secs(),
+        };
+        let ticket_watermark = ticket.watermark.clone();
+        let sealed = gw.sealer.seal(Purpose::StreamTicket, &ticket);
+        let url = rewrite::gateway_stream_url(
+            ws_base,
+            &gw.config.path_prefix,
+            conversation,
+            ticket_watermark.as_deref(),
+            &sealed,
+        );
+        json.insert("streamUrl".into(), Value::String(url));
+    }
+    json.insert(
+        "token".into(),
+        Value::String(gw.sealer.seal(Purpose::ClientToken, &token)),
+    );
+    json.insert(
+        "expires_in".into(),
+        json!(token.expires_at.saturating_sub(now)),
+    );
+    Ok(json)
+}
+
+/// An upstream answer: still streaming, or already read (when the gateway had to look inside).
+pub enum Answer {
+    Live(Response<Incoming>),
+    Read(http::response::Parts, Bytes),
+}
+
+impl From<Response<Incoming>> for Answer {
+    fn from(response: Response<Incoming>) -> Self {
+        Answer::Live(response)
+    }
+}
+
+/// Sends with the secret; when upstream answers `400 MissingProperty` (enhanced
+/// authentication, spec §0.5) the request was refused before reaching the bot, so it is
+/// sent once more with the caller's upstream conversation token. Returns whether the token was used.
+#[allow(clippy::too_many_arguments)]
+async fn send_with_token_fallback(
+    gw: &Gateway,
+    method: Method,
+    path: &str,
+    content_type: Option<&'static str>,
+    body: Bytes,
+    token: &ClientToken,
+    timeout: Duration,
+    ctx: &mut RequestContext,
+) -> Result<(Answer, bool), GatewayError> {
+    let build =
+        |credential: HeaderValue, ctx: &RequestContext| -> Result<Request<Body>, GatewayError> {
+            let mut builder = gw.upstream.request(method.clone(), path, credential)?;
+            if let Some(content_type) = content_type {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+            }
+            forwarded(builder, ctx)
+                .body(body::full(body.clone()))
+                .map_err(|_| GatewayError::Internal)
+        };
+    let request = build(gw.secret.bearer_header(), ctx)?;
+    let response = send(gw, request, timeout, ctx).await?;
+    if response.status() != StatusCode::BAD_REQUEST {
+        return Ok((Answer::Live(response), false));
+    }
+    let (parts, bytes) = upstream::read_body(response, timeout).await?;
+    if upstream::error_code(&bytes).as_deref() != Some("MissingProperty") {
+        return Ok((Answer::Read(parts, bytes), false));
+    }
+    let request = build(secret::bearer(&token.upstream_token), ctx)?;
+    let response = send(gw, request, timeout, ctx).await?;
+    Ok((Answer::Live(response), true))
+}
+
+/// Sends one request upstream and records its metrics; never retries.
+async fn send(
+    gw: &Gateway,
+    request: Request<Body>,
+    timeout: Duration,
+    ctx: &mut RequestContext,
+) -> Result<Response<Incoming>, GatewayError> {
+    let started = std::time::Instant::now();
+    let route = ctx.route.as_str();
+    let result = gw.upstream.send(request, timeout).await;
+    gw.metrics
+        .upstream_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    let status = match &result {
+        Ok(response) => {
+            ctx.upstream_status = Some(response.status().as_u16());
+            status_class(response.status().as_u16())
+        }
+        Err(GatewayError::UpstreamTimeout) => "timeout",
+        Err(_) => "error",
+    };
+    gw.metrics
+        .upstream_requests
+        .with_label_values(&[route, status])
+        .inc();
+    result
+}
+
+/// Reads a JSON object from a successful upstream answer, or turns an upstream error
+/// into the response the client gets (Direct Line error bodies pass through, spec §10.8).
+async fn read_json_or_error(
+    answer: impl Into<Answer>,
+    timeout: Duration,
+) -> Result<Result<(StatusCode, Map<String, Value>), Response<Body>>, GatewayError> {
+    let (parts, bytes) = match answer.into() {
+        Answer::Live(response) => upstream::read_body(response, timeout).await?,
+        Answer::Read(parts, bytes) => (parts, bytes),
+    };
+    if !parts.status.is_success() {
+        return Ok(Err(error_passthrough(parts, bytes)));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(Ok((parts.status, map))),
+        _ => Err(GatewayError::UpstreamInvalid),
+    }
+}
+
+/// An upstream error answer, passed on: Direct Line-shaped bodies as they are, anything
+/// else (an HTML error page from a load balancer) replaced by our own error body.
+fn error_passthrough(parts: http::response::Parts, bytes: Bytes) -> Response<Body> {
+    if upstream::error_code(&bytes).is_none() {
+        let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
+            GatewayError::UpstreamTimeout
+        } else if parts.status.is_server_error() {
+            GatewayError::UpstreamInvalid
+        } else {
+            let mut response = crate::error::error_response(
+                parts.status,
+                "BadArgument",
+                "Request refused by Direct Line",
+            );
+            copy_passed_headers(&parts.headers, response.headers_mut(), false);
+            return response;
+        };
+        let mut response = error.into_response();
+        *response.status_mut() = parts.status;
+        copy_passed_headers(&parts.headers, response.headers_mut(), false);
+        return response;
+    }
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = parts.status;
+    copy_passed_headers(&parts.headers, response.headers_mut(), true);
+    response
+}
+
+/// Streams an upstream answer to the client with only the allow-listed headers.
+fn passthrough(answer: impl Into<Answer>) -> Response<Body> {
+    match answer.into() {
+        Answer::Read(parts, bytes) => {
+            if parts.status.is_success() {
+                let mut response = Response::new(body::full(bytes));
+                *response.status_mut() = parts.status;
+                copy_passed_headers(&parts.headers, response.headers_mut(), true);
+                response
+            } else {
+                error_passthrough(parts, bytes)
+            }
+        }
+        Answer::Live(response) => {
+            let (parts, incoming) = response.into_parts();
+            let mut response = Response::new(body::stream(incoming));
+            *response.status_mut() = parts.status;
+            copy_passed_headers(&parts.headers, response.headers_mut(), true);
+            response
+        }
+    }
+}
+
+fn copy_passed_headers(from: &http::HeaderMap, to: &mut http::HeaderMap, with_content: bool) {
+    for name in PASSED_RESPONSE_HEADERS {
+        let is_content = name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING;
+        if is_content && !with_content {
+            continue;
+        }
+        for value in from.get_all(&name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Request id and forwarding headers on every upstream request.
+fn forwarded(builder: http::request::Builder, ctx: &RequestContext) -> http::request::Builder {
+    builder
+        .header("x-request-id", ctx.request_id.clone())
+        .header("x-forwarded-for", ctx.peer.ip().to_string())
+        .header("x-ms-bot-agent", "DirectLine/3.0 (directline-gateway)")
+}
+
+fn ws_base(gw: &Gateway, request: &Request<Incoming>, ctx: &RequestContext) -> String {
+    rewrite::public_ws_base(&gw.config, request.headers(), ctx.peer, ctx.local)
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn json_str<'a>(json: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    json.get(key).and_then(Value::as_str)
+}
+
+/// `expires_in` from an upstream answer; Direct Line tokens really live 3600 s (spec §0.4).
+fn expires_in(json: &Map<String, Value>) -> u64 {
+    json.get("expires_in")
+        .and_then(Value::as_u64)
+        .filter(|&s| s > 0)
+        .unwrap_or(3600)
+}
+
+/// Property names in TokenParameters match case-insensitively (spec §1.2).
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// `dl_` + 128 random bits: the prefix Direct Line reserves for server-bound user ids (spec §1.1).
+fn mint_user_id() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("OS random source unavailable");
+    format!("dl_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn require_json_content_type(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(GatewayError::UnsupportedMediaType);
+    };
+    let media = value
+        .to_str()
+        .map_err(|_| GatewayError::UnsupportedMediaType)?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
+}
+
+/// Reads a request body up to `limit` bytes: 413 from `Content-Length` before reading,
+/// or as soon as the stream passes the limit.
+async fn read_limited(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: u64,
+) -> Result<Bytes, GatewayError> {
+    if content_length(headers).is_some_and(|len| len > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(GatewayError::BodyRead),
+    }
+}
+
+/// An optional JSON body (tokens/generate and start may have none).
+async fn read_optional_json(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: u64,
+) -> Result<Option<Value>, GatewayError> {
+    let bytes = read_limited(body, headers, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| GatewayError::MalformedJson)
+}
+
+/// A `Set-Cookie` from upstream without its `Domain` attribute, so the browser binds it to
+/// the gateway's host (the one the client talks to) rather than refusing it.
+fn strip_cookie_domain(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?;
+    let kept: Vec<&str> = text
+        .split(';')
+        .filter(|part| {
+            !part
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("domain=")
+        })
+        .collect();
+    HeaderValue::from_str(&kept.join(";")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_user_ids_are_dl_prefixed_and_distinct() {
+        let a = mint_user_id();
+        assert!(a.starts_with("dl_") && a.len() == 25);
+        assert_ne!(a, mint_user_id());
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(
+            require_json_content_type(&headers),
+            Err(GatewayError::UnsupportedMediaType)
+        );
+        for (value, ok) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("application/vnd.x+json", true),
+            ("text/plain", false),
+            ("multipart/form-data", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(require_json_content_type(&headers).is_ok(), ok, "{value}");
+        }
+    }
+
+    #[test]
+    fn cookie_domain_is_dropped() {
+        let value = HeaderValue::from_static("sid=abc; Domain=.botframework.com; Path=/; Secure");
+        assert_eq!(
+            strip_cookie_domain(&value).unwrap(),
+            "sid=abc; Path=/; Secure"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! streamUrl rewriting: upstream stream URLs become gateway URLs carrying a stream ticket.
+
+use http::HeaderMap;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use std::net::SocketAddr;
+use url::Url;
+
+use crate::config::{Config, IpNet};
+use crate::endpoint::ConversationId;
+
+/// Characters escaped in a watermark query value: it is opaque (spec §4.1) and may hold anything.
+const QUERY_VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// Longest watermark accepted from a client or upstream; real ones are short decimal strings.
+pub const MAX_WATERMARK_LEN: usize = 256;
+
+/// The WebSocket base clients should connect to: `wss://chat.contoso.com` (plus any path
+/// of the public URL), without the Direct Line path.
+pub fn public_ws_base(
+    config: &Config,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> String {
+    if let Some(public) = &config.public_url {
+        let scheme = if public.scheme() == "https" {
+            "wss"
+        } else {
+            "ws"
+        };
+        let host = public.host_str().unwrap_or("localhost");
+        let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let path = public.path().trim_end_matches('/');
+        return format!("{scheme}://{host}{port}{path}");
+    }
+    let trusted = is_trusted(&config.trusted_proxies, peer);
+    let forwarded = |name: &str| -> Option<String> {
+        if !trusted {
+            return None;
+        }
+        let value = headers.get(name)?.to_str().ok()?;
+        let first = value.split(',').next()?.trim();
+        (!first.is_empty()).then(|| first.to_owned())
+    };
+    let scheme = match forwarded("x-forwarded-proto").as_deref() {
+        Some("https") | Some("wss") => "wss",
+        _ => "ws",
+    };
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .filter(|h| is_host(h))
+        .unwrap_or_else(|| local.to_string());
+    format!("{scheme}://{host}")
+}
+
+pub fn is_trusted(proxies: &[IpNet], peer: SocketAddr) -> bool {
+    proxies.iter().any(|net| net.contains(peer.ip()))
+}
+
+/// A `Host` value we are willing to echo into a URL: a name or address with an optional port.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// The gateway stream URL handed to clients. The path still ends in `/stream`, so DLJS's
+/// `/multimodal` variant keeps working (spec §5.1).
+pub fn gateway_stream_url(
+    ws_base: &str,
+    prefix: &str,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    ticket: &str,
+) -> String {
+    let watermark = utf8_percent_encode(watermark.unwrap_or("-"), QUERY_VALUE);
+    format!(
+        "{ws_base}{prefix}/v3/directline/conversations/{conversation}/stream?watermark={watermark}&t={ticket}"
+    )
+}
+
+/// The watermark in an upstream stream URL (`None` for `-` or absent).
+pub fn stream_url_watermark(stream_url: &str) -> Option<String> {
+    let url = Url::parse(stream_url).ok()?;
+    let (_, value) = url.query_pairs().find(|(k, _)| k == "watermark")?;
+    normalize_watermark(&value)
+}
+
+/// Checks that an upstream stream URL is a WebSocket URL we can dial later.
+pub fn is_upstream_stream_url(stream_url: &str) -> bool {
+    Url::parse(stream_url)
+        .map(|u| matches!(u.scheme(), "ws" | "wss") && u.host().is_some())
+        .unwrap_or(false)
+}
+
+/// Watermarks are opaque strings (spec §4.1): copied verbatim; `-` and empty mean "none".
+pub fn normalize_watermark(raw: &str) -> Option<String> {
+    (!raw.is_empty() && raw != "-").then(|| raw.to_owned())
+}
+
+/// The `watermark` query parameter of a client request, decoded and bounded.
+pub fn query_watermark(query: Option<&str>) -> Result<Option<String>, crate::error::GatewayError> {
+    let Some(query) = query else { return Ok(None) };
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "watermark" {
+            if value.len() > MAX_WATERMARK_LEN || value.chars().any(char::is_control) {
+                return Err(crate::error::GatewayError::InvalidQuery);
+            }
+            found = normalize_watermark(&value);
+        }
+    }
+    Ok(found)
+}
+
+/// `?watermark=…` for an upstream request, or nothing.
+pub fn watermark_query(watermark: Option<&str>) -> String {
+    match watermark {
+        Some(w) => format!("?watermark={}", utf8_percent_encode(w, QUERY_VALUE)),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv() -> ConversationId {
+        ConversationId::parse("FBfSqjVTqId8YuZUagotOF-us").unwrap()
+    }
+
+    /// Every upstream host form of DESIGN §6 yields the same kind of gateway URL, with the
+    /// upstream watermark kept and no upstream host or credential left in it.
+    #[test]
+    fn every_upstream_host_form() {
+        let forms = [
+            "wss://directline.botframework.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=-&t=UPSTREAM.JWT",
+            "wss://europe.directline.botframework.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=12&t=UPSTREAM.JWT",
+            "wss://india.directline.botframework.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?t=UPSTREAM.JWT&watermark=0000a-42",
+            "wss://myapp.azurewebsites.net/.bot/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=7&t=UPSTREAM.JWT",
+            "ws://127.0.0.1:3978/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=3&t=UPSTREAM.JWT",
+            "wss://directline.botframework.azure.us/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=5&t=UPSTREAM.JWT",
+        ];
+        let expected = [
+            None,
+            Some("12"),
+            Some("0000a-42"),
+            Some("7"),
+            Some("3"),
+            Some("5"),
+        ];
+        for (upstream, want) in forms.iter().zip(expected) {
+            assert!(is_upstream_stream_url(upstream));
+            let watermark = stream_url_watermark(upstream);
+            assert_eq!(watermark.as_deref(), want, "{upstream}");
+            let rewritten = gateway_stream_url(
+                "wss://chat.contoso.com",
+                "",
+                &conv(),
+                watermark.as_deref(),
+                "dlgw1.TICKET",
+            );
+            assert!(rewritten.starts_with("wss://chat.contoso.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?"));
+            assert!(!rewritten.contains("UPSTREAM"));
+            assert!(
+                !rewritten.contains("botframework")
+                    && !rewritten.contains("azurewebsites")
+                    && !rewritten.contains("3978")
+            );
+            let parsed = Url::parse(&rewritten).unwrap();
+            assert!(parsed.path().ends_with("/stream"));
+            let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+            assert_eq!(query[0], ("watermark".into(), want.unwrap_or("-").into()));
+            assert_eq!(query[1], ("t".into(), "dlgw1.TICKET".into()));
+        }
+    }
+
+    #[test]
+    fn odd_watermarks_survive_encoding() {
+        let url = gateway_stream_url("ws://h", "/bots/a", &conv(), Some("a&b=c d%"), "T");
+        assert!(url.starts_with("ws://h/bots/a/v3/directline/"));
+        let parsed = Url::parse(&url).unwrap();
+        let (_, w) = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "watermark")
+            .unwrap();
+        assert_eq!(w, "a&b=c d%");
+    }
+
+    #[test]
+    fn client_watermark_query() {
+        assert_eq!(query_watermark(None).unwrap(), None);
+        assert_eq!(query_watermark(Some("watermark=")).unwrap(), None);
+        assert_eq!(query_watermark(Some("watermark=-")).unwrap(), None);
+        assert_eq!(
+            query_watermark(Some("x=1&watermark=42"))
+                .unwrap()
+                .as_deref(),
+            Some("42")
+        );
+        assert!(query_watermark(Some("watermark=%00")).is_err());
+        assert!(query_watermark(Some(&format!("watermark={}", "9".repeat(300)))).is_err());
+        assert_eq!(watermark_query(Some("a b")), "?watermark=a%20b");
+    }
+
+    #[test]
+    fn public_base_from_config_host_and_trusted_proxy() {
+        let mut config = Config::default();
+        let peer: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "gw.local:8080".parse().unwrap());
+        headers.insert("x-forwarded-proto", "https".parse().unwrap());
+        headers.insert("x-forwarded-host", "chat.contoso.com".parse().unwrap());
+        assert_eq!(
+            public_ws_base(&config, &headers, peer, local),
+            "ws://gw.local:8080"
+        );
+        config.trusted_proxies = vec![IpNet::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            public_ws_base(&config, &headers, peer, local),
+            "wss://chat.contoso.com"
+        );
+        config.public_url = Some(Url::parse("https://bots.example.com/chat/").unwrap());
+        assert_eq!(
+            public_ws_base(&config, &headers, peer, local),
+            "wss://bots.example.com/chat"
+        );
+        let mut evil = HeaderMap::new();
+        evil.insert("host", "evil.com/path?x".parse().unwrap());
+        assert_eq!(
+            public_ws_base(&Config::default(), &evil, peer, local),
+            "ws://127.0.0.1:8080"
+        );
+    }
+}

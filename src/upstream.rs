@@ -1,0 +1,174 @@
+//! The HTTP client to Direct Line: URL building, upstream `Host`, TLS with the ring provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+
+/// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
+pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
+
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path of the base URL without a trailing slash: `""`, or `/.bot` for the App Service extension.
+    base_path: String,
+    host: HeaderValue,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+/// rustls client configuration with the ring provider and the webpki roots, shared by
+/// the REST client and the upstream WebSocket connector.
+pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(config)
+}
+
+impl Upstream {
+    pub fn new(base: &Url, connect_timeout: Duration) -> Result<Self, GatewayError> {
+        let scheme = match base.scheme() {
+            "https" => Scheme::HTTPS,
+            "http" => Scheme::HTTP,
+            _ => return Err(GatewayError::Internal),
+        };
+        let host = base.host_str().ok_or(GatewayError::Internal)?;
+        let authority_text = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority: Authority = authority_text.parse().map_err(|_| GatewayError::Internal)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls_client_config()).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Self {
+            scheme,
+            host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
+            authority,
+            base_path: base.path().trim_end_matches('/').to_owned(),
+            client,
+        })
+    }
+
+    /// `path_and_query` starts with `/v3/directline/`.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.base_path, path_and_query))
+            .build()
+            .map_err(|_| GatewayError::Internal)
+    }
+
+    /// A request to upstream with its own `Host` (spec §0.10) and the given credential.
+    pub fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        authorization: HeaderValue,
+    ) -> Result<http::request::Builder, GatewayError> {
+        Ok(Request::builder()
+            .method(method)
+            .uri(self.uri(path_and_query)?)
+            .header(header::HOST, self.host.clone())
+            .header(header::AUTHORIZATION, authorization)
+            .header(header::ACCEPT, HeaderValue::from_static("application/json")))
+    }
+
+    /// Sends once. Never retried here: POST activities and uploads must not be repeated
+    /// (spec §4.2), and the callers that may retry decide that themselves.
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "upstream request failed");
+                if is_body_limit(&error) {
+                    return Err(GatewayError::BodyTooLarge { limit: 0 });
+                }
+                Err(GatewayError::UpstreamUnreachable)
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Reads a small upstream body whole, decompressing gzip (spec §0.10), within `timeout`.
+pub async fn read_body(
+    response: Response<Incoming>,
+    timeout: Duration,
+) -> Result<(http::response::Parts, Bytes), GatewayError> {
+    let (parts, body) = response.into_parts();
+    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_UPSTREAM_JSON).collect())
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout)?
+        .map_err(|_| GatewayError::UpstreamInvalid)?
+        .to_bytes();
+    let gzip = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzip {
+        return Ok((parts, collected));
+    }
+    let mut decoded = Vec::with_capacity(collected.len() * 4);
+    let reader = flate2::read::GzDecoder::new(&collected[..]);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(reader, MAX_UPSTREAM_JSON as u64 + 1),
+        &mut decoded,
+    )
+    .map_err(|_| GatewayError::UpstreamInvalid)?;
+    if decoded.len() > MAX_UPSTREAM_JSON {
+        return Err(GatewayError::UpstreamInvalid);
+    }
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Ok((parts, Bytes::from(decoded)))
+}
+
+/// The Direct Line `error.code` of an upstream error body, if it has one.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("error")?.get("code")?.as_str().map(str::to_owned)
+}
