@@ -47,8 +47,8 @@ impl Gateway {
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|weak| Self {
-            hubs: Hubs::new(weak.clone()),
+        Arc::new(Self {
+            hubs: Hubs::default(),
             config,
             secret,
             sealer,

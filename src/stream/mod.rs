@@ -1,32 +1,267 @@
-//! The stream path (placeholder until the bridge lands).
+//! The stream path: client WebSockets authorised by stream tickets, bridged through one
+//! hub per conversation to one upstream socket, with watermark tracking and resume.
 
-use std::sync::{Arc, Weak};
+mod backoff;
+mod client;
+mod hub;
+mod link;
+mod multimodal;
+mod relay;
+pub mod tracker;
 
-use http::{Request, Response};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::body::Body;
+use crate::auth;
+use crate::body::{self, Body};
+use crate::config::StreamConfig;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, RequestContext};
+use crate::seal::StreamTicket;
+use hub::{AttachError, Hub, ResumeFrom};
+use relay::{FirstLink, close_frame};
 
+pub use backoff::delay as backoff_delay;
+
+/// The live hubs of this replica, by conversation.
 pub struct Hubs {
-    _gateway: Weak<Gateway>,
+    map: DashMap<ConversationId, Arc<Hub>>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Default for Hubs {
+    fn default() -> Self {
+        Self {
+            map: DashMap::new(),
+            tls: crate::upstream::tls_client_config(),
+        }
+    }
 }
 
 impl Hubs {
-    pub fn new(gateway: Weak<Gateway>) -> Self {
-        Self { _gateway: gateway }
+    /// Client sockets now open on `conversation` on this replica.
+    pub fn client_count(&self, conversation: &ConversationId) -> usize {
+        self.map.get(conversation).map_or(0, |hub| hub.clients())
     }
-    pub fn close_all_for_drain(&self) {}
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Closes every client socket with 1001 so clients resume through another replica.
+    pub fn close_all_for_drain(&self) {
+        let hubs: Vec<Arc<Hub>> = self.map.iter().map(|entry| entry.value().clone()).collect();
+        for hub in hubs {
+            hub.close(close_frame(
+                CloseCode::Away,
+                "gateway restarting; reconnect",
+            ));
+        }
+    }
+
+    fn remove(&self, hub: &Arc<Hub>) {
+        self.map
+            .remove_if(&hub.conversation, |_, live| Arc::ptr_eq(live, hub));
+    }
+
+    /// The conversation's hub, creating it (and its upstream task) from `ticket` when
+    /// there is none. Returns whether it was created.
+    fn get_or_create(
+        &self,
+        gw: &Arc<Gateway>,
+        conversation: &ConversationId,
+        ticket: &StreamTicket,
+    ) -> (Arc<Hub>, bool) {
+        let watermark: Option<Arc<str>> = ticket.watermark.as_deref().map(Arc::from);
+        let mut created = false;
+        let hub = {
+            let mut entry = self.map.entry(conversation.clone()).or_insert_with(|| {
+                created = true;
+                Arc::new(Hub::new(
+                    conversation.clone(),
+                    gw.config.stream.buffer_frames,
+                    watermark.clone(),
+                ))
+            });
+            if !created && entry.is_retired() {
+                created = true;
+                *entry = Arc::new(Hub::new(
+                    conversation.clone(),
+                    gw.config.stream.buffer_frames,
+                    watermark.clone(),
+                ));
+            }
+            entry.clone()
+            // The DashMap guard ends here, before anything awaits.
+        };
+        if created {
+            let first = FirstLink {
+                stream_url: ticket.upstream_stream_url.clone(),
+                watermark,
+                upstream_token: ticket.upstream_token.clone(),
+            };
+            tokio::spawn(relay::run(gw.clone(), hub.clone(), first, self.tls.clone()));
+        }
+        (hub, created)
+    }
 }
 
+/// tungstenite settings for both sides: small eagerly-allocated read buffers, because an
+/// idle bridged conversation should cost kilobytes (tungstenite's default is 128 KiB each).
+pub fn ws_config(config: &StreamConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_frame_bytes * 2 + 1024)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+/// Authorises a stream upgrade and answers 101; the socket is served in its own task.
 pub fn accept(
-    _gw: &Arc<Gateway>,
-    _conversation: ConversationId,
-    _multimodal: bool,
-    _request: Request<Incoming>,
+    gw: &Arc<Gateway>,
+    conversation: ConversationId,
+    multimodal: bool,
+    mut request: Request<Incoming>,
     _ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    Err(GatewayError::Internal)
+    let ticket_text = request
+        .uri()
+        .query()
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "t")
+                .map(|(_, v)| v.into_owned())
+        })
+        .ok_or(GatewayError::InvalidTicket)?;
+    let ticket = auth::open_ticket(&gw.sealer, &ticket_text, &conversation)?;
+    let key = websocket_key(request.headers()).ok_or(GatewayError::UpgradeRequired)?;
+    if !multimodal
+        && gw.hubs.client_count(&conversation) >= gw.config.stream.max_sockets_per_conversation
+    {
+        return Err(GatewayError::TooManySockets);
+    }
+    let accept_key = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(error = %error, "client upgrade failed");
+                return;
+            }
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws_config(&gw.config.stream)),
+        )
+        .await;
+        if multimodal {
+            multimodal::bridge(gw, ticket, socket).await;
+        } else {
+            session(gw, conversation, ticket, socket).await;
+        }
+    });
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept_key).map_err(|_| GatewayError::Internal)?,
+    );
+    Ok(response)
+}
+
+/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
+fn websocket_key(headers: &http::HeaderMap) -> Option<&HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    (has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+        && version_ok)
+        .then(|| headers.get(header::SEC_WEBSOCKET_KEY))
+        .flatten()
+}
+
+/// Attaches a classic stream socket to its conversation's hub and serves it.
+async fn session(
+    gw: Arc<Gateway>,
+    conversation: ConversationId,
+    ticket: StreamTicket,
+    socket: client::ClientSocket,
+) {
+    let from = match &ticket.watermark {
+        Some(w) => ResumeFrom::Watermark(Arc::from(w.as_str())),
+        None => ResumeFrom::Since(ticket.issued_at_ms),
+    };
+    let mut socket = socket;
+    for _ in 0..3 {
+        let (hub, created) = gw.hubs.get_or_create(&gw, &conversation, &ticket);
+        let attached = if created {
+            hub.attach(&hub::ResumeFrom::Start)
+        } else {
+            hub.attach(&from)
+        };
+        match attached {
+            Ok(cursor) => {
+                gw.metrics
+                    .client_replays
+                    .with_label_values(&[if created { "upstream" } else { "buffer" }])
+                    .inc();
+                client::serve(gw, hub, socket, cursor, Vec::new()).await;
+                return;
+            }
+            Err(AttachError::Retired) => continue,
+            Err(AttachError::NotBuffered) => {
+                let Some(watermark) = ticket.watermark.as_deref() else {
+                    continue;
+                };
+                match link::catch_up(&gw, &conversation, watermark, &ticket.upstream_token).await {
+                    Ok((frames, ids)) => match hub.attach_after_catch_up(ids) {
+                        Ok(cursor) => {
+                            gw.metrics
+                                .client_replays
+                                .with_label_values(&["catch_up"])
+                                .inc();
+                            client::serve(gw, hub, socket, cursor, frames).await;
+                            return;
+                        }
+                        Err(_) => continue,
+                    },
+                    Err(error) => {
+                        tracing::debug!(conversation = %conversation, ?error, "client catch-up failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let frame = close_frame(CloseCode::Error, "could not resume; reconnect");
+    let _ = socket.close(Some(frame)).await;
 }

@@ -1,0 +1,432 @@
+//! A hub: one per conversation per replica. It owns the only upstream socket (Direct Line
+//! closes extra ones with `collision`) and fans its frames out to every client socket.
+//!
+//! LIFECYCLE
+//! - created by the first client socket of a conversation on this replica; its upstream
+//!   task first dials the stream URL sealed in that client's ticket (it replays what was
+//!   sent since the start/reconnect call that minted it);
+//! - every later upstream connection comes from a fresh reconnect GET at the tracker's
+//!   watermark, dialled at once (the URL lives 60 s);
+//! - with no client for `linger`, the upstream socket closes and the hub retires;
+//! - past the resume budget, on a gone conversation, or on drain, the hub closes every
+//!   client with a close code (1011, 1000, 1001) and retires.
+//!
+//! Frames live in a bounded ring of [`Event`]s. Each client keeps its own cursor (a
+//! sequence number), so fan-out is one `Arc` clone per client per frame and a slow client
+//! never blocks others: it falls off the ring and is closed with 1013 to resume by watermark.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use super::tracker::ActivitySpan;
+use crate::endpoint::ConversationId;
+
+/// One frame as clients receive it.
+pub struct Event {
+    pub seq: u64,
+    pub text: Utf8Bytes,
+    /// `None`: live-only (typing, unknown frames), never replayed to a late joiner.
+    pub watermark: Option<Arc<str>>,
+    pub activities: Vec<ActivitySpan>,
+    pub received_at_ms: u64,
+}
+
+/// Where a client socket starts reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// Everything the hub has: the client created it, so all of it is new to that client.
+    Start,
+    /// After this upstream watermark (a client resume, spec §3).
+    Watermark(Arc<str>),
+    /// What arrived at or after this Unix-millisecond instant (a ticket without watermark:
+    /// "only messages received after the request", spec §3).
+    Since(u64),
+}
+
+/// A client's position in the hub.
+#[derive(Debug)]
+pub struct Cursor {
+    pub next_seq: u64,
+    /// Events before this sequence are a replay: live-only ones among them are skipped.
+    pub live_from: u64,
+    /// Ids this client already got by REST catch-up; such activities are not sent again.
+    pub filter: Option<HashSet<Arc<str>>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The watermark is not in the ring: the client needs a catch-up from upstream first.
+    NotBuffered,
+    /// The hub is ending; make a new one.
+    Retired,
+}
+
+/// What a client should do next.
+pub enum Pending {
+    /// Frames to send (possibly none).
+    Frames,
+    /// The client fell too far behind: close with 1013.
+    Lagged,
+    /// The hub ended: close with this frame.
+    Closed(CloseFrame),
+}
+
+pub struct Hub {
+    pub conversation: ConversationId,
+    state: Mutex<HubState>,
+    published: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    clients: AtomicUsize,
+    pub resumes: AtomicU64,
+}
+
+struct HubState {
+    events: VecDeque<Arc<Event>>,
+    next_seq: u64,
+    capacity: usize,
+    last_watermark: Option<Arc<str>>,
+    closed: Option<CloseFrame>,
+    retired: bool,
+    last_client_left: Instant,
+}
+
+impl Hub {
+    pub fn new(conversation: ConversationId, capacity: usize, watermark: Option<Arc<str>>) -> Self {
+        let (published, _) = watch::channel(0);
+        let (stop, _) = watch::channel(false);
+        Self {
+            conversation,
+            state: Mutex::new(HubState {
+                events: VecDeque::new(),
+                next_seq: 0,
+                capacity: capacity.max(1),
+                last_watermark: watermark,
+                closed: None,
+                retired: false,
+                last_client_left: Instant::now(),
+            }),
+            published,
+            stop,
+            clients: AtomicUsize::new(0),
+            resumes: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding this lock cannot leave the ring half-updated in a way that
+        // matters more than losing the hub, so poisoning is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Adds a client reading from `from`.
+    pub fn attach(&self, from: &ResumeFrom) -> Result<Cursor, AttachError> {
+        let state = self.lock();
+        if state.retired {
+            return Err(AttachError::Retired);
+        }
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        let next_seq = match from {
+            ResumeFrom::Start => oldest,
+            ResumeFrom::Watermark(w) if state.last_watermark.as_deref() == Some(&**w) => head,
+            ResumeFrom::Watermark(w) => state
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.watermark.as_deref() == Some(&**w))
+                .map(|e| e.seq + 1)
+                .ok_or(AttachError::NotBuffered)?,
+            ResumeFrom::Since(ms) => state
+                .events
+                .iter()
+                .find(|e| e.received_at_ms >= *ms)
+                .map_or(head, |e| e.seq),
+        };
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        drop(state);
+        Ok(Cursor {
+            next_seq,
+            live_from: if *from == ResumeFrom::Start { 0 } else { head },
+            filter: None,
+        })
+    }
+
+    /// Adds a client that already received `filter` by REST: it replays the whole ring,
+    /// minus those activities.
+    pub fn attach_after_catch_up(&self, filter: HashSet<Arc<str>>) -> Result<Cursor, AttachError> {
+        let state = self.lock();
+        if state.retired {
+            return Err(AttachError::Retired);
+        }
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        Ok(Cursor {
+            next_seq: oldest,
+            live_from: head,
+            filter: Some(filter),
+        })
+    }
+
+    pub fn detach(&self) {
+        let mut state = self.lock();
+        if self.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state.last_client_left = Instant::now();
+        }
+    }
+
+    /// Frames for one client since its cursor, into `out`. `lag_limit` bounds how many
+    /// live frames a client may be behind.
+    pub fn pending(
+        &self,
+        cursor: &mut Cursor,
+        out: &mut Vec<Arc<Event>>,
+        lag_limit: usize,
+    ) -> Pending {
+        let state = self.lock();
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        if cursor.next_seq < oldest {
+            return Pending::Lagged;
+        }
+        let live_behind = head.saturating_sub(cursor.next_seq.max(cursor.live_from));
+        if live_behind > lag_limit as u64 {
+            return Pending::Lagged;
+        }
+        let start = (cursor.next_seq - oldest) as usize;
+        out.extend(
+            state
+                .events
+                .iter()
+                .skip(start)
+                .filter(|e| e.seq >= cursor.live_from || e.watermark.is_some())
+                .cloned(),
+        );
+        cursor.next_seq = head;
+        if let Some(close) = &state.closed {
+            return Pending::Closed(close.clone());
+        }
+        Pending::Frames
+    }
+
+    /// Publishes a frame to every client; `watermark` is the tracker's position after it.
+    pub fn publish(&self, event: EventParts, watermark: Option<&Arc<str>>) {
+        let mut state = self.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.events.push_back(Arc::new(Event {
+            seq,
+            text: event.text,
+            watermark: event.watermark,
+            activities: event.activities,
+            received_at_ms: crate::clock::unix_millis(),
+        }));
+        while state.events.len() > state.capacity {
+            state.events.pop_front();
+        }
+        if watermark.is_some() {
+            state.last_watermark = watermark.cloned();
+        }
+        drop(state);
+        self.published.send_replace(seq + 1);
+    }
+
+    /// Records the upstream position without a frame (all of a replayed frame was dropped).
+    pub fn advance_watermark(&self, watermark: Option<&Arc<str>>) {
+        if watermark.is_some() {
+            self.lock().last_watermark = watermark.cloned();
+        }
+    }
+
+    /// Ends the hub: clients get `close` after what they have not read yet; the upstream
+    /// task stops.
+    pub fn close(&self, close: CloseFrame) {
+        let mut state = self.lock();
+        state.retired = true;
+        if state.closed.is_none() {
+            state.closed = Some(close);
+        }
+        drop(state);
+        self.stop.send_replace(true);
+        // Wake every client even though nothing new was published.
+        self.published.send_modify(|_| {});
+    }
+
+    /// Stops taking new clients (the upstream task is ending).
+    pub fn retire(&self) {
+        self.lock().retired = true;
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.lock().retired
+    }
+
+    /// True when no client has been attached for at least `linger`.
+    pub fn idle_for(&self, linger: Duration) -> bool {
+        let state = self.lock();
+        self.clients() == 0 && state.last_client_left.elapsed() >= linger
+    }
+}
+
+/// A frame's content before it gets its sequence number.
+pub struct EventParts {
+    pub text: Utf8Bytes,
+    pub watermark: Option<Arc<str>>,
+    pub activities: Vec<ActivitySpan>,
+}
+
+/// The event's text for a client that must not see `filter`'s activities again;
+/// `None` when nothing is left to send.
+pub fn filtered_text(event: &Event, filter: &HashSet<Arc<str>>) -> Option<Utf8Bytes> {
+    if event.activities.is_empty() {
+        return Some(event.text.clone());
+    }
+    let kept: Vec<ActivitySpan> = event
+        .activities
+        .iter()
+        .filter(|(id, _)| id.as_ref().is_none_or(|id| !filter.contains(id)))
+        .cloned()
+        .collect();
+    if kept.len() == event.activities.len() {
+        return Some(event.text.clone());
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    let watermark = event
+        .watermark
+        .as_ref()
+        .and_then(|w| serde_json::value::to_raw_value(&**w).ok());
+    let (text, _) = super::tracker::rebuild(event.text.as_str(), &kept, watermark.as_deref());
+    Some(Utf8Bytes::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(capacity: usize) -> Hub {
+        Hub::new(ConversationId::parse("c").unwrap(), capacity, None)
+    }
+
+    fn parts(text: &str, watermark: Option<&str>) -> EventParts {
+        EventParts {
+            text: Utf8Bytes::from(text.to_owned()),
+            watermark: watermark.map(Arc::from),
+            activities: Vec::new(),
+        }
+    }
+
+    fn texts(hub: &Hub, cursor: &mut Cursor) -> Vec<String> {
+        let mut out = Vec::new();
+        assert!(matches!(
+            hub.pending(cursor, &mut out, 100),
+            Pending::Frames
+        ));
+        out.iter().map(|e| e.text.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn cursors_are_independent_and_replay_skips_live_only() {
+        let hub = hub(16);
+        let mut first = hub.attach(&ResumeFrom::Start).unwrap();
+        hub.publish(parts("a", Some("1")), Some(&Arc::from("1")));
+        hub.publish(parts("typing", None), Some(&Arc::from("1")));
+        hub.publish(parts("b", Some("2")), Some(&Arc::from("2")));
+        assert_eq!(texts(&hub, &mut first), ["a", "typing", "b"]);
+        let mut late = hub.attach(&ResumeFrom::Watermark(Arc::from("1"))).unwrap();
+        assert_eq!(texts(&hub, &mut late), ["b"]);
+        hub.publish(parts("typing2", None), None);
+        assert_eq!(texts(&hub, &mut late), ["typing2"]);
+        assert_eq!(texts(&hub, &mut first), ["typing2"]);
+        let mut current = hub.attach(&ResumeFrom::Watermark(Arc::from("2"))).unwrap();
+        assert!(texts(&hub, &mut current).is_empty());
+        assert_eq!(
+            hub.attach(&ResumeFrom::Watermark(Arc::from("0")))
+                .unwrap_err(),
+            AttachError::NotBuffered
+        );
+        assert_eq!(hub.clients(), 3);
+    }
+
+    #[test]
+    fn a_client_behind_the_ring_lags() {
+        let hub = hub(2);
+        let mut slow = hub.attach(&ResumeFrom::Start).unwrap();
+        for i in 0..3 {
+            hub.publish(parts(&i.to_string(), Some(&i.to_string())), None);
+        }
+        let mut out = Vec::new();
+        assert!(matches!(
+            hub.pending(&mut slow, &mut out, 100),
+            Pending::Lagged
+        ));
+    }
+
+    #[test]
+    fn close_delivers_the_rest_first() {
+        let hub = hub(4);
+        let mut cursor = hub.attach(&ResumeFrom::Start).unwrap();
+        hub.publish(parts("last", Some("9")), None);
+        hub.close(CloseFrame {
+            code: 1011.into(),
+            reason: "x".into(),
+        });
+        let mut out = Vec::new();
+        assert!(matches!(
+            hub.pending(&mut cursor, &mut out, 100),
+            Pending::Closed(_)
+        ));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            hub.attach(&ResumeFrom::Start).unwrap_err(),
+            AttachError::Retired
+        );
+    }
+
+    #[test]
+    fn filter_drops_already_sent_activities() {
+        let text = r#"{"activities":[{"id":"a"},{"id":"b"}],"watermark":"2"}"#;
+        let a = 15..25;
+        let b = 26..36;
+        assert_eq!(&text[a.clone()], r#"{"id":"a"}"#);
+        let event = Event {
+            seq: 0,
+            text: Utf8Bytes::from(text.to_owned()),
+            watermark: Some(Arc::from("2")),
+            activities: vec![(Some(Arc::from("a")), a), (Some(Arc::from("b")), b)],
+            received_at_ms: 0,
+        };
+        let only_a: HashSet<Arc<str>> = [Arc::from("a")].into_iter().collect();
+        let both: HashSet<Arc<str>> = [Arc::from("a"), Arc::from("b")].into_iter().collect();
+        assert_eq!(
+            filtered_text(&event, &HashSet::new()).unwrap().as_str(),
+            text
+        );
+        assert_eq!(
+            filtered_text(&event, &only_a).unwrap().as_str(),
+            r#"{"activities":[{"id":"b"}],"watermark":"2"}"#
+        );
+        assert!(filtered_text(&event, &both).is_none());
+    }
+}

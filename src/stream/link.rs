@@ -1,0 +1,214 @@
+//! The upstream side of a hub: fetching stream URLs, dialling them, and REST catch-up.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::body;
+use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::metrics::status_class;
+use crate::rewrite;
+use crate::secret;
+use crate::upstream;
+
+pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a stream URL could not be had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FetchError {
+    /// 404: the conversation is gone (spec §3); retrying cannot help.
+    Gone,
+    /// Anything else: 5xx, 429, timeouts, refused connections, odd answers.
+    Retry,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DialError {
+    /// 403 on the handshake: the URL went stale; fetch a new one at once (spec §0.2).
+    Forbidden,
+    Failed,
+}
+
+/// `GET /conversations/{id}?watermark=W` with the secret, or with the conversation token
+/// under enhanced authentication (400 MissingProperty). A token answer is adopted, since
+/// it carries the user claim and a fresh lifetime.
+pub async fn fetch_stream_url(
+    gw: &Gateway,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    upstream_token: &mut String,
+) -> Result<String, FetchError> {
+    let path = format!(
+        "/v3/directline/conversations/{conversation}{}",
+        rewrite::watermark_query(watermark)
+    );
+    let timeout = gw.config.timeouts.default;
+    let mut with_token = false;
+    loop {
+        let credential = if with_token {
+            secret::bearer(upstream_token)
+        } else {
+            gw.secret.bearer_header()
+        };
+        let request = gw
+            .upstream
+            .request(Method::GET, &path, credential)
+            .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
+            .map_err(|_| FetchError::Retry)?;
+        let response = gw.upstream.send(request, timeout).await;
+        let status_label = match &response {
+            Ok(r) => status_class(r.status().as_u16()),
+            Err(GatewayError::UpstreamTimeout) => "timeout",
+            Err(_) => "error",
+        };
+        gw.metrics
+            .upstream_requests
+            .with_label_values(&["stream_resume", status_label])
+            .inc();
+        let response = response.map_err(|_| FetchError::Retry)?;
+        let status = response.status();
+        let (_, bytes) = upstream::read_body(response, timeout)
+            .await
+            .map_err(|_| FetchError::Retry)?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(FetchError::Gone);
+        }
+        if status == StatusCode::BAD_REQUEST
+            && !with_token
+            && upstream::error_code(&bytes).as_deref() == Some("MissingProperty")
+        {
+            with_token = true;
+            continue;
+        }
+        if !status.is_success() {
+            tracing::debug!(conversation = %conversation, status = status.as_u16(), "reconnect refused upstream");
+            return Err(FetchError::Retry);
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
+        if with_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
+            *upstream_token = fresh.to_owned();
+        }
+        return json
+            .get("streamUrl")
+            .and_then(|u| u.as_str())
+            .filter(|u| rewrite::is_upstream_stream_url(u))
+            .map(str::to_owned)
+            .ok_or(FetchError::Retry);
+    }
+}
+
+/// Opens an upstream stream URL (ws or wss) within the connect timeout.
+pub async fn dial(
+    gw: &Gateway,
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<UpstreamSocket, DialError> {
+    let request = url.into_client_request().map_err(|_| DialError::Failed)?;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(super::ws_config(&gw.config.stream)),
+        true,
+        Some(Connector::Rustls(tls.clone())),
+    );
+    match tokio::time::timeout(gw.config.timeouts.connect * 2, connect).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(tungstenite::Error::Http(response)))
+            if response.status() == StatusCode::FORBIDDEN =>
+        {
+            Err(DialError::Forbidden)
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(error = %error, "upstream stream dial failed");
+            Err(DialError::Failed)
+        }
+        Err(_) => Err(DialError::Failed),
+    }
+}
+
+/// Most pages fetched for one client catch-up; Direct Line keeps 24 h of activities.
+const MAX_CATCH_UP_PAGES: usize = 50;
+
+/// Activities after `watermark`, by `GET …/activities`, for a client whose watermark is
+/// older than the hub's ring. Each page is sent as it came (an ActivitySet); the ids
+/// returned let the client skip the same activities when they arrive on the stream.
+pub async fn catch_up(
+    gw: &Gateway,
+    conversation: &ConversationId,
+    watermark: &str,
+    upstream_token: &str,
+) -> Result<(Vec<Utf8Bytes>, HashSet<Arc<str>>), FetchError> {
+    let mut frames = Vec::new();
+    let mut ids = HashSet::new();
+    let mut watermark = watermark.to_owned();
+    let timeout = gw.config.timeouts.default;
+    for _ in 0..MAX_CATCH_UP_PAGES {
+        let path = format!(
+            "/v3/directline/conversations/{conversation}/activities{}",
+            rewrite::watermark_query(Some(&watermark))
+        );
+        let mut bytes = None;
+        for credential in [gw.secret.bearer_header(), secret::bearer(upstream_token)] {
+            let request = gw
+                .upstream
+                .request(Method::GET, &path, credential)
+                .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
+                .map_err(|_| FetchError::Retry)?;
+            let response = gw
+                .upstream
+                .send(request, timeout)
+                .await
+                .map_err(|_| FetchError::Retry)?;
+            let status = response.status();
+            let (_, body) = upstream::read_body(response, timeout)
+                .await
+                .map_err(|_| FetchError::Retry)?;
+            if status.is_success() {
+                bytes = Some(body);
+                break;
+            }
+            if status == StatusCode::NOT_FOUND {
+                return Err(FetchError::Gone);
+            }
+            if !(status == StatusCode::BAD_REQUEST
+                && upstream::error_code(&body).as_deref() == Some("MissingProperty"))
+            {
+                return Err(FetchError::Retry);
+            }
+        }
+        let bytes = bytes.ok_or(FetchError::Retry)?;
+        let set: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
+        let activities = set
+            .get("activities")
+            .and_then(|a| a.as_array())
+            .map_or(&[][..], |a| a.as_slice());
+        if activities.is_empty() {
+            break;
+        }
+        for id in activities
+            .iter()
+            .filter_map(|a| a.get("id").and_then(|i| i.as_str()))
+        {
+            ids.insert(Arc::from(id));
+        }
+        let next = set
+            .get("watermark")
+            .and_then(|w| w.as_str())
+            .map(str::to_owned);
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| FetchError::Retry)?;
+        frames.push(Utf8Bytes::from(text));
+        match next {
+            Some(next) if next != watermark => watermark = next,
+            _ => break,
+        }
+    }
+    Ok((frames, ids))
+}

@@ -1,0 +1,296 @@
+//! The hub's upstream task: read frames through the tracker into the hub, keep the socket
+//! alive, and resume at the last watermark whenever it drops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::backoff;
+use super::hub::{EventParts, Hub};
+use super::link::{self, DialError, FetchError, UpstreamSocket};
+use super::tracker::{Observed, Tracker};
+use crate::gateway::Gateway;
+
+/// What the hub's first upstream connection should do.
+pub struct FirstLink {
+    /// The upstream stream URL sealed in the creating client's ticket.
+    pub stream_url: Option<String>,
+    pub watermark: Option<Arc<str>>,
+    pub upstream_token: String,
+}
+
+enum PumpEnd {
+    /// Closed, errored, or went silent: resume.
+    Dropped(&'static str),
+    /// No client for the linger time.
+    Idle,
+    /// The hub was closed (drain).
+    Stopped,
+}
+
+enum ResumeEnd {
+    Connected(Box<UpstreamSocket>),
+    Gone,
+    Exhausted,
+    Idle,
+    Stopped,
+}
+
+pub async fn run(
+    gw: Arc<Gateway>,
+    hub: Arc<Hub>,
+    first: FirstLink,
+    tls: Arc<rustls::ClientConfig>,
+) {
+    let config = &gw.config.stream;
+    let mut tracker = Tracker::new(config.delivered_ids, first.watermark);
+    let mut upstream_token = first.upstream_token;
+    let mut pending_url = first.stream_url;
+    let mut dropped_at: Option<Instant> = None;
+    gw.metrics.hubs.inc();
+    loop {
+        let first_try = match pending_url.take() {
+            Some(url) => link::dial(&gw, &url, &tls).await.ok(),
+            None => None,
+        };
+        let socket = match first_try {
+            Some(socket) => socket,
+            None => match resume(&gw, &hub, &tracker, &mut upstream_token, &tls).await {
+                ResumeEnd::Connected(socket) => *socket,
+                ResumeEnd::Gone => {
+                    tracing::info!(conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
+                    hub.close(close_frame(CloseCode::Normal, "conversation ended"));
+                    break;
+                }
+                ResumeEnd::Exhausted => {
+                    tracing::warn!(conversation = %hub.conversation, budget = ?config.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
+                    hub.close(close_frame(
+                        CloseCode::Error,
+                        "upstream unavailable; reconnect",
+                    ));
+                    break;
+                }
+                ResumeEnd::Idle | ResumeEnd::Stopped => break,
+            },
+        };
+        if let Some(since) = dropped_at.take() {
+            gw.metrics
+                .resume_duration
+                .observe(since.elapsed().as_secs_f64());
+            hub.resumes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        gw.metrics.upstream_sockets.inc();
+        let end = pump(&gw, &hub, &mut tracker, socket).await;
+        gw.metrics.upstream_sockets.dec();
+        match end {
+            PumpEnd::Dropped(why) => {
+                tracing::debug!(conversation = %hub.conversation, why, "upstream stream dropped; resuming");
+                dropped_at = Some(Instant::now());
+            }
+            PumpEnd::Idle | PumpEnd::Stopped => break,
+        }
+    }
+    hub.retire();
+    gw.hubs.remove(&hub);
+    gw.metrics.hubs.dec();
+}
+
+/// How often the pump checks liveness and idleness: fine enough for the configured
+/// times, coarse enough that ten thousand idle hubs cost few wakeups.
+fn check_period(gw: &Gateway) -> Duration {
+    let s = &gw.config.stream;
+    (s.linger / 2)
+        .min(s.liveness_timeout / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(5))
+}
+
+async fn pump(
+    gw: &Gateway,
+    hub: &Hub,
+    tracker: &mut Tracker,
+    mut socket: UpstreamSocket,
+) -> PumpEnd {
+    let config = &gw.config.stream;
+    let mut stop = hub.stop_signal();
+    if *stop.borrow_and_update() {
+        let _ = socket.close(None).await;
+        return PumpEnd::Stopped;
+    }
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.keepalive_interval,
+        config.keepalive_interval,
+    );
+    let mut check = tokio::time::interval(check_period(gw));
+    let mut last_frame = Instant::now();
+    let downstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["downstream"]);
+    loop {
+        tokio::select! {
+            message = socket.next() => {
+                last_frame = Instant::now();
+                match message {
+                    Some(Ok(Message::Text(text))) => {
+                        downstream_bytes.inc_by(text.len() as u64);
+                        relay_text(gw, hub, tracker, text);
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        if let Some(frame) = &frame {
+                            tracing::debug!(conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
+                        }
+                        return PumpEnd::Dropped("closed");
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return PumpEnd::Dropped("error"),
+                }
+            }
+            _ = keepalive.tick() => {
+                // An empty text frame is what Direct Line documents and DLJS sends; a ping
+                // also draws a pong from servers that never send frames of their own.
+                let sent = socket.feed(Message::Text(Utf8Bytes::from_static(""))).await
+                    .and(socket.feed(Message::Ping(Default::default())).await);
+                if sent.is_err() || socket.flush().await.is_err() {
+                    return PumpEnd::Dropped("keepalive failed");
+                }
+            }
+            _ = check.tick() => {
+                if last_frame.elapsed() >= config.liveness_timeout {
+                    return PumpEnd::Dropped("silent");
+                }
+                if hub.idle_for(config.linger) {
+                    let _ = socket.close(None).await;
+                    return PumpEnd::Idle;
+                }
+            }
+            _ = stop.changed() => {
+                let _ = socket.close(None).await;
+                return PumpEnd::Stopped;
+            }
+        }
+    }
+}
+
+fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
+    match tracker.observe(text.as_str()) {
+        Observed::Keepalive => {}
+        Observed::AllDuplicates { dropped } => {
+            gw.metrics.duplicates_dropped.inc_by(dropped as u64);
+            hub.advance_watermark(tracker.watermark());
+        }
+        Observed::Forward(forward) => {
+            gw.metrics.duplicates_dropped.inc_by(forward.dropped as u64);
+            gw.metrics
+                .activities_relayed
+                .inc_by(forward.activities.len() as u64);
+            let text = match forward.rebuilt {
+                Some(rebuilt) => Utf8Bytes::from(rebuilt),
+                None => text,
+            };
+            hub.publish(
+                EventParts {
+                    text,
+                    watermark: forward.watermark,
+                    activities: forward.activities,
+                },
+                tracker.watermark(),
+            );
+        }
+    }
+}
+
+/// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
+async fn resume(
+    gw: &Gateway,
+    hub: &Hub,
+    tracker: &Tracker,
+    upstream_token: &mut String,
+    tls: &Arc<rustls::ClientConfig>,
+) -> ResumeEnd {
+    let config = &gw.config.stream;
+    let started = Instant::now();
+    let mut stop = hub.stop_signal();
+    let mut attempt: u32 = 0;
+    let mut refetched_stale_url = false;
+    loop {
+        if *stop.borrow_and_update() {
+            return ResumeEnd::Stopped;
+        }
+        if hub.idle_for(config.linger) {
+            return ResumeEnd::Idle;
+        }
+        let wait = backoff::delay(
+            attempt,
+            config.backoff_base,
+            config.backoff_max,
+            fastrand::f64(),
+        );
+        if started.elapsed() + wait > config.resume_budget {
+            gw.metrics
+                .upstream_reconnects
+                .with_label_values(&["exhausted"])
+                .inc();
+            return ResumeEnd::Exhausted;
+        }
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return ResumeEnd::Stopped,
+            }
+        }
+        attempt += 1;
+        let watermark = tracker.watermark().map(|w| &**w);
+        let url =
+            match link::fetch_stream_url(gw, &hub.conversation, watermark, upstream_token).await {
+                Ok(url) => url,
+                Err(FetchError::Gone) => {
+                    gw.metrics
+                        .upstream_reconnects
+                        .with_label_values(&["gone"])
+                        .inc();
+                    return ResumeEnd::Gone;
+                }
+                Err(FetchError::Retry) => {
+                    gw.metrics
+                        .upstream_reconnects
+                        .with_label_values(&["retry"])
+                        .inc();
+                    continue;
+                }
+            };
+        match link::dial(gw, &url, tls).await {
+            Ok(socket) => {
+                gw.metrics
+                    .upstream_reconnects
+                    .with_label_values(&["ok"])
+                    .inc();
+                return ResumeEnd::Connected(Box::new(socket));
+            }
+            Err(DialError::Forbidden) if !refetched_stale_url => {
+                // A stale URL: fetch a fresh one at once, but only once per resume so a
+                // server that always refuses cannot turn this into a busy loop.
+                gw.metrics
+                    .upstream_reconnects
+                    .with_label_values(&["retry"])
+                    .inc();
+                refetched_stale_url = true;
+                attempt = attempt.saturating_sub(1);
+            }
+            Err(DialError::Forbidden | DialError::Failed) => {
+                gw.metrics
+                    .upstream_reconnects
+                    .with_label_values(&["retry"])
+                    .inc();
+            }
+        }
+    }
+}
+
+pub fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }
+}

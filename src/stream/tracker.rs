@@ -1,0 +1,391 @@
+//! The watermark tracker: which upstream position we are at, and which activities were
+//! already delivered, so replays after a reconnect reach clients exactly once.
+//!
+//! Rules (spec §0.6, §5.2, §10.6):
+//! - the watermark is opaque: copied verbatim, compared only for equality, never computed;
+//! - a frame whose watermark is null or missing never overwrites the last one;
+//! - an activity whose `id` was delivered before is dropped, whatever its position or
+//!   sequence number (the service has replayed whole histories and reset sequences);
+//! - frames without a watermark (typing) are forwarded live and never replayed;
+//! - order of arrival is kept; nothing is reordered.
+
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// An activity's id (when it has one) and its byte range inside the frame text.
+pub type ActivitySpan = (Option<Arc<str>>, Range<usize>);
+
+/// What one upstream text frame turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// An empty keepalive: nothing to forward.
+    Keepalive,
+    /// Forward this text to clients.
+    Forward(Forward),
+    /// An ActivitySet whose activities were all delivered already.
+    AllDuplicates { dropped: usize },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// A rebuilt frame when some activities were dropped; `None`: send the upstream frame
+    /// itself, unchanged and uncopied (the common case).
+    pub rebuilt: Option<String>,
+    /// The frame's watermark; `None` means live-only (never replayed).
+    pub watermark: Option<Arc<str>>,
+    /// Ids of the activities in `text`, and each one's byte range inside `text`.
+    pub activities: Vec<ActivitySpan>,
+    pub dropped: usize,
+}
+
+#[derive(Deserialize)]
+struct RawActivitySet<'a> {
+    #[serde(borrow)]
+    activities: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    watermark: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ActivityId<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
+pub struct Tracker {
+    watermark: Option<Arc<str>>,
+    delivered: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
+    capacity: usize,
+}
+
+impl Tracker {
+    /// `capacity` bounds how many delivered ids are remembered (oldest forgotten first).
+    pub fn new(capacity: usize, watermark: Option<Arc<str>>) -> Self {
+        Self {
+            watermark,
+            delivered: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The last upstream watermark seen: where a reconnect resumes from.
+    pub fn watermark(&self) -> Option<&Arc<str>> {
+        self.watermark.as_ref()
+    }
+
+    pub fn was_delivered(&self, id: &str) -> bool {
+        self.delivered.contains(id)
+    }
+
+    pub fn observe(&mut self, text: &str) -> Observed {
+        if text.trim().is_empty() {
+            return Observed::Keepalive;
+        }
+        let Ok(set) = serde_json::from_str::<RawActivitySet<'_>>(text) else {
+            // "Additional types … identified by the properties in the JSON root" (spec §5.2):
+            // unknown content passes through untouched, live only.
+            return Observed::Forward(Forward {
+                rebuilt: None,
+                watermark: None,
+                activities: Vec::new(),
+                dropped: 0,
+            });
+        };
+        let watermark = set.watermark.and_then(watermark_text);
+        if let Some(w) = &watermark {
+            self.watermark = Some(w.clone());
+        }
+        let activities = set.activities.unwrap_or_default();
+        let mut kept: Vec<ActivitySpan> = Vec::with_capacity(activities.len());
+        let mut dropped = 0;
+        for raw in &activities {
+            let id = serde_json::from_str::<ActivityId<'_>>(raw.get())
+                .ok()
+                .and_then(|a| a.id)
+                .filter(|id| !id.is_empty());
+            let id: Option<Arc<str>> = match id {
+                Some(id) if self.delivered.contains(id.as_ref()) => {
+                    dropped += 1;
+                    continue;
+                }
+                Some(id) => {
+                    let id: Arc<str> = Arc::from(id.as_ref());
+                    self.remember(id.clone());
+                    Some(id)
+                }
+                None => None,
+            };
+            kept.push((id, span(text, raw.get())));
+        }
+        if kept.is_empty() && dropped > 0 {
+            return Observed::AllDuplicates { dropped };
+        }
+        if dropped == 0 {
+            return Observed::Forward(Forward {
+                rebuilt: None,
+                watermark,
+                activities: kept,
+                dropped,
+            });
+        }
+        let (text, activities) = rebuild(text, &kept, set.watermark);
+        Observed::Forward(Forward {
+            rebuilt: Some(text),
+            watermark,
+            activities,
+            dropped,
+        })
+    }
+
+    fn remember(&mut self, id: Arc<str>) {
+        if self.delivered.insert(id.clone()) {
+            self.order.push_back(id);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.delivered.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A watermark as text: strings verbatim, numbers by their JSON text; null means none.
+fn watermark_text(raw: &RawValue) -> Option<Arc<str>> {
+    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(Arc::from(s)),
+        serde_json::Value::Number(n) => Some(Arc::from(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Byte range of `part` inside `whole` (`part` is a sub-slice borrowed from `whole`).
+fn span(whole: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Builds `{"activities":[…kept…],"watermark":…}` from slices of the original text.
+pub fn rebuild(
+    original: &str,
+    kept: &[ActivitySpan],
+    watermark: Option<&RawValue>,
+) -> (String, Vec<ActivitySpan>) {
+    let body_len: usize = kept.iter().map(|(_, r)| r.len() + 1).sum();
+    let mut text = String::with_capacity(body_len + 64);
+    let mut ranges = Vec::with_capacity(kept.len());
+    text.push_str("{\"activities\":[");
+    for (i, (id, range)) in kept.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        let start = text.len();
+        text.push_str(&original[range.clone()]);
+        ranges.push((id.clone(), start..text.len()));
+    }
+    text.push(']');
+    if let Some(watermark) = watermark {
+        text.push_str(",\"watermark\":");
+        text.push_str(watermark.get());
+    }
+    text.push('}');
+    (text, ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u32], watermark: Option<u32>) -> String {
+        let activities: Vec<String> = ids
+            .iter()
+            .map(|i| format!(r#"{{"type":"message","id":"c|{i:07}","text":"m{i}"}}"#))
+            .collect();
+        match watermark {
+            Some(w) => format!(
+                r#"{{"activities":[{}],"watermark":"{w}"}}"#,
+                activities.join(",")
+            ),
+            None => format!(r#"{{"activities":[{}]}}"#, activities.join(",")),
+        }
+    }
+
+    fn forwarded_ids_of(original: &str, observed: &Observed) -> Vec<String> {
+        match observed {
+            Observed::Forward(f) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(f.rebuilt.as_deref().unwrap_or(original)).unwrap();
+                v["activities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["id"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            }
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn keepalives_and_unknown_frames() {
+        let mut t = Tracker::new(16, None);
+        assert_eq!(t.observe(""), Observed::Keepalive);
+        assert_eq!(t.observe("  "), Observed::Keepalive);
+        match t.observe(r#"{"future":"thing"}"#) {
+            Observed::Forward(f) => {
+                assert!(f.rebuilt.is_none() && f.watermark.is_none() && f.activities.is_empty())
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(t.observe("not json"), Observed::Forward(_)));
+        assert_eq!(t.watermark(), None);
+    }
+
+    #[test]
+    fn watermark_is_verbatim_and_never_cleared() {
+        let mut t = Tracker::new(16, Some(Arc::from("start")));
+        t.observe(r#"{"activities":[{"id":"a"}],"watermark":"0000a-42"}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("0000a-42"));
+        t.observe(r#"{"activities":[{"type":"typing"}]}"#);
+        t.observe(r#"{"activities":[{"type":"typing"}],"watermark":null}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("0000a-42"));
+        t.observe(r#"{"activities":[{"id":"b"}],"watermark":7}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("7"));
+    }
+
+    #[test]
+    fn replays_are_dropped_and_partial_frames_rebuilt() {
+        let mut t = Tracker::new(16, None);
+        let first = set(&[0, 1], Some(1));
+        assert_eq!(
+            forwarded_ids_of(&first, &t.observe(&first)),
+            ["c|0000000", "c|0000001"]
+        );
+        assert_eq!(
+            t.observe(&set(&[0, 1], Some(1))),
+            Observed::AllDuplicates { dropped: 2 }
+        );
+        let overlap = set(&[1, 2, 3], Some(3));
+        let observed = t.observe(&overlap);
+        assert_eq!(
+            forwarded_ids_of(&overlap, &observed),
+            ["c|0000002", "c|0000003"]
+        );
+        let Observed::Forward(f) = observed else {
+            unreachable!()
+        };
+        let rebuilt = f.rebuilt.clone().unwrap();
+        assert_eq!(f.dropped, 1);
+        assert_eq!(f.watermark.as_deref(), Some("3"));
+        for (id, range) in &f.activities {
+            let activity: serde_json::Value =
+                serde_json::from_str(&rebuilt[range.clone()]).unwrap();
+            assert_eq!(activity["id"].as_str(), id.as_deref());
+        }
+    }
+
+    #[test]
+    fn typing_frames_are_live_only() {
+        let mut t = Tracker::new(16, None);
+        let Observed::Forward(f) = t.observe(r#"{"activities":[{"type":"typing","id":"c|t1"}]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(f.watermark, None);
+    }
+
+    #[test]
+    fn capacity_forgets_the_oldest() {
+        let mut t = Tracker::new(2, None);
+        for i in 0..3 {
+            t.observe(&set(&[i], Some(i)));
+        }
+        assert!(!t.was_delivered("c|0000000"));
+        assert!(t.was_delivered("c|0000001") && t.was_delivered("c|0000002"));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// How the upstream resumes after a drop.
+        #[derive(Debug, Clone)]
+        enum Replay {
+            /// From the watermark, as documented.
+            FromWatermark,
+            /// From `n` activities before it (overlap).
+            Overlap(usize),
+            /// The whole history (the 2021 regression).
+            Whole,
+        }
+
+        fn replay() -> impl Strategy<Value = Replay> {
+            prop_oneof![
+                Just(Replay::FromWatermark),
+                (1usize..20).prop_map(Replay::Overlap),
+                Just(Replay::Whole),
+            ]
+        }
+
+        proptest! {
+            /// Any history, any batching, any drop points, any replay overlap:
+            /// what the tracker forwards is the history, each activity once, in order.
+            #[test]
+            fn delivered_equals_emitted(
+                total in 1usize..120,
+                batch in 1usize..4,
+                drops in proptest::collection::vec((1usize..40, replay()), 0..8),
+                typing_every in 0usize..5,
+            ) {
+                let mut tracker = Tracker::new(4096, None);
+                let mut delivered: Vec<String> = Vec::new();
+                let mut typing_seen = 0;
+                // The upstream position: index of the next activity it will send.
+                let mut position = 0usize;
+                let mut drops = drops.into_iter();
+                let mut next_drop = drops.next();
+                let mut sent_on_socket = 0usize;
+                let mut frames = 0usize;
+                while position < total {
+                    let end = (position + batch).min(total);
+                    let ids: Vec<u32> = (position as u32..end as u32).collect();
+                    let text = set(&ids, Some(end as u32 - 1));
+                    let observed = tracker.observe(&text);
+                    delivered.extend(forwarded_ids_of(&text, &observed));
+                    position = end;
+                    sent_on_socket += 1;
+                    frames += 1;
+                    if typing_every > 0 && frames % typing_every == 0 {
+                        let typing = r#"{"activities":[{"type":"typing"}]}"#;
+                        if let Observed::Forward(f) = tracker.observe(typing) {
+                            prop_assert!(f.watermark.is_none());
+                            typing_seen += 1;
+                        }
+                    }
+                    if let Some((after, how)) = &next_drop && sent_on_socket >= *after {
+                        // Reconnect from the tracker's watermark.
+                        let resume = tracker.watermark().map(|w| w.parse::<usize>().unwrap() + 1).unwrap_or(0);
+                        position = match how {
+                            Replay::FromWatermark => resume,
+                            Replay::Overlap(n) => resume.saturating_sub(*n),
+                            Replay::Whole => 0,
+                        };
+                        sent_on_socket = 0;
+                        next_drop = drops.next();
+                    }
+                }
+                let expected: Vec<String> = (0..total).map(|i| format!("c|{i:07}")).collect();
+                prop_assert_eq!(delivered, expected);
+                if typing_every > 0 {
+                    prop_assert!(typing_seen > 0 || frames < typing_every);
+                }
+            }
+        }
+    }
+}
