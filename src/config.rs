@@ -64,8 +64,8 @@ pub struct Config {
     /// `None` only with the embedded emulator, which then gets a random secret.
     pub secret: Option<Secret>,
     /// `None`: a random per-process key (tokens then do not survive restarts or cross replicas).
-    pub token_key: Option<String>,
-    pub previous_token_keys: Vec<String>,
+    pub token_key: Option<Secret>,
+    pub previous_token_keys: Vec<Secret>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Browser origins allowed by CORS; empty allows any.
@@ -371,15 +371,16 @@ impl Config {
             return Err(ConfigError::MissingSecret);
         }
         config.token_key = match env.var(ENV_TOKEN_KEY) {
-            Some(key) => Some(key),
+            Some(key) => Some(Secret::new(key)),
             None => file
                 .token_key_file
                 .as_deref()
                 .map(read_trimmed)
-                .transpose()?,
+                .transpose()?
+                .map(Secret::new),
         };
         if let Some(key) = &config.token_key
-            && key.chars().count() < crate::seal::MIN_KEY_LEN
+            && key.expose().chars().count() < crate::seal::MIN_KEY_LEN
         {
             return Err(invalid(
                 "token key",
@@ -389,12 +390,12 @@ impl Config {
         config.previous_token_keys = file
             .previous_token_key_files
             .iter()
-            .map(|p| read_trimmed(p))
+            .map(|p| read_trimmed(p).map(Secret::new))
             .collect::<Result<_, _>>()?;
         if config
             .previous_token_keys
             .iter()
-            .any(|k| k.chars().count() < crate::seal::MIN_KEY_LEN)
+            .any(|k| k.expose().chars().count() < crate::seal::MIN_KEY_LEN)
         {
             return Err(invalid("previous_token_key_files", "a key is too short"));
         }
@@ -790,5 +791,26 @@ mod tests {
                 .contains("::1".parse().unwrap())
         );
         assert!(IpNet::parse("1.2.3.4/33").is_none());
+    }
+}
+
+#[cfg(test)]
+mod shipped_file {
+    use super::*;
+
+    /// The documented file in config/ parses and states exactly the defaults.
+    #[test]
+    fn config_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let config = Config::load(Some(&path), &Overrides::default(), &NoEnv).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    }
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
     }
 }

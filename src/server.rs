@@ -107,8 +107,14 @@ pub async fn start_on(
     let upstream = Upstream::new(&upstream_url, config.timeouts.connect)
         .map_err(|_| StartError::Config("upstream URL".into()))?;
     let sealer = match &config.token_key {
-        Some(key) => Sealer::new(key, &config.previous_token_keys)
-            .map_err(|e| StartError::Config(e.to_string()))?,
+        Some(key) => {
+            let previous: Vec<String> = config
+                .previous_token_keys
+                .iter()
+                .map(|k| k.expose().to_owned())
+                .collect();
+            Sealer::new(key.expose(), &previous).map_err(|e| StartError::Config(e.to_string()))?
+        }
         None => {
             tracing::warn!(
                 "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"

@@ -1,0 +1,598 @@
+//! REST path end to end: real gateway + real emulator on loopback.
+
+mod support;
+
+use bytes::Bytes;
+use directline_gateway::clock;
+use directline_gateway::emulator::{Faults, SeenCredential};
+use directline_gateway::seal::{ClientToken, Purpose, Sealer};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn token_start_post_get_reconnect_refresh() {
+    let h = Harness::start().await;
+    let (token, id) = h.generate().await;
+    assert!(token.starts_with("dlgw1."));
+
+    let reply = h
+        .request(
+            Method::POST,
+            "/v3/directline/conversations",
+            Some(&token),
+            Some(json!({"user": {"id": "spoofed"}, "locale": "en-US"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let start = reply.json();
+    assert_eq!(start["conversationId"], id.as_str());
+    assert_eq!(start["expires_in"].as_u64().map(|s| s > 3500), Some(true));
+    let stream_url = start["streamUrl"].as_str().unwrap();
+    assert!(
+        stream_url.starts_with(&format!(
+            "ws://{}/v3/directline/conversations/{id}/stream?watermark=-&t=dlgw1.",
+            h.gateway().client_addr
+        )),
+        "{stream_url}"
+    );
+    let conversation = Conversation {
+        id: id.clone(),
+        token: start["token"].as_str().unwrap().to_owned(),
+        stream_url: stream_url.to_owned(),
+    };
+
+    // Starting again with the same token: Direct Line answers 200 for an existing conversation.
+    let again = h
+        .request(
+            Method::POST,
+            "/v3/directline/conversations",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+
+    let activity_id = h.post_message(&conversation, "hello").await;
+    assert!(activity_id.starts_with(&format!("{id}|")), "{activity_id}");
+
+    let reply = h
+        .request(
+            Method::GET,
+            &format!("/v3/directline/conversations/{id}/activities"),
+            Some(&conversation.token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let set = reply.json();
+    let texts: Vec<&str> = set["activities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["hello", "echo: hello"]);
+    let watermark = set["watermark"].as_str().unwrap().to_owned();
+    // from.id is the user bound into the token, not what the client claimed.
+    let user = &set["activities"][0]["from"]["id"];
+    assert!(user.as_str().unwrap().starts_with("dl_"), "{user}");
+
+    let resumed = h.reconnect(&conversation, Some(&watermark)).await;
+    let resumed_url = resumed["streamUrl"].as_str().unwrap();
+    assert!(
+        resumed_url.contains(&format!(
+            "/conversations/{id}/stream?watermark={watermark}&t=dlgw1."
+        )),
+        "{resumed_url}"
+    );
+    assert!(resumed["token"].as_str().unwrap().starts_with("dlgw1."));
+
+    let refresh = h
+        .request(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            Some(&conversation.token),
+            None,
+        )
+        .await;
+    assert_eq!(refresh.status, StatusCode::OK, "{}", refresh.text());
+    let refreshed = refresh.json();
+    assert_eq!(refreshed["conversationId"], id.as_str());
+    let refreshed_conversation = Conversation {
+        token: refreshed["token"].as_str().unwrap().to_owned(),
+        ..conversation
+    };
+    h.post_message(&refreshed_conversation, "after refresh")
+        .await;
+
+    // What the emulator saw: the secret on generate/reconnect/activities, the upstream
+    // conversation token on start, and never a gateway token.
+    let seen = h.emulator.requests();
+    let credential_of = |method: &str, suffix: &str| -> Vec<SeenCredential> {
+        seen.iter()
+            .filter(|r| r.method == method && r.path.ends_with(suffix))
+            .map(|r| r.credential.clone())
+            .collect()
+    };
+    assert_eq!(
+        credential_of("POST", "/tokens/generate"),
+        [SeenCredential::Secret]
+    );
+    assert!(credential_of("POST", "/v3/directline/conversations").iter().all(|c| matches!(c, SeenCredential::ConversationToken { conversation_id } if *conversation_id == id)));
+    assert!(
+        credential_of("POST", "/activities")
+            .iter()
+            .all(|c| *c == SeenCredential::Secret)
+    );
+    assert!(
+        credential_of("GET", &format!("/conversations/{id}"))
+            .iter()
+            .all(|c| *c == SeenCredential::Secret)
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.credential != SeenCredential::Invalid
+                && r.credential != SeenCredential::Missing),
+        "{seen:?}"
+    );
+    let upstream_host = h
+        .emulator
+        .base_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    assert!(
+        seen.iter()
+            .all(|r| r.host.as_deref() == Some(upstream_host.as_str())),
+        "upstream Host must be the upstream's own"
+    );
+    let posted = seen
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/activities"))
+        .unwrap();
+    assert_eq!(posted.body.as_ref().unwrap()["from"]["id"], *user);
+    let generate_body = seen
+        .iter()
+        .find(|r| r.path.ends_with("/tokens/generate"))
+        .unwrap()
+        .body
+        .clone()
+        .unwrap();
+    assert_eq!(generate_body["user"]["id"], *user);
+}
+
+#[tokio::test]
+async fn refusals_never_reach_upstream() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let other = h.conversation().await;
+    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
+    let expired = sealer.seal(
+        Purpose::ClientToken,
+        &ClientToken {
+            conversation_id: conversation.id.clone(),
+            user_id: "dl_x".into(),
+            upstream_token: "x".into(),
+            expires_at: clock::unix_seconds() - 5,
+        },
+    );
+    let foreign_key = Sealer::new("another-key-that-this-gateway-never-had-0000", &[])
+        .unwrap()
+        .seal(
+            Purpose::ClientToken,
+            &ClientToken {
+                conversation_id: conversation.id.clone(),
+                user_id: "dl_x".into(),
+                upstream_token: "x".into(),
+                expires_at: clock::unix_seconds() + 600,
+            },
+        );
+    let mut truncated = conversation.token.clone();
+    truncated.truncate(truncated.len() - 5);
+    let before = h.emulator.requests().len();
+    let cases: Vec<(Option<&str>, u16, &str)> = vec![
+        (None, 401, "BadArgument"),
+        (Some("not-a-token"), 403, "BadArgument"),
+        (Some(SECRET), 403, "BadArgument"),
+        (Some(&truncated), 403, "BadArgument"),
+        (Some(&foreign_key), 403, "BadArgument"),
+        (Some(&expired), 403, "TokenExpired"),
+        (Some(&other.token), 403, "BadArgument"),
+    ];
+    let id = &conversation.id;
+    let routes = [
+        (
+            Method::GET,
+            format!("/v3/directline/conversations/{id}?watermark=1"),
+        ),
+        (
+            Method::GET,
+            format!("/v3/directline/conversations/{id}/activities"),
+        ),
+        (
+            Method::POST,
+            format!("/v3/directline/conversations/{id}/activities"),
+        ),
+        (
+            Method::POST,
+            format!("/v3/directline/conversations/{id}/upload?userId=x"),
+        ),
+    ];
+    for (token, status, code) in &cases {
+        for (method, path) in &routes {
+            let reply = h
+                .request(
+                    method.clone(),
+                    path,
+                    *token,
+                    Some(json!({"type": "message", "text": "x"})),
+                )
+                .await;
+            assert_eq!(
+                reply.status.as_u16(),
+                *status,
+                "{method} {path} with {token:?}: {}",
+                reply.text()
+            );
+            assert_eq!(reply.error_code(), *code);
+            assert!(!reply.text().contains(SECRET));
+        }
+    }
+    // Token-only routes refuse the same way.
+    // The last case is a valid token for another conversation, which these routes accept.
+    for (token, status, _) in cases.iter().take(cases.len() - 1) {
+        let reply = h
+            .request(Method::POST, "/v3/directline/tokens/refresh", *token, None)
+            .await;
+        assert_eq!(reply.status.as_u16(), *status, "refresh with {token:?}");
+        let reply = h
+            .request(Method::POST, "/v3/directline/conversations", *token, None)
+            .await;
+        assert_eq!(reply.status.as_u16(), *status, "start with {token:?}");
+    }
+    assert_eq!(
+        h.emulator.requests().len(),
+        before,
+        "a refused request reached upstream"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("directline_gateway_auth_refusals_total{reason=\"wrong_conversation\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_direct_line_errors_and_nothing_upstream() {
+    let h = Harness::builder()
+        .config(|c| c.limits.activity_body_bytes = 4096)
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let id = &conversation.id;
+    let activities = format!("/v3/directline/conversations/{id}/activities");
+    let before = h.emulator.requests().len();
+    let raw = |method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>| {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(h.url(path))
+            .header("authorization", format!("Bearer {}", conversation.token));
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        builder.body(Full::new(Bytes::from(body))).unwrap()
+    };
+    let cases: Vec<(Request<Full<Bytes>>, u16, &str)> = vec![
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("application/json"),
+                b"{not json".to_vec(),
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("application/json"),
+                b"[1,2]".to_vec(),
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("application/json"),
+                b"\"text\"".to_vec(),
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("application/json"),
+                vec![0xff, 0xfe, b'{'],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("text/plain"),
+                b"{}".to_vec(),
+            ),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            raw(Method::POST, &activities, None, b"{}".to_vec()),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            raw(
+                Method::POST,
+                &activities,
+                Some("application/json"),
+                format!("{{\"text\":\"{}\"}}", "x".repeat(5000)).into_bytes(),
+            ),
+            413,
+            "MessageSizeTooBig",
+        ),
+        (
+            raw(
+                Method::GET,
+                "/v3/directline/conversations/a..b/activities",
+                None,
+                vec![],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::GET,
+                "/v3/directline/conversations/a%2Fb/activities",
+                None,
+                vec![],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::GET,
+                "/v3/directline/conversations/a%00/activities",
+                None,
+                vec![],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!(
+                    "/v3/directline/conversations/{}/activities",
+                    "a".repeat(10_000)
+                ),
+                None,
+                vec![],
+            ),
+            414,
+            "UriTooLong",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!(
+                    "/v3/directline/conversations/{}/activities",
+                    "a".repeat(1000)
+                ),
+                None,
+                vec![],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!("{activities}?watermark=%00"),
+                None,
+                vec![],
+            ),
+            400,
+            "BadArgument",
+        ),
+        (
+            raw(Method::GET, "/v3/directline/nothing", None, vec![]),
+            404,
+            "NotFound",
+        ),
+        (raw(Method::GET, "/", None, vec![]), 404, "NotFound"),
+        (
+            raw(Method::DELETE, &activities, None, vec![]),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            raw(Method::GET, "/v3/directline/tokens/generate", None, vec![]),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            raw(
+                Method::GET,
+                &format!("/v3/directline/conversations/{id}/stream"),
+                None,
+                vec![],
+            ),
+            403,
+            "BadArgument",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let what = format!("{} {}", request.method(), request.uri());
+        let reply = h.send(request).await;
+        assert_eq!(reply.status.as_u16(), status, "{what}: {}", reply.text());
+        assert_eq!(reply.error_code(), code, "{what}");
+    }
+    // Oversized headers.
+    let mut big = raw(Method::GET, &activities, None, vec![]);
+    big.headers_mut()
+        .insert("x-filler", "y".repeat(40_000).parse().unwrap());
+    let reply = h.send(big).await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        h.emulator.requests().len(),
+        before,
+        "bad input reached upstream"
+    );
+    // And the gateway still serves a normal conversation.
+    h.post_message(&conversation, "still fine").await;
+}
+
+#[tokio::test]
+async fn enhanced_authentication_falls_back_to_the_conversation_token() {
+    let h = Harness::builder()
+        .faults(Faults {
+            enhanced_auth: true,
+            ..Faults::default()
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    h.post_message(&conversation, "one").await;
+    let resumed = h.reconnect(&conversation, Some("0")).await;
+    assert!(
+        resumed["streamUrl"]
+            .as_str()
+            .unwrap()
+            .contains("watermark=0&t=dlgw1.")
+    );
+    let reconnects: Vec<SeenCredential> = h
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&conversation.id))
+        .map(|r| r.credential)
+        .collect();
+    assert_eq!(reconnects[0], SeenCredential::Secret, "secret first");
+    assert!(
+        matches!(&reconnects[1], SeenCredential::ConversationToken { conversation_id } if *conversation_id == conversation.id)
+    );
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502_and_cors_preflight_works() {
+    // An address nothing listens on: bind, note the port, drop the listener.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut config = directline_gateway::config::Config::default();
+    config.upstream = directline_gateway::config::UpstreamTarget::Url(
+        url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+    );
+    config.secret = Some(directline_gateway::secret::Secret::new(SECRET));
+    config.token_key = Some(Secret::new(TOKEN_KEY));
+    let running = start_gateway(config).await;
+    let h_base = format!("http://{}", running.client_addr);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client
+        .request(
+            Request::post(format!("{h_base}/v3/directline/tokens/generate"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri(format!("{h_base}/v3/directline/conversations"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, x-ms-bot-agent",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(preflight).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let h = response.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    for name in ["authorization", "content-type", "x-ms-bot-agent"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert!(
+        h["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Retry-After")
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_errors_and_retry_after_pass_through() {
+    let h = Harness::builder()
+        .faults(Faults {
+            fail_reconnects: 1,
+            ..Faults::default()
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let path = format!(
+        "/v3/directline/conversations/{}?watermark=0",
+        conversation.id
+    );
+    let reply = h
+        .request(Method::GET, &path, Some(&conversation.token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    let _ = reply.error_code();
+    let ok = h
+        .request(Method::GET, &path, Some(&conversation.token), None)
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let h = Harness::start().await;
+    assert_eq!(h.admin_get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(h.admin_get("/readyz").await.status, StatusCode::OK);
+    let conversation = h.conversation().await;
+    h.post_message(&conversation, "count me").await;
+    let metrics = h.metrics().await;
+    for name in [
+        "directline_gateway_http_requests_total{method=\"POST\",route=\"activities_post\",status=\"2xx\"} 1",
+        "directline_gateway_upstream_requests_total{route=\"tokens_generate\",status=\"2xx\"} 1",
+        "directline_gateway_http_request_duration_seconds_bucket",
+        "directline_gateway_tokens_total{kind=\"generated\"} 1",
+        "directline_gateway_build_info",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    // No conversation id, user id or token ever becomes a label.
+    assert!(!metrics.contains(&conversation.id));
+    assert!(!metrics.contains("dl_"));
+    assert!(!metrics.contains("dlgw1."));
+}

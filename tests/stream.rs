@@ -1,0 +1,411 @@
+//! The WebSocket bridge end to end: frames, drops, resume, fan-out, refusals.
+
+mod support;
+
+use std::time::Duration;
+
+use directline_gateway::clock;
+use directline_gateway::emulator::Faults;
+use directline_gateway::seal::{Purpose, Sealer, StreamTicket};
+use http::Method;
+use support::*;
+
+/// Every user message and its echo, as the client should see them.
+fn expected_texts(messages: &[String]) -> Vec<String> {
+    messages
+        .iter()
+        .flat_map(|m| [m.clone(), format!("echo: {m}")])
+        .collect()
+}
+
+/// Posts `count` messages and checks every client socket sees each message and echo once,
+/// in order, without ever being closed.
+async fn run_conversation(faults: Faults, count: usize, clients: usize) -> Harness {
+    let h = Harness::builder().faults(faults).start().await;
+    let conversation = h.conversation().await;
+    let mut sockets = Vec::new();
+    for _ in 0..clients {
+        sockets.push((open_stream(&conversation.stream_url).await, Seen::default()));
+    }
+    let messages: Vec<String> = (0..count).map(|i| format!("message {i}")).collect();
+    for (i, text) in messages.iter().enumerate() {
+        h.post_message(&conversation, text).await;
+        if i % 25 == 0 {
+            client_keepalive(&mut sockets[0].0).await;
+        }
+    }
+    let expected = expected_texts(&messages);
+    for (ws, seen) in &mut sockets {
+        read_until(ws, seen, |s| s.texts().len() >= expected.len()).await;
+        assert_eq!(seen.closed, None, "the client socket was closed");
+        assert_eq!(seen.texts(), expected);
+        seen.assert_no_duplicate_ids();
+    }
+    h
+}
+
+#[tokio::test]
+async fn messages_posted_before_the_socket_opens_arrive() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let early: Vec<String> = (0..3).map(|i| format!("early {i}")).collect();
+    for text in &early {
+        h.post_message(&conversation, text).await;
+    }
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "late").await;
+    let mut all = early.clone();
+    all.push("late".into());
+    let expected = expected_texts(&all);
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= expected.len()).await;
+    assert_eq!(seen.texts(), expected);
+    seen.assert_no_duplicate_ids();
+}
+
+#[tokio::test]
+async fn no_faults_two_clients() {
+    let h = run_conversation(Faults::default(), 100, 2).await;
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("directline_gateway_activities_relayed_total 200"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("directline_gateway_client_websockets 2"));
+    assert!(
+        metrics.contains("directline_gateway_upstream_websockets 1"),
+        "one upstream socket per conversation"
+    );
+}
+
+#[tokio::test]
+async fn drop_every_few_frames() {
+    let h = run_conversation(
+        Faults {
+            drop_after_frames: Some(3),
+            ..Faults::default()
+        },
+        120,
+        2,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("directline_gateway_upstream_reconnects_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        h.emulator.stream_connects() > 30,
+        "the emulator dropped and the gateway resumed many times"
+    );
+}
+
+#[tokio::test]
+async fn drops_with_batched_frames() {
+    run_conversation(
+        Faults {
+            drop_after_frames: Some(2),
+            batch: true,
+            ..Faults::default()
+        },
+        100,
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn drops_with_whole_history_replays() {
+    let h = run_conversation(
+        Faults {
+            drop_after_frames: Some(4),
+            replay_history: true,
+            ..Faults::default()
+        },
+        100,
+        2,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("directline_gateway_duplicates_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(
+        dropped > 100,
+        "whole-history replays were deduplicated ({dropped})"
+    );
+}
+
+#[tokio::test]
+async fn drops_with_failing_reconnects() {
+    run_conversation(
+        Faults {
+            drop_after_frames: Some(5),
+            fail_reconnects: 3,
+            ..Faults::default()
+        },
+        100,
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn drops_under_enhanced_authentication() {
+    run_conversation(
+        Faults {
+            drop_after_frames: Some(3),
+            enhanced_auth: true,
+            ..Faults::default()
+        },
+        100,
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stalled_stream_is_detected_and_resumed() {
+    let h = run_conversation(
+        Faults {
+            stall_after_frames: Some(10),
+            ..Faults::default()
+        },
+        100,
+        1,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("directline_gateway_upstream_reconnects_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn typing_is_forwarded_live_across_drops() {
+    let h = Harness::builder()
+        .faults(Faults {
+            drop_after_frames: Some(4),
+            typing: true,
+            ..Faults::default()
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let messages: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    for text in &messages {
+        h.post_message(&conversation, text).await;
+    }
+    let expected = expected_texts(&messages);
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= expected.len()).await;
+    assert_eq!(seen.texts(), expected);
+    assert_eq!(seen.closed, None);
+    assert!(
+        seen.frames_without_watermark > 0,
+        "typing frames carry no watermark and still reach the client"
+    );
+    assert!(seen.activities.iter().any(|a| a["type"] == "typing"));
+}
+
+#[tokio::test]
+async fn client_resume_from_the_hub_buffer() {
+    let h = Harness::builder()
+        .config(|c| c.stream.linger = Duration::from_secs(30))
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let watermark = seen.watermark.clone().unwrap();
+    ws.close(None).await.unwrap();
+    for text in ["after 1", "after 2"] {
+        h.post_message(&conversation, text).await;
+    }
+    let resumed = h.reconnect(&conversation, Some(&watermark)).await;
+    let mut ws = open_stream(resumed["streamUrl"].as_str().unwrap()).await;
+    let mut again = Seen::default();
+    read_until(&mut ws, &mut again, |s| s.texts().len() >= 4).await;
+    assert_eq!(
+        again.texts(),
+        ["after 1", "echo: after 1", "after 2", "echo: after 2"]
+    );
+    again.assert_no_duplicate_ids();
+    assert!(
+        h.metrics()
+            .await
+            .contains("directline_gateway_client_resumes_total{source=\"buffer\"}")
+    );
+}
+
+#[tokio::test]
+async fn client_resume_after_the_hub_is_gone() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let watermark = seen.watermark.clone().unwrap();
+    ws.close(None).await.unwrap();
+    eventually("the idle hub retires after its linger", async || {
+        h.metrics()
+            .await
+            .contains("directline_gateway_stream_hubs 0")
+    })
+    .await;
+    h.post_message(&conversation, "while away").await;
+    let resumed = h.reconnect(&conversation, Some(&watermark)).await;
+    let mut ws = open_stream(resumed["streamUrl"].as_str().unwrap()).await;
+    let mut again = Seen::default();
+    read_until(&mut ws, &mut again, |s| s.texts().len() >= 2).await;
+    h.post_message(&conversation, "live").await;
+    read_until(&mut ws, &mut again, |s| s.texts().len() >= 4).await;
+    assert_eq!(
+        again.texts(),
+        ["while away", "echo: while away", "live", "echo: live"]
+    );
+}
+
+#[tokio::test]
+async fn client_resume_older_than_the_buffer_catches_up_from_upstream() {
+    let h = Harness::builder()
+        .config(|c| c.stream.buffer_frames = 4)
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    // A second client keeps the hub alive while the first is away.
+    let mut keeper = open_stream(&conversation.stream_url).await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let watermark = seen.watermark.clone().unwrap();
+    ws.close(None).await.unwrap();
+    let away: Vec<String> = (0..6).map(|i| format!("away {i}")).collect();
+    for text in &away {
+        h.post_message(&conversation, text).await;
+    }
+    let mut keeper_seen = Seen::default();
+    read_until(&mut keeper, &mut keeper_seen, |s| s.texts().len() >= 14).await;
+    let resumed = h.reconnect(&conversation, Some(&watermark)).await;
+    let mut ws = open_stream(resumed["streamUrl"].as_str().unwrap()).await;
+    let mut again = Seen::default();
+    h.post_message(&conversation, "live").await;
+    let mut all = away.clone();
+    all.push("live".into());
+    let expected = expected_texts(&all);
+    read_until(&mut ws, &mut again, |s| s.texts().len() >= expected.len()).await;
+    assert_eq!(again.texts(), expected);
+    again.assert_no_duplicate_ids();
+    assert!(
+        h.metrics()
+            .await
+            .contains("directline_gateway_client_resumes_total{source=\"catch_up\"}")
+    );
+}
+
+#[tokio::test]
+async fn resume_budget_exhausted_closes_clients_with_1011() {
+    let h = Harness::builder()
+        .faults(Faults {
+            drop_after_frames: Some(1),
+            ..Faults::default()
+        })
+        .config(|c| c.stream.resume_budget = Duration::from_millis(800))
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    h.emulator.faults().set_fail_reconnects(1_000_000);
+    h.post_message(&conversation, "one").await;
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
+    assert_eq!(seen.closed, Some(Some(1011)));
+    assert!(
+        h.metrics()
+            .await
+            .contains("directline_gateway_upstream_reconnects_total{result=\"exhausted\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn drain_closes_clients_with_1001() {
+    let mut h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    h.post_message(&conversation, "hi").await;
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    h.stop_gateway().await;
+    read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
+    assert_eq!(seen.closed, Some(Some(1001)));
+}
+
+#[tokio::test]
+async fn bad_tickets_are_refused_before_upgrade() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let other = h.conversation().await;
+    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
+    let expired = sealer.seal(
+        Purpose::StreamTicket,
+        &StreamTicket {
+            conversation_id: conversation.id.clone(),
+            user_id: "dl_x".into(),
+            watermark: None,
+            upstream_stream_url: None,
+            upstream_token: "x".into(),
+            issued_at_ms: clock::unix_millis() - 120_000,
+            expires_at: clock::unix_seconds() - 60,
+        },
+    );
+    let base = h.gateway().client_addr;
+    let other_ticket = other.stream_url.split("&t=").nth(1).unwrap().to_owned();
+    let urls = [
+        format!(
+            "ws://{base}/v3/directline/conversations/{}/stream?watermark=-&t={expired}",
+            conversation.id
+        ),
+        format!(
+            "ws://{base}/v3/directline/conversations/{}/stream?watermark=-&t={other_ticket}",
+            conversation.id
+        ),
+        format!(
+            "ws://{base}/v3/directline/conversations/{}/stream?watermark=-&t={}",
+            conversation.id, conversation.token
+        ),
+        format!(
+            "ws://{base}/v3/directline/conversations/{}/stream?watermark=-&t=forged",
+            conversation.id
+        ),
+        format!(
+            "ws://{base}/v3/directline/conversations/{}/stream",
+            conversation.id
+        ),
+    ];
+    for url in urls {
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 403, "{url}")
+            }
+            other => panic!("{url}: expected a 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    // A plain GET on the stream route with a valid ticket is not an upgrade.
+    let path = conversation
+        .stream_url
+        .split_once(&base.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    let reply = h.request(Method::GET, &path, None, None).await;
+    assert_eq!(reply.status, 426);
+    assert_eq!(reply.error_code(), "UpgradeRequired");
+}

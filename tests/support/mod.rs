@@ -1,0 +1,383 @@
+//! Test harness: a real emulator and a real gateway on 127.0.0.1:0, an HTTP client and a
+//! WebSocket client, and bounded waits. Reads like the scenario: `Harness::builder().faults(…).start()`.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use directline_gateway::config::{Config, UpstreamTarget};
+use directline_gateway::emulator::{self, EmulatorConfig, EmulatorHandle, Faults};
+use directline_gateway::secret::Secret;
+use directline_gateway::server::{self, Running};
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-directline-secret-value-0123456789";
+pub const TOKEN_KEY: &str = "test-token-key-0123456789abcdef0123456789";
+/// Upper bound for any single wait in these tests; generous for a loaded 2-core CI box.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub gateway: Option<Running>,
+    pub emulator: EmulatorHandle,
+    pub base: String,
+    pub admin: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Builder {
+    faults: Faults,
+    config: Config,
+    emulator_keepalive: Duration,
+}
+
+impl Harness {
+    pub fn builder() -> Builder {
+        let mut config = Config::default();
+        config.token_key = Some(Secret::new(TOKEN_KEY));
+        config.secret = Some(Secret::new(SECRET));
+        // Short stream timings so drop/idle paths run in test time; values stay ordered as in production.
+        config.stream.keepalive_interval = Duration::from_millis(500);
+        config.stream.liveness_timeout = Duration::from_secs(2);
+        config.stream.linger = Duration::from_millis(500);
+        config.stream.backoff_base = Duration::from_millis(20);
+        config.stream.backoff_max = Duration::from_millis(200);
+        config.stream.resume_budget = Duration::from_secs(15);
+        config.shutdown_grace = Duration::from_secs(2);
+        Builder {
+            faults: Faults::default(),
+            config,
+            emulator_keepalive: Duration::from_millis(300),
+        }
+    }
+
+    pub async fn start() -> Harness {
+        Self::builder().start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn gateway(&self) -> &Running {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(self.url(path));
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let bytes = match body {
+            Some(body) => {
+                builder = builder.header("content-type", "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        self.send(builder.body(Full::new(bytes)).unwrap()).await
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = tokio::time::timeout(WAIT, self.http.request(request))
+            .await
+            .expect("gateway answered in time")
+            .expect("gateway reachable");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let request = Request::get(format!("{}{}", self.admin, path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self.http.request(request).await.expect("admin reachable");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            bytes,
+        }
+    }
+
+    /// tokens/generate → the gateway token and conversation id.
+    pub async fn generate(&self) -> (String, String) {
+        let reply = self
+            .request(Method::POST, "/v3/directline/tokens/generate", None, None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let json = reply.json();
+        (
+            json["token"].as_str().unwrap().to_owned(),
+            json["conversationId"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// generate + start: a started conversation with its token and gateway stream URL.
+    pub async fn conversation(&self) -> Conversation {
+        let (token, id) = self.generate().await;
+        let reply = self
+            .request(
+                Method::POST,
+                "/v3/directline/conversations",
+                Some(&token),
+                Some(json!({"user": {}})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let json = reply.json();
+        assert_eq!(json["conversationId"], id.as_str());
+        Conversation {
+            id,
+            token: json["token"].as_str().unwrap().to_owned(),
+            stream_url: json["streamUrl"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn post_message(&self, conversation: &Conversation, text: &str) -> String {
+        let path = format!(
+            "/v3/directline/conversations/{}/activities",
+            conversation.id
+        );
+        let body = json!({"type": "message", "from": {"id": "user"}, "text": text});
+        let reply = self
+            .request(Method::POST, &path, Some(&conversation.token), Some(body))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Client-side resume: `GET /conversations/{id}?watermark=W` → a fresh gateway stream URL.
+    pub async fn reconnect(&self, conversation: &Conversation, watermark: Option<&str>) -> Value {
+        let query = watermark
+            .map(|w| format!("?watermark={w}"))
+            .unwrap_or_default();
+        let path = format!("/v3/directline/conversations/{}{query}", conversation.id);
+        let reply = self
+            .request(Method::GET, &path, Some(&conversation.token), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text()
+    }
+
+    /// Stops the gateway (drain) and leaves the emulator running.
+    pub async fn stop_gateway(&mut self) {
+        if let Some(running) = self.gateway.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+impl Builder {
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn config(mut self, edit: impl FnOnce(&mut Config)) -> Self {
+        edit(&mut self.config);
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator = emulator::spawn(
+            listener,
+            EmulatorConfig {
+                secret: Secret::new(SECRET),
+                faults: self.faults,
+                keepalive_interval: self.emulator_keepalive,
+                ..EmulatorConfig::default()
+            },
+        );
+        let mut config = self.config;
+        config.upstream = UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap());
+        let running = start_gateway(config).await;
+        let base = format!("http://{}", running.client_addr);
+        let admin = format!("http://{}", running.admin_addr);
+        Harness {
+            gateway: Some(running),
+            emulator,
+            base,
+            admin,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+pub async fn start_gateway(config: Config) -> Running {
+    let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server::start_on(config, client, admin)
+        .await
+        .expect("gateway starts")
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub id: String,
+    pub token: String,
+    pub stream_url: String,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub bytes: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+
+    /// `error.code` of a Direct Line error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code: {}", self.text()))
+            .to_owned()
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn open_stream(url: &str) -> Ws {
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("stream opened in time")
+        .expect("stream upgrade accepted");
+    ws
+}
+
+/// What a client socket saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Activities in arrival order.
+    pub activities: Vec<Value>,
+    /// The last watermark a frame carried.
+    pub watermark: Option<String>,
+    pub frames_without_watermark: usize,
+    pub closed: Option<Option<u16>>,
+}
+
+impl Seen {
+    pub fn ids(&self) -> Vec<String> {
+        self.activities
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn texts(&self) -> Vec<String> {
+        self.activities
+            .iter()
+            .filter(|a| a["type"] == "message")
+            .filter_map(|a| a["text"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn assert_no_duplicate_ids(&self) {
+        let ids = self.ids();
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "duplicate activity ids: {ids:?}");
+    }
+}
+
+/// Reads frames until `done(&seen)` or the socket closes, failing after [`WAIT`].
+pub async fn read_until(ws: &mut Ws, seen: &mut Seen, mut done: impl FnMut(&Seen) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(seen) {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        let message = match next {
+            Err(_) => panic!(
+                "timed out; saw {} activities: {:?}",
+                seen.activities.len(),
+                seen.texts()
+            ),
+            Ok(message) => message,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => absorb(seen, text.as_str()),
+            Some(Ok(Message::Close(frame))) => {
+                seen.closed = Some(frame.map(|f| u16::from(f.code)));
+                return;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                seen.closed = Some(None);
+                return;
+            }
+        }
+    }
+}
+
+pub fn absorb(seen: &mut Seen, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let set: Value = serde_json::from_str(text).expect("frames are JSON");
+    match set.get("watermark").and_then(Value::as_str) {
+        Some(w) => seen.watermark = Some(w.to_owned()),
+        None => seen.frames_without_watermark += 1,
+    }
+    if let Some(activities) = set["activities"].as_array() {
+        seen.activities.extend(activities.iter().cloned());
+    }
+}
+
+/// Sends an empty keepalive like DLJS does, to prove the gateway absorbs it.
+pub async fn client_keepalive(ws: &mut Ws) {
+    ws.send(Message::Text("".into())).await.unwrap();
+}
+
+/// Polls `check` until it holds, failing after [`WAIT`]. For state that has no event to wait on.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never became true: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn local(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
