@@ -501,12 +501,14 @@ async fn upstream_unreachable_is_502_and_cors_preflight_works() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut config = directline_gateway::config::Config::default();
-    config.upstream = directline_gateway::config::UpstreamTarget::Url(
-        url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
-    );
-    config.secret = Some(directline_gateway::secret::Secret::new(SECRET));
-    config.token_key = Some(Secret::new(TOKEN_KEY));
+    let config = directline_gateway::config::Config {
+        upstream: directline_gateway::config::UpstreamTarget::Url(
+            url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+        ),
+        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
+        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
+        ..Default::default()
+    };
     let running = start_gateway(config).await;
     let h_base = format!("http://{}", running.client_addr);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

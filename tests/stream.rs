@@ -19,9 +19,21 @@ fn expected_texts(messages: &[String]) -> Vec<String> {
 }
 
 /// Posts `count` messages and checks every client socket sees each message and echo once,
-/// in order, without ever being closed.
-async fn run_conversation(faults: Faults, count: usize, clients: usize) -> Harness {
-    let h = Harness::builder().faults(faults).start().await;
+/// in order, without ever being closed. The sockets stay open in the returned value.
+async fn run_conversation(
+    faults: Faults,
+    count: usize,
+    clients: usize,
+) -> (Harness, Vec<(Ws, Seen)>) {
+    run_conversation_with(Harness::builder().faults(faults), count, clients).await
+}
+
+async fn run_conversation_with(
+    builder: Builder,
+    count: usize,
+    clients: usize,
+) -> (Harness, Vec<(Ws, Seen)>) {
+    let h = builder.start().await;
     let conversation = h.conversation().await;
     let mut sockets = Vec::new();
     for _ in 0..clients {
@@ -41,7 +53,7 @@ async fn run_conversation(faults: Faults, count: usize, clients: usize) -> Harne
         assert_eq!(seen.texts(), expected);
         seen.assert_no_duplicate_ids();
     }
-    h
+    (h, sockets)
 }
 
 #[tokio::test]
@@ -65,13 +77,16 @@ async fn messages_posted_before_the_socket_opens_arrive() {
 
 #[tokio::test]
 async fn no_faults_two_clients() {
-    let h = run_conversation(Faults::default(), 100, 2).await;
+    let (h, _sockets) = run_conversation(Faults::default(), 100, 2).await;
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("directline_gateway_activities_relayed_total 200"),
         "{metrics}"
     );
-    assert!(metrics.contains("directline_gateway_client_websockets 2"));
+    assert!(
+        metrics.contains("directline_gateway_client_websockets 2"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("directline_gateway_upstream_websockets 1"),
         "one upstream socket per conversation"
@@ -80,7 +95,7 @@ async fn no_faults_two_clients() {
 
 #[tokio::test]
 async fn drop_every_few_frames() {
-    let h = run_conversation(
+    let (h, _sockets) = run_conversation(
         Faults {
             drop_after_frames: Some(3),
             ..Faults::default()
@@ -116,7 +131,7 @@ async fn drops_with_batched_frames() {
 
 #[tokio::test]
 async fn drops_with_whole_history_replays() {
-    let h = run_conversation(
+    let (h, _sockets) = run_conversation(
         Faults {
             drop_after_frames: Some(4),
             replay_history: true,
@@ -168,15 +183,16 @@ async fn drops_under_enhanced_authentication() {
 
 #[tokio::test]
 async fn stalled_stream_is_detected_and_resumed() {
-    let h = run_conversation(
-        Faults {
-            stall_after_frames: Some(10),
+    let builder = Harness::builder()
+        .faults(Faults {
+            stall_after_frames: Some(40),
             ..Faults::default()
-        },
-        100,
-        1,
-    )
-    .await;
+        })
+        .config(|c| {
+            c.stream.keepalive_interval = Duration::from_millis(200);
+            c.stream.liveness_timeout = Duration::from_millis(800);
+        });
+    let (h, _sockets) = run_conversation_with(builder, 100, 1).await;
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("directline_gateway_upstream_reconnects_total{result=\"ok\"}"),

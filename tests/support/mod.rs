@@ -43,9 +43,11 @@ pub struct Builder {
 
 impl Harness {
     pub fn builder() -> Builder {
-        let mut config = Config::default();
-        config.token_key = Some(Secret::new(TOKEN_KEY));
-        config.secret = Some(Secret::new(SECRET));
+        let mut config = Config {
+            token_key: Some(Secret::new(TOKEN_KEY)),
+            secret: Some(Secret::new(SECRET)),
+            ..Config::default()
+        };
         // Short stream timings so drop/idle paths run in test time; values stay ordered as in production.
         config.stream.keepalive_interval = Duration::from_millis(500);
         config.stream.liveness_timeout = Duration::from_secs(2);
