@@ -598,3 +598,124 @@ async fn admin_endpoints() {
     assert!(!metrics.contains("dl_"));
     assert!(!metrics.contains("dlgw1."));
 }
+
+#[tokio::test]
+async fn upload_is_streamed_with_the_bound_user() {
+    let h = Harness::builder()
+        .config(|c| c.limits.upload_body_bytes = 64 * 1024)
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let boundary = "XyZ";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"activity\"\r\nContent-Type: application/vnd.microsoft.activity\r\n\r\n{{\"type\":\"message\",\"text\":\"see file\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello file\r\n--{boundary}--\r\n"
+    );
+    let path = format!(
+        "/v3/directline/conversations/{}/upload?userId=someone-else",
+        conversation.id
+    );
+    let request = Request::post(h.url(&path))
+        .header("authorization", format!("Bearer {}", conversation.token))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let reply = h.send(request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let upload = h
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/upload"))
+        .unwrap();
+    assert_eq!(upload.credential, SeenCredential::Secret);
+    let query = upload.query.unwrap();
+    assert!(
+        query.starts_with("userId=dl_") && !query.contains("someone-else"),
+        "{query}"
+    );
+    let stored = upload.body.unwrap();
+    assert_eq!(stored["text"], "see file");
+    assert_eq!(stored["attachments"][0]["name"], "a.txt");
+
+    let too_big = Request::post(h.url(&path))
+        .header("authorization", format!("Bearer {}", conversation.token))
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(Bytes::from(vec![0u8; 100 * 1024])))
+        .unwrap();
+    let reply = h.send(too_big).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.error_code(), "MessageSizeTooBig");
+}
+
+#[tokio::test]
+async fn session_id_passes_cookies_through_for_the_gateway_host() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let request = Request::get(h.url("/v3/directline/session/getsessionid"))
+        .header("authorization", format!("Bearer {}", conversation.token))
+        .header("cookie", "earlier=1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = h.send(request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.json()["sessionId"].is_string());
+    let cookie = reply.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("dl_session=1") && !cookie.to_ascii_lowercase().contains("domain="),
+        "{cookie}"
+    );
+    let seen = h
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("getsessionid"))
+        .unwrap();
+    assert!(matches!(
+        seen.credential,
+        SeenCredential::ConversationToken { .. }
+    ));
+}
+
+#[tokio::test]
+async fn silent_upstream_times_out_with_504() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = directline_gateway::config::Config {
+        upstream: directline_gateway::config::UpstreamTarget::Url(
+            url::Url::parse(&format!("http://{addr}")).unwrap(),
+        ),
+        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
+        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
+        timeouts: directline_gateway::config::Timeouts {
+            default: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let running = start_gateway(config).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response = client
+        .request(
+            Request::post(format!(
+                "http://{}/v3/directline/tokens/generate",
+                running.client_addr
+            ))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    running.shutdown().await;
+}

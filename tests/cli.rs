@@ -1,0 +1,160 @@
+//! The operator interface of the real binary (DESIGN §6).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_directline-gateway");
+
+fn run_expecting_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("DIRECTLINE_SECRET")
+        .env_remove("DIRECTLINE_GATEWAY_TOKEN_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .expect("binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_is_one_line_and_exit_64() {
+    let dir = std::env::temp_dir().join(format!("dlgw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_file = dir.join("bad.toml");
+    std::fs::write(&bad_file, "listen = 12\n").unwrap();
+    let bad_path = bad_file.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+        (vec!["--listen", "nowhere"], vec![]),
+        (
+            vec!["--upstream", "https://directline.botframework.com"],
+            vec![],
+        ),
+        (vec!["--upstream", "ftp://x"], vec![]),
+        (vec![], vec![("DIRECTLINE_GATEWAY_TOKEN_KEY", "too-short")]),
+        (vec!["--config", bad_path], vec![]),
+        (vec!["--config", "/nonexistent/gateway.toml"], vec![]),
+    ];
+    for (args, env) in cases {
+        let (code, stderr) = run_expecting_exit(&args, &env);
+        assert_eq!(code, 64, "{args:?} {env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one clear line: {stderr}");
+        assert!(lines[0].starts_with("directline-gateway: "), "{stderr}");
+    }
+}
+
+#[test]
+fn embedded_run_serves_a_conversation_and_drains_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_remove("DIRECTLINE_SECRET")
+        .env(
+            "DIRECTLINE_GATEWAY_TOKEN_KEY",
+            "cli-test-token-key-0123456789abcdef",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("prints its address").unwrap();
+    let base = first.rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{first}");
+    let domain = lines.next().unwrap().unwrap();
+    assert!(
+        domain.contains(&format!("{base}/v3/directline")),
+        "{domain}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let post = |path: String, token: Option<String>, body: &'static str| {
+            let mut request = http::Request::post(format!("{base}{path}"))
+                .header("content-type", "application/json");
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            client.request(
+                request
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        body.as_bytes(),
+                    )))
+                    .unwrap(),
+            )
+        };
+        use http_body_util::BodyExt;
+        let read = |response: http::Response<hyper::body::Incoming>| async move {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let generated = read(
+            post("/v3/directline/tokens/generate".into(), None, "")
+                .await
+                .unwrap(),
+        )
+        .await;
+        let token = generated["token"].as_str().unwrap().to_owned();
+        let started = read(
+            post("/v3/directline/conversations".into(), Some(token), "{}")
+                .await
+                .unwrap(),
+        )
+        .await;
+        let id = started["conversationId"].as_str().unwrap().to_owned();
+        let token = started["token"].as_str().unwrap().to_owned();
+        let posted = post(
+            format!("/v3/directline/conversations/{id}/activities"),
+            Some(token.clone()),
+            r#"{"type":"message","text":"hi"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(posted.status(), 200);
+        let request = http::Request::get(format!(
+            "{base}/v3/directline/conversations/{id}/activities"
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+        let set = read(client.request(request).await.unwrap()).await;
+        let texts: Vec<&str> = set["activities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["text"].as_str())
+            .collect();
+        assert_eq!(texts, ["hi", "echo: hi"]);
+    });
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "drains and exits 0 on SIGTERM: {status:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
