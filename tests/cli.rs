@@ -27,7 +27,8 @@ fn bad_config_is_one_line_and_exit_64() {
     let bad_file = dir.join("bad.toml");
     std::fs::write(&bad_file, "listen = 12\n").unwrap();
     let bad_path = bad_file.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (vec!["--listen", "nowhere"], vec![]),
         (
             vec!["--upstream", "https://directline.botframework.com"],
