@@ -188,7 +188,7 @@ impl Default for StreamConfig {
             client_lag_frames: 128,
             max_sockets_per_conversation: 8,
             max_frame_bytes: 1024 * 1024,
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
         }
     }
 }

@@ -171,10 +171,12 @@ pub fn accept(
             Some(ws_config(&gw.config.stream)),
         )
         .await;
+        // Boxed so the resting state of this task is the client loop, not the largest
+        // future any branch could hold (see BENCHMARKS.md, idle memory).
         if multimodal {
-            multimodal::bridge(gw, ticket, socket).await;
+            Box::pin(multimodal::bridge(gw, ticket, socket)).await;
         } else {
-            session(gw, conversation, ticket, socket).await;
+            Box::pin(session(gw, conversation, ticket, socket)).await;
         }
     });
     let mut response = Response::new(body::empty());
@@ -242,7 +244,14 @@ async fn session(
                 let Some(watermark) = ticket.watermark.as_deref() else {
                     continue;
                 };
-                match link::catch_up(&gw, &conversation, watermark, &ticket.upstream_token).await {
+                match Box::pin(link::catch_up(
+                    &gw,
+                    &conversation,
+                    watermark,
+                    &ticket.upstream_token,
+                ))
+                .await
+                {
                     Ok((frames, ids)) => match hub.attach_after_catch_up(ids) {
                         Ok(cursor) => {
                             gw.metrics
