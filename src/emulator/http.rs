@@ -1,613 +1,838 @@
-//! The emulator's REST routes (spec §1–§4) and its accept loop.
+//! REST routes (spec §1–§4), the error bodies, and the headers every response carries.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-use super::state::{RecordedRequest, SeenCredential, State};
-use crate::body::{self, Body};
+use super::activity::{self, Watermark};
+use super::credential::{self, Credential};
+use super::state::{Conversation, ConversationId, Outgoing, State, TokenGrant};
+use super::upload;
+use super::{RecordedRequest, SeenCredential, stream};
 
+pub(super) type Body = Full<Bytes>;
+
+/// Activity size limit: "must not exceed 256K characters" (spec §4.2).
 const ACTIVITY_LIMIT: usize = 256 * 1024;
+/// Upload size limit; the body is read in chunks up to this.
 const UPLOAD_LIMIT: usize = 16 * 1024 * 1024;
+/// Most bytes of a refused body read (and dropped) before the connection is given up.
+const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+/// TokenParameters / start bodies.
+const PARAMETERS_LIMIT: usize = 64 * 1024;
+/// Most activities in one `GET …/activities` answer; clients page with the watermark.
+const PAGE_SIZE: usize = 1000;
+const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
-    let mut stopped = state.stopped.subscribe();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, request).await) }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let mut stopped = stopped.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = connection => {}
-                        _ = stopped.changed() => {}
-                    }
-                });
-            }
-            _ = stopped.changed() => return,
+/// A Direct Line error: status, stable code, fixed message (spec §1.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DlError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+impl DlError {
+    const fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            message,
         }
+    }
+
+    pub const MISSING_CREDENTIAL: Self = Self::new(
+        StatusCode::UNAUTHORIZED,
+        "BadArgument",
+        "Missing token or secret",
+    );
+    /// A stream upgrade without `t` (the service answers 403 there, spec §1.5).
+    pub const MISSING_STREAM_TOKEN: Self = Self::new(
+        StatusCode::FORBIDDEN,
+        "BadArgument",
+        "Missing token or secret",
+    );
+    pub const INVALID_CREDENTIAL: Self = Self::new(
+        StatusCode::FORBIDDEN,
+        "BadArgument",
+        "Invalid token or secret",
+    );
+    /// A stream URL past its 60 s: refused before the upgrade like any bad `t`.
+    pub const STREAM_URL_EXPIRED: Self =
+        Self::new(StatusCode::FORBIDDEN, "BadArgument", "Stream URL expired");
+    pub const TOKEN_EXPIRED: Self =
+        Self::new(StatusCode::FORBIDDEN, "TokenExpired", "Token expired");
+    pub const WRONG_CONVERSATION: Self = Self::new(
+        StatusCode::FORBIDDEN,
+        "BadArgument",
+        "Token not valid for this conversation",
+    );
+    pub const SECRET_REQUIRED: Self = Self::new(
+        StatusCode::FORBIDDEN,
+        "BadArgument",
+        "This operation requires the secret",
+    );
+    pub const TOKEN_REQUIRED: Self = Self::new(
+        StatusCode::FORBIDDEN,
+        "BadArgument",
+        "This operation requires a token",
+    );
+    pub const UNKNOWN_CONVERSATION: Self =
+        Self::new(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation");
+    pub const BAD_CONVERSATION_ID: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "Failed to decrypt conversation id",
+    );
+    pub const NOT_FOUND: Self = Self::new(StatusCode::NOT_FOUND, "NotFound", "Unknown route");
+    pub const METHOD_NOT_ALLOWED: Self = Self::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "BadArgument",
+        "Method not allowed",
+    );
+    pub const MALFORMED_JSON: Self =
+        Self::new(StatusCode::BAD_REQUEST, "BadArgument", "Malformed JSON");
+    pub const MISSING_TYPE: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "An activity must be a JSON object with a type",
+    );
+    pub const NOT_JSON: Self = Self::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "BadArgument",
+        "Content-Type must be application/json",
+    );
+    /// The code the gateway uses for its own 413 too; no source gives the service's.
+    pub const TOO_LARGE: Self = Self::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "MessageSizeTooBig",
+        "Request body too large",
+    );
+    pub const BODY_UNREADABLE: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "Could not read the request body",
+    );
+    pub const BAD_WATERMARK: Self =
+        Self::new(StatusCode::BAD_REQUEST, "BadArgument", "Invalid watermark");
+    pub const BAD_UPLOAD: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "Malformed upload body",
+    );
+    pub const MISSING_USER_ID: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "MissingProperty",
+        "Missing user ID",
+    );
+    pub const RECONNECT_FAILED: Self = Self::new(
+        StatusCode::BAD_GATEWAY,
+        "ServiceError",
+        "Failed to reconnect to the conversation",
+    );
+    pub const NOT_WEBSOCKET: Self = Self::new(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "WebSocket upgrade required",
+    );
+
+    /// The one place an error becomes a response.
+    pub(super) fn response(self) -> Response<Body> {
+        json_response(
+            self.status,
+            &json!({ "error": { "code": self.code, "message": self.message } }),
+        )
     }
 }
 
-struct Call {
-    method: Method,
+/// The request facts that end up in the log.
+pub(super) struct Exchange {
+    method: String,
     path: String,
     query: Option<String>,
     host: Option<String>,
-    credential: SeenCredential,
-    raw_credential: Option<String>,
+    pub credential: SeenCredential,
     body: Option<Value>,
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
-    let (parts, incoming) = request.into_parts();
-    let raw_credential = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|v| v.trim().to_owned());
-    let mut call = Call {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        host: parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned),
-        credential: judge(&state, raw_credential.as_deref()),
-        raw_credential,
-        body: None,
-    };
-    let segments: Vec<String> = call
-        .path
-        .trim_start_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    if call.method == Method::OPTIONS {
-        return cors(Response::new(body::empty()));
+impl Exchange {
+    fn new(request: &Request<Incoming>) -> Self {
+        Self {
+            method: request.method().as_str().to_owned(),
+            path: request.uri().path().to_owned(),
+            query: request.uri().query().map(str::to_owned),
+            host: host(request).map(str::to_owned),
+            credential: SeenCredential::Missing,
+            body: None,
+        }
     }
-    let response = match (call.method.clone(), segments.as_slice()) {
-        (Method::GET, ["v3", "directline", "conversations", id, "stream"]) => {
-            let id = (*id).to_owned();
-            super::stream::upgrade(
-                state.clone(),
-                &id,
-                Request::from_parts(parts, incoming),
-                &call.query,
-            )
+
+    fn into_record(self, status: StatusCode) -> RecordedRequest {
+        RecordedRequest {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            credential: self.credential,
+            host: self.host,
+            body: self.body,
+            status: status.as_u16(),
         }
-        (Method::POST, ["v3", "directline", "conversations", id, "upload"]) => {
-            let id = (*id).to_owned();
-            upload(&state, &mut call, &id, &parts.headers, incoming).await
-        }
-        (method, path) => {
-            let bytes = match Limited::new(incoming, ACTIVITY_LIMIT).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => Bytes::new(),
-            };
-            if !bytes.is_empty() {
-                call.body = serde_json::from_slice(&bytes).ok();
-            }
-            let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            route(&state, &mut call, &method, &path, &bytes, &parts.headers)
-        }
-    };
-    state.record(RecordedRequest {
-        method: call.method.to_string(),
-        path: call.path,
-        query: call.query,
-        credential: call.credential,
-        host: call.host,
-        body: call.body,
-        status: response.status().as_u16(),
-    });
-    cors(response)
+    }
 }
 
-fn route(
+/// hyper's service: route, answer, decorate, record.
+pub(super) async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let arrival = state.arrival();
+    let mut exchange = Exchange::new(&request);
+    let response = answer(&state, request, &mut exchange)
+        .await
+        .unwrap_or_else(DlError::response);
+    let response = decorate(response);
+    state.record(arrival, exchange.into_record(response.status()));
+    Ok(response)
+}
+
+/// The routes under `/v3/directline` (spec §10.1).
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint {
+    Generate,
+    Refresh,
+    Conversations,
+    SessionId,
+    Conversation(String),
+    Activities(String),
+    Upload(String),
+    Stream {
+        conversation: String,
+        multimodal: bool,
+    },
+}
+
+impl Endpoint {
+    fn parse(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix("/v3/directline/")?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let segments: Vec<&str> = rest.split('/').collect();
+        let is = |index: usize, name: &str| {
+            segments
+                .get(index)
+                .is_some_and(|segment| segment.eq_ignore_ascii_case(name))
+        };
+        let id = || segments.get(1).map(|id| (*id).to_owned());
+        match segments.len() {
+            2 if is(0, "tokens") && is(1, "generate") => Some(Self::Generate),
+            2 if is(0, "tokens") && is(1, "refresh") => Some(Self::Refresh),
+            2 if is(0, "session") && is(1, "getsessionid") => Some(Self::SessionId),
+            1 if is(0, "conversations") => Some(Self::Conversations),
+            2 if is(0, "conversations") => id().map(Self::Conversation),
+            3 if is(0, "conversations") && is(2, "activities") => id().map(Self::Activities),
+            3 if is(0, "conversations") && is(2, "upload") => id().map(Self::Upload),
+            3 | 4 if is(0, "conversations") && is(2, "stream") => {
+                let multimodal = segments.len() == 4;
+                if multimodal && !is(3, "multimodal") {
+                    return None;
+                }
+                id().map(|conversation| Self::Stream {
+                    conversation,
+                    multimodal,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn answer(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, DlError> {
+    let endpoint = Endpoint::parse(request.uri().path());
+    if let Some(Endpoint::Stream {
+        conversation,
+        multimodal,
+    }) = endpoint
+    {
+        return stream::upgrade(state, request, &conversation, multimodal, exchange);
+    }
+    let credential = Credential::from_headers(state, request.headers());
+    exchange.credential = credential.seen();
+    if request.method() == Method::OPTIONS {
+        return Ok(preflight());
+    }
+    let endpoint = endpoint.ok_or(DlError::NOT_FOUND)?;
+    let method = request.method().clone();
+    match (method, endpoint) {
+        (Method::POST, Endpoint::Generate) => generate(state, request, &credential, exchange).await,
+        (Method::POST, Endpoint::Refresh) => refresh(state, &credential),
+        (Method::POST, Endpoint::Conversations) => {
+            start(state, request, &credential, exchange).await
+        }
+        (Method::GET, Endpoint::Conversation(id)) => reconnect(state, &request, &credential, &id),
+        (Method::GET, Endpoint::Activities(id)) => activities(state, &request, &credential, &id),
+        (Method::POST, Endpoint::Activities(id)) => {
+            post_activity(state, request, &credential, &id, exchange).await
+        }
+        (Method::POST, Endpoint::Upload(id)) => {
+            upload(state, request, &credential, &id, exchange).await
+        }
+        (Method::GET, Endpoint::SessionId) => session_id(&credential),
+        _ => Err(DlError::METHOD_NOT_ALLOWED),
+    }
+}
+
+/// Who is asking, once the credential checked out.
+enum Authority {
+    Secret,
+    Token(TokenGrant),
+}
+
+impl Authority {
+    fn user(&self) -> Option<Arc<str>> {
+        match self {
+            Self::Secret => None,
+            Self::Token(grant) => grant.user.clone(),
+        }
+    }
+}
+
+fn authority(credential: &Credential) -> Result<Authority, DlError> {
+    match credential {
+        Credential::Missing | Credential::Malformed => Err(DlError::MISSING_CREDENTIAL),
+        Credential::Secret => Ok(Authority::Secret),
+        Credential::Token(grant) if grant.is_expired() => Err(DlError::TOKEN_EXPIRED),
+        Credential::Token(grant) => Ok(Authority::Token(grant.clone())),
+        Credential::StreamToken | Credential::Unknown => Err(DlError::INVALID_CREDENTIAL),
+    }
+}
+
+/// Credential, then ownership (a token only opens its own conversation), then the id.
+fn conversation_access(
     state: &State,
-    call: &mut Call,
-    method: &Method,
-    path: &[&str],
-    bytes: &Bytes,
-    headers: &http::HeaderMap,
-) -> Response<Body> {
-    match (method, path) {
-        (&Method::POST, ["v3", "directline", "tokens", "generate"]) => generate(state, call),
-        (&Method::POST, ["v3", "directline", "tokens", "refresh"]) => refresh(state, call),
-        (&Method::POST, ["v3", "directline", "conversations"]) => start(state, call),
-        (&Method::GET, ["v3", "directline", "conversations", id]) => reconnect(state, call, id),
-        (&Method::GET, ["v3", "directline", "conversations", id, "activities"]) => {
-            get_activities(state, call, id)
+    credential: &Credential,
+    id: &str,
+) -> Result<(Arc<Conversation>, Authority), DlError> {
+    let authority = authority(credential)?;
+    if let Authority::Token(grant) = &authority {
+        if grant.conversation.as_str() != id {
+            return Err(DlError::WRONG_CONVERSATION);
         }
-        (&Method::POST, ["v3", "directline", "conversations", id, "activities"]) => {
-            post_activity(state, call, id, bytes, headers)
-        }
-        (&Method::GET, ["v3", "directline", "session", "getsessionid"]) => {
-            if matches!(
-                call.credential,
-                SeenCredential::Missing | SeenCredential::Invalid
-            ) {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "BadArgument",
-                    "Invalid token or secret",
-                );
-            }
-            let mut response = ok(
-                StatusCode::OK,
-                json!({ "sessionId": super::state::random_token(12) }),
-            );
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "dl_session=1; Domain=.botframework.com; Path=/; Secure; HttpOnly",
-                ),
-            );
-            response
-        }
-        _ => error(StatusCode::NOT_FOUND, "NotFound", "Not found"),
     }
+    if !ConversationId::is_valid(id) {
+        return Err(DlError::BAD_CONVERSATION_ID);
+    }
+    let conversation = state
+        .conversation(id)
+        .ok_or(DlError::UNKNOWN_CONVERSATION)?;
+    Ok((conversation, authority))
 }
 
-fn judge(state: &State, credential: Option<&str>) -> SeenCredential {
-    let Some(credential) = credential else {
-        return SeenCredential::Missing;
-    };
-    if credential == state.secret.expose() {
-        return SeenCredential::Secret;
-    }
-    if let Some(token) = state.tokens.get(credential) {
-        return SeenCredential::ConversationToken {
-            conversation_id: token.conversation.clone(),
-        };
-    }
-    if state.stream_tokens.contains_key(credential) {
-        return SeenCredential::StreamToken;
-    }
-    SeenCredential::Invalid
-}
-
-/// Checks the credential of a conversation-scoped call. `Ok(user)`: the token's user, if any.
-#[expect(
-    clippy::result_large_err,
-    reason = "the refusal is the response itself, built once per refused call"
-)]
-fn authorize(
+/// POST /tokens/generate (spec §1.2): secret only; allocates, does not start.
+async fn generate(
     state: &State,
-    call: &Call,
-    conversation: Option<&str>,
-) -> Result<Option<String>, Response<Body>> {
-    match &call.credential {
-        SeenCredential::Missing => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "BadArgument",
-            "Missing token or secret",
-        )),
-        SeenCredential::Secret => Ok(None),
-        SeenCredential::ConversationToken { conversation_id } => {
-            let raw = call.raw_credential.as_deref().unwrap_or("");
-            let token = state.tokens.get(raw).ok_or_else(|| {
-                error(
-                    StatusCode::FORBIDDEN,
-                    "BadArgument",
-                    "Invalid token or secret",
-                )
-            })?;
-            if token.expires_at <= Instant::now() {
-                return Err(error(
-                    StatusCode::FORBIDDEN,
-                    "TokenExpired",
-                    "Token expired",
-                ));
-            }
-            if conversation.is_some_and(|c| c != conversation_id) {
-                return Err(error(
-                    StatusCode::FORBIDDEN,
-                    "BadArgument",
-                    "Token not valid for this conversation",
-                ));
-            }
-            Ok(token.user.clone())
-        }
-        SeenCredential::StreamToken | SeenCredential::Invalid => Err(error(
-            StatusCode::FORBIDDEN,
-            "BadArgument",
-            "Invalid token or secret",
-        )),
+    request: Request<Incoming>,
+    credential: &Credential,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, DlError> {
+    match authority(credential)? {
+        Authority::Secret => {}
+        Authority::Token(_) => return Err(DlError::SECRET_REQUIRED),
     }
-}
-
-/// A field of a JSON object, matched case-insensitively as Direct Line does (spec §1.2).
-fn field<'a>(value: Option<&'a Value>, name: &str) -> Option<&'a Value> {
-    value?
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-}
-
-fn user_id(body: Option<&Value>) -> Option<String> {
-    field(field(body, "user"), "id")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn generate(state: &State, call: &Call) -> Response<Body> {
-    if call.credential != SeenCredential::Secret {
-        return match authorize(state, call, None) {
-            Err(response) => response,
-            Ok(_) => error(StatusCode::FORBIDDEN, "BadArgument", "A secret is required"),
-        };
-    }
-    let conversation = state.allocate();
-    let token = state.mint_token(&conversation.id, user_id(call.body.as_ref()));
-    ok(
-        StatusCode::OK,
-        json!({ "conversationId": conversation.id, "token": token, "expires_in": state.token_ttl.as_secs() }),
-    )
-}
-
-fn refresh(state: &State, call: &Call) -> Response<Body> {
-    if !matches!(call.credential, SeenCredential::ConversationToken { .. }) {
-        return match authorize(state, call, None) {
-            Err(response) => response,
-            Ok(_) => error(StatusCode::FORBIDDEN, "BadArgument", "A token is required"),
-        };
-    }
-    let user = match authorize(state, call, None) {
-        Ok(user) => user,
-        Err(response) => return response,
-    };
-    let SeenCredential::ConversationToken { conversation_id } = &call.credential else {
-        unreachable!()
-    };
-    let token = state.mint_token(conversation_id, user);
-    ok(
-        StatusCode::OK,
-        json!({ "conversationId": conversation_id, "token": token, "expires_in": state.token_ttl.as_secs() }),
-    )
-}
-
-fn start(state: &State, call: &Call) -> Response<Body> {
-    let token_user = match authorize(state, call, None) {
-        Ok(user) => user,
-        Err(response) => return response,
-    };
-    let (conversation, user) = match &call.credential {
-        SeenCredential::ConversationToken { conversation_id } => {
-            match state.conversation(conversation_id) {
-                Some(c) => (c, token_user),
-                None => return error(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation"),
-            }
-        }
-        _ => (state.allocate(), user_id(call.body.as_ref())),
-    };
-    let created = conversation.start();
+    let body = read_optional_json(request, PARAMETERS_LIMIT).await?;
+    let user = body.as_ref().and_then(activity::user_id).map(Arc::from);
+    exchange.body = body;
+    let conversation = state.create_conversation();
     let token = state.mint_token(&conversation.id, user);
-    let stream_token = state.mint_stream_token(&conversation, None, false);
-    let body = json!({
-        "conversationId": conversation.id,
-        "token": token,
-        "expires_in": state.token_ttl.as_secs(),
-        "streamUrl": stream_url(call, &conversation.id, "-", &stream_token),
-        "referenceGrammarId": "2ea0374a-461a-2b59-b42a-b1c985b149a3",
-    });
-    ok(
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        body,
-    )
-}
-
-fn reconnect(state: &State, call: &Call, id: &str) -> Response<Body> {
-    let user = match authorize(state, call, Some(id)) {
-        Ok(user) => user,
-        Err(response) => return response,
-    };
-    if state.faults.take_reconnect_failure() {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            "ServiceError",
-            "Injected reconnect failure",
-        );
-    }
-    let Some(conversation) = state.conversation(id) else {
-        return error(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation");
-    };
-    if call.credential == SeenCredential::Secret && state.faults.enhanced_auth() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "MissingProperty",
-            "Missing user ID",
-        );
-    }
-    let raw_watermark =
-        query_param(call.query.as_deref(), "watermark").filter(|w| !w.is_empty() && w != "-");
-    let watermark = match raw_watermark.as_deref().map(str::parse::<u64>) {
-        Some(Ok(w)) => Some(w),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "BadArgument", "Invalid watermark"),
-        None => None,
-    };
-    let stream_token = state.mint_stream_token(&conversation, watermark, true);
-    let shown = raw_watermark.unwrap_or_else(|| "-".into());
-    let token = state.mint_token(id, user);
-    ok(
+    Ok(json_response(
         StatusCode::OK,
-        json!({
-            "conversationId": id,
+        &json!({
+            "conversationId": conversation.id.as_str(),
             "token": token,
             "expires_in": state.token_ttl.as_secs(),
-            "streamUrl": stream_url(call, id, &shown, &stream_token),
         }),
-    )
+    ))
 }
 
-fn get_activities(state: &State, call: &Call, id: &str) -> Response<Body> {
-    if let Err(response) = authorize(state, call, Some(id)) {
-        return response;
-    }
-    let Some(conversation) = state.conversation(id) else {
-        return error(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation");
+/// POST /tokens/refresh (spec §1.3): token only; same conversation and user.
+fn refresh(state: &State, credential: &Credential) -> Result<Response<Body>, DlError> {
+    let grant = match authority(credential)? {
+        Authority::Token(grant) => grant,
+        Authority::Secret => return Err(DlError::TOKEN_REQUIRED),
     };
-    let watermark =
-        query_param(call.query.as_deref(), "watermark").and_then(|w| w.parse::<u64>().ok());
-    let activities = conversation.stored_after(watermark);
-    let newest = conversation.newest_watermark().or(watermark);
-    ok(
+    let token = state.mint_token(&grant.conversation, grant.user.clone());
+    Ok(json_response(
         StatusCode::OK,
-        json!({ "activities": activities, "watermark": newest.map(|w| w.to_string()) }),
-    )
+        &json!({
+            "conversationId": grant.conversation.as_str(),
+            "token": token,
+            "expires_in": state.token_ttl.as_secs(),
+        }),
+    ))
 }
 
-fn post_activity(
+/// POST /conversations (spec §2): the secret creates, a token starts its own conversation
+/// (201), or finds it already started (200).
+async fn start(
     state: &State,
-    call: &Call,
-    id: &str,
-    bytes: &Bytes,
-    headers: &http::HeaderMap,
-) -> Response<Body> {
-    let user = match authorize(state, call, Some(id)) {
-        Ok(user) => user,
-        Err(response) => return response,
-    };
-    let Some(conversation) = state.conversation(id) else {
-        return error(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation");
-    };
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    if !json_type {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "BadArgument",
-            "Content-Type must be JSON",
-        );
-    }
-    if bytes.len() >= ACTIVITY_LIMIT {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "MessageSizeTooBig",
-            "Activity too large",
-        );
-    }
-    let mut activity = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) if map.get("type").is_some_and(Value::is_string) => {
-            Value::Object(map)
+    request: Request<Incoming>,
+    credential: &Credential,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, DlError> {
+    let authority = authority(credential)?;
+    let origin = stream_origin(state, request.headers());
+    let body = read_optional_json(request, PARAMETERS_LIMIT).await?;
+    let body_user = body.as_ref().and_then(activity::user_id).map(Arc::from);
+    exchange.body = body;
+    let (conversation, user) = match authority {
+        Authority::Secret => (state.create_conversation(), body_user),
+        Authority::Token(grant) => {
+            let conversation = state
+                .conversation(grant.conversation.as_str())
+                .ok_or(DlError::UNKNOWN_CONVERSATION)?;
+            (conversation, grant.user)
         }
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadArgument",
-                "Activity must be an object with a type",
-            );
-        }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "BadArgument", "Malformed JSON"),
     };
-    if let Some(user) = user {
-        activity["from"] =
-            json!({ "id": user, "name": activity["from"]["name"].clone(), "role": "user" });
-    }
-    activity["recipient"] = json!({ "id": "echo-bot", "name": "Echo Bot", "role": "bot" });
-    let text = activity["text"].as_str().map(str::to_owned);
-    let is_message = activity["type"] == "message";
-    let id = conversation.store(activity);
-    if is_message {
-        if state.faults.typing() {
-            conversation.ephemeral(json!({ "type": "typing", "from": { "id": "echo-bot", "name": "Echo Bot", "role": "bot" } }));
-        }
-        let reply = format!("echo: {}", text.unwrap_or_default());
-        conversation.append_bot_message(&reply, Some(&id));
-    }
-    ok(StatusCode::OK, json!({ "id": id }))
+    // Starting sends the bot a conversationUpdate; the echo bot does not answer it, and
+    // conversationUpdate never reaches clients (spec §0.7), so nothing is stored.
+    let created = conversation.start();
+    let token = state.mint_token(&conversation.id, user.clone());
+    let stream_url =
+        state.mint_stream_url(&origin, &conversation, user, Watermark::None, "-", false);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &json!({
+            "conversationId": conversation.id.as_str(),
+            "token": token,
+            "expires_in": state.token_ttl.as_secs(),
+            "streamUrl": stream_url,
+            "referenceGrammarId": state.reference_grammar_id,
+        }),
+    ))
 }
 
+/// GET /conversations/{id}?watermark=W (spec §3).
+fn reconnect(
+    state: &State,
+    request: &Request<Incoming>,
+    credential: &Credential,
+    id: &str,
+) -> Result<Response<Body>, DlError> {
+    let (conversation, authority) = conversation_access(state, credential, id)?;
+    if matches!(authority, Authority::Secret) && state.faults.enhanced_auth() {
+        return Err(DlError::MISSING_USER_ID);
+    }
+    let raw = query_parameter(request.uri().query(), "watermark");
+    let watermark = Watermark::parse(raw.as_deref()).ok_or(DlError::BAD_WATERMARK)?;
+    if state.faults.take_reconnect_failure() {
+        return Err(DlError::RECONNECT_FAILED);
+    }
+    let watermark_text = match (watermark, raw.as_deref()) {
+        (Watermark::After(_), Some(raw)) => raw,
+        _ => "-",
+    };
+    // With the secret the token carries no user (spec §0.5).
+    let user = authority.user();
+    let token = state.mint_token(&conversation.id, user.clone());
+    let origin = stream_origin(state, request.headers());
+    let stream_url = state.mint_stream_url(
+        &origin,
+        &conversation,
+        user,
+        watermark,
+        watermark_text,
+        true,
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "conversationId": conversation.id.as_str(),
+            "token": token,
+            "expires_in": state.token_ttl.as_secs(),
+            "streamUrl": stream_url,
+        }),
+    ))
+}
+
+/// GET …/activities?watermark=W (spec §4.1): stored activities newer than W.
+fn activities(
+    state: &State,
+    request: &Request<Incoming>,
+    credential: &Credential,
+    id: &str,
+) -> Result<Response<Body>, DlError> {
+    let (conversation, _) = conversation_access(state, credential, id)?;
+    let raw = query_parameter(request.uri().query(), "watermark");
+    let watermark = Watermark::parse(raw.as_deref()).ok_or(DlError::BAD_WATERMARK)?;
+    let (items, last) = conversation.stored_from(watermark.next_index(), PAGE_SIZE);
+    let body = match last {
+        Some(last) => Outgoing::Activities(items, last).frame(),
+        // Nothing newer: the client keeps its watermark.
+        None => json!({
+            "activities": [],
+            "watermark": match watermark {
+                Watermark::After(sequence) => Value::from(activity::watermark(sequence)),
+                Watermark::None => Value::Null,
+            },
+        })
+        .to_string(),
+    };
+    Ok(raw_json_response(StatusCode::OK, body))
+}
+
+/// POST …/activities (spec §4.2): answered once the bot has handled it.
+async fn post_activity(
+    state: &State,
+    request: Request<Incoming>,
+    credential: &Credential,
+    id: &str,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, DlError> {
+    let (conversation, authority) = conversation_access(state, credential, id)?;
+    if !is_json(request.headers()) {
+        return Err(DlError::NOT_JSON);
+    }
+    let bytes = read_body(request, ACTIVITY_LIMIT).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| DlError::MALFORMED_JSON)?;
+    exchange.body = Some(value.clone());
+    let Value::Object(activity) = value else {
+        return Err(DlError::MISSING_TYPE);
+    };
+    let typed = activity
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| !kind.is_empty());
+    if !typed {
+        return Err(DlError::MISSING_TYPE);
+    }
+    let user = authority.user();
+    let id = state.receive(&conversation, activity, user.as_deref());
+    Ok(json_response(StatusCode::OK, &json!({ "id": id })))
+}
+
+/// POST …/upload?userId=U (spec §4.3): files become attachments of one message. The
+/// request log records that activity as the upload's body.
 async fn upload(
     state: &State,
-    call: &mut Call,
+    request: Request<Incoming>,
+    credential: &Credential,
     id: &str,
-    headers: &http::HeaderMap,
-    incoming: Incoming,
-) -> Response<Body> {
-    if let Err(response) = authorize(state, call, Some(id)) {
-        return response;
-    }
-    let Some(conversation) = state.conversation(id) else {
-        return error(StatusCode::NOT_FOUND, "BadArgument", "Unknown conversation");
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, DlError> {
+    let (conversation, authority) = conversation_access(state, credential, id)?;
+    let user_param = query_parameter(request.uri().query(), "userId").filter(|u| !u.is_empty());
+    let header = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
     };
-    let bytes = match Limited::new(incoming, UPLOAD_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "MessageSizeTooBig",
-                "Upload too large",
-            );
-        }
-    };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream");
-    let user = query_param(call.query.as_deref(), "userId").unwrap_or_default();
-    let mut activity = json!({ "type": "message", "from": { "id": user } });
-    let mut attachments = Vec::new();
-    match content_type.split_once("boundary=") {
-        Some((_, boundary)) if content_type.starts_with("multipart/") => {
-            for part in multipart_parts(&bytes, boundary.trim_matches('"')) {
-                if part.content_type.contains("vnd.microsoft.activity") {
-                    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(part.body) {
-                        for (k, v) in fields {
-                            if k != "from" && k != "attachments" {
-                                activity[k] = v;
-                            }
-                        }
-                    }
-                } else {
-                    attachments.push(json!({ "contentType": part.content_type, "name": part.filename, "contentUrl": format!("http://emulator.invalid/attachments/{}", attachments.len()) }));
-                }
-            }
-        }
-        _ => attachments.push(json!({ "contentType": content_type, "contentUrl": "http://emulator.invalid/attachments/0" })),
+    let content_type = header(header::CONTENT_TYPE);
+    let disposition = header(header::CONTENT_DISPOSITION);
+    let origin = http_origin(state, request.headers());
+    let bytes = read_body(request, UPLOAD_LIMIT).await?;
+    let upload = upload::parse(content_type.as_deref(), disposition.as_deref(), &bytes)
+        .map_err(|_| DlError::BAD_UPLOAD)?;
+    let mut activity = upload.activity.unwrap_or_default();
+    if !activity.get("type").is_some_and(Value::is_string) {
+        activity.insert("type".into(), Value::from("message"));
     }
-    activity["attachments"] = Value::Array(attachments);
-    call.body = Some(activity.clone());
-    let id = conversation.store(activity);
-    ok(StatusCode::OK, json!({ "id": id }))
-}
-
-struct Part<'a> {
-    content_type: String,
-    filename: Option<String>,
-    body: &'a [u8],
-}
-
-/// Splits a multipart body at its boundary lines; enough for the shapes DLJS sends.
-fn multipart_parts<'a>(bytes: &'a [u8], boundary: &str) -> Vec<Part<'a>> {
-    let delimiter = format!("--{boundary}");
-    let mut parts = Vec::new();
-    let mut rest = bytes;
-    while let Some(start) = find(rest, delimiter.as_bytes()) {
-        rest = &rest[start + delimiter.len()..];
-        if rest.starts_with(b"--") {
-            break;
-        }
-        let Some(header_end) = find(rest, b"\r\n\r\n") else {
-            break;
-        };
-        let head = String::from_utf8_lossy(&rest[..header_end]).to_string();
-        let body_start = header_end + 4;
-        let body_end =
-            find(&rest[body_start..], delimiter.as_bytes()).map_or(rest.len(), |e| body_start + e);
-        let body = rest[body_start..body_end]
-            .strip_suffix(b"\r\n")
-            .unwrap_or(&rest[body_start..body_end]);
-        let mut content_type = "application/octet-stream".to_owned();
-        let mut filename = None;
-        for line in head.lines() {
-            let lower = line.to_ascii_lowercase();
-            if let Some(value) = lower.strip_prefix("content-type:") {
-                content_type = value.trim().to_owned();
-            }
-            if lower.starts_with("content-disposition:")
-                && let Some(index) = lower.find("filename=")
-            {
-                filename = Some(
-                    line[index + 9..]
-                        .trim_matches(|c| c == '"' || c == ';' || c == ' ')
-                        .to_owned(),
-                );
-            }
-        }
-        parts.push(Part {
-            content_type,
-            filename,
-            body,
-        });
-        rest = &rest[body_end..];
+    if let Some(user) = &user_param {
+        super::state::set_from_id(&mut activity, user);
     }
-    parts
+    let attachments: Vec<Value> = upload
+        .files
+        .iter()
+        .map(|file| {
+            let key = credential::base64url(&credential::random_bytes::<12>());
+            let name: String = form_urlencoded::byte_serialize(file.name.as_bytes()).collect();
+            json!({
+                "contentType": file.content_type,
+                "contentUrl": format!(
+                    "{origin}/v3/directline/attachments/{}/{key}/{name}",
+                    conversation.id.as_str()
+                ),
+                "name": file.name,
+            })
+        })
+        .collect();
+    activity.insert("attachments".into(), Value::Array(attachments));
+    exchange.body = Some(Value::Object(activity.clone()));
+    let user = authority.user();
+    let id = state.receive(&conversation, activity, user.as_deref());
+    Ok(json_response(StatusCode::OK, &json!({ "id": id })))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// GET /session/getsessionid (spec §7.5): a session id and its cookie, scoped like the
+/// service's own (`Domain=.botframework.com; Secure`), which a gateway must rewrite.
+fn session_id(credential: &Credential) -> Result<Response<Body>, DlError> {
+    authority(credential)?;
+    let session = credential::base64url(&credential::random_bytes::<18>());
+    let mut response = json_response(StatusCode::OK, &json!({ "sessionId": session }));
+    if let Ok(cookie) = HeaderValue::from_str(&format!(
+        "dl_session={session}; Domain=.botframework.com; Path=/; Secure; HttpOnly"
+    )) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
-fn stream_url(call: &Call, id: &str, watermark: &str, token: &str) -> String {
-    let host = call.host.as_deref().unwrap_or("127.0.0.1");
-    format!("ws://{host}/v3/directline/conversations/{id}/stream?watermark={watermark}&t={token}")
-}
-
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-fn ok(status: StatusCode, body: Value) -> Response<Body> {
-    let mut response = Response::new(body::full(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
-}
-
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    ok(
-        status,
-        json!({ "error": { "code": code, "message": message } }),
-    )
-}
-
-fn cors(mut response: Response<Body>) -> Response<Body> {
+/// CORS preflight for any path (spec §7.1).
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(Body::default());
     let headers = response.headers_mut();
     headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("authorization, content-type, x-ms-bot-agent"),
     );
     headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Headers every REST answer carries (spec §2 "Headers").
+fn decorate(mut response: Response<Body>) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Retry-After"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    raw_json_response(status, value.to_string())
+}
+
+fn raw_json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    response
+}
+
+/// Reads the whole body chunk by chunk, refusing more than `limit` bytes: by
+/// `Content-Length` before reading, or as soon as the chunks read exceed it. A refused
+/// body is drained in the background (up to [`DISCARD_LIMIT`]) so the client, still
+/// sending, reads the 413 instead of a connection reset.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, DlError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let mut body = request.into_body();
+    if declared.is_some_and(|length| length > limit as u64) {
+        discard(body);
+        return Err(DlError::TOO_LARGE);
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| DlError::BODY_UNREADABLE)?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            discard(body);
+            return Err(DlError::TOO_LARGE);
+        }
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
+}
+
+/// Reads and drops the rest of a refused body, up to a bound.
+fn discard(body: Incoming) {
+    tokio::spawn(async move {
+        let mut body = Limited::new(body, DISCARD_LIMIT);
+        while let Some(Ok(_)) = body.frame().await {}
+    });
+}
+
+/// An optional JSON body (TokenParameters, start parameters): empty means none.
+async fn read_optional_json(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Option<Value>, DlError> {
+    let bytes = read_body(request, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| DlError::MALFORMED_JSON)
+}
+
+/// `application/json`, `text/json`, `application/*+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|media| media.trim().to_ascii_lowercase())
+        .is_some_and(|media| media.ends_with("/json") || media.ends_with("+json"))
+}
+
+pub(super) fn query_parameter(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+fn host(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        })
+}
+
+/// `host[:port]` as the client addressed us, so URLs work behind any address.
+fn authority_of(state: &State, headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .filter(|host| !host.is_empty())
+        .map_or_else(|| state.local_addr.to_string(), str::to_owned)
+}
+
+fn is_forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
+/// `ws://HOST` (`wss://` behind a TLS proxy that says so).
+fn stream_origin(state: &State, headers: &HeaderMap) -> String {
+    let scheme = if is_forwarded_https(headers) {
+        "wss"
+    } else {
+        "ws"
+    };
+    format!("{scheme}://{}", authority_of(state, headers))
+}
+
+fn http_origin(state: &State, headers: &HeaderMap) -> String {
+    let scheme = if is_forwarded_https(headers) {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", authority_of(state, headers))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let conversation = |id: &str| Some(Endpoint::Conversation(id.into()));
+        assert_eq!(
+            Endpoint::parse("/v3/directline/tokens/generate"),
+            Some(Endpoint::Generate)
+        );
+        assert_eq!(
+            Endpoint::parse("/v3/directline/Conversations/"),
+            Some(Endpoint::Conversations)
+        );
+        assert_eq!(
+            Endpoint::parse("/v3/directline/conversations/a-us"),
+            conversation("a-us")
+        );
+        assert_eq!(
+            Endpoint::parse("/v3/directline/conversations/a/stream/multimodal"),
+            Some(Endpoint::Stream {
+                conversation: "a".into(),
+                multimodal: true
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("/v3/directline/conversations/a/stream/x"),
+            None
+        );
+        assert_eq!(Endpoint::parse("/v3/directline/conversations/a/b"), None);
+        assert_eq!(Endpoint::parse("/v3/directline"), None);
+        assert_eq!(Endpoint::parse("/other"), None);
+    }
+
+    #[test]
+    fn error_bodies() {
+        let table = [
+            (DlError::MISSING_CREDENTIAL, 401, "BadArgument"),
+            (DlError::INVALID_CREDENTIAL, 403, "BadArgument"),
+            (DlError::TOKEN_EXPIRED, 403, "TokenExpired"),
+            (DlError::UNKNOWN_CONVERSATION, 404, "BadArgument"),
+            (DlError::MISSING_USER_ID, 400, "MissingProperty"),
+            (DlError::RECONNECT_FAILED, 502, "ServiceError"),
+            (DlError::TOO_LARGE, 413, "MessageSizeTooBig"),
+        ];
+        for (error, status, code) in table {
+            let response = error.response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(error.code, code);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/json; charset=utf-8"
+            );
+        }
+    }
+
+    #[test]
+    fn json_media_types() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("application/vnd.api+json"));
+        assert!(with("Text/JSON"));
+        assert!(!with("text/plain"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
 }

@@ -1,40 +1,68 @@
 //! An embedded Direct Line 3.0 server with an echo bot and fault knobs (DESIGN §7).
 //!
-//! It implements the protocol as `directline-spec.md` describes it (shapes, statuses,
-//! string watermarks, `<id>|0000007` ids, 60 s stream URLs, one socket per conversation,
-//! typing only on the stream), so the gateway, its tests and its benchmarks run against a
-//! faithful upstream with no secret and no network.
+//! It implements the protocol of `directline-spec.md` rather than replaying canned
+//! answers: opaque random tokens (60 s stream tokens, `expires_in` 3600), conversation
+//! ids like `JqvzojbEjLT4rEMW4HoUIx-us`, activity ids `<conversationId>|0000007`, string
+//! watermarks, one WebSocket per conversation (`collision`), typing on the stream only.
+//!
+//! Map: `state` (conversations, histories, tokens, request log), `credential` (tokens,
+//! `Authorization`), `http` (REST routes and error bodies), `stream` (WebSocket
+//! delivery), `bot` (the echo bot), `faults` (misbehaviour on purpose), `upload`
+//! (upload bodies), `activity` (ids, timestamps), `server` (listener).
+//!
+//! A stream URL's replay position travels with its `t` token (set when the URL was minted
+//! from the reconnect watermark, or "now" for `-`); the `watermark` in the URL is only
+//! informational.
+//!
+//! Close codes it sends: 1000 `collision` (second socket on a conversation, the new one is
+//! closed), 1011 `fault: drop` (even-numbered `drop_after_frames` drops), 1001 `shutdown`.
 
+mod activity;
+mod bot;
+mod credential;
 mod faults;
 mod http;
+mod server;
 mod state;
 mod stream;
+mod upload;
+
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::secret::Secret;
-pub use faults::{FaultControl, Faults};
-pub use state::{RecordedRequest, SeenCredential};
+use state::State;
 
+pub use bot::{BOT_ID, BOT_NAME};
+pub use faults::{FaultControl, Faults};
+pub use stream::{COLLISION_REASON, DROP_REASON, SHUTDOWN_REASON};
+
+/// Everything the emulator needs to start.
 pub struct EmulatorConfig {
     /// The Direct Line secret it accepts.
     pub secret: Secret,
+    /// Initial fault settings (change them later with [`EmulatorHandle::faults`]).
     pub faults: Faults,
-    /// An empty text frame on every open stream this often.
+    /// An empty `""` text frame on every open stream this often; zero turns them off.
     pub keepalive_interval: Duration,
+    /// Lifetime of a stream URL's `t` token.
     pub stream_url_ttl: Duration,
+    /// Lifetime of conversation tokens (`expires_in`).
     pub token_ttl: Duration,
 }
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
-            secret: Secret::new("emulator-secret"),
+            secret: Secret::new(DEFAULT_SECRET),
             faults: Faults::default(),
             keepalive_interval: Duration::from_secs(15),
             stream_url_ttl: Duration::from_secs(60),
@@ -43,42 +71,49 @@ impl Default for EmulatorConfig {
     }
 }
 
+const DEFAULT_SECRET: &str = "emulator-secret";
+
 /// Flags of `directline-gateway emulator`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EmulatorArgs {
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3978")]
-    listen: SocketAddr,
-    /// The secret clients (or the gateway) must present.
-    #[arg(
-        long,
-        env = "DIRECTLINE_SECRET",
-        default_value = "emulator-secret",
-        hide_env_values = true
-    )]
-    secret: String,
-    /// Close each stream after N activity frames (alternately a TCP abort and a 1011 close).
+    pub listen: SocketAddr,
+    /// Direct Line secret the emulator accepts [default: emulator-secret].
+    #[arg(long, env = "DIRECTLINE_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub secret: Option<Secret>,
+    /// Close each stream after N activity frames (alternately without and with a close frame).
+    #[arg(long, value_name = "N")]
+    pub drop_after_frames: Option<u32>,
+    /// Fail the next K reconnects (GET /conversations/{id}) with 502 ServiceError.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub fail_reconnects: u32,
+    /// Pack up to 3 activities per stream frame.
     #[arg(long)]
-    drop_after_frames: Option<u32>,
-    /// The next K reconnect GETs answer 502.
-    #[arg(long, default_value_t = 0)]
-    fail_reconnects: u32,
-    /// Pack up to 3 activities per frame.
-    #[arg(long)]
-    batch: bool,
+    pub batch: bool,
     /// Reconnect streams replay the whole history whatever the watermark.
     #[arg(long)]
-    replay_history: bool,
-    /// Reconnect with the secret answers 400 MissingProperty.
+    pub replay_history: bool,
+    /// Reconnect with the secret answers 400 MissingProperty (enhanced authentication).
     #[arg(long)]
-    enhanced_auth: bool,
-    /// After N activity frames a stream goes silent (no frames, no close).
-    #[arg(long)]
-    stall_after_frames: Option<u32>,
+    pub enhanced_auth: bool,
+    /// After N activity frames a stream goes silent (no frames, no close, no pongs).
+    #[arg(long, value_name = "N")]
+    pub stall_after_frames: Option<u32>,
     /// The echo bot sends a typing activity before each echo.
     #[arg(long)]
-    typing: bool,
-    #[arg(long, default_value_t = 15)]
-    keepalive_secs: u64,
+    pub typing: bool,
+    /// Seconds between empty keepalive frames on open streams (0 = none).
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    pub keepalive_secs: u64,
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        Err("the secret must not be empty".into())
+    } else {
+        Ok(Secret::new(value))
+    }
 }
 
 impl EmulatorArgs {
@@ -88,7 +123,10 @@ impl EmulatorArgs {
 
     pub fn config(&self) -> EmulatorConfig {
         EmulatorConfig {
-            secret: Secret::new(self.secret.clone()),
+            secret: self
+                .secret
+                .clone()
+                .unwrap_or_else(|| Secret::new(DEFAULT_SECRET)),
             faults: Faults {
                 drop_after_frames: self.drop_after_frames,
                 fail_reconnects: self.fail_reconnects,
@@ -98,56 +136,88 @@ impl EmulatorArgs {
                 stall_after_frames: self.stall_after_frames,
                 typing: self.typing,
             },
-            keepalive_interval: Duration::from_secs(self.keepalive_secs.max(1)),
+            keepalive_interval: Duration::from_secs(self.keepalive_secs),
             ..EmulatorConfig::default()
         }
     }
 }
 
-/// A running emulator.
-#[derive(Clone)]
-pub struct EmulatorHandle {
-    addr: SocketAddr,
-    state: Arc<state::State>,
-}
-
-/// Starts serving on `listener` in a background task and returns at once.
+/// Starts serving on `listener` in a background task; returns at once.
 pub fn spawn(listener: TcpListener, config: EmulatorConfig) -> EmulatorHandle {
-    let addr = listener
+    let local_addr = listener
         .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = Arc::new(state::State::new(config));
-    tokio::spawn(http::serve(listener, state.clone()));
-    EmulatorHandle { addr, state }
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    start(listener, config, local_addr).0
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes (for the CLI), then closes every stream and
+/// connection.
 pub async fn run(
     listener: TcpListener,
     config: EmulatorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let handle = spawn(listener, config);
-    shutdown.await;
+    let local_addr = listener.local_addr()?;
+    let (handle, accepting) = start(listener, config, local_addr);
+    tokio::select! {
+        () = shutdown => {}
+        // The accept loop only ends through shutdown; treat a panic there as one.
+        _ = accepting => {}
+    }
     handle.shutdown();
     Ok(())
 }
 
+fn start(
+    listener: TcpListener,
+    config: EmulatorConfig,
+    local_addr: SocketAddr,
+) -> (EmulatorHandle, tokio::task::JoinHandle<()>) {
+    let state = Arc::new(State::new(config, local_addr));
+    tokio::spawn(server::sweep(state.clone()));
+    let accepting = tokio::spawn(server::accept(listener, state.clone()));
+    (EmulatorHandle { state }, accepting)
+}
+
+/// A running emulator: its address, its record, and its run-time controls.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for EmulatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorHandle")
+            .field("local_addr", &self.state.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EmulatorHandle {
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.state.local_addr
     }
 
-    /// `http://127.0.0.1:PORT`, the base URL without `/v3/directline`.
+    /// `http://127.0.0.1:PORT`, without `/v3/directline` (a wildcard listen address is
+    /// reported as loopback).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let mut addr = self.state.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
     }
 
-    /// Every REST request and stream upgrade attempt, in arrival order.
+    /// Every REST request and stream upgrade attempt, in arrival order (the most recent
+    /// 16384).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.recorded()
+        self.state.requests()
     }
 
+    /// Run-time fault switches.
     pub fn faults(&self) -> FaultControl {
         self.state.faults.clone()
     }
@@ -155,31 +225,57 @@ impl EmulatorHandle {
     /// A proactive bot message; the new activity id, or `None` for an unknown conversation.
     pub fn send_bot_message(&self, conversation_id: &str, text: &str) -> Option<String> {
         let conversation = self.state.conversation(conversation_id)?;
-        Some(conversation.append_bot_message(text, None))
+        Some(self.state.proactive(&conversation, text))
     }
 
-    /// The stored history (typing is never stored).
-    pub fn activities(&self, conversation_id: &str) -> Vec<serde_json::Value> {
+    /// The stored history (typing activities are never stored).
+    pub fn activities(&self, conversation_id: &str) -> Vec<Value> {
         self.state
             .conversation(conversation_id)
-            .map(|c| c.stored_after(None))
+            .map(|conversation| conversation.history())
             .unwrap_or_default()
     }
 
+    /// Open stream sockets of the conversation: 0 or 1 (a collision closes the newcomer;
+    /// a stalled socket no longer counts).
     pub fn live_streams(&self, conversation_id: &str) -> usize {
         self.state
             .conversation(conversation_id)
-            .map_or(0, |c| c.live_streams())
+            .map_or(0, |conversation| conversation.live_streams())
     }
 
+    /// Successful upgrades so far, including ones then closed for `collision`.
     pub fn stream_connects(&self) -> u64 {
         self.state.stream_connects()
     }
 
+    /// Stops accepting, closes streams with 1001 and lets connections drain.
     pub fn shutdown(&self) {
-        self.state.shutdown();
+        self.state.shut_down();
     }
 }
 
-#[cfg(test)]
-mod tests;
+/// One REST request or stream upgrade attempt, as the emulator saw and answered it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// What the `Authorization` header was; for stream upgrades without one, what `t` was.
+    pub credential: SeenCredential,
+    /// The `Host` header as received.
+    pub host: Option<String>,
+    /// The parsed JSON body, when there was one.
+    pub body: Option<Value>,
+    /// What the emulator answered (101 for accepted upgrades).
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeenCredential {
+    Missing,
+    Secret,
+    ConversationToken { conversation_id: String },
+    StreamToken,
+    Invalid,
+}

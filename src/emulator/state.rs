@@ -1,364 +1,706 @@
-//! Emulator state: credentials, conversations and their activity logs, recorded requests.
+//! Shared emulator state: conversations and their histories, tokens, the request log.
+//!
+//! Locking: the maps are `DashMap`s whose guards are dropped before any `.await`; each
+//! conversation has one short std `Mutex` around its timeline. There is no global lock on
+//! the activity path; the request log has one, held for a push.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::borrow::Borrow;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
-use super::EmulatorConfig;
+use super::activity::{self, Watermark};
+use super::bot;
+use super::credential;
 use super::faults::FaultControl;
+use super::{EmulatorConfig, RecordedRequest};
 use crate::secret::Secret;
 
-/// What the `Authorization` header of a request was, as the emulator judged it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SeenCredential {
-    Missing,
-    Secret,
-    ConversationToken { conversation_id: String },
-    StreamToken,
-    Invalid,
-}
+/// Most recent requests kept for [`super::EmulatorHandle::requests`]; older ones are
+/// forgotten so a long benchmark does not grow without bound.
+const REQUEST_LOG_CAPACITY: usize = 16_384;
+/// Typing activities kept for a stream that is behind; a slower socket loses the oldest
+/// ones, which is harmless since typing is never replayed anyway (spec §0.7).
+const TRANSIENT_CAPACITY: usize = 64;
+/// Most activity frames prepared per lock of a timeline.
+const FRAMES_PER_TURN: usize = 32;
+/// Activities per frame when the `batch` fault is on.
+const BATCH_SIZE: usize = 3;
 
-#[derive(Clone, Debug)]
-pub struct RecordedRequest {
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub credential: SeenCredential,
-    /// The `Host` header as received.
-    pub host: Option<String>,
-    /// The JSON body, when there was one.
-    pub body: Option<Value>,
-    /// What the emulator answered (101 for accepted upgrades).
-    pub status: u16,
-}
-
-pub struct TokenInfo {
-    pub conversation: String,
-    pub user: Option<String>,
-    pub expires_at: Instant,
-}
-
-/// Where a stream starts reading.
-#[derive(Clone, Copy, Debug)]
-pub enum StreamStart {
-    /// After the stored activity with this sequence number (a watermark).
-    AfterSeq(u64),
-    /// From this log position: what was logged after the URL was minted (`watermark=-`).
-    FromLog(usize),
-}
-
-pub struct StreamToken {
-    pub conversation: String,
-    pub start: StreamStart,
-    pub from_reconnect: bool,
-    pub expires_at: Instant,
-}
-
-pub struct State {
+pub(super) struct State {
     pub secret: Secret,
-    pub faults: FaultControl,
-    pub keepalive_interval: Duration,
-    pub stream_url_ttl: Duration,
     pub token_ttl: Duration,
-    pub tokens: DashMap<String, TokenInfo>,
-    pub stream_tokens: DashMap<String, StreamToken>,
-    conversations: DashMap<String, Arc<Conversation>>,
-    requests: Mutex<Vec<RecordedRequest>>,
-    connects: AtomicU64,
-    pub stopped: watch::Sender<bool>,
+    pub stream_url_ttl: Duration,
+    pub keepalive_interval: Duration,
+    pub faults: FaultControl,
+    pub local_addr: SocketAddr,
+    /// Answered on every start, like the service's per-bot grammar id.
+    pub reference_grammar_id: String,
+    conversations: DashMap<ConversationId, Arc<Conversation>>,
+    tokens: DashMap<Box<str>, TokenGrant>,
+    stream_tokens: DashMap<Box<str>, StreamGrant>,
+    log: RequestLog,
+    stream_connects: AtomicU64,
+    next_socket: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A conversation id: what the service allocates (22 base64url characters and a region
+/// suffix), and what a path may name (only `[A-Za-z0-9_-]`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct ConversationId(Arc<str>);
+
+impl ConversationId {
+    fn generate() -> Self {
+        let random: [u8; 16] = credential::random_bytes();
+        Self(format!("{}-us", credential::base64url(&random)).into())
+    }
+
+    /// Accepts only the characters the service uses, so a path can never smuggle
+    /// separators or encodings into an id.
+    pub(super) fn is_valid(text: &str) -> bool {
+        !text.is_empty()
+            && text.len() <= 128
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for ConversationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a conversation token grants.
+#[derive(Clone, Debug)]
+pub(super) struct TokenGrant {
+    pub conversation: ConversationId,
+    pub user: Option<Arc<str>>,
+    pub expires_at: Instant,
+}
+
+/// What a stream URL's `t` grants: one conversation, from one position in its history.
+#[derive(Clone, Debug)]
+pub(super) struct StreamGrant {
+    pub conversation: ConversationId,
+    pub user: Option<Arc<str>>,
+    /// The first history index to replay: after the watermark, or the history length when
+    /// the URL was minted (`watermark=-`), which makes the start→socket gap lossless.
+    pub from: usize,
+    /// Minted by a reconnect (`GET /conversations/{id}`), which `replay_history` affects.
+    pub reconnect: bool,
+    pub expires_at: Instant,
 }
 
 impl State {
-    pub fn new(config: EmulatorConfig) -> Self {
+    pub(super) fn new(config: EmulatorConfig, local_addr: SocketAddr) -> Self {
         Self {
             faults: FaultControl::new(&config.faults),
             secret: config.secret,
-            keepalive_interval: config.keepalive_interval,
-            stream_url_ttl: config.stream_url_ttl,
             token_ttl: config.token_ttl,
+            stream_url_ttl: config.stream_url_ttl,
+            keepalive_interval: config.keepalive_interval,
+            local_addr,
+            reference_grammar_id: uuid_like(),
+            conversations: DashMap::new(),
             tokens: DashMap::new(),
             stream_tokens: DashMap::new(),
-            conversations: DashMap::new(),
-            requests: Mutex::new(Vec::new()),
-            connects: AtomicU64::new(0),
-            stopped: watch::channel(false).0,
+            log: RequestLog::default(),
+            stream_connects: AtomicU64::new(0),
+            next_socket: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
         }
     }
 
-    pub fn record(&self, request: RecordedRequest) {
-        lock(&self.requests).push(request);
+    pub(super) fn conversation(&self, id: &str) -> Option<Arc<Conversation>> {
+        self.conversations
+            .get(id)
+            .map(|entry| entry.value().clone())
     }
 
-    pub fn recorded(&self) -> Vec<RecordedRequest> {
-        lock(&self.requests).clone()
+    /// Allocates a conversation (not started: tokens/generate allocates without starting).
+    pub(super) fn create_conversation(&self) -> Arc<Conversation> {
+        loop {
+            let id = ConversationId::generate();
+            if let dashmap::Entry::Vacant(slot) = self.conversations.entry(id.clone()) {
+                let conversation = Arc::new(Conversation::new(id));
+                slot.insert(conversation.clone());
+                return conversation;
+            }
+        }
     }
 
-    pub fn count_connect(&self) {
-        self.connects.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn stream_connects(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
-    }
-
-    pub fn shutdown(&self) {
-        self.stopped.send_replace(true);
-    }
-
-    pub fn conversation(&self, id: &str) -> Option<Arc<Conversation>> {
-        self.conversations.get(id).map(|c| c.clone())
-    }
-
-    /// Allocates a conversation id (not started yet).
-    pub fn allocate(&self) -> Arc<Conversation> {
-        let id = format!("{}-us", random_token(16));
-        let conversation = Arc::new(Conversation::new(id.clone()));
-        self.conversations.insert(id, conversation.clone());
-        conversation
-    }
-
-    pub fn mint_token(&self, conversation: &str, user: Option<String>) -> String {
-        let token = random_token(32);
+    pub(super) fn mint_token(
+        &self,
+        conversation: &ConversationId,
+        user: Option<Arc<str>>,
+    ) -> String {
+        let token = credential::random_token(self.secret.expose());
         self.tokens.insert(
-            token.clone(),
-            TokenInfo {
-                conversation: conversation.to_owned(),
+            token.clone().into(),
+            TokenGrant {
+                conversation: conversation.clone(),
                 user,
-                expires_at: Instant::now() + self.token_ttl,
+                expires_at: deadline(self.token_ttl),
             },
         );
         token
     }
 
-    pub fn mint_stream_token(
+    /// A stream URL for `conversation`, minted now (spec §2, §3): `watermark_text` is put
+    /// back verbatim, `watermark` decides where its replay starts.
+    pub(super) fn mint_stream_url(
+        &self,
+        origin: &str,
+        conversation: &Conversation,
+        user: Option<Arc<str>>,
+        watermark: Watermark,
+        watermark_text: &str,
+        reconnect: bool,
+    ) -> String {
+        let from = match watermark {
+            Watermark::None => conversation.history_len(),
+            after => after.next_index(),
+        };
+        let token = credential::random_token(self.secret.expose());
+        self.stream_tokens.insert(
+            token.clone().into(),
+            StreamGrant {
+                conversation: conversation.id.clone(),
+                user,
+                from,
+                reconnect,
+                expires_at: deadline(self.stream_url_ttl),
+            },
+        );
+        let watermark: String =
+            form_urlencoded::byte_serialize(watermark_text.as_bytes()).collect();
+        format!(
+            "{origin}/v3/directline/conversations/{}/stream?watermark={watermark}&t={token}",
+            conversation.id.as_str()
+        )
+    }
+
+    pub(super) fn token(&self, token: &str) -> Option<TokenGrant> {
+        self.tokens.get(token).map(|entry| entry.value().clone())
+    }
+
+    pub(super) fn stream_grant(&self, token: &str) -> Option<StreamGrant> {
+        self.stream_tokens
+            .get(token)
+            .map(|entry| entry.value().clone())
+    }
+
+    pub(super) fn is_stream_token(&self, token: &str) -> bool {
+        self.stream_tokens.contains_key(token)
+    }
+
+    /// Takes in an activity from a user (REST post, upload, or a multimodal stream frame):
+    /// stamps and stores it, then lets the bot answer. Returns the new activity id once the
+    /// bot is done, as the service answers POST only after the bot (spec §4.2).
+    pub(super) fn receive(
         &self,
         conversation: &Conversation,
-        watermark: Option<u64>,
-        from_reconnect: bool,
+        mut activity: Map<String, Value>,
+        user: Option<&str>,
     ) -> String {
-        let token = random_token(32);
-        let start = match watermark {
-            Some(seq) => StreamStart::AfterSeq(seq),
-            None => StreamStart::FromLog(conversation.log_len()),
-        };
-        self.stream_tokens.insert(
-            token.clone(),
-            StreamToken {
-                conversation: conversation.id.clone(),
-                start,
-                from_reconnect,
-                expires_at: Instant::now() + self.stream_url_ttl,
-            },
-        );
-        token
-    }
-}
-
-/// One entry of a conversation's log: stored activities have a sequence number (their
-/// watermark); typing has none and is never returned by GET nor replayed.
-pub struct Entry {
-    pub seq: Option<u64>,
-    pub activity: Value,
-}
-
-pub struct Conversation {
-    pub id: String,
-    log: Mutex<Log>,
-    /// Bumped on every append; stream tasks wait on it.
-    appended: watch::Sender<usize>,
-    live: AtomicUsize,
-    /// Lets a new connection release a stalled one, which cannot see its peer leave.
-    pub kick_stalled: Notify,
-    pub drops: AtomicU64,
-    /// Highest log position sent on any socket: fault counters count only frames beyond it,
-    /// so drops and stalls compose with replays and a conversation always makes progress.
-    pub high_water: AtomicUsize,
-}
-
-struct Log {
-    entries: Vec<Entry>,
-    next_seq: u64,
-    started: bool,
-}
-
-impl Conversation {
-    fn new(id: String) -> Self {
-        Self {
-            id,
-            log: Mutex::new(Log {
-                entries: Vec::new(),
-                next_seq: 0,
-                started: false,
-            }),
-            appended: watch::channel(0).0,
-            live: AtomicUsize::new(0),
-            kick_stalled: Notify::new(),
-            drops: AtomicU64::new(0),
-            high_water: AtomicUsize::new(0),
+        if let Some(user) = user {
+            set_from_id(&mut activity, user);
         }
-    }
-
-    /// Marks the conversation started; false when it already was.
-    pub fn start(&self) -> bool {
-        let mut log = lock(&self.log);
-        !std::mem::replace(&mut log.started, true)
-    }
-
-    pub fn log_len(&self) -> usize {
-        lock(&self.log).entries.len()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
-        self.appended.subscribe()
-    }
-
-    /// Stores an activity with the next id, timestamp and conversation; returns its id.
-    pub fn store(&self, mut activity: Value) -> String {
-        let mut log = lock(&self.log);
-        let seq = log.next_seq;
-        log.next_seq += 1;
-        let id = format!("{}|{seq:07}", self.id);
-        if let Value::Object(map) = &mut activity {
-            map.insert("id".into(), json!(id));
-            map.insert("timestamp".into(), json!(timestamp()));
-            map.insert("channelId".into(), json!("directline"));
-            map.insert("conversation".into(), json!({ "id": self.id }));
+        activity.insert("recipient".into(), bot::account());
+        let (id, stored) = conversation.append(activity);
+        let replies = bot::respond(&stored, self.faults.typing());
+        if let Some(typing) = replies.typing {
+            conversation.emit_transient(typing);
         }
-        log.entries.push(Entry {
-            seq: Some(seq),
-            activity,
-        });
-        let len = log.entries.len();
-        drop(log);
-        self.appended.send_replace(len);
+        for reply in replies.messages {
+            conversation.append(reply);
+        }
         id
     }
 
-    /// A stream-only activity (typing): never stored, never replayed.
-    pub fn ephemeral(&self, activity: Value) {
-        let mut log = lock(&self.log);
-        log.entries.push(Entry {
-            seq: None,
-            activity,
-        });
-        let len = log.entries.len();
-        drop(log);
-        self.appended.send_replace(len);
+    /// A message from the bot on its own initiative.
+    pub(super) fn proactive(&self, conversation: &Conversation, text: &str) -> String {
+        let (id, _) = conversation.append(bot::message(text, None, None));
+        id
     }
 
-    pub fn append_bot_message(&self, text: &str, reply_to: Option<&str>) -> String {
-        let mut activity = json!({
-            "type": "message",
-            "from": { "id": "echo-bot", "name": "Echo Bot", "role": "bot" },
-            "text": text,
-        });
-        if let Some(reply_to) = reply_to {
-            activity["replyToId"] = json!(reply_to);
-        }
-        self.store(activity)
+    pub(super) fn record(&self, arrival: u64, request: RecordedRequest) {
+        self.log.push(arrival, request);
     }
 
-    /// Stored activities after `watermark` (all when `None`), and the newest watermark.
-    pub fn stored_after(&self, watermark: Option<u64>) -> Vec<Value> {
-        let log = lock(&self.log);
-        log.entries
-            .iter()
-            .filter(|e| {
-                matches!((e.seq, watermark), (Some(s), Some(w)) if s > w)
-                    || (e.seq.is_some() && watermark.is_none())
-            })
-            .map(|e| e.activity.clone())
-            .collect()
+    pub(super) fn arrival(&self) -> u64 {
+        self.log.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn newest_watermark(&self) -> Option<u64> {
-        lock(&self.log).next_seq.checked_sub(1)
+    pub(super) fn requests(&self) -> Vec<RecordedRequest> {
+        self.log.snapshot()
     }
 
-    /// Log position of the first entry stored after `seq`.
-    pub fn position_after(&self, seq: u64) -> usize {
-        let log = lock(&self.log);
-        log.entries
-            .iter()
-            .position(|e| e.seq.is_some_and(|s| s > seq))
-            .unwrap_or(log.entries.len())
+    pub(super) fn count_stream_connect(&self) {
+        self.stream_connects.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Copies entries `from..` (up to `max`), as (seq, activity).
-    pub fn entries_from(&self, from: usize, max: usize) -> Vec<(Option<u64>, Value)> {
-        let log = lock(&self.log);
-        log.entries
-            .iter()
-            .skip(from)
-            .take(max)
-            .map(|e| (e.seq, e.activity.clone()))
-            .collect()
+    pub(super) fn stream_connects(&self) -> u64 {
+        self.stream_connects.load(Ordering::Relaxed)
     }
 
-    pub fn live_streams(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+    pub(super) fn socket_id(&self) -> u64 {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Claims the conversation's single stream slot.
-    pub fn claim_stream(&self) -> bool {
-        self.live
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    pub(super) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
-    pub fn release_stream(&self) {
-        self.live.store(0, Ordering::Release);
+    pub(super) fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Forgets stream tokens past their TTL, and conversation tokens one TTL after they
+    /// expired (until then they still answer `TokenExpired` rather than "invalid").
+    pub(super) fn sweep(&self) {
+        let now = Instant::now();
+        self.stream_tokens.retain(|_, grant| grant.expires_at > now);
+        let grace = self.token_ttl;
+        self.tokens
+            .retain(|_, grant| now.saturating_duration_since(grant.expires_at) < grace);
     }
 }
 
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// `now + ttl`, saturating far in the future instead of overflowing.
+fn deadline(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
-pub fn random_token(bytes: usize) -> String {
-    let raw: Vec<u8> = (0..bytes).map(|_| fastrand::u8(..)).collect();
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// ISO 8601 UTC with milliseconds, as Direct Line stamps activities.
-fn timestamp() -> String {
-    let ms = crate::clock::unix_millis();
-    let (days, day_ms) = ((ms / 86_400_000) as i64, ms % 86_400_000);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let secs = day_ms / 1000;
+/// A random id shaped like a UUID: `2ea0374a-461a-2b59-b42a-b1c985b149a3`.
+fn uuid_like() -> String {
+    let hex: String = credential::random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        day_ms % 1000
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
     )
 }
 
+/// The service overwrites `from.id` with the token's user (spec §1.1).
+pub(super) fn set_from_id(activity: &mut Map<String, Value>, user: &str) {
+    match activity.get_mut("from") {
+        Some(Value::Object(from)) => {
+            from.insert("id".into(), Value::from(user));
+        }
+        _ => {
+            activity.insert("from".into(), json!({ "id": user }));
+        }
+    }
+}
+
+/// One conversation: its history, pending typing activities, and the one-stream slot.
+pub(super) struct Conversation {
+    pub id: ConversationId,
+    timeline: Mutex<Timeline>,
+    /// Woken on every new activity; stream tasks enable their `Notified` before looking at
+    /// the timeline, so no wake-up is lost.
+    wake: Notify,
+    /// Drop-fault counter: odd drops abort, even drops close with 1011.
+    drops: AtomicU32,
+    /// One past the highest history index any socket has sent: frames below it are
+    /// replays, which the frame-counting faults ignore.
+    delivered: AtomicUsize,
+    /// Wakes a stalled socket when a new one takes the slot, so it can go away.
+    stall_kick: Notify,
+}
+
+#[derive(Default)]
+struct Timeline {
+    started: bool,
+    /// Stored activities as serialized JSON; the index is the sequence number.
+    history: Vec<Arc<str>>,
+    transients: VecDeque<Transient>,
+    next_transient: u64,
+    /// The socket holding the one-stream-per-conversation slot (spec §0.3).
+    stream: Option<u64>,
+}
+
+/// A stream-only activity (typing), due right after `history[..at]`.
+struct Transient {
+    serial: u64,
+    at: usize,
+    json: Arc<str>,
+}
+
+/// Where one socket is in its conversation's timeline.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cursor {
+    next: usize,
+    next_transient: u64,
+}
+
+/// One frame to send.
+pub(super) enum Outgoing {
+    /// Stored activities and the sequence number of the last one (its watermark).
+    Activities(Vec<Arc<str>>, usize),
+    /// A typing activity: sent without a watermark.
+    Transient(Arc<str>),
+}
+
+impl Outgoing {
+    /// The ActivitySet text frame (spec §5.2).
+    pub(super) fn frame(&self) -> String {
+        let (items, watermark) = match self {
+            Self::Activities(items, last) => (items.as_slice(), Some(activity::watermark(*last))),
+            Self::Transient(item) => (std::slice::from_ref(item), None),
+        };
+        let size: usize = items.iter().map(|item| item.len() + 1).sum();
+        let mut frame = String::with_capacity(size + 48);
+        frame.push_str("{\"activities\":[");
+        for (index, item) in items.iter().enumerate() {
+            if index > 0 {
+                frame.push(',');
+            }
+            frame.push_str(item);
+        }
+        frame.push(']');
+        if let Some(watermark) = watermark {
+            frame.push_str(",\"watermark\":\"");
+            frame.push_str(&watermark);
+            frame.push('"');
+        }
+        frame.push('}');
+        frame
+    }
+}
+
+impl Conversation {
+    fn new(id: ConversationId) -> Self {
+        Self {
+            id,
+            timeline: Mutex::new(Timeline::default()),
+            wake: Notify::new(),
+            drops: AtomicU32::new(0),
+            delivered: AtomicUsize::new(0),
+            stall_kick: Notify::new(),
+        }
+    }
+
+    /// The guard is never held across `.await`; a panic while holding it cannot leave
+    /// the timeline half-written (every mutation is a single push or assignment).
+    fn timeline(&self) -> MutexGuard<'_, Timeline> {
+        self.timeline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the conversation started; true when it was not yet.
+    pub(super) fn start(&self) -> bool {
+        !std::mem::replace(&mut self.timeline().started, true)
+    }
+
+    pub(super) fn history_len(&self) -> usize {
+        self.timeline().history.len()
+    }
+
+    pub(super) fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// The next drop number (1-based) for the drop fault.
+    pub(super) fn stall_kick(&self) -> &Notify {
+        &self.stall_kick
+    }
+
+    /// Records that a frame ending before history index `end` went out; true when it
+    /// carried at least one activity no socket had sent before.
+    pub(super) fn mark_delivered(&self, end: usize) -> bool {
+        self.delivered.fetch_max(end, Ordering::Relaxed) < end
+    }
+
+    pub(super) fn count_drop(&self) -> u32 {
+        self.drops.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Stores an activity: assigns its id and watermark, stamps `timestamp`,
+    /// `conversation` and `channelId`. Returns the id and the stored activity.
+    pub(super) fn append(&self, mut activity: Map<String, Value>) -> (String, Map<String, Value>) {
+        activity.insert("timestamp".into(), Value::from(activity::timestamp_now()));
+        activity.insert("channelId".into(), Value::from("directline"));
+        activity.insert("conversation".into(), json!({ "id": self.id.as_str() }));
+        let id = {
+            let mut timeline = self.timeline();
+            let id = activity::activity_id(self.id.as_str(), timeline.history.len());
+            activity.insert("id".into(), Value::from(id.as_str()));
+            // Serializing a map with string keys cannot fail.
+            let json = serde_json::to_string(&activity).unwrap_or_default();
+            timeline.history.push(json.into());
+            id
+        };
+        self.wake.notify_waiters();
+        (id, activity)
+    }
+
+    /// Delivers a typing activity to the open stream, if any; never stored.
+    pub(super) fn emit_transient(&self, mut activity: Map<String, Value>) {
+        activity.insert("timestamp".into(), Value::from(activity::timestamp_now()));
+        activity.insert("channelId".into(), Value::from("directline"));
+        activity.insert("conversation".into(), json!({ "id": self.id.as_str() }));
+        let json: Arc<str> = serde_json::to_string(&activity).unwrap_or_default().into();
+        {
+            let mut timeline = self.timeline();
+            if timeline.stream.is_none() {
+                return;
+            }
+            let serial = timeline.next_transient;
+            timeline.next_transient += 1;
+            let at = timeline.history.len();
+            timeline
+                .transients
+                .push_back(Transient { serial, at, json });
+            if timeline.transients.len() > TRANSIENT_CAPACITY {
+                timeline.transients.pop_front();
+            }
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Stored activities from index `from`, at most `limit`, with the last one's sequence.
+    pub(super) fn stored_from(&self, from: usize, limit: usize) -> (Vec<Arc<str>>, Option<usize>) {
+        let timeline = self.timeline();
+        let from = from.min(timeline.history.len());
+        let end = from.saturating_add(limit).min(timeline.history.len());
+        let items = timeline.history[from..end].to_vec();
+        (items, end.checked_sub(1).filter(|_| end > from))
+    }
+
+    /// Every stored activity, parsed.
+    pub(super) fn history(&self) -> Vec<Value> {
+        let items = self.timeline().history.clone();
+        items
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect()
+    }
+
+    /// Takes the one stream slot for `socket`, or `None` when another socket holds it.
+    pub(super) fn claim_stream(&self, socket: u64, from: usize) -> Option<Cursor> {
+        let mut timeline = self.timeline();
+        if timeline.stream.is_some() {
+            return None;
+        }
+        timeline.stream = Some(socket);
+        let cursor = Cursor {
+            next: from.min(timeline.history.len()),
+            next_transient: timeline.next_transient,
+        };
+        drop(timeline);
+        self.stall_kick.notify_waiters();
+        Some(cursor)
+    }
+
+    /// Frees the slot if `socket` holds it.
+    pub(super) fn release_stream(&self, socket: u64) {
+        let mut timeline = self.timeline();
+        if timeline.stream == Some(socket) {
+            timeline.stream = None;
+            timeline.transients.clear();
+        }
+    }
+
+    pub(super) fn live_streams(&self) -> usize {
+        usize::from(self.timeline().stream.is_some())
+    }
+
+    /// Fills `out` with the frames due after `cursor` and advances it: stored activities
+    /// in order (up to [`BATCH_SIZE`] per frame with `batch`), each typing activity at
+    /// the place in the history where it was emitted.
+    pub(super) fn due_frames(&self, cursor: &mut Cursor, batch: bool, out: &mut Vec<Outgoing>) {
+        let per_frame = if batch { BATCH_SIZE } else { 1 };
+        let timeline = self.timeline();
+        let first_serial = timeline.transients.front().map_or(0, |t| t.serial);
+        cursor.next_transient = cursor.next_transient.max(first_serial);
+        while out.len() < FRAMES_PER_TURN {
+            let transient = usize::try_from(cursor.next_transient - first_serial)
+                .ok()
+                .and_then(|offset| timeline.transients.get(offset));
+            let stored_end = match transient {
+                Some(transient) if transient.at <= cursor.next => {
+                    out.push(Outgoing::Transient(transient.json.clone()));
+                    cursor.next_transient += 1;
+                    continue;
+                }
+                Some(transient) => transient.at,
+                None => timeline.history.len(),
+            };
+            let end = stored_end.min(cursor.next + per_frame);
+            if end <= cursor.next {
+                break;
+            }
+            out.push(Outgoing::Activities(
+                timeline.history[cursor.next..end].to_vec(),
+                end - 1,
+            ));
+            cursor.next = end;
+        }
+    }
+}
+
+/// Requests in arrival order; bounded.
+#[derive(Default)]
+struct RequestLog {
+    next: AtomicU64,
+    entries: Mutex<VecDeque<(u64, RecordedRequest)>>,
+}
+
+impl RequestLog {
+    fn entries(&self) -> MutexGuard<'_, VecDeque<(u64, RecordedRequest)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, arrival: u64, request: RecordedRequest) {
+        let mut entries = self.entries();
+        if entries.len() >= REQUEST_LOG_CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back((arrival, request));
+    }
+
+    /// Recorded when answered, listed by arrival.
+    fn snapshot(&self) -> Vec<RecordedRequest> {
+        let mut entries: Vec<_> = self.entries().iter().cloned().collect();
+        entries.sort_by_key(|(arrival, _)| *arrival);
+        entries.into_iter().map(|(_, request)| request).collect()
+    }
+}
+
 #[cfg(test)]
-#[test]
-fn timestamps_are_iso_8601() {
-    let t = timestamp();
-    assert_eq!(t.len(), 24, "{t}");
-    assert!(
-        t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
-        "{t}"
-    );
+mod unit {
+    use super::*;
+
+    fn conversation() -> Conversation {
+        Conversation::new(ConversationId("c-us".into()))
+    }
+
+    fn message(text: &str) -> Map<String, Value> {
+        match json!({ "type": "message", "text": text }) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    fn texts(frames: &[Outgoing]) -> Vec<String> {
+        frames.iter().map(Outgoing::frame).collect()
+    }
+
+    #[test]
+    fn ids_and_frames() {
+        let conversation = conversation();
+        let (id, stored) = conversation.append(message("a"));
+        assert_eq!(id, "c-us|0000000");
+        assert_eq!(stored["conversation"]["id"], "c-us");
+        assert_eq!(stored["channelId"], "directline");
+        conversation.append(message("b"));
+        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        let mut out = Vec::new();
+        conversation.due_frames(&mut cursor, false, &mut out);
+        let frames = texts(&out);
+        assert_eq!(frames.len(), 2);
+        let first: Value = serde_json::from_str(&frames[0]).expect("json");
+        assert_eq!(first["watermark"], "0");
+        assert_eq!(first["activities"][0]["text"], "a");
+        let second: Value = serde_json::from_str(&frames[1]).expect("json");
+        assert_eq!(second["watermark"], "1");
+    }
+
+    #[test]
+    fn batches_and_typing_order() {
+        let conversation = conversation();
+        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        for text in ["a", "b", "c", "d"] {
+            conversation.append(message(text));
+        }
+        conversation.emit_transient(message("typing"));
+        conversation.append(message("e"));
+        let mut out = Vec::new();
+        conversation.due_frames(&mut cursor, true, &mut out);
+        let frames: Vec<Value> = texts(&out)
+            .iter()
+            .map(|f| serde_json::from_str(f).expect("json"))
+            .collect();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[0]["activities"].as_array().map(Vec::len), Some(3));
+        assert_eq!(frames[0]["watermark"], "2");
+        assert_eq!(frames[1]["activities"][0]["text"], "d");
+        assert_eq!(frames[1]["watermark"], "3");
+        assert_eq!(frames[2]["activities"][0]["text"], "typing");
+        assert!(frames[2].get("watermark").is_none());
+        assert_eq!(frames[3]["activities"][0]["text"], "e");
+        out.clear();
+        conversation.due_frames(&mut cursor, true, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn one_stream_slot() {
+        let conversation = conversation();
+        assert!(conversation.claim_stream(1, 0).is_some());
+        assert!(conversation.claim_stream(2, 0).is_none());
+        conversation.release_stream(2);
+        assert_eq!(conversation.live_streams(), 1);
+        conversation.release_stream(1);
+        assert_eq!(conversation.live_streams(), 0);
+        assert!(conversation.claim_stream(2, 0).is_some());
+    }
+
+    #[test]
+    fn typing_without_a_stream_is_dropped() {
+        let conversation = conversation();
+        conversation.emit_transient(message("typing"));
+        conversation.append(message("a"));
+        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        let mut out = Vec::new();
+        conversation.due_frames(&mut cursor, false, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Outgoing::Activities(_, 0)));
+    }
+
+    #[test]
+    fn generated_ids_are_path_safe() {
+        for _ in 0..100 {
+            let id = ConversationId::generate();
+            assert!(ConversationId::is_valid(id.as_str()), "{id:?}");
+            assert_eq!(id.as_str().len(), 25);
+        }
+        assert!(!ConversationId::is_valid("a|b"));
+        assert!(!ConversationId::is_valid("a%2Fb"));
+        assert!(!ConversationId::is_valid(""));
+    }
 }

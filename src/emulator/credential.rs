@@ -1,0 +1,131 @@
+//! Credentials: opaque random tokens, and what an `Authorization` header turns out to be.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::time::Instant;
+
+use super::SeenCredential;
+use super::state::{State, TokenGrant};
+
+/// `N` random bytes from the OS; falls back to `fastrand` only if the OS source fails.
+pub(super) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    bytes
+}
+
+pub(super) fn base64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An opaque token (not a JWT): 32 random bytes, base64url. Never contains the secret,
+/// so a test can search any output for the secret.
+pub(super) fn random_token(secret: &str) -> String {
+    let mut token = base64url(&random_bytes::<32>());
+    for _ in 0..64 {
+        if secret.is_empty() || !token.contains(secret) {
+            break;
+        }
+        token = base64url(&random_bytes::<32>());
+    }
+    token
+}
+
+/// What a request presented, resolved against the emulator's state.
+#[derive(Clone, Debug)]
+pub(super) enum Credential {
+    /// No `Authorization` header, or `Bearer` with nothing after it.
+    Missing,
+    /// A header that is not `Bearer <credential>`.
+    Malformed,
+    Secret,
+    Token(TokenGrant),
+    /// A stream URL's `t`, which is no REST credential.
+    StreamToken,
+    Unknown,
+}
+
+impl Credential {
+    pub(super) fn from_headers(state: &State, headers: &HeaderMap) -> Self {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Self::Missing;
+        };
+        let Ok(value) = value.to_str() else {
+            return Self::Malformed;
+        };
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Self::Malformed;
+        }
+        Self::from_bearer(state, rest.trim())
+    }
+
+    pub(super) fn from_bearer(state: &State, credential: &str) -> Self {
+        if credential.is_empty() {
+            Self::Missing
+        } else if constant_time_eq(credential.as_bytes(), state.secret.expose().as_bytes()) {
+            Self::Secret
+        } else if let Some(grant) = state.token(credential) {
+            Self::Token(grant)
+        } else if state.is_stream_token(credential) {
+            Self::StreamToken
+        } else {
+            Self::Unknown
+        }
+    }
+
+    pub(super) fn seen(&self) -> SeenCredential {
+        match self {
+            Self::Missing => SeenCredential::Missing,
+            Self::Secret => SeenCredential::Secret,
+            Self::Token(grant) => SeenCredential::ConversationToken {
+                conversation_id: grant.conversation.as_str().to_owned(),
+            },
+            Self::StreamToken => SeenCredential::StreamToken,
+            Self::Malformed | Self::Unknown => SeenCredential::Invalid,
+        }
+    }
+}
+
+impl TokenGrant {
+    pub(super) fn is_expired(&self) -> bool {
+        Instant::now() >= self.expires_at
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn tokens_are_opaque_and_distinct() {
+        let a = random_token("secret");
+        let b = random_token("secret");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert!(!a.contains('.'), "not a JWT");
+        // A one-letter secret would appear by chance; the retry keeps it out.
+        assert!(!random_token("A").contains('A'));
+    }
+
+    #[test]
+    fn comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
