@@ -425,3 +425,54 @@ async fn bad_tickets_are_refused_before_upgrade() {
     assert_eq!(reply.status, 426);
     assert_eq!(reply.error_code(), "UpgradeRequired");
 }
+
+#[tokio::test]
+async fn socket_cap_per_conversation_is_enforced_before_upgrade() {
+    let h = Harness::builder()
+        .config(|c| c.stream.max_sockets_per_conversation = 2)
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let _first = open_stream(&conversation.stream_url).await;
+    let _second = open_stream(&conversation.stream_url).await;
+    eventually("both sockets attached", async || {
+        h.metrics()
+            .await
+            .contains("directline_gateway_client_websockets 2")
+    })
+    .await;
+    match tokio_tungstenite::connect_async(&conversation.stream_url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn multimodal_stream_passes_client_frames_upstream() {
+    use futures_util::SinkExt;
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let (path, query) = conversation.stream_url.split_once('?').unwrap();
+    let url = format!("{path}/multimodal?{query}");
+    let mut ws = open_stream(&url).await;
+    let activity = serde_json::json!({"type": "message", "from": {"id": "u"}, "text": "spoken"});
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        activity.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: spoken".to_owned())
+    })
+    .await;
+    assert_eq!(seen.closed, None);
+    assert!(
+        h.emulator
+            .activities(&conversation.id)
+            .iter()
+            .any(|a| a["text"] == "spoken")
+    );
+}
