@@ -34,6 +34,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const TOKEN_KEY: &str = "bench-token-key-0123456789abcdef0123456789";
+/// Conversations opened before the baseline is read: the opening concurrency.
+const WARM_UP: usize = 64;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -354,16 +356,18 @@ async fn idle_memory(counts: &[usize]) {
         .build_http();
     let base = format!("http://127.0.0.1:{gateway_port}");
     wait_ready(&http, &format!("http://127.0.0.1:{admin_port}/readyz")).await;
-    // Warm up: one conversation, so lazily-initialised process state is in the baseline.
-    open_conversations(&http, &base, 1).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Warm up with as many conversations as are opened at once, so the fixed-size
+    // connection pools a burst creates (REST keep-alives in, upstream pool out) are part of
+    // the baseline and the figure is the cost of one more bridged conversation.
+    open_conversations(&http, &base, WARM_UP).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = processes.gateway.id();
     let baseline = rss_kib(pid);
     println!(
-        "idle-memory: gateway pid {pid}, baseline RSS {baseline} KiB (1 conversation), {} cores",
+        "idle-memory: gateway pid {pid}, baseline RSS {baseline} KiB after {WARM_UP} warm-up conversations, {} cores",
         num_cpus()
     );
-    let mut open = 1;
+    let mut open = WARM_UP;
     for &count in counts {
         let more = count.saturating_sub(open);
         open_conversations(&http, &base, more).await;
@@ -374,10 +378,11 @@ async fn idle_memory(counts: &[usize]) {
         let upstream = metric(&metrics, "directline_gateway_upstream_websockets");
         let clients = metric(&metrics, "directline_gateway_client_websockets");
         let rss = rss_kib(pid);
-        let per = (rss.saturating_sub(baseline)) as f64 * 1024.0 / (open - 1).max(1) as f64;
+        let marginal = rss.saturating_sub(baseline) as f64 / (open - WARM_UP).max(1) as f64;
         println!(
-            "  {open} bridged idle conversations ({clients} client + {upstream} upstream sockets): RSS {rss} KiB, {:.1} KiB per conversation",
-            per / 1024.0
+            "  {open} bridged idle conversations ({clients} client + {upstream} upstream sockets): RSS {rss} KiB; \
+             {marginal:.1} KiB per added conversation; whole process {:.1} KiB per conversation",
+            rss as f64 / open as f64
         );
     }
     drop(processes);
