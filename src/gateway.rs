@@ -37,6 +37,8 @@ pub struct RequestContext {
     pub local: SocketAddr,
     pub request_id: HeaderValue,
     pub upstream_status: Option<u16>,
+    /// Whether the caller sent `Accept-Encoding: gzip`; upstream gzip is decoded otherwise.
+    pub accepts_gzip: bool,
 }
 
 impl Gateway {
@@ -83,6 +85,7 @@ impl Gateway {
             local,
             request_id: request_id(request.headers()),
             upstream_status: None,
+            accepts_gzip: accepts_gzip(request.headers()),
         };
         let result = self.route(request, &mut ctx).await;
         let mut response = match result {
@@ -195,6 +198,20 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         _ => "other",
     }
+}
+
+fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            coding
+                .split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
+        })
 }
 
 /// Keeps a caller's `x-request-id` when it is short and printable, else mints one.

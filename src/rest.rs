@@ -245,7 +245,7 @@ pub async fn get_activities(
         ctx,
     )
     .await?;
-    Ok(passthrough(response))
+    passthrough(response, ctx, gw.config.timeouts.default).await
 }
 
 pub async fn post_activity(
@@ -286,7 +286,7 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    Ok(passthrough(response))
+    passthrough(response, ctx, gw.config.timeouts.default).await
 }
 
 pub async fn upload(
@@ -326,7 +326,7 @@ pub async fn upload(
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
             other => other,
         })?;
-    Ok(passthrough(response))
+    passthrough(response, ctx, gw.config.timeouts.default).await
 }
 
 pub async fn session_id(
@@ -353,7 +353,7 @@ pub async fn session_id(
         .iter()
         .filter_map(strip_cookie_domain)
         .collect();
-    let mut response = passthrough(response);
+    let mut response = passthrough(response, ctx, gw.config.timeouts.default).await?;
     for cookie in cookies {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -543,9 +543,22 @@ fn error_passthrough(parts: http::response::Parts, bytes: Bytes) -> Response<Bod
     response
 }
 
-/// Streams an upstream answer to the client with only the allow-listed headers.
-fn passthrough(answer: impl Into<Answer>) -> Response<Body> {
-    match answer.into() {
+/// Streams an upstream answer to the client with only the allow-listed headers. A gzip
+/// body goes through as it is when the caller accepts gzip; otherwise it is decoded here
+/// (bounded), since the caller never asked for an encoding.
+async fn passthrough(
+    answer: impl Into<Answer>,
+    ctx: &RequestContext,
+    timeout: Duration,
+) -> Result<Response<Body>, GatewayError> {
+    let answer = match answer.into() {
+        Answer::Live(response) if !ctx.accepts_gzip && is_gzip(response.headers()) => {
+            let (parts, bytes) = upstream::read_body(response, timeout).await?;
+            Answer::Read(parts, bytes)
+        }
+        other => other,
+    };
+    Ok(match answer {
         Answer::Read(parts, bytes) => {
             if parts.status.is_success() {
                 let mut response = Response::new(body::full(bytes));
@@ -563,7 +576,13 @@ fn passthrough(answer: impl Into<Answer>) -> Response<Body> {
             copy_passed_headers(&parts.headers, response.headers_mut(), true);
             response
         }
-    }
+    })
+}
+
+fn is_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
 fn copy_passed_headers(from: &http::HeaderMap, to: &mut http::HeaderMap, with_content: bool) {

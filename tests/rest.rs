@@ -719,3 +719,140 @@ async fn silent_upstream_times_out_with_504() {
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::builder()
+        .config(|c| c.limits.header_read_timeout = std::time::Duration::from_millis(300))
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway().client_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /v3/directline/tokens/generate HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway kept a connection with unfinished headers open"
+    );
+    assert!(h.emulator.requests().is_empty(), "nothing reached upstream");
+}
+
+/// Forwards to `upstream` and gzips every response body, as Direct Line may (spec §0.10).
+async fn gzip_proxy(upstream: String) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let client = client.clone();
+            let upstream = upstream.clone();
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    let upstream = upstream.clone();
+                    async move {
+                        let (mut parts, body) = request.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        parts.uri = format!("{upstream}{}", parts.uri.path_and_query().unwrap())
+                            .parse()
+                            .unwrap();
+                        let response = client
+                            .request(Request::from_parts(parts, Full::new(body)))
+                            .await
+                            .unwrap();
+                        let (mut parts, body) = response.into_parts();
+                        let plain = body.collect().await.unwrap().to_bytes();
+                        let mut encoder = flate2::write::GzEncoder::new(
+                            Vec::new(),
+                            flate2::Compression::default(),
+                        );
+                        encoder.write_all(&plain).unwrap();
+                        parts
+                            .headers
+                            .insert("content-encoding", "gzip".parse().unwrap());
+                        parts.headers.remove("content-length");
+                        Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                            parts,
+                            Full::new(Bytes::from(encoder.finish().unwrap())),
+                        ))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn gzip_upstream_answers_are_rewritten_and_passed_through() {
+    use std::io::Read;
+    let plain = Harness::start().await;
+    let proxy = gzip_proxy(plain.emulator.base_url()).await;
+    let config = directline_gateway::config::Config {
+        upstream: directline_gateway::config::UpstreamTarget::Url(
+            url::Url::parse(&format!("http://{proxy}")).unwrap(),
+        ),
+        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
+        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
+        ..Default::default()
+    };
+    let running = start_gateway(config).await;
+    let h = Harness {
+        base: format!("http://{}", running.client_addr),
+        gateway: Some(running),
+        ..plain
+    };
+    let conversation = h.conversation().await;
+    assert!(
+        conversation
+            .stream_url
+            .starts_with(&h.base.replace("http://", "ws://")),
+        "{}",
+        conversation.stream_url
+    );
+    assert!(conversation.token.starts_with("dlgw1."));
+    h.post_message(&conversation, "zipped").await;
+    let path = format!(
+        "/v3/directline/conversations/{}/activities",
+        conversation.id
+    );
+    // A caller that did not ask for gzip gets plain JSON.
+    let reply = h
+        .request(Method::GET, &path, Some(&conversation.token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers.get("content-encoding").is_none());
+    assert!(reply.text().contains("echo: zipped"), "{}", reply.text());
+    // A caller that accepts gzip gets the upstream encoding untouched.
+    let request = Request::get(h.url(&path))
+        .header("authorization", format!("Bearer {}", conversation.token))
+        .header("accept-encoding", "gzip, deflate")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = h.send(request).await;
+    assert_eq!(reply.headers["content-encoding"], "gzip");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&reply.bytes[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(text.contains("echo: zipped"), "{text}");
+    let resumed = h.reconnect(&conversation, Some("0")).await;
+    assert!(
+        resumed["streamUrl"]
+            .as_str()
+            .unwrap()
+            .contains("/stream?watermark=0&t=dlgw1.")
+    );
+}

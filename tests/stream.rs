@@ -476,3 +476,31 @@ async fn multimodal_stream_passes_client_frames_upstream() {
             .any(|a| a["text"] == "spoken")
     );
 }
+
+#[tokio::test]
+async fn conversation_gone_upstream_closes_clients_with_a_reason() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    // Hold the gateway's resume on 502s until the conversation is gone, then let it see 404.
+    h.emulator.faults().set_fail_reconnects(1_000_000);
+    h.emulator.faults().set_drop_after_frames(Some(1));
+    h.emulator
+        .send_bot_message(&conversation.id, "last")
+        .unwrap();
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"last".to_owned())
+    })
+    .await;
+    assert!(h.emulator.end_conversation(&conversation.id));
+    read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
+    assert_eq!(seen.closed, Some(Some(1000)));
+    assert!(
+        h.metrics()
+            .await
+            .contains("directline_gateway_upstream_reconnects_total{result=\"gone\"} 1")
+    );
+}

@@ -228,6 +228,12 @@ impl EmulatorHandle {
         Some(self.state.proactive(&conversation, text))
     }
 
+    /// Forgets the conversation (Direct Line drops them after 15–20 days idle, spec §3):
+    /// reconnects and REST calls for it answer 404 from now on. False if unknown.
+    pub fn end_conversation(&self, conversation_id: &str) -> bool {
+        self.state.forget_conversation(conversation_id)
+    }
+
     /// The stored history (typing activities are never stored).
     pub fn activities(&self, conversation_id: &str) -> Vec<Value> {
         self.state

@@ -138,6 +138,12 @@ impl State {
             .map(|entry| entry.value().clone())
     }
 
+    /// Forgets a conversation, as Direct Line does after weeks of inactivity: later calls
+    /// for it answer 404. Open streams are left to end on their own.
+    pub(super) fn forget_conversation(&self, id: &str) -> bool {
+        self.conversations.remove(id).is_some()
+    }
+
     /// Allocates a conversation (not started: tokens/generate allocates without starting).
     pub(super) fn create_conversation(&self) -> Arc<Conversation> {
         loop {

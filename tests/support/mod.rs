@@ -32,7 +32,7 @@ pub struct Harness {
     pub emulator: EmulatorHandle,
     pub base: String,
     pub admin: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    pub http: Client<HttpConnector, Full<Bytes>>,
 }
 
 pub struct Builder {
