@@ -159,3 +159,45 @@ fn embedded_run_serves_a_conversation_and_drains_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn emulator_subcommand_serves_direct_line() {
+    let mut child = Command::new(BIN)
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--secret",
+            "cli-emulator-secret",
+        ])
+        .env_remove("DIRECTLINE_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("emulator starts");
+    let line = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let base = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let mut statuses = Vec::new();
+        for secret in ["cli-emulator-secret", "wrong"] {
+            let request = http::Request::post(format!("{base}/v3/directline/tokens/generate"))
+                .header("authorization", format!("Bearer {secret}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            statuses.push(client.request(request).await.unwrap().status().as_u16());
+        }
+        statuses
+    });
+    assert_eq!(statuses, [200, 403]);
+    let _ = child.kill();
+    let _ = child.wait();
+}

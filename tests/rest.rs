@@ -856,3 +856,77 @@ async fn gzip_upstream_answers_are_rewritten_and_passed_through() {
             .contains("/stream?watermark=0&t=dlgw1.")
     );
 }
+
+#[tokio::test]
+async fn refresh_renews_the_upstream_token_when_it_nears_its_end() {
+    // Every upstream token (3600 s) is "near its end" with a 3700 s threshold.
+    let h = Harness::builder()
+        .config(|c| c.upstream_refresh_before = std::time::Duration::from_secs(3700))
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let reply = h
+        .request(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            Some(&conversation.token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let refreshed = reply.json()["token"].as_str().unwrap().to_owned();
+    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
+    let before: ClientToken = sealer
+        .open(Purpose::ClientToken, &conversation.token)
+        .unwrap();
+    let after: ClientToken = sealer.open(Purpose::ClientToken, &refreshed).unwrap();
+    assert_ne!(
+        before.upstream_token, after.upstream_token,
+        "the upstream token was renewed"
+    );
+    assert_eq!(before.user_id, after.user_id);
+    let upstream_refresh = h
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/tokens/refresh"))
+        .unwrap();
+    assert!(matches!(
+        upstream_refresh.credential,
+        SeenCredential::ConversationToken { .. }
+    ));
+    h.post_message(
+        &Conversation {
+            token: refreshed,
+            ..conversation
+        },
+        "still works",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn disallowed_origins_get_no_cors() {
+    let h = Harness::builder()
+        .config(|c| c.allowed_origins = vec!["https://chat.contoso.com".into()])
+        .start()
+        .await;
+    let preflight = |origin: &'static str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(h.url("/v3/directline/tokens/generate"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let allowed = h.send(preflight("https://chat.contoso.com")).await;
+    assert_eq!(allowed.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://chat.contoso.com"
+    );
+    let refused = h.send(preflight("https://evil.example")).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.headers.get("access-control-allow-origin").is_none());
+}

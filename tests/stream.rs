@@ -504,3 +504,27 @@ async fn conversation_gone_upstream_closes_clients_with_a_reason() {
             .contains("directline_gateway_upstream_reconnects_total{result=\"gone\"} 1")
     );
 }
+
+#[tokio::test]
+async fn client_pings_are_answered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(payload))) => return payload,
+                Some(Ok(_)) => continue,
+                other => panic!("stream ended before a pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert_eq!(&pong[..], b"are you there");
+}
