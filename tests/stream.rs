@@ -528,3 +528,42 @@ async fn client_pings_are_answered() {
     .expect("pong in time");
     assert_eq!(&pong[..], b"are you there");
 }
+
+#[tokio::test]
+async fn stale_upstream_stream_url_is_fetched_again() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    // The next upstream handshake is refused as stale: the gateway must fetch a new URL.
+    h.emulator.faults().set_refuse_streams(1);
+    h.emulator.faults().set_drop_after_frames(Some(1));
+    h.emulator
+        .send_bot_message(&conversation.id, "drop after me")
+        .unwrap();
+    // Only once the frame is out may the fault be cleared, or the drop may not happen.
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 3).await;
+    h.emulator.faults().set_drop_after_frames(None);
+    h.post_message(&conversation, "after").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 5).await;
+    assert_eq!(
+        seen.texts(),
+        [
+            "before",
+            "echo: before",
+            "drop after me",
+            "after",
+            "echo: after"
+        ]
+    );
+    assert_eq!(seen.closed, None);
+    let refused = h
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/stream") && r.status == 403)
+        .count();
+    assert_eq!(refused, 1, "one stale handshake");
+}

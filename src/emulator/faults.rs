@@ -31,6 +31,8 @@ pub struct Faults {
     /// The echo bot sends a typing activity (stream only, no watermark, never stored)
     /// before each echo.
     pub typing: bool,
+    /// The next K stream upgrades answer 403, as a stale stream URL does (spec §0.2).
+    pub refuse_streams: u32,
 }
 
 /// Live fault settings shared by every task of one emulator; cheap to clone.
@@ -47,6 +49,7 @@ struct FaultCells {
     enhanced_auth: AtomicBool,
     stall_after_frames: AtomicU64,
     typing: AtomicBool,
+    refuse_streams: AtomicU32,
 }
 
 /// What a stream does after sending an activity frame.
@@ -81,6 +84,7 @@ impl FaultControl {
         self.set_enhanced_auth(faults.enhanced_auth);
         self.set_stall_after_frames(faults.stall_after_frames);
         self.set_typing(faults.typing);
+        self.set_refuse_streams(faults.refuse_streams);
     }
 
     /// The current settings (`fail_reconnects` = how many failures are still to come).
@@ -94,6 +98,7 @@ impl FaultControl {
             enhanced_auth: self.enhanced_auth(),
             stall_after_frames: decode(cells.stall_after_frames.load(Ordering::Relaxed)),
             typing: self.typing(),
+            refuse_streams: cells.refuse_streams.load(Ordering::Relaxed),
         }
     }
 
@@ -123,6 +128,18 @@ impl FaultControl {
         self.0
             .stall_after_frames
             .store(encode(frames), Ordering::Relaxed);
+    }
+
+    pub fn set_refuse_streams(&self, count: u32) {
+        self.0.refuse_streams.store(count, Ordering::Relaxed);
+    }
+
+    /// Consumes one pending stream refusal; true when this upgrade must get a 403.
+    pub(super) fn take_stream_refusal(&self) -> bool {
+        self.0
+            .refuse_streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     pub fn set_typing(&self, on: bool) {

@@ -88,6 +88,9 @@ pub struct EmulatorArgs {
     /// Fail the next K reconnects (GET /conversations/{id}) with 502 ServiceError.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub fail_reconnects: u32,
+    /// Refuse the next K stream upgrades with 403, as for a stale stream URL.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub refuse_streams: u32,
     /// Pack up to 3 activities per stream frame.
     #[arg(long)]
     pub batch: bool,
@@ -135,6 +138,7 @@ impl EmulatorArgs {
                 enhanced_auth: self.enhanced_auth,
                 stall_after_frames: self.stall_after_frames,
                 typing: self.typing,
+                refuse_streams: self.refuse_streams,
             },
             keepalive_interval: Duration::from_secs(self.keepalive_secs),
             ..EmulatorConfig::default()

@@ -77,6 +77,9 @@ pub(super) fn upgrade(
     if grant.conversation.as_str() != conversation_id {
         return Err(DlError::WRONG_CONVERSATION);
     }
+    if state.faults.take_stream_refusal() {
+        return Err(DlError::STREAM_URL_EXPIRED);
+    }
     let conversation = state
         .conversation(conversation_id)
         .ok_or(DlError::UNKNOWN_CONVERSATION)?;
