@@ -200,8 +200,10 @@ mod unit {
             enhanced_auth: false,
             stall_after_frames: Some(u32::MAX),
             typing: true,
+            refuse_streams: 3,
         };
         let snapshot = FaultControl::new(&faults).snapshot();
+        assert_eq!(snapshot.refuse_streams, 3);
         assert_eq!(snapshot.drop_after_frames, Some(0));
         assert_eq!(snapshot.fail_reconnects, 2);
         assert!(snapshot.batch && snapshot.replay_history && snapshot.typing);
