@@ -120,6 +120,10 @@ pub async fn refresh_token(
         let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
         token.upstream_token = fresh.to_owned();
         token.expires_at = now + expires_in(&json);
+        if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
+            gw.hubs
+                .adopt_upstream_token(&conversation, &token.upstream_token);
+        }
     }
     gw.metrics.tokens.with_label_values(&["refreshed"]).inc();
     let body = json!({
@@ -173,7 +177,7 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(gw, json, token, true, None, &ws_base, &conversation)?;
+    let body = conversation_response(gw, json, token, Minted::Start, &ws_base, &conversation)?;
     gw.metrics.tokens.with_label_values(&["conversation"]).inc();
     Ok(json_response(status, &body))
 }
@@ -209,16 +213,11 @@ pub async fn reconnect(
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
         return Err(GatewayError::UpstreamInvalid);
     }
-    // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one.
-    let body = conversation_response(
-        gw,
-        json,
-        token,
+    let minted = Minted::Reconnect {
         via_token,
         watermark,
-        &ws_base,
-        conversation,
-    )?;
+    };
+    let body = conversation_response(gw, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -360,18 +359,35 @@ pub async fn session_id(
     Ok(response)
 }
 
+/// What produced a conversation answer.
+enum Minted {
+    Start,
+    /// A reconnect at `watermark`, answered for the secret or (enhanced auth) the token.
+    Reconnect {
+        via_token: bool,
+        watermark: Option<String>,
+    },
+}
+
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
     gw: &Gateway,
     mut json: Map<String, Value>,
     mut token: ClientToken,
-    adopt_upstream_token: bool,
-    watermark: Option<String>,
+    minted: Minted,
     ws_base: &str,
     conversation: &ConversationId,
 ) -> Result<Map<String, Value>, GatewayError> {
     let now = clock::unix_seconds();
+    // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
+    let (adopt_upstream_token, watermark, from_start) = match minted {
+        Minted::Start => (true, None, true),
+        Minted::Reconnect {
+            via_token,
+            watermark,
+        } => (via_token, watermark, false),
+    };
     if adopt_upstream_token && let Some(fresh) = json_str(&json, "token") {
         token.upstream_token = fresh.to_owned();
         if json.contains_key("expires_in") {
@@ -394,6 +410,7 @@ fn conversation_response(
             upstream_token: token.upstream_token.clone(),
             issued_at_ms: clock::unix_millis(),
             expires_at: now + gw.config.stream.ticket_ttl.as_secs(),
+            from_start,
         };
         let ticket_watermark = ticket.watermark.clone();
         let sealed = gw.sealer.seal(Purpose::StreamTicket, &ticket);

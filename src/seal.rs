@@ -227,6 +227,10 @@ pub struct StreamTicket {
     /// Unix milliseconds when the ticket was minted.
     #[serde(rename = "i")]
     pub issued_at_ms: u64,
+    /// Minted by start-conversation: everything in the conversation is new to this client,
+    /// so a hub that cannot use the sealed URL backfills the whole history by REST.
+    #[serde(rename = "b", default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_start: bool,
     /// Unix seconds.
     #[serde(rename = "x")]
     pub expires_at: u64,

@@ -380,6 +380,7 @@ async fn bad_tickets_are_refused_before_upgrade() {
             upstream_token: "x".into(),
             issued_at_ms: clock::unix_millis() - 120_000,
             expires_at: clock::unix_seconds() - 60,
+            from_start: true,
         },
     );
     let base = h.gateway().client_addr;
@@ -566,4 +567,72 @@ async fn stale_upstream_stream_url_is_fetched_again() {
         .filter(|r| r.path.ends_with("/stream") && r.status == 403)
         .count();
     assert_eq!(refused, 1, "one stale handshake");
+}
+
+#[tokio::test]
+async fn start_gap_survives_a_refused_first_upstream_handshake() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    h.post_message(&conversation, "early").await;
+    // The sealed first stream URL is refused; the hub must not lose "early".
+    h.emulator.faults().set_refuse_streams(1);
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "late").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 4).await;
+    assert_eq!(seen.texts(), ["early", "echo: early", "late", "echo: late"]);
+    seen.assert_no_duplicate_ids();
+    assert_eq!(seen.closed, None);
+}
+
+#[tokio::test]
+async fn a_refreshed_upstream_token_reaches_the_hub() {
+    use directline_gateway::endpoint::ConversationId;
+    use directline_gateway::seal::ClientToken;
+    let h = Harness::builder()
+        .faults(Faults {
+            enhanced_auth: true,
+            ..Faults::default()
+        })
+        .config(|c| c.upstream_refresh_before = Duration::from_secs(3700))
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "hi").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let id = ConversationId::parse(&conversation.id).unwrap();
+    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
+    let before: ClientToken = sealer
+        .open(Purpose::ClientToken, &conversation.token)
+        .unwrap();
+    assert_eq!(
+        h.gateway().gateway.hubs.upstream_token(&id).as_deref(),
+        Some(before.upstream_token.as_str())
+    );
+    let reply = h
+        .request(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            Some(&conversation.token),
+            None,
+        )
+        .await;
+    let after: ClientToken = sealer
+        .open(
+            Purpose::ClientToken,
+            reply.json()["token"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_ne!(after.upstream_token, before.upstream_token);
+    assert_eq!(
+        h.gateway().gateway.hubs.upstream_token(&id).as_deref(),
+        Some(after.upstream_token.as_str())
+    );
+    // And the stream keeps working across a drop, resumed with that token (enhanced auth).
+    h.emulator.faults().set_drop_after_frames(Some(1));
+    h.post_message(&conversation, "across a drop").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 4).await;
+    assert_eq!(seen.closed, None);
 }

@@ -84,6 +84,9 @@ pub struct Hub {
     stop: watch::Sender<bool>,
     clients: AtomicUsize,
     pub resumes: AtomicU64,
+    /// The newest upstream conversation token known on this replica: reconnects under
+    /// enhanced authentication need a live one, and clients refresh theirs every 15 min.
+    upstream_token: Mutex<Arc<str>>,
 }
 
 struct HubState {
@@ -97,7 +100,12 @@ struct HubState {
 }
 
 impl Hub {
-    pub fn new(conversation: ConversationId, capacity: usize, watermark: Option<Arc<str>>) -> Self {
+    pub fn new(
+        conversation: ConversationId,
+        capacity: usize,
+        watermark: Option<Arc<str>>,
+        upstream_token: &str,
+    ) -> Self {
         let (published, _) = watch::channel(0);
         let (stop, _) = watch::channel(false);
         Self {
@@ -115,6 +123,24 @@ impl Hub {
             stop,
             clients: AtomicUsize::new(0),
             resumes: AtomicU64::new(0),
+            upstream_token: Mutex::new(Arc::from(upstream_token)),
+        }
+    }
+
+    pub fn upstream_token(&self) -> Arc<str> {
+        self.upstream_token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_upstream_token(&self, token: &str) {
+        let mut current = self
+            .upstream_token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **current != *token {
+            *current = Arc::from(token);
         }
     }
 
@@ -326,7 +352,7 @@ mod tests {
     use super::*;
 
     fn hub(capacity: usize) -> Hub {
-        Hub::new(ConversationId::parse("c").unwrap(), capacity, None)
+        Hub::new(ConversationId::parse("c").unwrap(), capacity, None, "token")
     }
 
     fn parts(text: &str, watermark: Option<&str>) -> EventParts {

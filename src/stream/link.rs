@@ -136,23 +136,24 @@ pub async fn dial(
 /// Most pages fetched for one client catch-up; Direct Line keeps 24 h of activities.
 const MAX_CATCH_UP_PAGES: usize = 50;
 
-/// Activities after `watermark`, by `GET …/activities`, for a client whose watermark is
-/// older than the hub's ring. Each page is sent as it came (an ActivitySet); the ids
+/// Activities after `watermark` (all of them for `None`), by `GET …/activities`: for a
+/// client whose watermark is older than the hub's ring, or a hub backfilling a new
+/// conversation whose first stream URL was refused. Each page is sent as it came (an ActivitySet); the ids
 /// returned let the client skip the same activities when they arrive on the stream.
 pub async fn catch_up(
     gw: &Gateway,
     conversation: &ConversationId,
-    watermark: &str,
+    watermark: Option<&str>,
     upstream_token: &str,
 ) -> Result<(Vec<Utf8Bytes>, HashSet<Arc<str>>), FetchError> {
     let mut frames = Vec::new();
     let mut ids = HashSet::new();
-    let mut watermark = watermark.to_owned();
+    let mut watermark = watermark.map(str::to_owned);
     let timeout = gw.config.timeouts.default;
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
             "/v3/directline/conversations/{conversation}/activities{}",
-            rewrite::watermark_query(Some(&watermark))
+            rewrite::watermark_query(watermark.as_deref())
         );
         let mut bytes = None;
         for credential in [gw.secret.bearer_header(), secret::bearer(upstream_token)] {
@@ -206,7 +207,7 @@ pub async fn catch_up(
         let text = String::from_utf8(bytes.to_vec()).map_err(|_| FetchError::Retry)?;
         frames.push(Utf8Bytes::from(text));
         match next {
-            Some(next) if next != watermark => watermark = next,
+            Some(next) if watermark.as_deref() != Some(next.as_str()) => watermark = Some(next),
             _ => break,
         }
     }

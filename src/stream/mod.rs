@@ -72,6 +72,25 @@ impl Hubs {
         }
     }
 
+    /// A client refreshed its token: the conversation's hub on this replica reconnects with
+    /// the fresh upstream token from now on (it matters under enhanced authentication).
+    pub fn adopt_upstream_token(&self, conversation: &ConversationId, upstream_token: &str) {
+        if let Some(hub) = self
+            .map
+            .get(conversation)
+            .map(|entry| entry.value().clone())
+        {
+            hub.set_upstream_token(upstream_token);
+        }
+    }
+
+    /// The upstream token the conversation's hub will reconnect with, if it has a hub here.
+    pub fn upstream_token(&self, conversation: &ConversationId) -> Option<Arc<str>> {
+        self.map
+            .get(conversation)
+            .map(|entry| entry.value().upstream_token())
+    }
+
     fn remove(&self, hub: &Arc<Hub>) {
         self.map
             .remove_if(&hub.conversation, |_, live| Arc::ptr_eq(live, hub));
@@ -94,6 +113,7 @@ impl Hubs {
                     conversation.clone(),
                     gw.config.stream.buffer_frames,
                     watermark.clone(),
+                    &ticket.upstream_token,
                 ))
             });
             if !created && entry.is_retired() {
@@ -102,6 +122,7 @@ impl Hubs {
                     conversation.clone(),
                     gw.config.stream.buffer_frames,
                     watermark.clone(),
+                    &ticket.upstream_token,
                 ));
             }
             entry.clone()
@@ -111,7 +132,7 @@ impl Hubs {
             let first = FirstLink {
                 stream_url: ticket.upstream_stream_url.clone(),
                 watermark,
-                upstream_token: ticket.upstream_token.clone(),
+                from_start: ticket.from_start,
             };
             tokio::spawn(relay::run(gw.clone(), hub.clone(), first, self.tls.clone()));
         }
@@ -247,7 +268,7 @@ async fn session(
                 match Box::pin(link::catch_up(
                     &gw,
                     &conversation,
-                    watermark,
+                    Some(watermark),
                     &ticket.upstream_token,
                 ))
                 .await

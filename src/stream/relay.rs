@@ -20,7 +20,8 @@ pub struct FirstLink {
     /// The upstream stream URL sealed in the creating client's ticket.
     pub stream_url: Option<String>,
     pub watermark: Option<Arc<str>>,
-    pub upstream_token: String,
+    /// The ticket came from start-conversation (see [`crate::seal::StreamTicket::from_start`]).
+    pub from_start: bool,
 }
 
 enum PumpEnd {
@@ -47,24 +48,31 @@ pub async fn run(
     tls: Arc<rustls::ClientConfig>,
 ) {
     let config = &gw.config.stream;
-    let mut tracker = Tracker::new(config.delivered_ids, first.watermark);
-    let mut upstream_token = first.upstream_token;
-    let mut pending_url = first.stream_url;
+    let mut tracker = Tracker::new(config.delivered_ids, first.watermark.clone());
+    let mut pending_url = first.stream_url.clone();
     let mut dropped_at: Option<Instant> = None;
     gw.metrics.hubs.inc();
     loop {
         // Cold paths (dial, resume) are boxed: inline they would make every idle hub's
         // task as large as a TLS handshake future (about 12 KiB, measured with massif).
         let first_try = match pending_url.take() {
-            Some(url) => Box::pin(link::dial(&gw, &url, &tls))
-                .await
-                .ok()
-                .map(Box::new),
+            Some(url) => {
+                let socket = Box::pin(link::dial(&gw, &url, &tls))
+                    .await
+                    .ok()
+                    .map(Box::new);
+                if socket.is_none() && first.from_start && tracker.watermark().is_none() {
+                    // A reconnect without a watermark would replay only what comes after it,
+                    // losing what was sent between start and now: fetch the history first.
+                    Box::pin(backfill(&gw, &hub, &mut tracker)).await;
+                }
+                socket
+            }
             None => None,
         };
         let socket = match first_try {
             Some(socket) => socket,
-            None => match Box::pin(resume(&gw, &hub, &tracker, &mut upstream_token, &tls)).await {
+            None => match Box::pin(resume(&gw, &hub, &tracker, &tls)).await {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
                     tracing::info!(conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
@@ -179,6 +187,21 @@ async fn pump(
     }
 }
 
+/// Feeds a new conversation's whole history, by REST, through the tracker into the hub.
+async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
+    let upstream_token = hub.upstream_token();
+    match link::catch_up(gw, &hub.conversation, None, &upstream_token).await {
+        Ok((pages, _)) => {
+            for page in pages {
+                relay_text(gw, hub, tracker, page);
+            }
+        }
+        Err(error) => {
+            tracing::debug!(conversation = %hub.conversation, ?error, "history backfill failed")
+        }
+    }
+}
+
 fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
     match tracker.observe(text.as_str()) {
         Observed::Keepalive => {}
@@ -212,7 +235,6 @@ async fn resume(
     gw: &Gateway,
     hub: &Hub,
     tracker: &Tracker,
-    upstream_token: &mut String,
     tls: &Arc<rustls::ClientConfig>,
 ) -> ResumeEnd {
     let config = &gw.config.stream;
@@ -248,24 +270,28 @@ async fn resume(
         }
         attempt += 1;
         let watermark = tracker.watermark().map(|w| &**w);
-        let url =
-            match link::fetch_stream_url(gw, &hub.conversation, watermark, upstream_token).await {
-                Ok(url) => url,
-                Err(FetchError::Gone) => {
-                    gw.metrics
-                        .upstream_reconnects
-                        .with_label_values(&["gone"])
-                        .inc();
-                    return ResumeEnd::Gone;
-                }
-                Err(FetchError::Retry) => {
-                    gw.metrics
-                        .upstream_reconnects
-                        .with_label_values(&["retry"])
-                        .inc();
-                    continue;
-                }
-            };
+        // Read per attempt: a client's tokens/refresh may have brought a fresher token.
+        let mut upstream_token = hub.upstream_token().to_string();
+        let fetched =
+            link::fetch_stream_url(gw, &hub.conversation, watermark, &mut upstream_token).await;
+        hub.set_upstream_token(&upstream_token);
+        let url = match fetched {
+            Ok(url) => url,
+            Err(FetchError::Gone) => {
+                gw.metrics
+                    .upstream_reconnects
+                    .with_label_values(&["gone"])
+                    .inc();
+                return ResumeEnd::Gone;
+            }
+            Err(FetchError::Retry) => {
+                gw.metrics
+                    .upstream_reconnects
+                    .with_label_values(&["retry"])
+                    .inc();
+                continue;
+            }
+        };
         match link::dial(gw, &url, tls).await {
             Ok(socket) => {
                 gw.metrics
