@@ -44,13 +44,41 @@ function start(args, env) {
   });
 }
 
-async function gatewayWithEmulator(faults) {
-  const emulator = await start(['emulator', '--listen', '127.0.0.1:0', '--secret', SECRET, ...faults], {});
-  const gateway = await start(
-    ['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--upstream', emulator.address],
+function startGateway(upstream, listen) {
+  return start(
+    ['--listen', listen, '--admin-listen', '127.0.0.1:0', '--upstream', upstream],
     { DIRECTLINE_SECRET: SECRET, DIRECTLINE_GATEWAY_TOKEN_KEY: 'dljs-test-token-key-0123456789abcdef', RUST_LOG: 'warn' },
   );
-  return { emulator, gateway, domain: `${gateway.address}/v3/directline`, stop: () => { gateway.kill('SIGTERM'); emulator.kill('SIGTERM'); } };
+}
+
+async function gatewayWithEmulator(faults, listen = '127.0.0.1:0') {
+  const emulator = await start(['emulator', '--listen', '127.0.0.1:0', '--secret', SECRET, ...faults], {});
+  const env = { emulator, gateway: await startGateway(emulator.address, listen) };
+  env.domain = `${env.gateway.address}/v3/directline`;
+  env.stop = () => { env.gateway.kill('SIGTERM'); emulator.kill('SIGTERM'); };
+  return env;
+}
+
+/** A port nothing listens on right now, for a gateway that must come back on the same one. */
+function freePort() {
+  return new Promise((resolve) => {
+    const server = require('node:net').createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** A DirectLine client with its activities, statuses and (before end()) errors recorded. */
+function client(options) {
+  const directLine = new DirectLine({ webSocket: true, ...options });
+  const seen = { directLine, activities: [], statuses: [], errors: [], ended: false };
+  const onError = (error) => { if (!seen.ended) seen.errors.push(error); };
+  directLine.connectionStatus$.subscribe((status) => seen.statuses.push(status), onError);
+  directLine.activity$.subscribe((activity) => seen.activities.push(activity), onError);
+  seen.texts = () => seen.activities.filter((a) => a.type === 'message').map((a) => a.text);
+  seen.end = () => { seen.ended = true; directLine.end(); };
+  return seen;
 }
 
 function until(what, check) {
@@ -127,4 +155,71 @@ test('upstream dropped every 3 frames: every echo once and the client socket nev
   assert.equal(r.sockets.closed, 0, 'and never saw it close');
   assert.ok(!r.statuses.includes(ConnectionStatus.FailedToConnect));
   assert.deepEqual(r.errors, []);
+});
+
+test('resume with conversationId + watermark: only later activities arrive', { timeout: 90000 }, async () => {
+  const env = await gatewayWithEmulator([]);
+  try {
+    const generated = await (await fetch(`${env.domain}/tokens/generate`, { method: 'POST' })).json();
+    const first = client({ token: generated.token, domain: env.domain });
+    await until('Online', () => first.statuses.includes(ConnectionStatus.Online));
+    await post(first.directLine, 'before');
+    await until('echo', () => first.texts().length >= 2);
+    const { conversationId, token, watermark } = first.directLine;
+    assert.ok(watermark, 'DLJS tracked a watermark from the gateway stream');
+    first.end();
+    // Sent while no client is connected, through the gateway's REST route.
+    const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'while away' }),
+    });
+    assert.equal(sent.status, 200);
+    const resumed = client({ token, conversationId, watermark, domain: env.domain });
+    await until('the missed messages', () => resumed.texts().length >= 2);
+    await post(resumed.directLine, 'after');
+    await until('live messages', () => resumed.texts().length >= 4);
+    assert.deepEqual(resumed.texts(), ['while away', 'echo: while away', 'after', 'echo: after']);
+    assert.deepEqual(resumed.errors, []);
+    resumed.end();
+  } finally {
+    env.stop();
+  }
+});
+
+test('gateway restart: the client resumes by itself and nothing is lost', { timeout: 120000 }, async () => {
+  const port = await freePort();
+  const env = await gatewayWithEmulator([], `127.0.0.1:${port}`);
+  try {
+    const generated = await (await fetch(`${env.domain}/tokens/generate`, { method: 'POST' })).json();
+    const seen = client({ token: generated.token, domain: env.domain });
+    await until('Online', () => seen.statuses.includes(ConnectionStatus.Online));
+    await post(seen.directLine, 'before restart');
+    await until('echo', () => seen.texts().length >= 2);
+    const { conversationId, token } = seen.directLine;
+    const stopped = new Promise((resolve) => env.gateway.on('exit', resolve));
+    env.gateway.kill('SIGTERM');
+    await stopped;
+    // Same port, same token key: the client's token and watermark stay valid.
+    env.gateway = await startGateway(env.emulator.address, `127.0.0.1:${port}`);
+    const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'during the restart' }),
+    });
+    assert.equal(sent.status, 200);
+    // DLJS waits 3-15 s after a close before it reconnects (spec §7.4).
+    await until('the message sent during the restart', () => seen.texts().length >= 4);
+    await post(seen.directLine, 'after restart');
+    await until('live messages', () => seen.texts().length >= 6);
+    assert.deepEqual(seen.texts(), [
+      'before restart', 'echo: before restart',
+      'during the restart', 'echo: during the restart',
+      'after restart', 'echo: after restart',
+    ]);
+    assert.ok(!seen.statuses.includes(ConnectionStatus.FailedToConnect));
+    seen.end();
+  } finally {
+    env.stop();
+  }
 });
