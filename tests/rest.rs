@@ -501,14 +501,7 @@ async fn upstream_unreachable_is_502_and_cors_preflight_works() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let config = directline_gateway::config::Config {
-        upstream: directline_gateway::config::UpstreamTarget::Url(
-            url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
-        ),
-        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
-        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
-        ..Default::default()
-    };
+    let config = config_with_upstream(&format!("http://127.0.0.1:{port}"));
     let running = start_gateway(config).await;
     let h_base = format!("http://{}", running.client_addr);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -690,18 +683,8 @@ async fn silent_upstream_times_out_with_504() {
             held.push(stream);
         }
     });
-    let config = directline_gateway::config::Config {
-        upstream: directline_gateway::config::UpstreamTarget::Url(
-            url::Url::parse(&format!("http://{addr}")).unwrap(),
-        ),
-        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
-        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
-        timeouts: directline_gateway::config::Timeouts {
-            default: std::time::Duration::from_millis(300),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mut config = config_with_upstream(&format!("http://{addr}"));
+    config.timeouts.default = std::time::Duration::from_millis(300);
     let running = start_gateway(config).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -800,14 +783,7 @@ async fn gzip_upstream_answers_are_rewritten_and_passed_through() {
     use std::io::Read;
     let plain = Harness::start().await;
     let proxy = gzip_proxy(plain.emulator.base_url()).await;
-    let config = directline_gateway::config::Config {
-        upstream: directline_gateway::config::UpstreamTarget::Url(
-            url::Url::parse(&format!("http://{proxy}")).unwrap(),
-        ),
-        secret: Some(directline_gateway::secret::Secret::new(SECRET)),
-        token_key: Some(directline_gateway::secret::Secret::new(TOKEN_KEY)),
-        ..Default::default()
-    };
+    let config = config_with_upstream(&format!("http://{proxy}"));
     let running = start_gateway(config).await;
     let h = Harness {
         base: format!("http://{}", running.client_addr),

@@ -30,8 +30,6 @@ use crate::seal::StreamTicket;
 use hub::{AttachError, Hub, ResumeFrom};
 use relay::{FirstLink, close_frame};
 
-pub use backoff::delay as backoff_delay;
-
 /// The live hubs of this replica, by conversation.
 pub struct Hubs {
     map: DashMap<ConversationId, Arc<Hub>>,
@@ -51,14 +49,6 @@ impl Hubs {
     /// Client sockets now open on `conversation` on this replica.
     pub fn client_count(&self, conversation: &ConversationId) -> usize {
         self.map.get(conversation).map_or(0, |hub| hub.clients())
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     /// Closes every client socket with 1001 so clients resume through another replica.

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -380,6 +379,13 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-pub fn local(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+/// A gateway config for `upstream` with the test secret and token key and default limits,
+/// for tests that put something other than the plain emulator upstream.
+pub fn config_with_upstream(upstream: &str) -> Config {
+    Config {
+        upstream: UpstreamTarget::Url(url::Url::parse(upstream).unwrap()),
+        secret: Some(Secret::new(SECRET)),
+        token_key: Some(Secret::new(TOKEN_KEY)),
+        ..Config::default()
+    }
 }
