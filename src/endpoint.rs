@@ -83,6 +83,8 @@ pub enum Route {
     Stream,
     SessionId,
     Preflight,
+    /// The chat page at `/` (embedded emulator only).
+    Demo,
     Unknown,
 }
 
@@ -99,6 +101,7 @@ impl Route {
             Route::Stream => "stream",
             Route::SessionId => "session_id",
             Route::Preflight => "preflight",
+            Route::Demo => "demo",
             Route::Unknown => "unknown",
         }
     }
@@ -136,7 +139,7 @@ impl Endpoint {
             Route::Reconnect | Route::Stream | Route::SessionId => method == Method::GET,
             Route::GetActivities => method == Method::GET || method == Method::POST,
             Route::Upload | Route::PostActivity => method == Method::POST,
-            Route::Preflight | Route::Unknown => false,
+            Route::Preflight | Route::Demo | Route::Unknown => false,
         };
         if !allowed {
             return Err(GatewayError::MethodNotAllowed);

@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError};
@@ -144,6 +144,10 @@ impl Gateway {
         if header_bytes > self.config.limits.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
         }
+        if self.serves_demo(request.method(), uri.path()) {
+            ctx.route = Route::Demo;
+            return Ok(crate::demo::page());
+        }
         let endpoint = Endpoint::parse(request.method(), uri.path(), &self.config.path_prefix)?;
         ctx.route = endpoint.route();
         if self.is_draining() && !matches!(endpoint, Endpoint::Preflight(_)) {
@@ -164,6 +168,15 @@ impl Gateway {
                 multimodal,
             } => crate::stream::accept(self, conversation, multimodal, request, ctx),
         }
+    }
+
+    fn serves_demo(&self, method: &Method, path: &str) -> bool {
+        let prefix = self.config.path_prefix.as_str();
+        self.config.upstream == UpstreamTarget::Embedded
+            && *method == Method::GET
+            && path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest == "/" || rest.is_empty())
     }
 
     fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {

@@ -9,6 +9,7 @@
 //! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
 //! - [`rewrite`]: streamUrl rewriting; [`cors`]: browser preflight and headers.
 //! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
+//! - [`demo`]: the chat page on `/` in embedded-emulator mode.
 //! - [`emulator`]: an embedded Direct Line 3.0 server with an echo bot and fault knobs.
 //! - [`error`]: blame and the one place errors become Direct Line error bodies.
 //! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cors;
+pub mod demo;
 pub mod emulator;
 pub mod endpoint;
 pub mod error;

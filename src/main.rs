@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
     println!("  metrics: http://{}/metrics", running.admin_addr);
     if embedded {
         println!("  upstream: embedded Direct Line emulator with an echo bot (no secret needed)");
+        println!("  chat in a browser: http://{}/", running.client_addr);
     }
     shutdown_signal().await;
     tracing::info!("shutdown signal received, draining");

@@ -4,10 +4,12 @@ mod support;
 
 use bytes::Bytes;
 use directline_gateway::clock;
+use directline_gateway::config::Config;
 use directline_gateway::emulator::{Faults, SeenCredential};
 use directline_gateway::seal::{ClientToken, Purpose, Sealer};
+use directline_gateway::secret::Secret;
 use http::{Method, Request, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use support::*;
 
@@ -905,4 +907,38 @@ async fn disallowed_origins_get_no_cors() {
     let refused = h.send(preflight("https://evil.example")).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(refused.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_only_in_front_of_the_embedded_emulator() {
+    let embedded = support::start_gateway(Config {
+        token_key: Some(Secret::new(support::TOKEN_KEY)),
+        ..Config::default()
+    })
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = Request::get(format!("http://{}/", embedded.client_addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let page = response.into_body().collect().await.unwrap().to_bytes();
+    let page = std::str::from_utf8(&page).unwrap();
+    assert!(page.contains("/tokens/generate") && page.contains("new WebSocket"));
+    embedded.shutdown().await;
+
+    // In front of any other upstream the domain root belongs to the organisation: 404.
+    let h = Harness::start().await;
+    let reply = h.request(Method::GET, "/", None, None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"]["code"], "NotFound");
 }

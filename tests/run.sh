@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit, property and integration tests, then real clients
-# (botframework-directlinejs under Node) against the real binary. Installs the pinned npm
-# packages itself (tests/clients/package-lock.json), so a fresh machine needs nothing else.
+# (botframework-directlinejs under Node, WebChat and the demo page in headless Chromium)
+# against the real binary. Installs what it needs itself: the pinned npm packages
+# (tests/clients/package-lock.json) and, when missing, Debian's chromium, so a fresh machine
+# needs nothing else. Screenshots land in tests/clients/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
+if [[ ! -x "$CHROMIUM_BIN" ]]; then
+  echo "== installing chromium (Debian package) for the browser tests"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 
 cargo test --locked
 cargo build --locked
 npm --prefix tests/clients ci --no-audit --no-fund --loglevel=error
-GATEWAY_BIN="$PWD/target/debug/directline-gateway" npm --prefix tests/clients test
+GATEWAY_BIN="$PWD/target/debug/directline-gateway" CHROMIUM_BIN="$CHROMIUM_BIN" npm --prefix tests/clients test

@@ -2,13 +2,9 @@
 'use strict';
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const path = require('node:path');
-const readline = require('node:readline');
-
-const BIN = process.env.GATEWAY_BIN || path.join(__dirname, '..', '..', 'target', 'debug', 'directline-gateway');
-const SECRET = 'dljs-test-secret-0123456789abcdef';
-const WAIT_MS = 30000;
+const {
+  gatewayWithEmulator, startGateway, freePort, until, metric,
+} = require('./support');
 
 // DLJS reads these globals when it is constructed (ENVIRONMENT.md §2). The WebSocket
 // wrapper counts the sockets DLJS opens and the closes it sees.
@@ -25,49 +21,19 @@ global.WebSocket = CountingWebSocket;
 global.XMLHttpRequest = require('xhr2');
 const { DirectLine, ConnectionStatus } = require('botframework-directlinejs');
 
-/** Starts a process and resolves with the first http://… address it prints. */
-function start(args, env) {
-  const child = spawn(BIN, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'ignore'] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${args[0]} did not start`)), WAIT_MS);
-    child.lines = [];
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      child.lines.push(line);
-      const match = line.match(/http:\/\/127\.0\.0\.1:\d+/);
-      if (match && !child.address) {
-        child.address = match[0];
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`${args[0]} exited with ${code}`)));
-  });
-}
-
-function startGateway(upstream, listen) {
-  return start(
-    ['--listen', listen, '--admin-listen', '127.0.0.1:0', '--upstream', upstream],
-    { DIRECTLINE_SECRET: SECRET, DIRECTLINE_GATEWAY_TOKEN_KEY: 'dljs-test-token-key-0123456789abcdef', RUST_LOG: 'warn' },
-  );
-}
-
-async function gatewayWithEmulator(faults, listen = '127.0.0.1:0') {
-  const emulator = await start(['emulator', '--listen', '127.0.0.1:0', '--secret', SECRET, ...faults], {});
-  const env = { emulator, gateway: await startGateway(emulator.address, listen) };
-  env.domain = `${env.gateway.address}/v3/directline`;
-  env.stop = () => { env.gateway.kill('SIGTERM'); emulator.kill('SIGTERM'); };
-  return env;
-}
-
-/** A port nothing listens on right now, for a gateway that must come back on the same one. */
-function freePort() {
-  return new Promise((resolve) => {
-    const server = require('node:net').createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
+// DLJS refreshes its token every 15 minutes, a constant it does not expose. Its `scheduler`
+// option is the seam: this one runs that interval's first tick after REFRESH_MS and passes
+// every other delay through, so DLJS's own refreshTokenLoop does the refresh.
+const REFRESH_MS = 1500;
+const DLJS_REFRESH_INTERVAL_MS = 15 * 60 * 1000;
+const { async: asyncScheduler } = require(require.resolve('rxjs/scheduler/async', {
+  paths: [require.resolve('botframework-directlinejs')],
+}));
+const fastRefresh = {
+  now: () => asyncScheduler.now(),
+  schedule: (work, delay, state) =>
+    asyncScheduler.schedule(work, delay === DLJS_REFRESH_INTERVAL_MS ? REFRESH_MS : delay, state),
+};
 
 /** A DirectLine client with its activities, statuses and (before end()) errors recorded. */
 function client(options) {
@@ -79,18 +45,6 @@ function client(options) {
   seen.texts = () => seen.activities.filter((a) => a.type === 'message').map((a) => a.text);
   seen.end = () => { seen.ended = true; directLine.end(); };
   return seen;
-}
-
-function until(what, check) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const poll = () => {
-      if (check()) return resolve();
-      if (Date.now() - started > WAIT_MS) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
 }
 
 function post(directLine, text) {
@@ -125,9 +79,7 @@ async function converse(faults, count) {
     const expected = messages.flatMap((m) => [m, `echo: ${m}`]);
     const texts = () => activities.filter((a) => a.type === 'message').map((a) => a.text);
     await until(`${expected.length} messages`, () => texts().length >= expected.length);
-    const metricsLine = env.gateway.lines.find((l) => l.includes('/metrics'));
-    const metrics = await (await fetch(metricsLine.match(/http:\/\/\S+\/metrics/)[0])).text();
-    const reconnects = Number((metrics.match(/upstream_reconnects_total\{result="ok"\} (\d+)/) || [0, 0])[1]);
+    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{result="ok"}');
     const result = { reconnects, texts: texts(), ids: activities.map((a) => a.id), statuses: [...statuses], sockets: { ...sockets }, expected, errors: [...errors] };
     ended = true;
     directLine.end();
@@ -218,6 +170,40 @@ test('gateway restart: the client resumes by itself and nothing is lost', { time
       'after restart', 'echo: after restart',
     ]);
     assert.ok(!seen.statuses.includes(ConnectionStatus.FailedToConnect));
+    seen.end();
+  } finally {
+    env.stop();
+  }
+});
+
+test('token refresh through the gateway keeps the conversation working', { timeout: 90000 }, async () => {
+  const env = await gatewayWithEmulator([]);
+  try {
+    const generated = await (await fetch(`${env.domain}/tokens/generate`, { method: 'POST' })).json();
+    const seen = client({ token: generated.token, domain: env.domain, scheduler: fastRefresh });
+    await until('Online', () => seen.statuses.includes(ConnectionStatus.Online));
+    await post(seen.directLine, 'before refresh');
+    await until('echo', () => seen.texts().length >= 2);
+    const { conversationId } = seen.directLine;
+    const conversationToken = seen.directLine.token;
+    await until('DLJS refreshed its token', () => seen.directLine.token !== conversationToken);
+    const refreshed = seen.directLine.token;
+    assert.match(refreshed, /^dlgw1\./, 'the refreshed token is the gateway\'s, not Direct Line\'s');
+    const metrics = await env.metrics();
+    assert.ok(metric(metrics, 'directline_gateway_tokens_total{kind="refreshed"}') >= 1, 'the gateway minted it');
+    // DLJS posts with the refreshed token from now on.
+    await post(seen.directLine, 'after refresh');
+    await until('echo after the refresh', () => seen.texts().length >= 4);
+    assert.deepEqual(seen.texts(), ['before refresh', 'echo: before refresh', 'after refresh', 'echo: after refresh']);
+    // The refreshed token stays bound to the same conversation: the reconnect route accepts it.
+    const reconnect = await fetch(`${env.domain}/conversations/${conversationId}?watermark=${seen.directLine.watermark}`, {
+      headers: { authorization: `Bearer ${refreshed}` },
+    });
+    assert.equal(reconnect.status, 200);
+    const body = await reconnect.json();
+    assert.ok(body.streamUrl.startsWith(env.domain.replace(/^http/, 'ws')), body.streamUrl);
+    assert.ok(!seen.statuses.includes(ConnectionStatus.ExpiredToken));
+    assert.deepEqual(seen.errors, []);
     seen.end();
   } finally {
     env.stop();

@@ -1,0 +1,33 @@
+//! The chat page served at `/` when the upstream is the embedded emulator, so the
+//! no-argument run is something a person can try in a browser. Never served in front of a
+//! real Direct Line: an organisation's domain root is theirs.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+const PAGE: &str = include_str!("demo.html");
+
+/// The page uses only inline script and style and talks only to this origin.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'";
+
+pub fn page() -> Response<Body> {
+    let mut response = Response::new(body::full(PAGE));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

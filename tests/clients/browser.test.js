@@ -1,0 +1,144 @@
+// Browsers through the gateway, in headless Chromium (playwright-core): botframework-webchat
+// 4.18.1, unmodified, on a page on loopback that gets a token from the gateway and renders
+// WebChat with its `domain` pointed at the gateway; and the gateway's own demo page. The tests
+// type into the send box like a person.
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const http = require('node:http');
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+const { gatewayWithEmulator, metric, start, until } = require('./support');
+
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+// Without the background-networking flags Chromium keeps dialling Google on a closed network.
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+const ARTIFACTS = path.join(__dirname, 'artifacts');
+const WEBCHAT_JS = path.join(__dirname, 'node_modules', 'botframework-webchat', 'dist', 'webchat.js');
+const PAGE = path.join(__dirname, 'webchat', 'index.html');
+
+/** Serves the test page and WebChat's UMD bundle from node_modules on loopback. */
+function servePage() {
+  const files = { '/': [PAGE, 'text/html'], '/webchat.js': [WEBCHAT_JS, 'text/javascript'] };
+  const server = http.createServer((req, res) => {
+    const file = files[new URL(req.url, 'http://page').pathname];
+    if (!file) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': file[1] });
+    fs.createReadStream(file[0]).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+/** A transcript bubble's paragraph with exactly this text (the screen-reader copy is a div). */
+function bubble(page, text) {
+  const exact = new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
+  return page.locator('p', { hasText: exact });
+}
+
+/** The user's outgoing activities as WebChat's store holds them, with their send status. */
+function sendStatuses(page) {
+  return page.evaluate(() => window.store.getState().activities
+    .filter((a) => a.from && a.from.role === 'user' && a.type === 'message')
+    .map((a) => ({ text: a.text, status: a.channelData && a.channelData['webchat:send-status'] })));
+}
+
+async function chat(faults, messages, screenshot) {
+  const env = await gatewayWithEmulator(faults);
+  const server = await servePage();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 720, height: 640 } });
+    const sockets = { opened: 0, closed: 0 };
+    page.on('websocket', (socket) => {
+      sockets.opened += 1;
+      socket.on('close', () => { sockets.closed += 1; });
+    });
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(String(error)));
+    const { port } = server.address();
+    await page.goto(`http://127.0.0.1:${port}/?domain=${encodeURIComponent(env.domain)}`);
+    const input = page.locator('[data-id="webchat-sendbox-input"]');
+    await input.waitFor({ timeout: 30000 });
+    for (const text of messages) {
+      await input.fill(text);
+      await input.press('Enter');
+      await bubble(page, `echo: ${text}`).first().waitFor({ timeout: 30000 });
+    }
+    // WebChat marks an activity sent when its own echo comes back on the stream; a lost echo
+    // stays "sending" and turns "Send failed" after its 20 s send timeout.
+    let statuses = [];
+    await until('every message marked sent', async () => {
+      statuses = await sendStatuses(page);
+      return statuses.length === messages.length && statuses.every((s) => s.status === 'sent');
+    });
+    assert.deepEqual(statuses.map((s) => s.text), messages);
+    assert.equal(await page.getByText('Send failed', { exact: false }).count(), 0);
+    for (const text of messages) {
+      assert.equal(await bubble(page, text).count(), 1, `"${text}" shown once`);
+      assert.equal(await bubble(page, `echo: ${text}`).count(), 1, `"echo: ${text}" shown once`);
+    }
+    assert.equal(await page.evaluate(() => window.store.getState().connectivityStatus), 'connected');
+    // WebChat's connectivity notice lags its state by a debounce; the screenshot waits for it.
+    await page.locator('.webchat__connectivityStatus').waitFor({ state: 'hidden', timeout: 30000 });
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, screenshot) });
+    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{result="ok"}');
+    return { sockets, reconnects, pageErrors, startError: await page.evaluate(() => window.startError) };
+  } finally {
+    await browser.close();
+    server.close();
+    env.stop();
+  }
+}
+
+test('WebChat in Chromium: typed messages get their echoes and are marked sent', { timeout: 120000 }, async () => {
+  const r = await chat([], ['hello', 'how are you?', 'bye'], 'webchat.png');
+  assert.equal(r.startError, undefined);
+  assert.equal(r.sockets.opened, 1, 'WebChat opened one WebSocket, to the gateway');
+  assert.equal(r.sockets.closed, 0);
+  assert.deepEqual(r.pageErrors, []);
+});
+
+test('WebChat in Chromium: upstream dropped after every frame, still sent and never "Send failed"', { timeout: 120000 }, async () => {
+  const r = await chat(['--drop-after-frames', '1'], ['first', 'second', 'third'], 'webchat-drops.png');
+  assert.equal(r.startError, undefined);
+  assert.ok(r.reconnects >= 3, `the gateway resumed upstream while messages were in flight (${r.reconnects})`);
+  assert.equal(r.sockets.opened, 1, 'WebChat kept its one WebSocket');
+  assert.equal(r.sockets.closed, 0, 'and never saw it close');
+  assert.deepEqual(r.pageErrors, []);
+});
+
+test('the demo page on / of the no-argument run chats with the echo bot', { timeout: 120000 }, async () => {
+  // The no-argument run, as the README's first command starts it (ports aside).
+  const env = { ...process.env };
+  delete env.DIRECTLINE_SECRET;
+  const gateway = await start(['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'], env);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 720, height: 480 } });
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(String(error)));
+    await page.goto(`${gateway.address}/`);
+    await page.locator('#status', { hasText: 'online' }).waitFor({ timeout: 30000 });
+    for (const text of ['hello from the demo', 'and again']) {
+      await page.locator('#text').fill(text);
+      await page.locator('#text').press('Enter');
+      await page.locator('#transcript li', { hasText: `echo: ${text}` }).waitFor({ timeout: 30000 });
+    }
+    const items = await page.locator('#transcript li').allInnerTexts();
+    assert.deepEqual(items, ['hello from the demo', 'echo: hello from the demo', 'and again', 'echo: and again']);
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'demo.png') });
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await browser.close();
+    gateway.kill('SIGTERM');
+  }
+});
