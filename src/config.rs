@@ -66,6 +66,13 @@ pub struct Config {
     /// `None`: a random per-process key (tokens then do not survive restarts or cross replicas).
     pub token_key: Option<Secret>,
     pub previous_token_keys: Vec<Secret>,
+    /// After a reload replaces the token key, the replaced key still opens tokens this long.
+    pub token_key_overlap: Duration,
+    /// PEM CA certificates trusted for the upstream besides the webpki roots (private
+    /// upstreams: the App Service extension, private link).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// TLS on the client listener; `None` serves plain HTTP (TLS ends at a proxy).
+    pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Browser origins allowed by CORS; empty allows any.
@@ -79,6 +86,15 @@ pub struct Config {
     pub upstream_refresh_before: Duration,
     /// Drain grace period on SIGTERM.
     pub shutdown_grace: Duration,
+}
+
+/// PEM certificate chain and private key for the client listener, re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change (renewals by cert-manager and the like).
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +151,9 @@ impl Default for Config {
             secret: None,
             token_key: None,
             previous_token_keys: Vec::new(),
+            token_key_overlap: Duration::from_secs(3600),
+            upstream_ca_file: None,
+            tls: None,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             trusted_origins: Vec::new(),
@@ -246,6 +265,9 @@ struct FileConfig {
     token_key_file: Option<PathBuf>,
     #[serde(default)]
     previous_token_key_files: Vec<PathBuf>,
+    token_key_overlap: Option<String>,
+    upstream_ca_file: Option<PathBuf>,
+    tls: Option<FileTls>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
@@ -260,6 +282,14 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     stream: FileStream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    watch_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -398,6 +428,25 @@ impl Config {
             .any(|k| k.expose().chars().count() < crate::seal::MIN_KEY_LEN)
         {
             return Err(invalid("previous_token_key_files", "a key is too short"));
+        }
+        set_duration(
+            &mut config.token_key_overlap,
+            "token_key_overlap",
+            file.token_key_overlap,
+        )?;
+        config.upstream_ca_file = file.upstream_ca_file;
+        if let Some(tls) = file.tls {
+            let mut watch_interval = Duration::from_secs(10);
+            set_duration(
+                &mut watch_interval,
+                "tls.watch_interval",
+                tls.watch_interval,
+            )?;
+            config.tls = Some(TlsFiles {
+                cert_file: tls.cert_file,
+                key_file: tls.key_file,
+                watch_interval,
+            });
         }
         config.trusted_proxies = file
             .trusted_proxies

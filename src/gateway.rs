@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use arc_swap::{ArcSwap, Guard};
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
@@ -21,13 +22,23 @@ use crate::stream::Hubs;
 use crate::upstream::Upstream;
 
 pub struct Gateway {
-    pub config: Config,
-    pub secret: Secret,
-    pub sealer: Sealer,
-    pub upstream: Upstream,
+    live: ArcSwap<Live>,
     pub metrics: Arc<Metrics>,
     pub hubs: Hubs,
     draining: AtomicBool,
+}
+
+/// Everything a reload (SIGHUP) may change, swapped whole: a request or a reconnect loads it
+/// once and sees one consistent configuration, secret and key set, while sockets stay up.
+pub struct Live {
+    pub config: Config,
+    /// The Direct Line secret injected upstream (the emulator's own in embedded mode).
+    pub secret: Secret,
+    pub sealer: Arc<Sealer>,
+    /// Kept across reloads that do not change the upstream, so its connection pool survives.
+    pub upstream: Arc<Upstream>,
+    /// Token keys replaced by earlier reloads and the Unix second each stops opening tokens.
+    pub retired_keys: Vec<(Secret, u64)>,
 }
 
 /// Per-request facts the phases share.
@@ -39,25 +50,34 @@ pub struct RequestContext {
     pub upstream_status: Option<u16>,
     /// Whether the caller sent `Accept-Encoding: gzip`; upstream gzip is decoded otherwise.
     pub accepts_gzip: bool,
+    /// The settings this request runs with from start to end, even across a reload.
+    pub live: Arc<Live>,
 }
 
 impl Gateway {
-    pub fn new(
-        config: Config,
-        secret: Secret,
-        sealer: Sealer,
-        upstream: Upstream,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             hubs: Hubs::default(),
-            config,
-            secret,
-            sealer,
-            upstream,
+            live: ArcSwap::from_pointee(live),
             metrics,
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The current settings. Cheap (no reference-count traffic on the hot path); hold it for
+    /// one request or one reconnect, not for a socket's lifetime, so reloads reach it.
+    pub fn live(&self) -> Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// The current settings as an owned handle, for work that outlives a borrow.
+    pub fn live_owned(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Installs reloaded settings; requests already running finish with the ones they loaded.
+    pub fn replace_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
     }
 
     pub fn is_draining(&self) -> bool {
@@ -78,7 +98,8 @@ impl Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
-        let origin = cors::allowed_origin(&self.config, request.headers()).cloned();
+        let live = self.live_owned();
+        let origin = cors::allowed_origin(&live.config, request.headers()).cloned();
         let mut ctx = RequestContext {
             route: Route::Unknown,
             peer,
@@ -86,6 +107,7 @@ impl Gateway {
             request_id: request_id(request.headers()),
             upstream_status: None,
             accepts_gzip: accepts_gzip(request.headers()),
+            live,
         };
         let result = self.route(request, &mut ctx).await;
         let mut response = match result {
@@ -131,9 +153,10 @@ impl Gateway {
         request: Request<Incoming>,
         ctx: &mut RequestContext,
     ) -> Result<Response<Body>, GatewayError> {
+        let live = ctx.live.clone();
+        let config = &live.config;
         let uri = request.uri();
-        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > self.config.limits.max_url_bytes
-        {
+        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > config.limits.max_url_bytes {
             return Err(GatewayError::UrlTooLong);
         }
         let header_bytes: usize = request
@@ -141,20 +164,20 @@ impl Gateway {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
-        if header_bytes > self.config.limits.max_header_bytes {
+        if header_bytes > config.limits.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
         }
-        if self.serves_demo(request.method(), uri.path()) {
+        if serves_demo(config, request.method(), uri.path()) {
             ctx.route = Route::Demo;
             return Ok(crate::demo::page());
         }
-        let endpoint = Endpoint::parse(request.method(), uri.path(), &self.config.path_prefix)?;
+        let endpoint = Endpoint::parse(request.method(), uri.path(), &config.path_prefix)?;
         ctx.route = endpoint.route();
         if self.is_draining() && !matches!(endpoint, Endpoint::Preflight(_)) {
             return Err(GatewayError::Draining);
         }
         match endpoint {
-            Endpoint::Preflight(_) => Ok(cors::preflight(&self.config, request.headers())),
+            Endpoint::Preflight(_) => Ok(cors::preflight(config, request.headers())),
             Endpoint::TokensGenerate => rest::generate_token(self, request, ctx).await,
             Endpoint::TokensRefresh => rest::refresh_token(self, request, ctx).await,
             Endpoint::StartConversation => rest::start_conversation(self, request, ctx).await,
@@ -168,15 +191,6 @@ impl Gateway {
                 multimodal,
             } => crate::stream::accept(self, conversation, multimodal, request, ctx),
         }
-    }
-
-    fn serves_demo(&self, method: &Method, path: &str) -> bool {
-        let prefix = self.config.path_prefix.as_str();
-        self.config.upstream == UpstreamTarget::Embedded
-            && *method == Method::GET
-            && path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest == "/" || rest.is_empty())
     }
 
     fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {
@@ -199,6 +213,14 @@ impl Gateway {
             }
         }
     }
+}
+
+fn serves_demo(config: &Config, method: &Method, path: &str) -> bool {
+    config.upstream == UpstreamTarget::Embedded
+        && *method == Method::GET
+        && path
+            .strip_prefix(config.path_prefix.as_str())
+            .is_some_and(|rest| rest == "/" || rest.is_empty())
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -39,10 +39,43 @@ async fn main() -> ExitCode {
         println!("  upstream: embedded Direct Line emulator with an echo bot (no secret needed)");
         println!("  chat in a browser: http://{}/", running.client_addr);
     }
-    shutdown_signal().await;
+    let overrides = cli.overrides();
+    let mut reloads = reload_signals();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = reloads.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = running.reload(Config::load(cli.config.as_deref(), &overrides, &ProcessEnv));
+            }
+        }
+    }
     tracing::info!("shutdown signal received, draining");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// One message per SIGHUP. A channel rather than a future in the select so a reload never
+/// races a half-received shutdown signal.
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    // A reload already queued covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 fn config_error(error: &ConfigError) -> ExitCode {

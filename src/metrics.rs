@@ -26,6 +26,8 @@ pub struct Metrics {
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
     pub client_replays: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 /// HTTP status class label (`2xx` …) so the label set stays tiny.
@@ -160,6 +162,22 @@ impl Metrics {
                 &["source"],
             )
             .expect("valid metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "config_reloads_total",
+                    "Configuration reloads (SIGHUP) by result (ok, error; on error the previous configuration keeps serving).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_reloads_total",
+                    "Client-listener certificate reloads after a file change, by result (ok, error).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -184,6 +202,8 @@ impl Metrics {
             Box::new(self.resume_duration.clone()),
             Box::new(self.slow_clients_closed.clone()),
             Box::new(self.client_replays.clone()),
+            Box::new(self.config_reloads.clone()),
+            Box::new(self.tls_reloads.clone()),
         ];
         for collector in collectors {
             self.registry

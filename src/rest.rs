@@ -16,7 +16,7 @@ use crate::body::{self, Body};
 use crate::clock;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, RequestContext};
+use crate::gateway::{Gateway, Live, RequestContext};
 use crate::metrics::status_class;
 use crate::rewrite;
 use crate::seal::{ClientToken, Purpose, StreamTicket};
@@ -41,8 +41,12 @@ pub async fn generate_token(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
-    let params =
-        read_optional_json(body, &parts.headers, gw.config.limits.token_body_bytes).await?;
+    let params = read_optional_json(
+        body,
+        &parts.headers,
+        ctx.live.config.limits.token_body_bytes,
+    )
+    .await?;
     let user_id = mint_user_id();
     let mut user = Map::new();
     user.insert("id".into(), Value::String(user_id.clone()));
@@ -57,25 +61,30 @@ pub async fn generate_token(
     }
     let mut upstream_body = Map::new();
     upstream_body.insert("user".into(), Value::Object(user));
-    if !gw.config.trusted_origins.is_empty() {
-        upstream_body.insert("trustedOrigins".into(), json!(gw.config.trusted_origins));
+    if !ctx.live.config.trusted_origins.is_empty() {
+        upstream_body.insert(
+            "trustedOrigins".into(),
+            json!(ctx.live.config.trusted_origins),
+        );
     }
-    let request = gw
+    let request = ctx
+        .live
         .upstream
         .request(
             Method::POST,
             "/v3/directline/tokens/generate",
-            gw.secret.bearer_header(),
+            ctx.live.secret.bearer_header(),
         )?
         .header(header::CONTENT_TYPE, "application/json");
     let request = forwarded(request, ctx)
         .body(body::full(Value::Object(upstream_body).to_string()))
         .map_err(|_| GatewayError::Internal)?;
-    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
-    let (status, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
+    let (status, json) =
+        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+            Ok(ok) => ok,
+            Err(error_response) => return Ok(error_response),
+        };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
         .ok_or(GatewayError::UpstreamInvalid)?;
@@ -90,7 +99,7 @@ pub async fn generate_token(
     gw.metrics.tokens.with_label_values(&["generated"]).inc();
     let body = json!({
         "conversationId": conversation_id.as_str(),
-        "token": gw.sealer.seal(Purpose::ClientToken, &token),
+        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
         "expires_in": expires_in,
     });
     Ok(json_response(status, &body))
@@ -101,10 +110,10 @@ pub async fn refresh_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let mut token = auth::authorize(&gw.sealer, request.headers(), None)?;
+    let mut token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
     let now = clock::unix_seconds();
-    if token.expires_at.saturating_sub(now) < gw.config.upstream_refresh_before.as_secs() {
-        let request = gw.upstream.request(
+    if token.expires_at.saturating_sub(now) < ctx.live.config.upstream_refresh_before.as_secs() {
+        let request = ctx.live.upstream.request(
             Method::POST,
             "/v3/directline/tokens/refresh",
             secret::bearer(&token.upstream_token),
@@ -112,8 +121,8 @@ pub async fn refresh_token(
         let request = forwarded(request, ctx)
             .body(body::empty())
             .map_err(|_| GatewayError::Internal)?;
-        let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
-        let json = match read_json_or_error(response, gw.config.timeouts.default).await? {
+        let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
+        let json = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
             Ok((_, json)) => json,
             Err(error_response) => return Ok(error_response),
         };
@@ -128,7 +137,7 @@ pub async fn refresh_token(
     gw.metrics.tokens.with_label_values(&["refreshed"]).inc();
     let body = json!({
         "conversationId": token.conversation_id,
-        "token": gw.sealer.seal(Purpose::ClientToken, &token),
+        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
         "expires_in": token.expires_at.saturating_sub(now),
     });
     Ok(json_response(StatusCode::OK, &body))
@@ -139,20 +148,26 @@ pub async fn start_conversation(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), None)?;
-    let ws_base = ws_base(gw, &request, ctx);
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
+    let ws_base = ws_base(&request, ctx);
     let (parts, body) = request.into_parts();
-    let mut params =
-        match read_optional_json(body, &parts.headers, gw.config.limits.token_body_bytes).await? {
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err(GatewayError::MalformedJson),
-            None => Map::new(),
-        };
+    let mut params = match read_optional_json(
+        body,
+        &parts.headers,
+        ctx.live.config.limits.token_body_bytes,
+    )
+    .await?
+    {
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(GatewayError::MalformedJson),
+        None => Map::new(),
+    };
     // The conversation's user is the one bound into the token, whatever the caller says.
     params.retain(|k, _| !k.eq_ignore_ascii_case("user"));
     params.insert("user".into(), json!({ "id": token.user_id }));
     // The upstream token (not the secret) starts the conversation tokens/generate allocated.
-    let request = gw
+    let request = ctx
+        .live
         .upstream
         .request(
             Method::POST,
@@ -163,11 +178,12 @@ pub async fn start_conversation(
     let request = forwarded(request, ctx)
         .body(body::full(Value::Object(params).to_string()))
         .map_err(|_| GatewayError::Internal)?;
-    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
-    let (status, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
+    let (status, json) =
+        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+            Ok(ok) => ok,
+            Err(error_response) => return Ok(error_response),
+        };
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if json_str(&json, "conversationId") != Some(conversation.as_str()) {
@@ -177,7 +193,14 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(gw, json, token, Minted::Start, &ws_base, &conversation)?;
+    let body = conversation_response(
+        &ctx.live,
+        json,
+        token,
+        Minted::Start,
+        &ws_base,
+        &conversation,
+    )?;
     gw.metrics.tokens.with_label_values(&["conversation"]).inc();
     Ok(json_response(status, &body))
 }
@@ -188,9 +211,9 @@ pub async fn reconnect(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
-    let ws_base = ws_base(gw, &request, ctx);
+    let ws_base = ws_base(&request, ctx);
     let path = format!(
         "/v3/directline/conversations/{conversation}{}",
         rewrite::watermark_query(watermark.as_deref())
@@ -202,11 +225,11 @@ pub async fn reconnect(
         None,
         Bytes::new(),
         &token,
-        gw.config.timeouts.default,
+        ctx.live.config.timeouts.default,
         ctx,
     )
     .await?;
-    let (_, json) = match read_json_or_error(response, gw.config.timeouts.default).await? {
+    let (_, json) = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -217,7 +240,7 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let body = conversation_response(gw, json, token, minted, &ws_base, conversation)?;
+    let body = conversation_response(&ctx.live, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -227,7 +250,7 @@ pub async fn get_activities(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let path = format!(
         "/v3/directline/conversations/{conversation}/activities{}",
@@ -240,11 +263,11 @@ pub async fn get_activities(
         None,
         Bytes::new(),
         &token,
-        gw.config.timeouts.default,
+        ctx.live.config.timeouts.default,
         ctx,
     )
     .await?;
-    passthrough(response, ctx, gw.config.timeouts.default).await
+    passthrough(response, ctx, ctx.live.config.timeouts.default).await
 }
 
 pub async fn post_activity(
@@ -253,10 +276,15 @@ pub async fn post_activity(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
     let (parts, body) = request.into_parts();
     require_json_content_type(&parts.headers)?;
-    let bytes = read_limited(body, &parts.headers, gw.config.limits.activity_body_bytes).await?;
+    let bytes = read_limited(
+        body,
+        &parts.headers,
+        ctx.live.config.limits.activity_body_bytes,
+    )
+    .await?;
     let mut activity = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(GatewayError::InvalidActivity),
@@ -281,11 +309,11 @@ pub async fn post_activity(
         Some("application/json"),
         body,
         &token,
-        gw.config.timeouts.activities,
+        ctx.live.config.timeouts.activities,
         ctx,
     )
     .await?;
-    passthrough(response, ctx, gw.config.timeouts.default).await
+    passthrough(response, ctx, ctx.live.config.timeouts.default).await
 }
 
 pub async fn upload(
@@ -294,18 +322,19 @@ pub async fn upload(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
     let (parts, body) = request.into_parts();
-    let limit = gw.config.limits.upload_body_bytes;
+    let limit = ctx.live.config.limits.upload_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
     // The uploader is the bound user, whatever `userId` the caller put in the query.
     let user: String = form_urlencoded::byte_serialize(token.user_id.as_bytes()).collect();
     let path = format!("/v3/directline/conversations/{conversation}/upload?userId={user}");
-    let mut builder = gw
-        .upstream
-        .request(Method::POST, &path, gw.secret.bearer_header())?;
+    let mut builder =
+        ctx.live
+            .upstream
+            .request(Method::POST, &path, ctx.live.secret.bearer_header())?;
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_DISPOSITION,
@@ -319,13 +348,13 @@ pub async fn upload(
     let request = forwarded(builder, ctx)
         .body(body::stream(Limited::new(body, limit as usize)))
         .map_err(|_| GatewayError::Internal)?;
-    let response = send(gw, request, gw.config.timeouts.upload, ctx)
+    let response = send(gw, request, ctx.live.config.timeouts.upload, ctx)
         .await
         .map_err(|e| match e {
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
             other => other,
         })?;
-    passthrough(response, ctx, gw.config.timeouts.default).await
+    passthrough(response, ctx, ctx.live.config.timeouts.default).await
 }
 
 pub async fn session_id(
@@ -333,8 +362,8 @@ pub async fn session_id(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&gw.sealer, request.headers(), None)?;
-    let mut builder = gw.upstream.request(
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
+    let mut builder = ctx.live.upstream.request(
         Method::GET,
         "/v3/directline/session/getsessionid",
         secret::bearer(&token.upstream_token),
@@ -345,14 +374,14 @@ pub async fn session_id(
     let request = forwarded(builder, ctx)
         .body(body::empty())
         .map_err(|_| GatewayError::Internal)?;
-    let response = send(gw, request, gw.config.timeouts.default, ctx).await?;
+    let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
     let cookies: Vec<HeaderValue> = response
         .headers()
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(strip_cookie_domain)
         .collect();
-    let mut response = passthrough(response, ctx, gw.config.timeouts.default).await?;
+    let mut response = passthrough(response, ctx, ctx.live.config.timeouts.default).await?;
     for cookie in cookies {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -372,7 +401,7 @@ enum Minted {
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
-    gw: &Gateway,
+    live: &Live,
     mut json: Map<String, Value>,
     mut token: ClientToken,
     minted: Minted,
@@ -409,14 +438,14 @@ fn conversation_response(
             upstream_stream_url: Some(upstream_url.clone()),
             upstream_token: token.upstream_token.clone(),
             issued_at_ms: clock::unix_millis(),
-            expires_at: now + gw.config.stream.ticket_ttl.as_secs(),
+            expires_at: now + live.config.stream.ticket_ttl.as_secs(),
             from_start,
         };
         let ticket_watermark = ticket.watermark.clone();
-        let sealed = gw.sealer.seal(Purpose::StreamTicket, &ticket);
+        let sealed = live.sealer.seal(Purpose::StreamTicket, &ticket);
         let url = rewrite::gateway_stream_url(
             ws_base,
-            &gw.config.path_prefix,
+            &live.config.path_prefix,
             conversation,
             ticket_watermark.as_deref(),
             &sealed,
@@ -425,7 +454,7 @@ fn conversation_response(
     }
     json.insert(
         "token".into(),
-        Value::String(gw.sealer.seal(Purpose::ClientToken, &token)),
+        Value::String(live.sealer.seal(Purpose::ClientToken, &token)),
     );
     json.insert(
         "expires_in".into(),
@@ -462,7 +491,10 @@ async fn send_with_token_fallback(
 ) -> Result<(Answer, bool), GatewayError> {
     let build =
         |credential: HeaderValue, ctx: &RequestContext| -> Result<Request<Body>, GatewayError> {
-            let mut builder = gw.upstream.request(method.clone(), path, credential)?;
+            let mut builder = ctx
+                .live
+                .upstream
+                .request(method.clone(), path, credential)?;
             if let Some(content_type) = content_type {
                 builder = builder.header(header::CONTENT_TYPE, content_type);
             }
@@ -470,7 +502,7 @@ async fn send_with_token_fallback(
                 .body(body::full(body.clone()))
                 .map_err(|_| GatewayError::Internal)
         };
-    let request = build(gw.secret.bearer_header(), ctx)?;
+    let request = build(ctx.live.secret.bearer_header(), ctx)?;
     let response = send(gw, request, timeout, ctx).await?;
     if response.status() != StatusCode::BAD_REQUEST {
         return Ok((Answer::Live(response), false));
@@ -493,7 +525,7 @@ async fn send(
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = std::time::Instant::now();
     let route = ctx.route.as_str();
-    let result = gw.upstream.send(request, timeout).await;
+    let result = ctx.live.upstream.send(request, timeout).await;
     gw.metrics
         .upstream_duration
         .with_label_values(&[route])
@@ -622,8 +654,8 @@ fn forwarded(builder: http::request::Builder, ctx: &RequestContext) -> http::req
         .header("x-ms-bot-agent", "DirectLine/3.0 (directline-gateway)")
 }
 
-fn ws_base(gw: &Gateway, request: &Request<Incoming>, ctx: &RequestContext) -> String {
-    rewrite::public_ws_base(&gw.config, request.headers(), ctx.peer, ctx.local)
+fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
+    rewrite::public_ws_base(&ctx.live.config, request.headers(), ctx.peer, ctx.local)
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use std::fmt;
 
+use crate::clock;
+
 const PREFIX: &str = "dlgw1.";
 const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
@@ -58,6 +60,8 @@ pub enum OpenError {
 struct SealingKey {
     id: [u8; KEY_ID_LEN],
     aead: LessSafeKey,
+    /// Unix seconds after which this key opens nothing (a key retired by a reload).
+    accept_until: Option<u64>,
 }
 
 /// Seals and opens claims. The first key seals; every key opens (rotation).
@@ -101,6 +105,17 @@ impl Sealer {
             keys: vec![derive_key(&material)],
             rng,
         }
+    }
+
+    /// Keeps opening values sealed with `material` until `until_unix` (seconds): the key a
+    /// reload replaced stays accepted for the configured overlap, then stops by itself.
+    pub fn with_retired(mut self, material: &str, until_unix: u64) -> Self {
+        let mut key = derive_key(material.as_bytes());
+        if self.keys.iter().all(|k| k.id != key.id) {
+            key.accept_until = Some(until_unix);
+            self.keys.push(key);
+        }
+        self
     }
 
     pub fn seal<T: Serialize>(&self, purpose: Purpose, claims: &T) -> String {
@@ -150,6 +165,10 @@ impl Sealer {
             .keys
             .iter()
             .find(|k| k.id == key_id)
+            .filter(|k| {
+                k.accept_until
+                    .is_none_or(|until| clock::unix_seconds() < until)
+            })
             .ok_or(OpenError::UnknownKey)?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::Malformed)?;
         let mut in_out = ciphertext.to_vec();
@@ -180,7 +199,11 @@ fn derive_key(material: &[u8]) -> SealingKey {
         .expect("HKDF output length fits 32 bytes");
     let mut id = [0u8; KEY_ID_LEN];
     id.copy_from_slice(&id_bytes[..KEY_ID_LEN]);
-    SealingKey { id, aead }
+    SealingKey {
+        id,
+        aead,
+        accept_until: None,
+    }
 }
 
 /// What a gateway client token holds (DESIGN §2). Short field names keep tokens small.
@@ -301,6 +324,35 @@ mod tests {
                 .open::<ClientToken>(Purpose::ClientToken, &sealed_old)
                 .unwrap_err(),
             OpenError::UnknownKey
+        );
+    }
+
+    #[test]
+    fn a_retired_key_opens_until_its_deadline_only() {
+        let old = Sealer::new(OTHER_KEY, &[]).unwrap();
+        let sealed_old = old.seal(Purpose::ClientToken, &token());
+        let now = clock::unix_seconds();
+        let within = Sealer::new(KEY, &[])
+            .unwrap()
+            .with_retired(OTHER_KEY, now + 60);
+        assert_eq!(
+            within
+                .open::<ClientToken>(Purpose::ClientToken, &sealed_old)
+                .unwrap(),
+            token()
+        );
+        let past = Sealer::new(KEY, &[]).unwrap().with_retired(OTHER_KEY, now);
+        assert_eq!(
+            past.open::<ClientToken>(Purpose::ClientToken, &sealed_old)
+                .unwrap_err(),
+            OpenError::UnknownKey
+        );
+        // Retiring the current key changes nothing: it keeps sealing and opening.
+        let same = Sealer::new(KEY, &[]).unwrap().with_retired(KEY, now);
+        let sealed = same.seal(Purpose::ClientToken, &token());
+        assert!(
+            same.open::<ClientToken>(Purpose::ClientToken, &sealed)
+                .is_ok()
         );
     }
 

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::body::{self, Body};
-use crate::config::{Config, UpstreamTarget};
+use crate::config::{Config, ConfigError, UpstreamTarget};
 use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Live};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::secret::Secret;
@@ -76,14 +76,8 @@ pub async fn start_on(
     admin: TcpListener,
 ) -> Result<Running, StartError> {
     install_crypto_provider();
-    let (upstream_url, secret, emulator) = match &config.upstream {
-        UpstreamTarget::Url(url) => {
-            let secret = config
-                .secret
-                .clone()
-                .ok_or_else(|| StartError::Config("no Direct Line secret".into()))?;
-            (url.clone(), secret, None)
-        }
+    let emulator = match &config.upstream {
+        UpstreamTarget::Url(_) => None,
         UpstreamTarget::Embedded => {
             let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
@@ -92,46 +86,26 @@ pub async fn start_on(
                     source,
                 })?;
             let secret = config.secret.clone().unwrap_or_else(random_secret);
-            let handle = emulator::spawn(
+            Some(emulator::spawn(
                 listener,
                 EmulatorConfig {
-                    secret: secret.clone(),
+                    secret,
                     ..EmulatorConfig::default()
                 },
-            );
-            let url = url::Url::parse(&handle.base_url())
-                .map_err(|e| StartError::Config(e.to_string()))?;
-            (url, secret, Some(handle))
+            ))
         }
     };
-    let upstream = Upstream::new(&upstream_url, config.timeouts.connect)
-        .map_err(|_| StartError::Config("upstream URL".into()))?;
-    let sealer = match &config.token_key {
-        Some(key) => {
-            let previous: Vec<String> = config
-                .previous_token_keys
-                .iter()
-                .map(|k| k.expose().to_owned())
-                .collect();
-            Sealer::new(key.expose(), &previous).map_err(|e| StartError::Config(e.to_string()))?
-        }
-        None => {
-            tracing::warn!(
-                "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
-            );
-            Sealer::ephemeral()
-        }
-    };
+    let live = build_live(config, emulator.as_ref(), None).map_err(StartError::Config)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
+        addr: live.config.listen,
         source,
     })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-        addr: config.admin_listen,
+        addr: live.config.admin_listen,
         source,
     })?;
     let metrics = Arc::new(Metrics::new());
-    let gateway = Gateway::new(config, secret, sealer, upstream, metrics);
+    let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(serve_client(client, gateway.clone(), stopped.clone())),
@@ -147,13 +121,143 @@ pub async fn start_on(
     })
 }
 
+/// Why a reload was refused; the settings in force keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} cannot change without a restart")]
+    NeedsRestart(&'static str),
+}
+
+/// Turns a validated configuration into the settings a gateway serves with. On a reload
+/// `previous` carries over what must survive: the upstream client (and its pool) when the
+/// upstream is unchanged, and the token keys retired within their overlap.
+fn build_live(
+    config: Config,
+    emulator: Option<&EmulatorHandle>,
+    previous: Option<&Live>,
+) -> Result<Live, String> {
+    let (upstream_url, secret) = match (&config.upstream, emulator) {
+        (UpstreamTarget::Url(url), _) => (
+            url.clone(),
+            config
+                .secret
+                .clone()
+                .ok_or_else(|| "no Direct Line secret".to_owned())?,
+        ),
+        (UpstreamTarget::Embedded, Some(emulator)) => (
+            url::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?,
+            emulator.secret(),
+        ),
+        (UpstreamTarget::Embedded, None) => return Err("no embedded emulator running".into()),
+    };
+    let reuse_upstream = previous.filter(|p| {
+        p.config.upstream == config.upstream
+            && p.config.upstream_ca_file == config.upstream_ca_file
+            && p.config.timeouts.connect == config.timeouts.connect
+    });
+    let upstream = match reuse_upstream {
+        Some(previous) => previous.upstream.clone(),
+        None => {
+            let tls = crate::upstream::tls_client_config(config.upstream_ca_file.as_deref())
+                .map_err(|e| format!("upstream_ca_file: {e}"))?;
+            Arc::new(
+                Upstream::new(&upstream_url, config.timeouts.connect, tls)
+                    .map_err(|_| "upstream URL".to_owned())?,
+            )
+        }
+    };
+    let now = crate::clock::unix_seconds();
+    let mut retired_keys: Vec<(Secret, u64)> = previous
+        .map(|p| {
+            p.retired_keys
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(previous) = previous
+        && let Some(old) = &previous.config.token_key
+        && config.token_key.as_ref().map(Secret::expose) != Some(old.expose())
+    {
+        retired_keys.push((old.clone(), now + config.token_key_overlap.as_secs()));
+    }
+    let sealer = match &config.token_key {
+        Some(key) => {
+            let previous_keys: Vec<String> = config
+                .previous_token_keys
+                .iter()
+                .map(|k| k.expose().to_owned())
+                .collect();
+            let mut sealer =
+                Sealer::new(key.expose(), &previous_keys).map_err(|e| e.to_string())?;
+            for (key, until) in &retired_keys {
+                sealer = sealer.with_retired(key.expose(), *until);
+            }
+            Arc::new(sealer)
+        }
+        None => match previous {
+            // Keep the per-process key: a reload must not invalidate every token.
+            Some(previous) if previous.config.token_key.is_none() => previous.sealer.clone(),
+            _ => {
+                tracing::warn!(
+                    "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
+                );
+                Arc::new(Sealer::ephemeral())
+            }
+        },
+    };
+    Ok(Live {
+        config,
+        secret,
+        sealer,
+        upstream,
+        retired_keys,
+    })
+}
+
 impl Running {
+    /// Applies a new configuration without dropping a socket: new requests and upstream
+    /// reconnects use the new secret and keys at once; the replaced token key keeps opening
+    /// tokens for `token_key_overlap`. Listeners and the upstream mode need a restart.
+    /// `loaded` is the result of reading the configuration again: a file that no longer
+    /// parses is refused like any other invalid configuration.
+    pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), ReloadError> {
+        let current = self.gateway.live_owned();
+        let result = loaded
+            .map_err(|e| ReloadError::Invalid(e.to_string()))
+            .and_then(|config| {
+                check_reloadable(&current.config, &config)?;
+                build_live(config, self.emulator.as_ref(), Some(&current))
+                    .map_err(ReloadError::Invalid)
+            });
+        let outcome = match result {
+            Ok(live) => {
+                self.gateway.replace_live(live);
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "configuration reload refused; the previous one keeps serving");
+                Err(error)
+            }
+        };
+        self.gateway
+            .metrics
+            .config_reloads
+            .with_label_values(&[if outcome.is_ok() { "ok" } else { "error" }])
+            .inc();
+        outcome
+    }
+
     /// Drains: readiness false, no new connections, client sockets closed with 1001,
     /// in-flight requests given up to the grace period.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.stop.send(true);
-        let grace = self.gateway.config.shutdown_grace;
+        let grace = self.gateway.live().config.shutdown_grace;
         for task in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
         }
@@ -161,6 +265,23 @@ impl Running {
             emulator.shutdown();
         }
     }
+}
+
+fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> {
+    if current.listen != next.listen {
+        return Err(ReloadError::NeedsRestart("listen"));
+    }
+    if current.admin_listen != next.admin_listen {
+        return Err(ReloadError::NeedsRestart("admin_listen"));
+    }
+    if (current.upstream == UpstreamTarget::Embedded) != (next.upstream == UpstreamTarget::Embedded)
+    {
+        return Err(ReloadError::NeedsRestart("upstream (embedded or not)"));
+    }
+    if current.tls.is_some() != next.tls.is_some() {
+        return Err(ReloadError::NeedsRestart("tls (on or off)"));
+    }
+    Ok(())
 }
 
 fn random_secret() -> Secret {
@@ -171,7 +292,8 @@ fn random_secret() -> Secret {
 }
 
 fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
-    let limits = &gateway.config.limits;
+    let live = gateway.live();
+    let limits = &live.config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own buffer is larger than our limits so oversized URLs and headers reach the
     // handler and get a Direct Line-shaped 414/431 instead of a bare one.
@@ -228,7 +350,7 @@ async fn serve_client(
         }
     }
     drop(listener);
-    let grace = gateway.config.shutdown_grace;
+    let grace = gateway.live().config.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()

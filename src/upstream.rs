@@ -1,5 +1,6 @@
 //! The HTTP client to Direct Line: URL building, upstream `Host`, TLS with the ring provider.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use url::Url;
 
 use crate::body::Body;
@@ -27,12 +30,29 @@ pub struct Upstream {
     base_path: String,
     host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
-/// rustls client configuration with the ring provider and the webpki roots, shared by
-/// the REST client and the upstream WebSocket connector.
-pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// rustls client configuration with the ring provider, the webpki roots and, for private
+/// upstreams, the CA certificates of `extra_ca` (PEM); shared by the REST client and the
+/// upstream WebSocket connector.
+pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no PEM certificate", path.display()));
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -40,11 +60,15 @@ pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
     .expect("ring supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 impl Upstream {
-    pub fn new(base: &Url, connect_timeout: Duration) -> Result<Self, GatewayError> {
+    pub fn new(
+        base: &Url,
+        connect_timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, GatewayError> {
         let scheme = match base.scheme() {
             "https" => Scheme::HTTPS,
             "http" => Scheme::HTTP,
@@ -61,7 +85,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls_client_config()).clone())
+            .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -74,7 +98,13 @@ impl Upstream {
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             client,
+            tls,
         })
+    }
+
+    /// The TLS configuration upstream WebSockets are dialled with (same roots as REST).
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     /// `path_and_query` starts with `/v3/directline/`.

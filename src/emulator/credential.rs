@@ -42,7 +42,10 @@ pub(super) enum Credential {
     Missing,
     /// A header that is not `Bearer <credential>`.
     Malformed,
-    Secret,
+    /// One of the site's two secrets (`second` for secret 2, as after a rotation).
+    Secret {
+        second: bool,
+    },
     Token(TokenGrant),
     /// A stream URL's `t`, which is no REST credential.
     StreamToken,
@@ -69,7 +72,13 @@ impl Credential {
         if credential.is_empty() {
             Self::Missing
         } else if constant_time_eq(credential.as_bytes(), state.secret.expose().as_bytes()) {
-            Self::Secret
+            Self::Secret { second: false }
+        } else if state
+            .second_secret
+            .as_ref()
+            .is_some_and(|s| constant_time_eq(credential.as_bytes(), s.expose().as_bytes()))
+        {
+            Self::Secret { second: true }
         } else if let Some(grant) = state.token(credential) {
             Self::Token(grant)
         } else if state.is_stream_token(credential) {
@@ -82,7 +91,8 @@ impl Credential {
     pub(super) fn seen(&self) -> SeenCredential {
         match self {
             Self::Missing => SeenCredential::Missing,
-            Self::Secret => SeenCredential::Secret,
+            Self::Secret { second: false } => SeenCredential::Secret,
+            Self::Secret { second: true } => SeenCredential::SecondSecret,
             Self::Token(grant) => SeenCredential::ConversationToken {
                 conversation_id: grant.conversation.as_str().to_owned(),
             },

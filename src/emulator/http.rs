@@ -299,7 +299,7 @@ enum Authority {
 impl Authority {
     fn user(&self) -> Option<Arc<str>> {
         match self {
-            Self::Secret => None,
+            Self::Secret { .. } => None,
             Self::Token(grant) => grant.user.clone(),
         }
     }
@@ -308,7 +308,7 @@ impl Authority {
 fn authority(credential: &Credential) -> Result<Authority, DlError> {
     match credential {
         Credential::Missing | Credential::Malformed => Err(DlError::MISSING_CREDENTIAL),
-        Credential::Secret => Ok(Authority::Secret),
+        Credential::Secret { .. } => Ok(Authority::Secret),
         Credential::Token(grant) if grant.is_expired() => Err(DlError::TOKEN_EXPIRED),
         Credential::Token(grant) => Ok(Authority::Token(grant.clone())),
         Credential::StreamToken | Credential::Unknown => Err(DlError::INVALID_CREDENTIAL),

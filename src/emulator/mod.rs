@@ -49,6 +49,8 @@ pub use stream::{COLLISION_REASON, DROP_REASON, SHUTDOWN_REASON};
 pub struct EmulatorConfig {
     /// The Direct Line secret it accepts.
     pub secret: Secret,
+    /// A Direct Line site has two secrets so one can be rotated while the other serves.
+    pub second_secret: Option<Secret>,
     /// Initial fault settings (change them later with [`EmulatorHandle::faults`]).
     pub faults: Faults,
     /// An empty `""` text frame on every open stream this often; zero turns them off.
@@ -63,6 +65,7 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
             secret: Secret::new(DEFAULT_SECRET),
+            second_secret: None,
             faults: Faults::default(),
             keepalive_interval: Duration::from_secs(15),
             stream_url_ttl: Duration::from_secs(60),
@@ -82,6 +85,9 @@ pub struct EmulatorArgs {
     /// Direct Line secret the emulator accepts [default: emulator-secret].
     #[arg(long, env = "DIRECTLINE_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<Secret>,
+    /// The site's second secret, also accepted (for rotation drills).
+    #[arg(long, value_parser = parse_secret)]
+    pub second_secret: Option<Secret>,
     /// Close each stream after N activity frames (alternately without and with a close frame).
     #[arg(long, value_name = "N")]
     pub drop_after_frames: Option<u32>,
@@ -130,6 +136,7 @@ impl EmulatorArgs {
                 .secret
                 .clone()
                 .unwrap_or_else(|| Secret::new(DEFAULT_SECRET)),
+            second_secret: self.second_secret.clone(),
             faults: Faults {
                 drop_after_frames: self.drop_after_frames,
                 fail_reconnects: self.fail_reconnects,
@@ -204,6 +211,11 @@ impl EmulatorHandle {
 
     /// `http://127.0.0.1:PORT`, without `/v3/directline` (a wildcard listen address is
     /// reported as loopback).
+    /// The secret the emulator accepts first (the gateway injects it in embedded mode).
+    pub fn secret(&self) -> Secret {
+        self.state.secret.clone()
+    }
+
     pub fn base_url(&self) -> String {
         let mut addr = self.state.local_addr;
         if addr.ip().is_unspecified() {
@@ -285,7 +297,11 @@ pub struct RecordedRequest {
 pub enum SeenCredential {
     Missing,
     Secret,
-    ConversationToken { conversation_id: String },
+    /// The site's second secret.
+    SecondSecret,
+    ConversationToken {
+        conversation_id: String,
+    },
     StreamToken,
     Invalid,
 }

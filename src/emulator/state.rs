@@ -37,6 +37,7 @@ const BATCH_SIZE: usize = 3;
 
 pub(super) struct State {
     pub secret: Secret,
+    pub second_secret: Option<Secret>,
     pub token_ttl: Duration,
     pub stream_url_ttl: Duration,
     pub keepalive_interval: Duration,
@@ -117,6 +118,7 @@ impl State {
         Self {
             faults: FaultControl::new(&config.faults),
             secret: config.secret,
+            second_secret: config.second_secret,
             token_ttl: config.token_ttl,
             stream_url_ttl: config.stream_url_ttl,
             keepalive_interval: config.keepalive_interval,

@@ -36,17 +36,25 @@ pub async fn serve(
     let started = Instant::now();
     let resumes_at_start = hub.resumes.load(std::sync::atomic::Ordering::Relaxed);
     gw.metrics.client_sockets.inc();
-    let config = &gw.config.stream;
+    // Copied out so the task holds no settings handle: a reload applies to the next session.
+    let (keepalive_interval, write_timeout, lag_frames) = {
+        let live = gw.live();
+        let s = &live.config.stream;
+        (
+            s.keepalive_interval,
+            s.liveness_timeout,
+            s.client_lag_frames,
+        )
+    };
     let upstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["upstream"]);
     let (mut sink, mut incoming) = socket.split();
     let mut published = hub.subscribe();
     let mut batch: Vec<Arc<Event>> = Vec::new();
     let mut delivered_activities: u64 = 0;
     let mut keepalive = tokio::time::interval_at(
-        tokio::time::Instant::now() + config.keepalive_interval,
-        config.keepalive_interval,
+        tokio::time::Instant::now() + keepalive_interval,
+        keepalive_interval,
     );
-    let write_timeout = config.liveness_timeout;
 
     let end = 'session: {
         for frame in catch_up {
@@ -60,7 +68,7 @@ pub async fn serve(
         loop {
             // Mark before reading so a publish between the read and the wait still wakes us.
             published.borrow_and_update();
-            let state = hub.pending(&mut cursor, &mut batch, config.client_lag_frames);
+            let state = hub.pending(&mut cursor, &mut batch, lag_frames);
             for event in batch.drain(..) {
                 let text = match &cursor.filter {
                     Some(filter) => match filtered_text(&event, filter) {

@@ -49,20 +49,21 @@ pub async fn fetch_stream_url(
         "/v3/directline/conversations/{conversation}{}",
         rewrite::watermark_query(watermark)
     );
-    let timeout = gw.config.timeouts.default;
+    let live = gw.live_owned();
+    let timeout = live.config.timeouts.default;
     let mut with_token = false;
     loop {
         let credential = if with_token {
             secret::bearer(upstream_token)
         } else {
-            gw.secret.bearer_header()
+            live.secret.bearer_header()
         };
-        let request = gw
+        let request = live
             .upstream
             .request(Method::GET, &path, credential)
             .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
             .map_err(|_| FetchError::Retry)?;
-        let response = gw.upstream.send(request, timeout).await;
+        let response = live.upstream.send(request, timeout).await;
         let status_label = match &response {
             Ok(r) => status_class(r.status().as_u16()),
             Err(GatewayError::UpstreamTimeout) => "timeout",
@@ -106,19 +107,23 @@ pub async fn fetch_stream_url(
 }
 
 /// Opens an upstream stream URL (ws or wss) within the connect timeout.
-pub async fn dial(
-    gw: &Gateway,
-    url: &str,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<UpstreamSocket, DialError> {
+pub async fn dial(gw: &Gateway, url: &str) -> Result<UpstreamSocket, DialError> {
     let request = url.into_client_request().map_err(|_| DialError::Failed)?;
+    let (ws_config, tls, timeout) = {
+        let live = gw.live();
+        (
+            super::ws_config(&live.config.stream),
+            live.upstream.tls().clone(),
+            live.config.timeouts.connect * 2,
+        )
+    };
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         request,
-        Some(super::ws_config(&gw.config.stream)),
+        Some(ws_config),
         true,
-        Some(Connector::Rustls(tls.clone())),
+        Some(Connector::Rustls(tls)),
     );
-    match tokio::time::timeout(gw.config.timeouts.connect * 2, connect).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok((socket, _))) => Ok(socket),
         Ok(Err(tungstenite::Error::Http(response)))
             if response.status() == StatusCode::FORBIDDEN =>
@@ -149,20 +154,21 @@ pub async fn catch_up(
     let mut frames = Vec::new();
     let mut ids = HashSet::new();
     let mut watermark = watermark.map(str::to_owned);
-    let timeout = gw.config.timeouts.default;
+    let live = gw.live_owned();
+    let timeout = live.config.timeouts.default;
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
             "/v3/directline/conversations/{conversation}/activities{}",
             rewrite::watermark_query(watermark.as_deref())
         );
         let mut bytes = None;
-        for credential in [gw.secret.bearer_header(), secret::bearer(upstream_token)] {
-            let request = gw
+        for credential in [live.secret.bearer_header(), secret::bearer(upstream_token)] {
+            let request = live
                 .upstream
                 .request(Method::GET, &path, credential)
                 .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
                 .map_err(|_| FetchError::Retry)?;
-            let response = gw
+            let response = live
                 .upstream
                 .send(request, timeout)
                 .await

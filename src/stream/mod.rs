@@ -33,14 +33,12 @@ use relay::{FirstLink, close_frame};
 /// The live hubs of this replica, by conversation.
 pub struct Hubs {
     map: DashMap<ConversationId, Arc<Hub>>,
-    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Default for Hubs {
     fn default() -> Self {
         Self {
             map: DashMap::new(),
-            tls: crate::upstream::tls_client_config(),
         }
     }
 }
@@ -95,13 +93,14 @@ impl Hubs {
         ticket: &StreamTicket,
     ) -> (Arc<Hub>, bool) {
         let watermark: Option<Arc<str>> = ticket.watermark.as_deref().map(Arc::from);
+        let buffer_frames = gw.live().config.stream.buffer_frames;
         let mut created = false;
         let hub = {
             let mut entry = self.map.entry(conversation.clone()).or_insert_with(|| {
                 created = true;
                 Arc::new(Hub::new(
                     conversation.clone(),
-                    gw.config.stream.buffer_frames,
+                    buffer_frames,
                     watermark.clone(),
                     &ticket.upstream_token,
                 ))
@@ -110,7 +109,7 @@ impl Hubs {
                 created = true;
                 *entry = Arc::new(Hub::new(
                     conversation.clone(),
-                    gw.config.stream.buffer_frames,
+                    buffer_frames,
                     watermark.clone(),
                     &ticket.upstream_token,
                 ));
@@ -124,7 +123,7 @@ impl Hubs {
                 watermark,
                 from_start: ticket.from_start,
             };
-            tokio::spawn(relay::run(gw.clone(), hub.clone(), first, self.tls.clone()));
+            tokio::spawn(relay::run(gw.clone(), hub.clone(), first));
         }
         (hub, created)
     }
@@ -147,7 +146,7 @@ pub fn accept(
     conversation: ConversationId,
     multimodal: bool,
     mut request: Request<Incoming>,
-    _ctx: &mut RequestContext,
+    ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let ticket_text = request
         .uri()
@@ -158,14 +157,16 @@ pub fn accept(
                 .map(|(_, v)| v.into_owned())
         })
         .ok_or(GatewayError::InvalidTicket)?;
-    let ticket = auth::open_ticket(&gw.sealer, &ticket_text, &conversation)?;
+    let ticket = auth::open_ticket(&ctx.live.sealer, &ticket_text, &conversation)?;
     let key = websocket_key(request.headers()).ok_or(GatewayError::UpgradeRequired)?;
     if !multimodal
-        && gw.hubs.client_count(&conversation) >= gw.config.stream.max_sockets_per_conversation
+        && gw.hubs.client_count(&conversation)
+            >= ctx.live.config.stream.max_sockets_per_conversation
     {
         return Err(GatewayError::TooManySockets);
     }
     let accept_key = derive_accept_key(key.as_bytes());
+    let socket_config = ws_config(&ctx.live.config.stream);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
     tokio::spawn(async move {
@@ -179,7 +180,7 @@ pub fn accept(
         let socket = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(ws_config(&gw.config.stream)),
+            Some(socket_config),
         )
         .await;
         // Boxed so the resting state of this task is the client loop, not the largest

@@ -19,7 +19,7 @@ pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSo
         .as_deref()
         .and_then(multimodal_url);
     let upstream = match upstream_url {
-        Some(url) => super::link::dial(&gw, &url, &gw.hubs.tls).await.ok(),
+        Some(url) => super::link::dial(&gw, &url).await.ok(),
         None => None,
     };
     let Some(upstream) = upstream else {

@@ -41,14 +41,9 @@ enum ResumeEnd {
     Stopped,
 }
 
-pub async fn run(
-    gw: Arc<Gateway>,
-    hub: Arc<Hub>,
-    first: FirstLink,
-    tls: Arc<rustls::ClientConfig>,
-) {
-    let config = &gw.config.stream;
-    let mut tracker = Tracker::new(config.delivered_ids, first.watermark.clone());
+pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
+    let delivered_ids = gw.live().config.stream.delivered_ids;
+    let mut tracker = Tracker::new(delivered_ids, first.watermark.clone());
     let mut pending_url = first.stream_url.clone();
     let mut dropped_at: Option<Instant> = None;
     gw.metrics.hubs.inc();
@@ -57,10 +52,7 @@ pub async fn run(
         // task as large as a TLS handshake future (about 12 KiB, measured with massif).
         let first_try = match pending_url.take() {
             Some(url) => {
-                let socket = Box::pin(link::dial(&gw, &url, &tls))
-                    .await
-                    .ok()
-                    .map(Box::new);
+                let socket = Box::pin(link::dial(&gw, &url)).await.ok().map(Box::new);
                 if socket.is_none() && first.from_start && tracker.watermark().is_none() {
                     // A reconnect without a watermark would replay only what comes after it,
                     // losing what was sent between start and now: fetch the history first.
@@ -72,7 +64,7 @@ pub async fn run(
         };
         let socket = match first_try {
             Some(socket) => socket,
-            None => match Box::pin(resume(&gw, &hub, &tracker, &tls)).await {
+            None => match Box::pin(resume(&gw, &hub, &tracker)).await {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
                     tracing::info!(conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
@@ -80,7 +72,7 @@ pub async fn run(
                     break;
                 }
                 ResumeEnd::Exhausted => {
-                    tracing::warn!(conversation = %hub.conversation, budget = ?config.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
+                    tracing::warn!(conversation = %hub.conversation, budget = ?gw.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
                     hub.close(close_frame(
                         CloseCode::Error,
                         "upstream unavailable; reconnect",
@@ -116,7 +108,8 @@ pub async fn run(
 /// How often the pump checks liveness and idleness: fine enough for the configured
 /// times, coarse enough that ten thousand idle hubs cost few wakeups.
 fn check_period(gw: &Gateway) -> Duration {
-    let s = &gw.config.stream;
+    let live = gw.live();
+    let s = &live.config.stream;
     (s.linger / 2)
         .min(s.liveness_timeout / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(5))
@@ -129,15 +122,20 @@ async fn pump(
     tracker: &mut Tracker,
     mut socket: Box<UpstreamSocket>,
 ) -> PumpEnd {
-    let config = &gw.config.stream;
+    // Copied out: the pump holds no settings handle across its awaits.
+    let (keepalive_interval, liveness_timeout, linger) = {
+        let live = gw.live();
+        let s = &live.config.stream;
+        (s.keepalive_interval, s.liveness_timeout, s.linger)
+    };
     let mut stop = hub.stop_signal();
     if *stop.borrow_and_update() {
         let _ = (*socket).close(None).await;
         return PumpEnd::Stopped;
     }
     let mut keepalive = tokio::time::interval_at(
-        tokio::time::Instant::now() + config.keepalive_interval,
-        config.keepalive_interval,
+        tokio::time::Instant::now() + keepalive_interval,
+        keepalive_interval,
     );
     let mut check = tokio::time::interval(check_period(gw));
     let mut last_frame = Instant::now();
@@ -171,10 +169,10 @@ async fn pump(
                 }
             }
             _ = check.tick() => {
-                if last_frame.elapsed() >= config.liveness_timeout {
+                if last_frame.elapsed() >= liveness_timeout {
                     return PumpEnd::Dropped("silent");
                 }
-                if hub.idle_for(config.linger) {
+                if hub.idle_for(linger) {
                     let _ = (*socket).close(None).await;
                     return PumpEnd::Idle;
                 }
@@ -231,13 +229,10 @@ fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
 }
 
 /// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
-async fn resume(
-    gw: &Gateway,
-    hub: &Hub,
-    tracker: &Tracker,
-    tls: &Arc<rustls::ClientConfig>,
-) -> ResumeEnd {
-    let config = &gw.config.stream;
+async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
+    // Loaded once per resume: a reload during a drop storm applies from the next one.
+    let live = gw.live_owned();
+    let config = &live.config.stream;
     let started = Instant::now();
     let mut stop = hub.stop_signal();
     let mut attempt: u32 = 0;
@@ -292,7 +287,7 @@ async fn resume(
                 continue;
             }
         };
-        match link::dial(gw, &url, tls).await {
+        match link::dial(gw, &url).await {
             Ok(socket) => {
                 gw.metrics
                     .upstream_reconnects

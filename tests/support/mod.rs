@@ -2,6 +2,8 @@
 //! WebSocket client, and bounded waits. Reads like the scenario: `Harness::builder().faults(…).start()`.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -64,6 +66,23 @@ impl Harness {
 
     pub async fn start() -> Harness {
         Self::builder().start().await
+    }
+
+    /// A harness whose gateway is a real process (started by the test) in front of `emulator`.
+    pub fn attach(emulator: EmulatorHandle, gateway: &process::GatewayProcess) -> Harness {
+        Harness {
+            gateway: None,
+            emulator,
+            base: gateway.base.clone(),
+            admin: gateway.admin.clone(),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// The emulator alone on 127.0.0.1:0, for a gateway process to be put in front of it.
+    pub async fn emulator(config: EmulatorConfig) -> EmulatorHandle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        emulator::spawn(listener, config)
     }
 
     pub fn url(&self, path: &str) -> String {

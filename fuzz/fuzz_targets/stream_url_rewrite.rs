@@ -1,0 +1,243 @@
+//! streamUrl rewriting and watermark handling (`src/rewrite.rs`) over arbitrary strings.
+//!
+//! Input: lossy UTF-8 text split on `\n` into fields, each optional:
+//!   0: an upstream stream URL (as Direct Line would return it)
+//!   1: a watermark
+//!   2: a client query string (what `query_watermark` sees)
+//!   3: a conversation id
+//!   4: a host for the gateway's public base (as `public_ws_base` might produce it)
+//!   5: a path prefix
+//!
+//! Invariants checked:
+//! - `normalize_watermark`: `None` exactly for `""` and `"-"`, otherwise the text verbatim;
+//! - `watermark_query` → `query_watermark` round trip: the watermark comes back unchanged, or is
+//!   refused only for the documented reasons (too long, control characters); the encoded query
+//!   is always one single `watermark` pair (no parameter injection upstream);
+//! - whatever `query_watermark` accepts is bounded, has no control characters and survives
+//!   re-encoding;
+//! - `gateway_stream_url` with a valid base, prefix and id is a ws(s) URL whose path is exactly
+//!   the gateway stream path, whose query is exactly `watermark` then `t`, with the watermark
+//!   decoding back to what was put in and the ticket unchanged, and `stream_url_watermark`
+//!   reads the same watermark back;
+//! - `stream_url_watermark` never yields `""` or `"-"`, and reads the first `watermark` pair;
+//! - `is_upstream_stream_url` accepts only ws/wss URLs with a host, and a URL it accepts is
+//!   still accepted after the parse/serialise the relay does before dialing it.
+
+#![no_main]
+
+use directline_gateway::endpoint::ConversationId;
+use directline_gateway::error::GatewayError;
+use directline_gateway::rewrite::{
+    MAX_WATERMARK_LEN, gateway_stream_url, is_upstream_stream_url, normalize_watermark,
+    query_watermark, stream_url_watermark, watermark_query,
+};
+use libfuzzer_sys::fuzz_target;
+use url::Url;
+
+const BASES: [&str; 4] = [
+    "wss://chat.contoso.com",
+    "ws://127.0.0.1:8080",
+    "wss://bots.example.com/chat",
+    "ws://[::1]:9000",
+];
+
+fn check_normalize(raw: &str) {
+    let n = normalize_watermark(raw);
+    if raw.is_empty() || raw == "-" {
+        assert_eq!(n, None);
+    } else {
+        assert_eq!(n.as_deref(), Some(raw));
+    }
+}
+
+/// Encodes `watermark` as the upstream query and decodes it as a client query.
+fn check_query_round_trip(watermark: &str) {
+    assert_eq!(watermark_query(None), "");
+    let q = watermark_query(Some(watermark));
+    let body = q
+        .strip_prefix("?watermark=")
+        .unwrap_or_else(|| panic!("{q:?}"));
+    // Only the pair we meant: the value cannot break out into another parameter or a fragment.
+    assert!(!body.contains(['&', '#', '?', '=', '+', ' ']), "{q:?}");
+    assert!(body.is_ascii(), "{q:?}");
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(q[1..].as_bytes())
+        .into_owned()
+        .collect();
+    assert_eq!(
+        pairs,
+        [("watermark".to_owned(), watermark.to_owned())],
+        "{q:?}"
+    );
+    let back = query_watermark(Some(&q[1..]));
+    if watermark.len() > MAX_WATERMARK_LEN || watermark.chars().any(char::is_control) {
+        assert_eq!(back, Err(GatewayError::InvalidQuery), "{watermark:?}");
+    } else {
+        assert_eq!(back, Ok(normalize_watermark(watermark)), "{watermark:?}");
+    }
+}
+
+fn check_client_query(query: &str) {
+    assert_eq!(query_watermark(None), Ok(None));
+    match query_watermark(Some(query)) {
+        Ok(Some(w)) => {
+            assert!(!w.is_empty() && w != "-", "{query:?} -> {w:?}");
+            assert!(w.len() <= MAX_WATERMARK_LEN, "{query:?}");
+            assert!(!w.chars().any(char::is_control), "{query:?} -> {w:?}");
+            // It is the last `watermark` pair, decoded.
+            let last = form_urlencoded::parse(query.as_bytes())
+                .filter(|(k, _)| k == "watermark")
+                .last()
+                .map(|(_, v)| v.into_owned());
+            assert_eq!(last.as_deref(), Some(w.as_str()), "{query:?}");
+            // Forwarding it upstream and reading it back gives the same watermark.
+            check_query_round_trip(&w);
+        }
+        Ok(None) => {
+            if let Some(last) = form_urlencoded::parse(query.as_bytes())
+                .filter(|(k, _)| k == "watermark")
+                .last()
+            {
+                assert!(last.1.is_empty() || last.1 == "-", "{query:?} lost {last:?}");
+            }
+        }
+        Err(e) => {
+            assert_eq!(e, GatewayError::InvalidQuery);
+            assert!(
+                form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == "watermark")
+                    .any(|(_, v)| v.len() > MAX_WATERMARK_LEN || v.chars().any(char::is_control)),
+                "{query:?} refused without cause"
+            );
+        }
+    }
+}
+
+fn check_upstream_url(raw: &str) {
+    let accepted = is_upstream_stream_url(raw);
+    let parsed = Url::parse(raw);
+    if accepted {
+        let url = parsed.as_ref().expect("accepted an unparsable URL");
+        assert!(matches!(url.scheme(), "ws" | "wss"), "{raw:?}");
+        assert!(url.host().is_some(), "{raw:?}");
+        // The relay dials the serialised URL: it must still be a stream URL.
+        assert!(is_upstream_stream_url(url.as_str()), "{raw:?} -> {url}");
+    }
+    let watermark = stream_url_watermark(raw);
+    if let Some(w) = &watermark {
+        assert!(!w.is_empty() && w != "-", "{raw:?}");
+        let url = parsed.as_ref().expect("watermark from an unparsable URL");
+        let first = url
+            .query_pairs()
+            .find(|(k, _)| k == "watermark")
+            .map(|(_, v)| v.into_owned());
+        assert_eq!(first.as_deref(), Some(w.as_str()), "{raw:?}");
+    }
+}
+
+/// A ticket as the sealer makes them: `dlgw1.` and base64url.
+fn ticket_from(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut t = String::from("dlgw1.");
+    t.extend(
+        text.bytes()
+            .map(|b| char::from(ALPHABET[usize::from(b) % ALPHABET.len()])),
+    );
+    t
+}
+
+fn check_gateway_url(
+    base: &str,
+    prefix: &str,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    ticket: &str,
+) {
+    let url = gateway_stream_url(base, prefix, conversation, watermark, ticket);
+    let stream_path = format!("{prefix}/v3/directline/conversations/{conversation}/stream");
+    assert!(
+        url.starts_with(&format!("{base}{stream_path}?watermark=")),
+        "{url:?}"
+    );
+    assert!(url.ends_with(&format!("&t={ticket}")), "{url:?}");
+
+    let parsed = Url::parse(&url).unwrap_or_else(|e| panic!("{url:?}: {e}"));
+    assert!(matches!(parsed.scheme(), "ws" | "wss"), "{url:?}");
+    assert!(parsed.fragment().is_none(), "{url:?}");
+    let base_path = Url::parse(base).unwrap();
+    let base_path = base_path.path().trim_end_matches('/');
+    assert_eq!(parsed.path(), format!("{base_path}{stream_path}"), "{url:?}");
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(
+        pairs,
+        [
+            ("watermark".to_owned(), watermark.unwrap_or("-").to_owned()),
+            ("t".to_owned(), ticket.to_owned()),
+        ],
+        "{url:?}"
+    );
+    assert!(is_upstream_stream_url(&url), "{url:?}");
+    assert_eq!(
+        stream_url_watermark(&url),
+        watermark.and_then(normalize_watermark),
+        "{url:?}"
+    );
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut fields = text.split('\n');
+    let mut field = || fields.next().unwrap_or("");
+    let upstream = field();
+    let watermark = field();
+    let query = field();
+    let conversation = field();
+    let host = field();
+    let prefix = field();
+
+    check_normalize(watermark);
+    check_normalize(upstream);
+    check_query_round_trip(watermark);
+    check_client_query(query);
+    check_client_query(upstream);
+    check_upstream_url(upstream);
+
+    // The gateway URL, for every base form, with a real or fuzzed id, prefix and host.
+    let conversation = ConversationId::parse(conversation)
+        .unwrap_or_else(|_| ConversationId::parse("FBfSqjVTqId8YuZUagotOF-us").unwrap());
+    let prefix = {
+        // The shape `parse_prefix` in src/config.rs lets through.
+        let p = prefix.trim_end_matches('/');
+        let valid = p.starts_with('/')
+            && !p.contains("..")
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+        if valid { p } else { "" }
+    };
+    let ticket = ticket_from(query);
+    // The watermark as it reaches a ticket: from the client (bounded) or from upstream.
+    let watermarks = [
+        Some(watermark),
+        None,
+        stream_url_watermark(upstream).as_deref().map(|_| watermark),
+    ];
+    let fuzzed_base = format!("ws://{host}");
+    let mut bases: Vec<&str> = BASES.to_vec();
+    // A Host header that `public_ws_base` would echo: a name or address with a port.
+    if !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && Url::parse(&fuzzed_base).is_ok_and(|u| u.host().is_some() && u.path() == "/")
+    {
+        bases.push(&fuzzed_base);
+    }
+    for base in bases {
+        for w in watermarks {
+            check_gateway_url(base, prefix, &conversation, w, &ticket);
+        }
+    }
+    if let Some(w) = stream_url_watermark(upstream) {
+        check_gateway_url(BASES[0], prefix, &conversation, Some(&w), &ticket);
+    }
+});

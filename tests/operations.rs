@@ -1,0 +1,232 @@
+//! What an operator does to a running gateway, done to the real binary: reload with SIGHUP
+//! (secret and token-key rotation, a broken file refused), drain with SIGTERM.
+
+mod support;
+
+use directline_gateway::emulator::{EmulatorConfig, SeenCredential};
+use directline_gateway::seal::{ClientToken, Purpose, Sealer};
+use directline_gateway::secret::Secret;
+use http::{Method, StatusCode};
+use support::process::{GatewayProcess, TempDir};
+use support::*;
+
+const SECOND_SECRET: &str = "second-directline-secret-0123456789abcdef";
+const KEY_1: &str = "operations-token-key-one-0123456789abcdef";
+const KEY_2: &str = "operations-token-key-two-0123456789abcdef";
+
+fn config_file(dir: &TempDir, upstream: &str, extra: &str) -> String {
+    let secret = dir.path().join("secret").display().to_string();
+    let key = dir.path().join("token-key").display().to_string();
+    dir.write(
+        "gateway.toml",
+        &format!(
+            "upstream = \"{upstream}\"\nsecret_file = \"{secret}\"\ntoken_key_file = \"{key}\"\n\
+             token_key_overlap = \"10m\"\nshutdown_grace = \"5s\"\n{extra}"
+        ),
+    )
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+/// The credential the emulator saw on the latest call to `path`.
+fn last_credential(h: &Harness, path: &str) -> SeenCredential {
+    h.emulator
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == path)
+        .map(|r| r.credential)
+        .expect("the call reached the emulator")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        second_secret: Some(Secret::new(SECOND_SECRET)),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let dir = TempDir::new("reload");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    let config = config_file(&dir, &emulator.base_url(), "");
+    let gateway = GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let h = Harness::attach(emulator, &gateway);
+
+    let conversation = h.conversation().await;
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::Secret
+    );
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "before").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: before".into())
+    })
+    .await;
+
+    // Rotation as an operator does it: secret 2 and a new token key into the mounted files.
+    dir.write("secret", SECOND_SECRET);
+    dir.write("token-key", KEY_2);
+    gateway.signal("HUP");
+    eventually("the reload counted", async || {
+        metric(
+            &h.metrics().await,
+            "directline_gateway_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    })
+    .await;
+
+    // New upstream calls use the new secret at once.
+    let (fresh_token, _) = h.generate().await;
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::SecondSecret
+    );
+    // New tokens are sealed with the new key only.
+    let with_key_2 = Sealer::new(KEY_2, &[]).unwrap();
+    let with_key_1 = Sealer::new(KEY_1, &[]).unwrap();
+    assert!(
+        with_key_2
+            .open::<ClientToken>(Purpose::ClientToken, &fresh_token)
+            .is_ok()
+    );
+    assert!(
+        with_key_1
+            .open::<ClientToken>(Purpose::ClientToken, &fresh_token)
+            .is_err()
+    );
+    // The token sealed before the rotation still works within the overlap, and the stream
+    // opened before the reload is still the same socket.
+    h.post_message(&conversation, "after").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: after".into())
+    })
+    .await;
+    assert_eq!(
+        seen.texts(),
+        ["before", "echo: before", "after", "echo: after"]
+    );
+    seen.assert_no_duplicate_ids();
+    // The reconnect with the secret after the rotation: the emulator saw secret 2.
+    h.reconnect(&conversation, None).await;
+    assert_eq!(
+        last_credential(
+            &h,
+            &format!("/v3/directline/conversations/{}", conversation.id)
+        ),
+        SeenCredential::SecondSecret
+    );
+
+    // A broken file is refused with a log line and a metric; the running settings stay.
+    std::fs::write(&config, "this is = = not toml").unwrap();
+    gateway.signal("HUP");
+    eventually("the refused reload counted", async || {
+        metric(
+            &h.metrics().await,
+            "directline_gateway_config_reloads_total{result=\"error\"}",
+        ) == 1.0
+    })
+    .await;
+    h.generate().await;
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::SecondSecret
+    );
+    h.post_message(&conversation, "still").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: still".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let dir = TempDir::new("overlap");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    // No overlap at all: the replaced key stops opening tokens at the reload.
+    let config = config_file(&dir, &emulator.base_url(), "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("token_key_overlap = \"10m\"", "token_key_overlap = \"0s\"");
+    std::fs::write(&config, text).unwrap();
+    let gateway = GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let h = Harness::attach(emulator, &gateway);
+    let conversation = h.conversation().await;
+    dir.write("token-key", KEY_2);
+    gateway.signal("HUP");
+    eventually("the reload counted", async || {
+        metric(
+            &h.metrics().await,
+            "directline_gateway_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    })
+    .await;
+    let path = format!(
+        "/v3/directline/conversations/{}/activities",
+        conversation.id
+    );
+    let reply = h
+        .request(Method::GET, &path, Some(&conversation.token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_refuses_a_listener_change_and_keeps_serving() {
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let dir = TempDir::new("listen");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    let config = config_file(&dir, &emulator.base_url(), "listen = \"127.0.0.1:0\"\n");
+    let gateway =
+        GatewayProcess::start(&["--config", &config, "--admin-listen", "127.0.0.1:0"], &[]);
+    let h = Harness::attach(emulator, &gateway);
+    config_file(&dir, &h.emulator.base_url(), "listen = \"127.0.0.1:1\"\n");
+    gateway.signal("HUP");
+    eventually("the refused reload counted", async || {
+        metric(
+            &h.metrics().await,
+            "directline_gateway_config_reloads_total{result=\"error\"}",
+        ) == 1.0
+    })
+    .await;
+    let conversation = h.conversation().await;
+    h.post_message(&conversation, "fine").await;
+}
