@@ -97,6 +97,7 @@ impl Gateway {
         local: SocketAddr,
     ) -> Response<Body> {
         let started = Instant::now();
+        let _in_flight = InFlight::enter(&self.metrics.http_in_flight);
         let method = request.method().clone();
         let live = self.live_owned();
         let origin = cors::allowed_origin(&live.config, request.headers()).cloned();
@@ -212,6 +213,23 @@ impl Gateway {
                 tracing::error!(route = ctx.route.as_str(), request_id, error = %error, "gateway failure")
             }
         }
+    }
+}
+
+/// Counts a request as in flight until dropped, also when the client goes away mid-request
+/// and hyper drops the handler's future.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

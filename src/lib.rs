@@ -2,6 +2,7 @@
 //!
 //! Map of the crate:
 //! - [`config`]: the TOML file, environment and flags, parsed once into typed values.
+//! - [`signals`]: SIGTERM/SIGINT (drain) and SIGHUP (reload), registered at start-up.
 //! - [`server`]: listeners, connections, the admin endpoints, and the whole-process [`server::run`].
 //! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
 //! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
@@ -12,6 +13,7 @@
 //! - [`demo`]: the chat page on `/` in embedded-emulator mode.
 //! - [`emulator`]: an embedded Direct Line 3.0 server with an echo bot and fault knobs.
 //! - [`error`]: blame and the one place errors become Direct Line error bodies.
+//! - [`tls`]: TLS on the client listener, with certificate reload.
 //! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
 
 pub mod auth;
@@ -32,5 +34,7 @@ pub mod rewrite;
 pub mod seal;
 pub mod secret;
 pub mod server;
+pub mod signals;
 pub mod stream;
+pub mod tls;
 pub mod upstream;

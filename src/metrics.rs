@@ -12,6 +12,7 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_in_flight: IntGauge,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub auth_refusals: IntCounterVec,
@@ -162,6 +163,11 @@ impl Metrics {
                 &["source"],
             )
             .expect("valid metric"),
+            http_in_flight: IntGauge::new(
+                "http_requests_in_flight",
+                "Client HTTP requests being handled now (WebSocket sessions not included).",
+            )
+            .expect("valid metric"),
             config_reloads: IntCounterVec::new(
                 Opts::new(
                     "config_reloads_total",
@@ -188,6 +194,7 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
+            Box::new(self.http_in_flight.clone()),
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_duration.clone()),
             Box::new(self.auth_refusals.clone()),

@@ -655,7 +655,13 @@ fn forwarded(builder: http::request::Builder, ctx: &RequestContext) -> http::req
 }
 
 fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
-    rewrite::public_ws_base(&ctx.live.config, request.headers(), ctx.peer, ctx.local)
+    rewrite::public_ws_base(
+        &ctx.live.config,
+        request.headers(),
+        request.uri().authority().map(|a| a.as_str()),
+        ctx.peer,
+        ctx.local,
+    )
 }
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {

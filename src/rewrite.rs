@@ -28,10 +28,12 @@ const QUERY_VALUE: &AsciiSet = &CONTROLS
 pub const MAX_WATERMARK_LEN: usize = 256;
 
 /// The WebSocket base clients should connect to: `wss://chat.contoso.com` (plus any path
-/// of the public URL), without the Direct Line path.
+/// of the public URL), without the Direct Line path. `authority` is the request URI's
+/// (HTTP/2 sends `:authority` instead of `Host`).
 pub fn public_ws_base(
     config: &Config,
     headers: &HeaderMap,
+    authority: Option<&str>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> String {
@@ -57,13 +59,16 @@ pub fn public_ws_base(
     };
     let scheme = match forwarded("x-forwarded-proto").as_deref() {
         Some("https") | Some("wss") => "wss",
-        _ => "ws",
+        Some(_) => "ws",
+        None if config.tls.is_some() => "wss",
+        None => "ws",
     };
     let host = forwarded("x-forwarded-host")
         .or_else(|| {
             headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
+                .or(authority)
                 .map(str::to_owned)
         })
         .filter(|h| is_host(h))
@@ -233,23 +238,23 @@ mod tests {
         headers.insert("x-forwarded-proto", "https".parse().unwrap());
         headers.insert("x-forwarded-host", "chat.contoso.com".parse().unwrap());
         assert_eq!(
-            public_ws_base(&config, &headers, peer, local),
+            public_ws_base(&config, &headers, None, peer, local),
             "ws://gw.local:8080"
         );
         config.trusted_proxies = vec![IpNet::parse("10.0.0.0/8").unwrap()];
         assert_eq!(
-            public_ws_base(&config, &headers, peer, local),
+            public_ws_base(&config, &headers, None, peer, local),
             "wss://chat.contoso.com"
         );
         config.public_url = Some(Url::parse("https://bots.example.com/chat/").unwrap());
         assert_eq!(
-            public_ws_base(&config, &headers, peer, local),
+            public_ws_base(&config, &headers, None, peer, local),
             "wss://bots.example.com/chat"
         );
         let mut evil = HeaderMap::new();
         evil.insert("host", "evil.com/path?x".parse().unwrap());
         assert_eq!(
-            public_ws_base(&Config::default(), &evil, peer, local),
+            public_ws_base(&Config::default(), &evil, None, peer, local),
             "ws://127.0.0.1:8080"
         );
     }

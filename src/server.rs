@@ -22,6 +22,7 @@ use crate::gateway::{Gateway, Live};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::secret::Secret;
+use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ pub struct Running {
     pub emulator: Option<EmulatorHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tls_watch: Option<JoinHandle<()>>,
 }
 
 /// Installs ring as rustls's process-wide provider (ENVIRONMENT.md: if another crate ever
@@ -104,13 +106,25 @@ pub async fn start_on(
         addr: live.config.admin_listen,
         source,
     })?;
+    let listener_tls = match &live.config.tls {
+        Some(files) => Some(Arc::new(
+            ListenerTls::new(files).map_err(|e| StartError::Config(format!("tls: {e}")))?,
+        )),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(serve_client(client, gateway.clone(), stopped.clone())),
+        tokio::spawn(serve_client(
+            client,
+            gateway.clone(),
+            listener_tls.clone(),
+            stopped.clone(),
+        )),
         tokio::spawn(serve_admin(admin, gateway.clone(), stopped)),
     ];
+    let tls_watch = listener_tls.map(|tls| tokio::spawn(tls.watch(gateway.metrics.clone())));
     Ok(Running {
         gateway,
         client_addr,
@@ -118,6 +132,7 @@ pub async fn start_on(
         emulator,
         stop,
         tasks,
+        tls_watch,
     })
 }
 
@@ -257,6 +272,9 @@ impl Running {
     pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.stop.send(true);
+        if let Some(watch) = &self.tls_watch {
+            watch.abort();
+        }
         let grace = self.gateway.live().config.shutdown_grace;
         for task in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
@@ -313,6 +331,7 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
 async fn serve_client(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<Arc<ListenerTls>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = connection_builder(&gateway);
@@ -333,15 +352,41 @@ async fn serve_client(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let handshake_timeout = gateway.live().config.limits.header_read_timeout;
                 let gateway = gateway.clone();
                 let service = service_fn(move |request: Request<Incoming>| {
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(request, peer, local).await) }
                 });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
+                let Some(tls) = &tls else {
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection.into_owned());
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(error = %error, "client connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake runs in the connection's task, bounded like header reads,
+                // so a slow or silent TLS client holds nothing but its own task.
+                let acceptor = tls.acceptor().clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(error = %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(error) = watcher.watch(connection.into_owned()).await {
                         tracing::debug!(error = %error, "client connection ended with an error");
                     }
                 });

@@ -230,3 +230,116 @@ async fn reload_refuses_a_listener_change_and_keeps_serving() {
     let conversation = h.conversation().await;
     h.post_message(&conversation, "fine").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_upload() {
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let mut gateway = GatewayProcess::start(
+        &[
+            "--upstream",
+            &emulator.base_url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("DIRECTLINE_SECRET", SECRET),
+            ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
+        ],
+    );
+    let h = Harness::attach(emulator, &gateway);
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+
+    // An upload whose body is still arriving when SIGTERM comes.
+    let boundary = "drain";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"activity\"\r\nContent-Type: application/vnd.microsoft.activity\r\n\r\n{{\"type\":\"message\",\"text\":\"uploaded during the drain\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\n"
+    );
+    let tail = format!("the rest of the file\r\n--{boundary}--\r\n");
+    // Capacity 1: a second send returns only once hyper has taken the first chunk, that is
+    // once the request is on the wire to the gateway.
+    let (chunks, body) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    let body = StreamBody::new(tokio_stream_from(body));
+    let request = http::Request::post(h.url(&format!(
+        "/v3/directline/conversations/{}/upload",
+        conversation.id
+    )))
+    .header("authorization", format!("Bearer {}", conversation.token))
+    .header(
+        "content-type",
+        format!("multipart/form-data; boundary={boundary}"),
+    )
+    .body(body)
+    .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    chunks
+        .send(Ok(http_body::Frame::data(Bytes::from(head))))
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(client.request(request));
+    chunks
+        .send(Ok(http_body::Frame::data(Bytes::from_static(
+            b"the start, ",
+        ))))
+        .await
+        .unwrap();
+    gateway.signal("TERM");
+
+    // The open stream is closed with 1001 so the client resumes elsewhere.
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+
+    // The in-flight upload finishes within the grace period.
+    chunks
+        .send(Ok(http_body::Frame::data(Bytes::from(tail))))
+        .await
+        .unwrap();
+    drop(chunks);
+    let response = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .expect("upload answered in time")
+        .unwrap()
+        .expect("upload answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await;
+    let status = gateway.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.success(), "exit 0 after the drain: {status:?}");
+    let stored = h
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/upload"))
+        .and_then(|r| r.body)
+        .expect("the upload reached Direct Line");
+    assert_eq!(stored["text"], "uploaded during the drain");
+}
+
+/// A `Stream` over an mpsc receiver, without pulling in tokio-stream.
+fn tokio_stream_from<T>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}

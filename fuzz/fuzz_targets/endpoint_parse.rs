@@ -95,7 +95,8 @@ fn allowed(route: Route, method: &Method) -> bool {
             method == Method::GET || method == Method::POST
         }
         Route::Upload => method == Method::POST,
-        Route::Preflight | Route::Unknown => false,
+        // Preflight, Unknown and any route that is not a Direct Line client route.
+        _ => false,
     }
 }
 

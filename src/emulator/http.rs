@@ -745,9 +745,9 @@ fn is_forwarded_https(headers: &HeaderMap) -> bool {
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
-/// `ws://HOST` (`wss://` behind a TLS proxy that says so).
+/// `ws://HOST` (`wss://` when serving TLS or behind a TLS proxy that says so).
 fn stream_origin(state: &State, headers: &HeaderMap) -> String {
-    let scheme = if is_forwarded_https(headers) {
+    let scheme = if state.tls.is_some() || is_forwarded_https(headers) {
         "wss"
     } else {
         "ws"
@@ -756,7 +756,7 @@ fn stream_origin(state: &State, headers: &HeaderMap) -> String {
 }
 
 fn http_origin(state: &State, headers: &HeaderMap) -> String {
-    let scheme = if is_forwarded_https(headers) {
+    let scheme = if state.tls.is_some() || is_forwarded_https(headers) {
         "https"
     } else {
         "http"

@@ -59,6 +59,8 @@ pub struct EmulatorConfig {
     pub stream_url_ttl: Duration,
     /// Lifetime of conversation tokens (`expires_in`).
     pub token_ttl: Duration,
+    /// Serve HTTPS and wss stream URLs, as Direct Line does (tests of private upstream CAs).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for EmulatorConfig {
@@ -70,6 +72,7 @@ impl Default for EmulatorConfig {
             keepalive_interval: Duration::from_secs(15),
             stream_url_ttl: Duration::from_secs(60),
             token_ttl: Duration::from_secs(3600),
+            tls: None,
         }
     }
 }
@@ -209,7 +212,7 @@ impl EmulatorHandle {
         self.state.local_addr
     }
 
-    /// `http://127.0.0.1:PORT`, without `/v3/directline` (a wildcard listen address is
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), without `/v3/directline` (a wildcard listen address is
     /// reported as loopback).
     /// The secret the emulator accepts first (the gateway injects it in embedded mode).
     pub fn secret(&self) -> Secret {
@@ -224,7 +227,12 @@ impl EmulatorHandle {
                 SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
             });
         }
-        format!("http://{addr}")
+        let scheme = if self.state.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
     }
 
     /// Every REST request and stream upgrade attempt, in arrival order (the most recent

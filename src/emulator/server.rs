@@ -41,9 +41,22 @@ pub(super) async fn accept(listener: TcpListener, state: Arc<State>) {
 async fn connection(tcp: TcpStream, builder: Arc<auto::Builder<TokioExecutor>>, state: Arc<State>) {
     // Frames and small JSON answers: latency matters more than packet count.
     let _ = tcp.set_nodelay(true);
+    match state.tls.clone() {
+        None => serve(tcp, builder, state).await,
+        Some(tls) => match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
+            Ok(stream) => serve(stream, builder, state).await,
+            Err(error) => tracing::debug!(%error, "emulator: TLS handshake failed"),
+        },
+    }
+}
+
+async fn serve<T>(io: T, builder: Arc<auto::Builder<TokioExecutor>>, state: Arc<State>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut shutdown = state.shutdown_signal();
     let service = service_fn(move |request| http::handle(state.clone(), request));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,

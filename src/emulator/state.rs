@@ -38,6 +38,7 @@ const BATCH_SIZE: usize = 3;
 pub(super) struct State {
     pub secret: Secret,
     pub second_secret: Option<Secret>,
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub token_ttl: Duration,
     pub stream_url_ttl: Duration,
     pub keepalive_interval: Duration,
@@ -119,6 +120,7 @@ impl State {
             faults: FaultControl::new(&config.faults),
             secret: config.secret,
             second_secret: config.second_secret,
+            tls: config.tls,
             token_ttl: config.token_ttl,
             stream_url_ttl: config.stream_url_ttl,
             keepalive_interval: config.keepalive_interval,

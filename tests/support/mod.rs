@@ -79,6 +79,17 @@ impl Harness {
         }
     }
 
+    /// A harness around a gateway the test started in-process in front of `emulator`.
+    pub fn attach_in_process(emulator: EmulatorHandle, gateway: &Running) -> Harness {
+        Harness {
+            gateway: None,
+            emulator,
+            base: format!("http://{}", gateway.client_addr),
+            admin: format!("http://{}", gateway.admin_addr),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     /// The emulator alone on 127.0.0.1:0, for a gateway process to be put in front of it.
     pub async fn emulator(config: EmulatorConfig) -> EmulatorHandle {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
