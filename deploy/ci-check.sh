@@ -220,10 +220,26 @@ grep -q 'https://directline.botframework.com' "$WORK/compose-upstream.yaml" \
 log "docker-compose $(docker-compose version --short 2>/dev/null): deploy/compose.yaml is valid"
 
 # ---------------------------------------------------------------------------------------
-step "static binary"
+step "static binary (from the files deploy/Dockerfile's build context holds)"
+# Built from a copy of exactly the paths deploy/Dockerfile.dockerignore lets through, so a
+# source file outside them (an include_str! asset, say) fails here, not in users' builds.
+# The copy keeps its path and mtimes between runs and shares target/, so an unchanged tree
+# does not rebuild.
+SRC=$CACHE/build-context
+rm -rf "$SRC"
+mkdir -p "$SRC"
+while read -r entry; do
+  case "$entry" in
+    '!'*) entry=${entry#!}; entry=${entry%/}; cp -a --parents "$entry" "$SRC/" ;;
+  esac
+done < deploy/Dockerfile.dockerignore
+for needed in Cargo.toml Cargo.lock src config/gateway.toml; do
+  [ -e "$SRC/$needed" ] || fail "deploy/Dockerfile.dockerignore does not let $needed through"
+done
 GIT_SHA=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 export GIT_SHA
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$TARGET"
+(cd "$SRC" && CARGO_TARGET_DIR=$ROOT/target RUSTFLAGS='-C target-feature=+crt-static' \
+  cargo build --release --locked --target "$TARGET")
 BIN=$ROOT/target/$TARGET/release/directline-gateway
 CTX=$WORK/context
 mkdir -p "$CTX"

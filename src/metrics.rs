@@ -223,10 +223,7 @@ impl Metrics {
         )
         .expect("valid metric");
         build
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                option_env!("GIT_SHA").unwrap_or("unknown"),
-            ])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GIT_SHA")])
             .set(1);
         self.registry
             .register(Box::new(build))

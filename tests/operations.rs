@@ -343,3 +343,150 @@ fn tokio_stream_from<T>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_session() {
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let gateway = GatewayProcess::start(
+        &[
+            "--upstream",
+            &emulator.base_url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[
+            ("DIRECTLINE_SECRET", SECRET),
+            ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let h = Harness::attach(emulator, &gateway);
+
+    // A caller's request id is kept, returned, and forwarded upstream.
+    let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+        .header("x-request-id", "caller-request-0001")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = h.send(request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["x-request-id"], "caller-request-0001");
+    let upstream = h
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v3/directline/tokens/generate")
+        .unwrap();
+    assert_eq!(upstream.request_id.as_deref(), Some("caller-request-0001"));
+
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "logged").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: logged".into())
+    })
+    .await;
+    ws.close(None).await.unwrap();
+
+    let parsed = || -> Vec<serde_json::Value> {
+        gateway
+            .logs()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect()
+    };
+    eventually("the session line", async || {
+        parsed().iter().any(|l| l["target"] == "session")
+    })
+    .await;
+    let lines = parsed();
+    let access: Vec<_> = lines.iter().filter(|l| l["target"] == "access").collect();
+    let generate = access
+        .iter()
+        .find(|l| l["request_id"] == "caller-request-0001")
+        .expect("an access line for the caller's request");
+    assert_eq!(generate["route"], "tokens_generate");
+    assert_eq!(generate["status"], 200);
+    assert_eq!(generate["upstream_status"], 200);
+    assert_eq!(generate["client_ip"], "127.0.0.1");
+    assert!(generate["duration_ms"].as_f64().is_some());
+    assert!(generate["level"] == "INFO" && generate["timestamp"].is_string());
+    for route in ["conversations_start", "activities_post", "stream"] {
+        assert!(
+            access.iter().any(|l| l["route"] == route),
+            "an access line for {route}"
+        );
+    }
+    let session = lines.iter().find(|l| l["target"] == "session").unwrap();
+    assert!(session["duration_ms"].is_u64());
+    assert_eq!(session["activities"], 2);
+    assert_eq!(session["resumes"], 0);
+    // Nothing secret in any line.
+    let all = gateway.logs().join("\n");
+    for secret in [SECRET, KEY_1, conversation.token.as_str()] {
+        assert!(!all.contains(secret), "a log line holds a secret or token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_scenario_pass_promtool() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "measured").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: measured".into())
+    })
+    .await;
+    let text = h.metrics().await;
+    for series in [
+        "directline_gateway_http_requests_total{method=\"POST\",route=\"activities_post\",status=\"2xx\"}",
+        "directline_gateway_tokens_total{kind=\"conversation\"}",
+        "directline_gateway_activities_relayed_total",
+        "directline_gateway_client_websockets",
+        "directline_gateway_upstream_websockets",
+    ] {
+        assert!(metric(&text, series) >= 1.0, "{series} in\n{text}");
+    }
+    assert!(text.contains("directline_gateway_build_info{git_sha="));
+    // promtool is the reference linter; tests/run.sh installs it, a bare `cargo test` on a
+    // machine without it says so instead of passing silently.
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if std::env::var_os("REQUIRE_PROMTOOL").is_none() => {
+            eprintln!("SKIPPED: {promtool} not runnable ({error}); tests/run.sh requires it");
+            return;
+        }
+        Err(error) => panic!("{promtool}: {error}"),
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -157,6 +157,7 @@ pub(super) struct Exchange {
     path: String,
     query: Option<String>,
     host: Option<String>,
+    request_id: Option<String>,
     pub credential: SeenCredential,
     body: Option<Value>,
 }
@@ -168,6 +169,11 @@ impl Exchange {
             path: request.uri().path().to_owned(),
             query: request.uri().query().map(str::to_owned),
             host: host(request).map(str::to_owned),
+            request_id: request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             credential: SeenCredential::Missing,
             body: None,
         }
@@ -180,6 +186,7 @@ impl Exchange {
             query: self.query,
             credential: self.credential,
             host: self.host,
+            request_id: self.request_id,
             body: self.body,
             status: status.as_u16(),
         }

@@ -295,6 +295,8 @@ pub struct RecordedRequest {
     pub credential: SeenCredential,
     /// The `Host` header as received.
     pub host: Option<String>,
+    /// The `x-request-id` header as received (the gateway forwards its caller's).
+    pub request_id: Option<String>,
     /// The parsed JSON body, when there was one.
     pub body: Option<Value>,
     /// What the emulator answered (101 for accepted upgrades).

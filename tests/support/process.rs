@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_directline-gateway");
@@ -14,6 +15,8 @@ pub struct GatewayProcess {
     pub base: String,
     /// `http://127.0.0.1:PORT` of the admin listener.
     pub admin: String,
+    /// Every line the process wrote to stderr (its logs), as they come.
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -25,10 +28,18 @@ impl GatewayProcess {
             .env_remove("DIRECTLINE_GATEWAY_TOKEN_KEY")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = stderr_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut base = None;
@@ -44,8 +55,23 @@ impl GatewayProcess {
         });
         let (base, admin) = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway printed its addresses");
-        GatewayProcess { child, base, admin }
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the gateway printed no addresses; stderr: {:?}",
+                    stderr_lines.lock().unwrap()
+                )
+            });
+        GatewayProcess {
+            child,
+            base,
+            admin,
+            stderr: stderr_lines,
+        }
+    }
+
+    /// The stderr lines so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn signal(&self, name: &str) {
