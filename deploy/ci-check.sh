@@ -233,7 +233,7 @@ while read -r entry; do
     '!'*) entry=${entry#!}; entry=${entry%/}; cp -a --parents "$entry" "$SRC/" ;;
   esac
 done < deploy/Dockerfile.dockerignore
-for needed in Cargo.toml Cargo.lock src config/gateway.toml; do
+for needed in Cargo.toml Cargo.lock build.rs src config/gateway.toml; do
   [ -e "$SRC/$needed" ] || fail "deploy/Dockerfile.dockerignore does not let $needed through"
 done
 GIT_SHA=$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
@@ -371,7 +371,8 @@ log "stream: 101 Switching Protocols, first frame carries 'echo: hello'"
 curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN/metrics" > "$WORK/metrics.txt"
 promtool check metrics < "$WORK/metrics.txt" || fail "promtool check metrics"
 grep -q '^directline_gateway_tokens_total{kind="generated"} 1$' "$WORK/metrics.txt" || fail "metrics: tokens_total{kind=generated} is not 1"
-grep -q '^directline_gateway_build_info{git_sha=' "$WORK/metrics.txt" || fail "metrics: no build_info"
+BUILD_INFO=$(grep '^directline_gateway_build_info{' "$WORK/metrics.txt") || fail "metrics: no build_info"
+log "$BUILD_INFO"
 "$PY" deploy/ci/check_metrics_refs.py src/metrics.rs deploy/prometheus/dashboard.json deploy/prometheus/alerts.yml \
   --metrics "$WORK/metrics.txt" >/dev/null
 log "metrics: promtool lint clean; every scraped family is known to the dashboard check"
