@@ -942,3 +942,20 @@ async fn the_demo_page_is_served_only_in_front_of_the_embedded_emulator() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json()["error"]["code"], "NotFound");
 }
+
+#[tokio::test]
+async fn cleartext_http2_is_served_alongside_http1() {
+    let h = Harness::start().await;
+    let h2c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::post(h.url("/v3/directline/tokens/generate"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2c.request(request).await.expect("h2c accepted");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let token: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(token["token"].as_str().unwrap().starts_with("dlgw1."));
+}

@@ -38,19 +38,23 @@ fn certificate() -> Certificate {
     }
 }
 
-/// A client trusting exactly these certificates, with the ring provider and no ALPN.
-fn client_tls(trusted: &[&Certificate]) -> Arc<rustls::ClientConfig> {
+fn roots(trusted: &[&Certificate]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for cert in trusted {
         roots.add(cert.der.clone()).unwrap();
     }
+    roots
+}
+
+/// A client trusting exactly these certificates, with the ring provider and no ALPN.
+fn client_tls(trusted: &[&Certificate]) -> Arc<rustls::ClientConfig> {
     Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(trusted))
         .with_no_client_auth(),
     )
 }
@@ -227,6 +231,28 @@ async fn tls_listener_negotiates_h2_and_http1_streams_over_wss_and_reloads_its_c
         served_certificate(gateway.client_addr, &trust_both).await,
         first.der
     );
+    // TLS 1.2 clients are served too.
+    let tls12_only = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots(&[&first]))
+        .with_no_client_auth(),
+    );
+    let tcp = tokio::net::TcpStream::connect(gateway.client_addr)
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls12_only)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    drop(stream);
     // Renewal: new files in place; new handshakes get the new certificate, the open
     // socket carries on.
     dir.write("tls.crt", &second.pem);
