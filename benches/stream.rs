@@ -86,12 +86,15 @@ async fn resume_gap(conversations: usize, rounds: usize) {
             ..EmulatorConfig::default()
         },
     );
-    let config = Config {
+    let mut config = Config {
         upstream: UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap()),
         secret: Some(Secret::new(SECRET)),
         token_key: Some(Secret::new(TOKEN_KEY)),
         ..Config::default()
     };
+    // Every conversation comes from one loopback address: the per-IP limit would be the
+    // figure measured otherwise.
+    config.rate_limits.sessions.per_minute = 0;
     let gateway = server::start_on(
         config,
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -330,10 +333,15 @@ async fn idle_memory(counts: &[usize]) {
         }
         None => Command::new(bin),
     };
-    // An extra config file (e.g. to compare buffer sizes) without touching the defaults.
-    if let Ok(file) = std::env::var("BENCH_GATEWAY_CONFIG") {
-        gateway.args(["--config", &file]);
-    }
+    // An extra config file (e.g. to compare buffer sizes) without touching the defaults;
+    // by default one that only lifts the per-IP session limit (every conversation here comes
+    // from one loopback address).
+    let config_file = std::env::var("BENCH_GATEWAY_CONFIG").unwrap_or_else(|_| {
+        let path = std::env::temp_dir().join(format!("dlgw-bench-{}.toml", std::process::id()));
+        std::fs::write(&path, "[rate_limits]\nsessions_per_minute = 0\n").unwrap();
+        path.display().to_string()
+    });
+    gateway.args(["--config", &config_file]);
     let gateway = gateway
         .args([
             "--listen",

@@ -80,6 +80,7 @@ pub struct Config {
     /// Sent upstream as `trustedOrigins` on tokens/generate.
     pub trusted_origins: Vec<String>,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
     pub timeouts: Timeouts,
     pub stream: StreamConfig,
     /// Refresh the upstream token on `tokens/refresh` when it has less than this left.
@@ -97,6 +98,47 @@ pub struct TlsFiles {
     pub watch_interval: Duration,
 }
 
+/// A token bucket: `per_minute` tokens a minute, up to `burst` at once; 0 a minute is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub fn is_unlimited(self) -> bool {
+        self.per_minute == 0
+    }
+
+    pub fn per_second(self) -> f64 {
+        f64::from(self.per_minute) / 60.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// tokens/generate and conversation starts, per client IP.
+    pub sessions: Rate,
+    /// POST activities and uploads, per conversation.
+    pub activities: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            sessions: Rate {
+                per_minute: 10,
+                burst: 20,
+            },
+            // Far above a person typing; a runaway client or script is cut off.
+            activities: Rate {
+                per_minute: 600,
+                burst: 100,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub activity_body_bytes: u64,
@@ -105,6 +147,8 @@ pub struct Limits {
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    /// Open client connections (HTTP and WebSocket) on this replica; more are closed at accept.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +202,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             trusted_origins: Vec::new(),
             limits: Limits::default(),
+            rate_limits: RateLimits::default(),
             timeouts: Timeouts::default(),
             stream: StreamConfig::default(),
             upstream_refresh_before: Duration::from_secs(1800),
@@ -176,6 +221,7 @@ impl Default for Limits {
             max_url_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
         }
     }
 }
@@ -279,6 +325,8 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    rate_limits: FileRateLimits,
+    #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
     stream: FileStream,
@@ -294,6 +342,15 @@ struct FileTls {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileRateLimits {
+    sessions_per_minute: Option<u32>,
+    sessions_burst: Option<u32>,
+    activities_per_minute: Option<u32>,
+    activities_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileLimits {
     activity_body: Option<String>,
     upload_body: Option<String>,
@@ -301,6 +358,7 @@ struct FileLimits {
     max_url: Option<String>,
     max_headers: Option<String>,
     header_read_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -504,6 +562,39 @@ impl Config {
             "limits.header_read_timeout",
             l.header_read_timeout,
         )?;
+
+        if let Some(max) = l.max_connections {
+            if max == 0 {
+                return Err(invalid("limits.max_connections", "must be at least 1"));
+            }
+            limits.max_connections = max;
+        }
+        let r = file.rate_limits;
+        let rates = &mut config.rate_limits;
+        for (slot, key, per_minute, burst) in [
+            (
+                &mut rates.sessions,
+                "rate_limits.sessions_burst",
+                r.sessions_per_minute,
+                r.sessions_burst,
+            ),
+            (
+                &mut rates.activities,
+                "rate_limits.activities_burst",
+                r.activities_per_minute,
+                r.activities_burst,
+            ),
+        ] {
+            if let Some(per_minute) = per_minute {
+                slot.per_minute = per_minute;
+            }
+            if let Some(burst) = burst {
+                slot.burst = burst;
+            }
+            if !slot.is_unlimited() && slot.burst == 0 {
+                return Err(invalid(key, "must be at least 1 when the rate is on"));
+            }
+        }
 
         let t = file.timeouts;
         let timeouts = &mut config.timeouts;

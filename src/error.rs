@@ -52,6 +52,8 @@ pub enum GatewayError {
     OriginNotAllowed,
     #[error("too many WebSocket connections for this conversation")]
     TooManySockets,
+    #[error("rate limit reached; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("WebSocket upgrade required")]
     UpgradeRequired,
     #[error("upstream could not be reached")]
@@ -83,7 +85,7 @@ impl GatewayError {
             UrlTooLong => StatusCode::URI_TOO_LONG,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            TooManySockets => StatusCode::TOO_MANY_REQUESTS,
+            TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -113,7 +115,7 @@ impl GatewayError {
             UrlTooLong => "UriTooLong",
             HeadersTooLarge => "HeadersTooLarge",
             UnsupportedMediaType => "UnsupportedMediaType",
-            TooManySockets => "TooManyRequests",
+            TooManySockets | RateLimited { .. } => "TooManyRequests",
             UpgradeRequired => "UpgradeRequired",
             UpstreamUnreachable => "UpstreamUnavailable",
             UpstreamInvalid => "UpstreamError",
@@ -144,6 +146,7 @@ impl GatewayError {
             BodyRead => "Request body could not be read",
             OriginNotAllowed => "Origin not allowed",
             TooManySockets => "Too many connections for this conversation",
+            RateLimited { .. } => "Too many requests; retry after the time in Retry-After",
             UpgradeRequired => "WebSocket upgrade required",
             UpstreamUnreachable => "Direct Line could not be reached",
             UpstreamInvalid => "Direct Line returned an invalid response",
@@ -182,10 +185,18 @@ impl GatewayError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, GatewayError::TooManySockets | GatewayError::Draining) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            GatewayError::TooManySockets | GatewayError::Draining => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::RateLimited { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
         }
         response
     }
@@ -241,6 +252,14 @@ mod tests {
                 Blame::Client,
             ),
             (TooManySockets, 429, "TooManyRequests", Blame::Client),
+            (
+                RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+                "TooManyRequests",
+                Blame::Client,
+            ),
             (
                 UpstreamUnreachable,
                 502,

@@ -1,6 +1,6 @@
 //! The gateway's shared state and the request pipeline: parse → authorize → upstream → rewrite → respond.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -10,11 +10,12 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::{Config, UpstreamTarget};
+use crate::config::{Config, Rate, UpstreamTarget};
 use crate::cors;
-use crate::endpoint::{Endpoint, Route};
+use crate::endpoint::{ConversationId, Endpoint, Route};
 use crate::error::{Blame, GatewayError};
 use crate::metrics::{Metrics, status_class};
+use crate::ratelimit::{Limiter, client_ip};
 use crate::rest;
 use crate::seal::Sealer;
 use crate::secret::Secret;
@@ -25,6 +26,10 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     pub metrics: Arc<Metrics>,
     pub hubs: Hubs,
+    /// tokens/generate and conversation starts, per client IP.
+    pub session_limits: Limiter<IpAddr>,
+    /// POST activities and uploads, per conversation.
+    pub activity_limits: Limiter<ConversationId>,
     draining: AtomicBool,
 }
 
@@ -45,6 +50,8 @@ pub struct Live {
 pub struct RequestContext {
     pub route: Route,
     pub peer: SocketAddr,
+    /// The caller: the peer, or the client a trusted proxy forwarded for.
+    pub client_ip: IpAddr,
     pub local: SocketAddr,
     pub request_id: HeaderValue,
     pub upstream_status: Option<u16>,
@@ -58,6 +65,8 @@ impl Gateway {
     pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             hubs: Hubs::default(),
+            session_limits: Limiter::default(),
+            activity_limits: Limiter::default(),
             live: ArcSwap::from_pointee(live),
             metrics,
             draining: AtomicBool::new(false),
@@ -104,6 +113,7 @@ impl Gateway {
         let mut ctx = RequestContext {
             route: Route::Unknown,
             peer,
+            client_ip: client_ip(peer, request.headers(), &live.config.trusted_proxies),
             local,
             request_id: request_id(request.headers()),
             upstream_status: None,
@@ -144,7 +154,7 @@ impl Gateway {
             upstream_status = ctx.upstream_status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = ctx.request_id.to_str().unwrap_or(""),
-            client_ip = %peer.ip(),
+            client_ip = %ctx.client_ip,
         );
         response
     }
@@ -177,6 +187,25 @@ impl Gateway {
         if self.is_draining() && !matches!(endpoint, Endpoint::Preflight(_)) {
             return Err(GatewayError::Draining);
         }
+        if matches!(
+            endpoint,
+            Endpoint::TokensGenerate | Endpoint::StartConversation
+        ) {
+            // A browser on another site must not mint tokens for this bot; callers without
+            // an Origin (a server fetching tokens for its page) are not browsers.
+            if !config.allowed_origins.is_empty()
+                && request.headers().contains_key(http::header::ORIGIN)
+                && cors::allowed_origin(config, request.headers()).is_none()
+            {
+                return Err(GatewayError::OriginNotAllowed);
+            }
+            self.limit(
+                &self.session_limits,
+                &ctx.client_ip,
+                config.rate_limits.sessions,
+                ctx,
+            )?;
+        }
         match endpoint {
             Endpoint::Preflight(_) => Ok(cors::preflight(config, request.headers())),
             Endpoint::TokensGenerate => rest::generate_token(self, request, ctx).await,
@@ -192,6 +221,35 @@ impl Gateway {
                 multimodal,
             } => crate::stream::accept(self, conversation, multimodal, request, ctx),
         }
+    }
+
+    /// Takes a token from `key`'s bucket or refuses with 429 and a whole-second Retry-After.
+    pub fn limit<K: Eq + std::hash::Hash + Clone>(
+        &self,
+        limiter: &Limiter<K>,
+        key: &K,
+        rate: Rate,
+        ctx: &RequestContext,
+    ) -> Result<(), GatewayError> {
+        limiter.check(key, rate, Instant::now()).map_err(|wait| {
+            self.metrics
+                .rate_limited
+                .with_label_values(&[ctx.route.as_str()])
+                .inc();
+            GatewayError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
+    }
+
+    /// Forgets rate buckets that have refilled; called periodically.
+    pub fn sweep_limits(&self) {
+        let live = self.live();
+        let now = Instant::now();
+        self.session_limits
+            .sweep(live.config.rate_limits.sessions, now);
+        self.activity_limits
+            .sweep(live.config.rate_limits.activities, now);
     }
 
     fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {

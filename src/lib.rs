@@ -7,6 +7,7 @@
 //! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
 //! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
 //! - [`auth`], [`seal`]: sealed client tokens and stream tickets, and the ownership check.
+//! - [`ratelimit`]: token buckets per client IP and per conversation, and the client IP.
 //! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
 //! - [`rewrite`]: streamUrl rewriting; [`cors`]: browser preflight and headers.
 //! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
@@ -29,6 +30,7 @@ pub mod error;
 pub mod gateway;
 pub mod logging;
 pub mod metrics;
+pub mod ratelimit;
 pub mod rest;
 pub mod rewrite;
 pub mod seal;

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub slow_clients_closed: IntCounter,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub connections_refused: IntCounter,
     pub tls_reloads: IntCounterVec,
 }
 
@@ -168,6 +171,24 @@ impl Metrics {
                 "Client HTTP requests being handled now (WebSocket sessions not included).",
             )
             .expect("valid metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "rate_limited_total",
+                    "Requests refused with 429 by a rate limit, by route (per client IP for tokens and conversation starts, per conversation for activities and uploads).",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
+            client_connections: IntGauge::new(
+                "client_connections",
+                "Open client-listener HTTP connections (once upgraded, a WebSocket counts in client_websockets instead).",
+            )
+            .expect("valid metric"),
+            connections_refused: IntCounter::new(
+                "connections_refused_total",
+                "Client connections closed at accept because limits.max_connections were open.",
+            )
+            .expect("valid metric"),
             config_reloads: IntCounterVec::new(
                 Opts::new(
                     "config_reloads_total",
@@ -210,6 +231,9 @@ impl Metrics {
             Box::new(self.slow_clients_closed.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
+            Box::new(self.rate_limited.clone()),
+            Box::new(self.client_connections.clone()),
+            Box::new(self.connections_refused.clone()),
             Box::new(self.tls_reloads.clone()),
         ];
         for collector in collectors {

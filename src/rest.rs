@@ -277,6 +277,12 @@ pub async fn post_activity(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    gw.limit(
+        &gw.activity_limits,
+        conversation,
+        ctx.live.config.rate_limits.activities,
+        ctx,
+    )?;
     let (parts, body) = request.into_parts();
     require_json_content_type(&parts.headers)?;
     let bytes = read_limited(
@@ -323,6 +329,12 @@ pub async fn upload(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    gw.limit(
+        &gw.activity_limits,
+        conversation,
+        ctx.live.config.rate_limits.activities,
+        ctx,
+    )?;
     let (parts, body) = request.into_parts();
     let limit = ctx.live.config.limits.upload_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > limit) {

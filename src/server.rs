@@ -45,7 +45,8 @@ pub struct Running {
     pub emulator: Option<EmulatorHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    tls_watch: Option<JoinHandle<()>>,
+    /// Endless housekeeping (certificate watch, rate-bucket sweep), aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Installs ring as rustls's process-wide provider (ENVIRONMENT.md: if another crate ever
@@ -124,7 +125,10 @@ pub async fn start_on(
         )),
         tokio::spawn(serve_admin(admin, gateway.clone(), stopped)),
     ];
-    let tls_watch = listener_tls.map(|tls| tokio::spawn(tls.watch(gateway.metrics.clone())));
+    let mut background = vec![tokio::spawn(sweep_rate_limits(gateway.clone()))];
+    if let Some(tls) = listener_tls {
+        background.push(tokio::spawn(tls.watch(gateway.metrics.clone())));
+    }
     Ok(Running {
         gateway,
         client_addr,
@@ -132,7 +136,7 @@ pub async fn start_on(
         emulator,
         stop,
         tasks,
-        tls_watch,
+        background,
     })
 }
 
@@ -272,8 +276,8 @@ impl Running {
     pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.stop.send(true);
-        if let Some(watch) = &self.tls_watch {
-            watch.abort();
+        for task in &self.background {
+            task.abort();
         }
         let grace = self.gateway.live().config.shutdown_grace;
         for task in self.tasks {
@@ -300,6 +304,26 @@ fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> 
         return Err(ReloadError::NeedsRestart("tls (on or off)"));
     }
     Ok(())
+}
+
+/// Rate buckets that refilled are dropped every half minute, so the maps hold only callers
+/// seen recently.
+async fn sweep_rate_limits(gateway: Arc<Gateway>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(30));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        gateway.sweep_limits();
+    }
+}
+
+/// Counts an open client connection until dropped with its task.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn random_secret() -> Secret {
@@ -351,6 +375,18 @@ async fn serve_client(
                         continue;
                     }
                 };
+                // Past the cap the socket is closed at once: cheaper than any answer, and a
+                // flood cannot grow memory or file descriptors further.
+                // An upgraded connection leaves hyper's count and joins the WebSocket gauge.
+                let connections = &gateway.metrics.client_connections;
+                let open_now = connections.get() + gateway.metrics.client_sockets.get();
+                if open_now >= gateway.live().config.limits.max_connections as i64 {
+                    gateway.metrics.connections_refused.inc();
+                    drop(stream);
+                    continue;
+                }
+                connections.inc();
+                let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
                 let handshake_timeout = gateway.live().config.limits.header_read_timeout;
                 let gateway = gateway.clone();
@@ -362,6 +398,7 @@ async fn serve_client(
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection.into_owned());
                     tokio::spawn(async move {
+                        let _open = open;
                         if let Err(error) = connection.await {
                             tracing::debug!(error = %error, "client connection ended with an error");
                         }
@@ -374,6 +411,7 @@ async fn serve_client(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _open = open;
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {

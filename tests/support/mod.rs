@@ -57,6 +57,9 @@ impl Harness {
         config.stream.backoff_max = Duration::from_millis(200);
         config.stream.resume_budget = Duration::from_secs(15);
         config.shutdown_grace = Duration::from_secs(2);
+        // Throughput scenarios post faster than the default per-conversation rate allows;
+        // tests/limits.rs covers the limits themselves.
+        config.rate_limits.activities.per_minute = 0;
         Builder {
             faults: Faults::default(),
             config,

@@ -1,0 +1,178 @@
+//! Token buckets keyed by client IP (tokens/generate, starting conversations) or by
+//! conversation (POST activities, uploads). Sharded map, one short lock per check; buckets
+//! that have refilled are forgotten by a periodic sweep, so memory follows active callers.
+
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use http::HeaderMap;
+
+use crate::config::{IpNet, Rate};
+use crate::rewrite::is_trusted;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+pub struct Limiter<K: Eq + Hash> {
+    buckets: DashMap<K, Bucket>,
+}
+
+impl<K: Eq + Hash> Default for Limiter<K> {
+    fn default() -> Self {
+        Self {
+            buckets: DashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Limiter<K> {
+    /// Takes one token from `key`'s bucket, or says how long until one is there. The rate
+    /// is passed in (not stored) so a reload applies to buckets already in the map.
+    pub fn check(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Duration> {
+        if rate.is_unlimited() {
+            return Ok(());
+        }
+        let burst = f64::from(rate.burst);
+        let per_second = rate.per_second();
+        let mut bucket = self.buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+        }
+    }
+
+    /// Drops buckets that are full again: forgetting them changes no answer.
+    pub fn sweep(&self, rate: Rate, now: Instant) {
+        if rate.is_unlimited() {
+            self.buckets.clear();
+            return;
+        }
+        let burst = f64::from(rate.burst);
+        let per_second = rate.per_second();
+        self.buckets.retain(|_, bucket| {
+            let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+            bucket.tokens + elapsed * per_second < burst
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// The caller's address: the socket peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries further
+/// left were written by the client and prove nothing).
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(trusted, peer) {
+        return peer.ip();
+    }
+    let mut hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    hops.reverse();
+    for hop in hops {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A malformed hop: stop believing the chain at this point.
+            break;
+        };
+        if !trusted.iter().any(|net| net.contains(ip)) {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn rate(per_minute: u32, burst: u32) -> Rate {
+        Rate { per_minute, burst }
+    }
+
+    #[test]
+    fn burst_then_refill_at_the_rate() {
+        let limiter = Limiter::default();
+        let start = Instant::now();
+        let r = rate(60, 3);
+        for _ in 0..3 {
+            assert!(limiter.check(&"ip", r, start).is_ok());
+        }
+        let wait = limiter.check(&"ip", r, start).unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        assert!(
+            limiter.check(&"other", r, start).is_ok(),
+            "keys are independent"
+        );
+        assert!(
+            limiter
+                .check(&"ip", r, start + Duration::from_secs(1))
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .check(&"ip", r, start + Duration::from_secs(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unlimited_never_refuses_and_sweep_forgets_full_buckets() {
+        let limiter = Limiter::default();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            assert!(limiter.check(&1u32, rate(0, 0), now).is_ok());
+        }
+        assert!(limiter.is_empty());
+        let r = rate(60, 2);
+        limiter.check(&1u32, r, now).unwrap();
+        limiter.check(&2u32, r, now).unwrap();
+        limiter.sweep(r, now);
+        assert_eq!(limiter.len(), 2, "not refilled yet");
+        limiter.sweep(r, now + Duration::from_secs(2));
+        assert!(limiter.is_empty(), "refilled buckets are forgotten");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.7"),
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "the right-most untrusted hop; the client-written 1.1.1.1 is ignored"
+        );
+        let stranger: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(client_ip(stranger, &headers, &trusted), stranger.ip());
+        headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(client_ip(proxy, &headers, &trusted), proxy.ip());
+    }
+}
