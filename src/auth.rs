@@ -7,13 +7,16 @@ use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::seal::{ClientToken, OpenError, Purpose, Sealer, StreamTicket};
 
-/// The bearer credential of a request, if it has a well-formed one.
+/// The bearer credential of a request, if it has exactly one well-formed one. Two
+/// `Authorization` headers are refused rather than guessed between: a proxy in front may
+/// have checked the other one.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, GatewayError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(GatewayError::MissingCredential)?
-        .to_str()
-        .map_err(|_| GatewayError::InvalidToken)?;
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let first = all.next().ok_or(GatewayError::MissingCredential)?;
+    if all.next().is_some() {
+        return Err(GatewayError::InvalidToken);
+    }
+    let value = first.to_str().map_err(|_| GatewayError::InvalidToken)?;
     let (scheme, credential) = value
         .split_once(' ')
         .ok_or(GatewayError::MissingCredential)?;
