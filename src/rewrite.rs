@@ -258,4 +258,74 @@ mod tests {
             "ws://127.0.0.1:8080"
         );
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn host() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("directline.botframework.com".to_owned()),
+                "[a-z]{1,12}\\.directline\\.botframework\\.com",
+                "[a-z][a-z0-9-]{0,20}\\.azurewebsites\\.net",
+                Just("directline.botframework.azure.us".to_owned()),
+                Just("127.0.0.1".to_owned()),
+                Just("[::1]".to_owned()),
+            ]
+        }
+
+        proptest! {
+            /// Any upstream host form, port, path prefix and query order: the watermark read
+            /// from the upstream URL survives into the gateway URL and back out of a client's
+            /// query, and nothing of the upstream (host, `t`) is left in what clients get.
+            #[test]
+            fn rewriting_keeps_the_watermark_and_drops_the_upstream(
+                secure in any::<bool>(),
+                host in host(),
+                port in proptest::option::of(1u16..),
+                app_path in prop_oneof![Just(""), Just("/.bot")],
+                watermark in proptest::option::of("[A-Za-z0-9|_.~ +&=%-]{1,40}"),
+                extra in proptest::collection::vec(("[a-z]{1,6}", "[a-z0-9]{0,6}"), 0..3),
+                order in 0usize..4,
+                upstream_t in "[A-Za-z0-9._-]{20,60}",
+            ) {
+                let scheme = if secure { "wss" } else { "ws" };
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                let mut pairs: Vec<(String, String)> = extra;
+                pairs.push(("t".into(), upstream_t.clone()));
+                if let Some(w) = &watermark {
+                    pairs.push(("watermark".into(), w.clone()));
+                }
+                let len = pairs.len();
+                pairs.rotate_left(order % len);
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .finish();
+                let upstream = format!(
+                    "{scheme}://{host}{port}{app_path}/v3/directline/conversations/{}/stream?{query}",
+                    conv()
+                );
+                prop_assert!(is_upstream_stream_url(&upstream), "{upstream}");
+                let read = stream_url_watermark(&upstream);
+                let expected = watermark.as_deref().and_then(normalize_watermark);
+                prop_assert_eq!(&read, &expected);
+
+                let url = gateway_stream_url(
+                    "wss://chat.contoso.com",
+                    "/bots/support",
+                    &conv(),
+                    read.as_deref(),
+                    "dlgw1.TICKET",
+                );
+                prop_assert!(url.starts_with(
+                    "wss://chat.contoso.com/bots/support/v3/directline/conversations/"
+                ));
+                prop_assert!(!url.contains(&upstream_t), "upstream t leaked: {}", url);
+                prop_assert!(!url.contains(&format!("//{host}")), "upstream host leaked: {}", url);
+                let client_query = url.split_once('?').map(|(_, q)| q);
+                let back = query_watermark(client_query).unwrap();
+                prop_assert_eq!(back, expected);
+            }
+        }
+    }
 }
