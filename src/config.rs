@@ -747,8 +747,13 @@ fn parse_prefix(text: &str) -> Result<String, ConfigError> {
     if trimmed.is_empty() {
         return Ok(String::new());
     }
+    // Every segment non-empty and not `.` or `..`: URL parsers (browsers included) normalise
+    // those away, so stream URLs under such a prefix would come back on a path the router
+    // refuses (found by fuzzing).
     let valid = trimmed.starts_with('/')
-        && !trimmed.contains("..")
+        && trimmed[1..]
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
         && trimmed
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
@@ -850,6 +855,19 @@ mod tests {
             &Overrides::default(),
             &MapEnv(env.iter().copied().collect()),
         )
+    }
+
+    /// Segments a URL parser would normalise away are refused (regression found by fuzzing).
+    #[test]
+    fn path_prefixes_must_survive_url_normalisation() {
+        for bad in ["/a/./b", "/a/../b", "/a//b", "/.", "bots", "/bots/sup port"] {
+            assert!(parse_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_prefix("/bots/support.v2/").unwrap(),
+            "/bots/support.v2"
+        );
+        assert_eq!(parse_prefix("/").unwrap(), "");
     }
 
     #[test]

@@ -111,11 +111,17 @@ pub fn stream_url_watermark(stream_url: &str) -> Option<String> {
     normalize_watermark(&value)
 }
 
-/// Checks that an upstream stream URL is a WebSocket URL we can dial later.
+/// Checks that an upstream stream URL is a WebSocket URL we can dial later. It is read the
+/// way the dial reads it (tungstenite parses an `http::Uri` and knows exactly `ws` and
+/// `wss`), not with the lenient WHATWG parser, which accepts spaces, `ws:host`, backslashes
+/// and upper-case schemes that would then fail at every dial (found by fuzzing).
 pub fn is_upstream_stream_url(stream_url: &str) -> bool {
-    Url::parse(stream_url)
-        .map(|u| matches!(u.scheme(), "ws" | "wss") && u.host().is_some())
-        .unwrap_or(false)
+    let Ok(uri) = stream_url.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("ws" | "wss"))
+        && uri.host().is_some_and(|host| !host.is_empty())
+        && Url::parse(stream_url).is_ok()
 }
 
 /// Watermarks are opaque strings (spec §4.1): copied verbatim; `-` and empty mean "none".
@@ -152,6 +158,24 @@ mod tests {
 
     fn conv() -> ConversationId {
         ConversationId::parse("FBfSqjVTqId8YuZUagotOF-us").unwrap()
+    }
+
+    /// What the dial cannot read is refused up front (regressions found by fuzzing).
+    #[test]
+    fn only_dialable_stream_urls_are_accepted() {
+        for odd in [
+            "ws:directline.botframework.com/v3/directline/conversations/c/stream",
+            " wss://directline.botframework.com/v3/directline/conversations/c/stream",
+            "wss://directline.botframework.com/v3/directline/conversations/c/stream?t=a b",
+            "wss:\\\\directline.botframework.com\\v3",
+            "https://directline.botframework.com/v3/directline/conversations/c/stream",
+            "wss:///v3/directline/conversations/c/stream",
+        ] {
+            assert!(!is_upstream_stream_url(odd), "{odd:?}");
+        }
+        assert!(is_upstream_stream_url(
+            "wss://directline.botframework.com/v3/directline/conversations/c/stream?watermark=-&t=x"
+        ));
     }
 
     /// Every upstream host form of DESIGN §6 yields the same kind of gateway URL, with the
