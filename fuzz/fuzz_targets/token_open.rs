@@ -22,7 +22,9 @@ use std::sync::LazyLock;
 use arbitrary::{Arbitrary, Unstructured};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use directline_gateway::seal::{ClientToken, OpenError, Purpose, Sealer, StreamTicket};
+use directline_gateway::seal::{
+    ClientToken, KeyError, MIN_KEY_LEN, OpenError, Purpose, Sealer, StreamTicket,
+};
 use libfuzzer_sys::fuzz_target;
 
 const PREFIX: &str = "dlgw1.";
@@ -110,6 +112,8 @@ enum Edit {
 
 #[derive(Debug, Arbitrary)]
 struct Tamper {
+    /// Key material for one more sealer, built from the input.
+    key: String,
     claims: Claims,
     ticket_purpose: bool,
     edits: Vec<Edit>,
@@ -159,6 +163,11 @@ fn apply(sealed: &str, edit: &Edit) -> Option<(String, Option<OpenError>)> {
     Some((text, expected))
 }
 
+/// Whether `secret` shows in clear after the fixed prefix (short secrets could match by chance).
+fn leaks(sealed: &str, secret: &str) -> bool {
+    secret.len() >= 12 && sealed[PREFIX.len()..].contains(secret)
+}
+
 fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let tamper = Tamper::arbitrary(u)?;
     let purpose = if tamper.ticket_purpose {
@@ -180,12 +189,18 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 expires_at: *expires_at,
             };
             let sealed = SEALER_B.seal(purpose, &claims);
-            assert_eq!(SEALER_B.open::<ClientToken>(purpose, &sealed), Ok(claims.clone()));
-            assert_eq!(ROTATED_B.open::<ClientToken>(purpose, &sealed), Ok(claims));
-            // The secret inside never shows through the sealed text.
-            if upstream_token.len() >= 8 {
-                assert!(!sealed.contains(upstream_token.as_str()));
+            if sealed.len() > MAX_SEALED_LEN {
+                // `seal` does not bound its output; `open` refuses it before decoding.
+                assert_eq!(
+                    SEALER_B.open::<ClientToken>(purpose, &sealed).err(),
+                    Some(OpenError::Malformed)
+                );
+                return Ok(());
             }
+            assert!(SEALER_B.open::<ClientToken>(purpose, &sealed) == Ok(claims.clone()));
+            assert!(ROTATED_B.open::<ClientToken>(purpose, &sealed) == Ok(claims));
+            // The secret inside never shows through the sealed text.
+            assert!(!leaks(&sealed, upstream_token));
             sealed
         }
         Claims::Ticket {
@@ -209,15 +224,20 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 expires_at: *expires_at,
             };
             let sealed = SEALER_B.seal(purpose, &claims);
-            assert_eq!(SEALER_B.open::<StreamTicket>(purpose, &sealed), Ok(claims.clone()));
-            assert_eq!(ROTATED_B.open::<StreamTicket>(purpose, &sealed), Ok(claims));
-            if upstream_token.len() >= 8 {
-                assert!(!sealed.contains(upstream_token.as_str()));
+            if sealed.len() > MAX_SEALED_LEN {
+                assert_eq!(
+                    SEALER_B.open::<StreamTicket>(purpose, &sealed).err(),
+                    Some(OpenError::Malformed)
+                );
+                return Ok(());
             }
+            assert!(SEALER_B.open::<StreamTicket>(purpose, &sealed) == Ok(claims.clone()));
+            assert!(ROTATED_B.open::<StreamTicket>(purpose, &sealed) == Ok(claims));
+            assert!(!leaks(&sealed, upstream_token));
             sealed
         }
     };
-    assert!(sealed.starts_with(PREFIX));
+    assert!(sealed.starts_with(PREFIX) && sealed.len() <= MAX_SEALED_LEN);
     // Purpose binding: never accepted for the other use.
     assert_eq!(
         SEALER_B.open::<ClientToken>(other(purpose), &sealed).err(),
@@ -230,8 +250,25 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     // Keys the gateway does not hold.
     for sealer in OPENERS.iter() {
         let errors = refused(sealer, &sealed);
-        if sealed.len() <= MAX_SEALED_LEN {
-            assert!(errors.iter().all(|e| *e == OpenError::UnknownKey), "{errors:?}");
+        assert!(errors.iter().all(|e| *e == OpenError::UnknownKey), "{errors:?}");
+    }
+    // Operator key material: refused below the minimum, otherwise a key of its own.
+    match Sealer::new(&tamper.key, &[]) {
+        Err(e) => {
+            assert_eq!(e, KeyError::TooShort);
+            assert!(tamper.key.chars().count() < MIN_KEY_LEN);
+        }
+        Ok(sealer) => {
+            assert!(tamper.key.chars().count() >= MIN_KEY_LEN);
+            if ![KEY_A, KEY_A_OLD, KEY_B].contains(&tamper.key.as_str()) {
+                refused(&sealer, &sealed);
+                let own = sealer.seal(purpose, &tamper.key);
+                if own.len() <= MAX_SEALED_LEN {
+                    assert_eq!(sealer.open::<String>(purpose, &own).as_ref(), Ok(&tamper.key));
+                }
+                assert!(!leaks(&own, &tamper.key));
+                refused(&SEALER_B, &own);
+            }
         }
     }
     // Any single edit is refused.

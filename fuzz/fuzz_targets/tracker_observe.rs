@@ -276,7 +276,7 @@ fn check_observed(model: &mut Model, tracker: &Tracker, text: &str, observed: &O
             model.watermark = tracker.watermark().cloned();
         }
         Observed::Forward(forward) => {
-            check_forward(model, tracker, text, forward);
+            check_forward(model, text, forward);
             match &forward.watermark {
                 Some(w) => assert_eq!(tracker.watermark(), Some(w), "{text:?}"),
                 None => assert_eq!(
@@ -299,17 +299,15 @@ fn check_observed(model: &mut Model, tracker: &Tracker, text: &str, observed: &O
     }
 }
 
-fn check_forward(model: &mut Model, tracker: &Tracker, text: &str, forward: &Forward) {
+fn check_forward(model: &mut Model, text: &str, forward: &Forward) {
     let sent = forward.rebuilt.as_deref().unwrap_or(text);
     assert_eq!(forward.rebuilt.is_some(), forward.dropped > 0, "{text:?}");
-    let mut seen = Vec::new();
+    // In order: with a small capacity an id may leave the memory and come back within one
+    // frame, exactly as the model predicts.
     for (id, _) in &forward.activities {
         if let Some(id) = id {
             assert!(!id.is_empty());
-            assert!(!seen.contains(id), "{id:?} twice in one forwarded frame");
-            seen.push(id.clone());
             model.forwarded(id.clone());
-            assert!(tracker.was_delivered(id));
         }
     }
     if forward.activities.is_empty() && forward.watermark.is_none() && forward.rebuilt.is_none() {
