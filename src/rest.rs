@@ -276,13 +276,7 @@ pub async fn post_activity(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
-    gw.limit(
-        &gw.activity_limits,
-        conversation,
-        ctx.live.config.rate_limits.activities,
-        ctx,
-    )?;
+    let token = authorize_sender(gw, conversation, &request, ctx)?;
     let (parts, body) = request.into_parts();
     require_json_content_type(&parts.headers)?;
     let bytes = read_limited(
@@ -328,13 +322,7 @@ pub async fn upload(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
-    gw.limit(
-        &gw.activity_limits,
-        conversation,
-        ctx.live.config.rate_limits.activities,
-        ctx,
-    )?;
+    let token = authorize_sender(gw, conversation, &request, ctx)?;
     let (parts, body) = request.into_parts();
     let limit = ctx.live.config.limits.upload_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -398,6 +386,25 @@ pub async fn session_id(
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)
+}
+
+/// The token of a caller sending into `conversation`, once its bucket had room. The bucket
+/// is only charged after the token is checked, so forged calls cannot use up a conversation's
+/// rate.
+fn authorize_sender(
+    gw: &Gateway,
+    conversation: &ConversationId,
+    request: &Request<Incoming>,
+    ctx: &RequestContext,
+) -> Result<ClientToken, GatewayError> {
+    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    gw.limit(
+        &gw.activity_limits,
+        conversation,
+        ctx.live.config.rate_limits.activities,
+        ctx,
+    )?;
+    Ok(token)
 }
 
 /// What produced a conversation answer.

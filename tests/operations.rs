@@ -26,6 +26,50 @@ fn config_file(dir: &TempDir, upstream: &str, extra: &str) -> String {
     )
 }
 
+/// The emulator with the test secret (and optionally the site's second one).
+async fn emulator(second_secret: Option<&str>) -> directline_gateway::emulator::EmulatorHandle {
+    Harness::emulator(EmulatorConfig {
+        secret: Secret::new(SECRET),
+        second_secret: second_secret.map(Secret::new),
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+/// The binary on loopback ports with a config file and no secrets in its environment.
+fn with_config(config: &str) -> GatewayProcess {
+    GatewayProcess::start(
+        &[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+}
+
+/// The binary on loopback ports in front of `upstream`, secrets from the environment.
+fn in_front_of(upstream: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> GatewayProcess {
+    let mut args = vec![
+        "--upstream",
+        upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra_args);
+    let mut env = vec![
+        ("DIRECTLINE_SECRET", SECRET),
+        ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
+    ];
+    env.extend_from_slice(extra_env);
+    GatewayProcess::start(&args, &env)
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -45,27 +89,12 @@ fn last_credential(h: &Harness, path: &str) -> SeenCredential {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
-    let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        second_secret: Some(Secret::new(SECOND_SECRET)),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = emulator(Some(SECOND_SECRET)).await;
     let dir = TempDir::new("reload");
     dir.write("secret", SECRET);
     dir.write("token-key", KEY_1);
     let config = config_file(&dir, &emulator.base_url(), "");
-    let gateway = GatewayProcess::start(
-        &[
-            "--config",
-            &config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let gateway = with_config(&config);
     let h = Harness::attach(emulator, &gateway);
 
     let conversation = h.conversation().await;
@@ -158,11 +187,7 @@ async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
-    let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = emulator(None).await;
     let dir = TempDir::new("overlap");
     dir.write("secret", SECRET);
     dir.write("token-key", KEY_1);
@@ -172,17 +197,7 @@ async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
         .unwrap()
         .replace("token_key_overlap = \"10m\"", "token_key_overlap = \"0s\"");
     std::fs::write(&config, text).unwrap();
-    let gateway = GatewayProcess::start(
-        &[
-            "--config",
-            &config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let gateway = with_config(&config);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     dir.write("token-key", KEY_2);
@@ -206,11 +221,7 @@ async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_refuses_a_listener_change_and_keeps_serving() {
-    let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = emulator(None).await;
     let dir = TempDir::new("listen");
     dir.write("secret", SECRET);
     dir.write("token-key", KEY_1);
@@ -239,25 +250,8 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-    let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let mut gateway = GatewayProcess::start(
-        &[
-            "--upstream",
-            &emulator.base_url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[
-            ("DIRECTLINE_SECRET", SECRET),
-            ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
-        ],
-    );
+    let emulator = emulator(None).await;
+    let mut gateway = in_front_of(&emulator.base_url(), &[], &[]);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     let mut ws = open_stream(&conversation.stream_url).await;
@@ -346,27 +340,11 @@ fn tokio_stream_from<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_session() {
-    let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        ..EmulatorConfig::default()
-    })
-    .await;
-    let gateway = GatewayProcess::start(
-        &[
-            "--upstream",
-            &emulator.base_url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
-        &[
-            ("DIRECTLINE_SECRET", SECRET),
-            ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
-            ("RUST_LOG", "info"),
-        ],
+    let emulator = emulator(None).await;
+    let gateway = in_front_of(
+        &emulator.base_url(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "info")],
     );
     let h = Harness::attach(emulator, &gateway);
 
