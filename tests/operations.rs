@@ -70,6 +70,15 @@ fn in_front_of(upstream: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) 
     GatewayProcess::start(&args, &env)
 }
 
+/// Waits until the gateway has counted one reload with `result`.
+async fn reloads_counted(h: &Harness, result: &str) {
+    let series = format!("directline_gateway_config_reloads_total{{result=\"{result}\"}}");
+    eventually(&format!("a reload counted as {result}"), async || {
+        metric(&h.metrics().await, &series) == 1.0
+    })
+    .await;
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -114,13 +123,7 @@ async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
     dir.write("secret", SECOND_SECRET);
     dir.write("token-key", KEY_2);
     gateway.signal("HUP");
-    eventually("the reload counted", async || {
-        metric(
-            &h.metrics().await,
-            "directline_gateway_config_reloads_total{result=\"ok\"}",
-        ) == 1.0
-    })
-    .await;
+    reloads_counted(&h, "ok").await;
 
     // New upstream calls use the new secret at once.
     let (fresh_token, _) = h.generate().await;
@@ -166,13 +169,7 @@ async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
     // A broken file is refused with a log line and a metric; the running settings stay.
     std::fs::write(&config, "this is = = not toml").unwrap();
     gateway.signal("HUP");
-    eventually("the refused reload counted", async || {
-        metric(
-            &h.metrics().await,
-            "directline_gateway_config_reloads_total{result=\"error\"}",
-        ) == 1.0
-    })
-    .await;
+    reloads_counted(&h, "error").await;
     h.generate().await;
     assert_eq!(
         last_credential(&h, "/v3/directline/tokens/generate"),
@@ -202,13 +199,7 @@ async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
     let conversation = h.conversation().await;
     dir.write("token-key", KEY_2);
     gateway.signal("HUP");
-    eventually("the reload counted", async || {
-        metric(
-            &h.metrics().await,
-            "directline_gateway_config_reloads_total{result=\"ok\"}",
-        ) == 1.0
-    })
-    .await;
+    reloads_counted(&h, "ok").await;
     let path = format!(
         "/v3/directline/conversations/{}/activities",
         conversation.id
@@ -231,13 +222,7 @@ async fn reload_refuses_a_listener_change_and_keeps_serving() {
     let h = Harness::attach(emulator, &gateway);
     config_file(&dir, &h.emulator.base_url(), "listen = \"127.0.0.1:1\"\n");
     gateway.signal("HUP");
-    eventually("the refused reload counted", async || {
-        metric(
-            &h.metrics().await,
-            "directline_gateway_config_reloads_total{result=\"error\"}",
-        ) == 1.0
-    })
-    .await;
+    reloads_counted(&h, "error").await;
     let conversation = h.conversation().await;
     h.post_message(&conversation, "fine").await;
 }
