@@ -48,7 +48,10 @@ fn check_id(id: &ConversationId, path: &str) {
         !s.contains('/') && !s.contains('\0') && !s.contains('%') && !s.contains('\\'),
         "unsafe character in conversation id {s:?}"
     );
-    assert!(s != "." && !s.contains(".."), "traversal in conversation id {s:?}");
+    assert!(
+        s != "." && !s.contains(".."),
+        "traversal in conversation id {s:?}"
+    );
     assert!(
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
@@ -120,7 +123,10 @@ fn check(method: &Method, path: &str, prefix: &str) -> Result<Endpoint, GatewayE
                 }
                 other => {
                     assert_ne!(method, Method::OPTIONS);
-                    assert!(allowed(other.route(), method), "{method} accepted on {other:?}");
+                    assert!(
+                        allowed(other.route(), method),
+                        "{method} accepted on {other:?}"
+                    );
                     assert_eq!(
                         canonical(other).as_deref(),
                         Some(rest),

@@ -66,7 +66,7 @@ fn check_query_round_trip(watermark: &str) {
     // Only the pair we meant: the value cannot break out into another parameter or a fragment.
     assert!(!body.contains(['&', '#', '?', '=', '+', ' ']), "{q:?}");
     assert!(body.is_ascii(), "{q:?}");
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(q[1..].as_bytes())
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&q.as_bytes()[1..])
         .into_owned()
         .collect();
     assert_eq!(
@@ -103,7 +103,10 @@ fn check_client_query(query: &str) {
                 .filter(|(k, _)| k == "watermark")
                 .last()
             {
-                assert!(last.1.is_empty() || last.1 == "-", "{query:?} lost {last:?}");
+                assert!(
+                    last.1.is_empty() || last.1 == "-",
+                    "{query:?} lost {last:?}"
+                );
             }
         }
         Err(e) => {
@@ -218,7 +221,11 @@ fn check_gateway_url(
     assert!(parsed.fragment().is_none(), "{url:?}");
     let base_path = Url::parse(base).unwrap();
     let base_path = base_path.path().trim_end_matches('/');
-    assert_eq!(parsed.path(), format!("{base_path}{stream_path}"), "{url:?}");
+    assert_eq!(
+        parsed.path(),
+        format!("{base_path}{stream_path}"),
+        "{url:?}"
+    );
     let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
     assert_eq!(
         pairs,

@@ -76,7 +76,10 @@ fn check_arbitrary_string(text: &str) {
     for sealer in OPENERS.iter() {
         let errors = refused(sealer, text);
         if text.len() > MAX_SEALED_LEN || !text.starts_with(PREFIX) {
-            assert!(errors.iter().all(|e| *e == OpenError::Malformed), "{errors:?}");
+            assert!(
+                errors.iter().all(|e| *e == OpenError::Malformed),
+                "{errors:?}"
+            );
         }
     }
 }
@@ -250,7 +253,10 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     // Keys the gateway does not hold.
     for sealer in OPENERS.iter() {
         let errors = refused(sealer, &sealed);
-        assert!(errors.iter().all(|e| *e == OpenError::UnknownKey), "{errors:?}");
+        assert!(
+            errors.iter().all(|e| *e == OpenError::UnknownKey),
+            "{errors:?}"
+        );
     }
     // Operator key material: refused below the minimum, otherwise a key of its own.
     match Sealer::new(&tamper.key, &[]) {
@@ -264,7 +270,10 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 refused(&sealer, &sealed);
                 let own = sealer.seal(purpose, &tamper.key);
                 if own.len() <= MAX_SEALED_LEN {
-                    assert_eq!(sealer.open::<String>(purpose, &own).as_ref(), Ok(&tamper.key));
+                    assert_eq!(
+                        sealer.open::<String>(purpose, &own).as_ref(),
+                        Ok(&tamper.key)
+                    );
                 }
                 assert!(!leaks(&own, &tamper.key));
                 refused(&SEALER_B, &own);
@@ -280,7 +289,10 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         if let Some(expected) = expected
             && text.len() <= MAX_SEALED_LEN
         {
-            assert!(errors.iter().all(|e| *e == expected), "{edit:?}: {errors:?}");
+            assert!(
+                errors.iter().all(|e| *e == expected),
+                "{edit:?}: {errors:?}"
+            );
         }
         refused(&ROTATED_B, &text);
     }

@@ -116,7 +116,10 @@ enum SetSpec {
         spaced: bool,
     },
     /// `{"activities":null,...}` or no activities key at all.
-    NoActivities { null: bool, watermark: WatermarkSpec },
+    NoActivities {
+        null: bool,
+        watermark: WatermarkSpec,
+    },
     Keepalive(u8),
 }
 
@@ -326,8 +329,8 @@ fn check_forward(model: &mut Model, text: &str, forward: &Forward) {
             panic!("span {slice:?} is not JSON: {e}");
         }
         if let Some(id) = id {
-            let parsed: IdOnly<'_> = serde_json::from_str(slice)
-                .unwrap_or_else(|e| panic!("span {slice:?}: {e}"));
+            let parsed: IdOnly<'_> =
+                serde_json::from_str(slice).unwrap_or_else(|e| panic!("span {slice:?}: {e}"));
             assert_eq!(parsed.id.as_deref(), Some(&**id), "{slice:?}");
             // What a client's JSON parser reads as the id is the same.
             if let Ok(value) = serde_json::from_str::<Value>(slice) {
@@ -338,7 +341,11 @@ fn check_forward(model: &mut Model, text: &str, forward: &Forward) {
     if let Some(rebuilt) = &forward.rebuilt {
         let set: RebuiltSet<'_> = serde_json::from_str(rebuilt)
             .unwrap_or_else(|e| panic!("rebuilt frame {rebuilt:?}: {e}"));
-        assert_eq!(set.activities.len(), forward.activities.len(), "{rebuilt:?}");
+        assert_eq!(
+            set.activities.len(),
+            forward.activities.len(),
+            "{rebuilt:?}"
+        );
         for (element, (_, range)) in set.activities.iter().zip(&forward.activities) {
             assert_eq!(element.get(), &rebuilt[range.clone()]);
         }
@@ -385,9 +392,8 @@ fn check_structured(
             None => kept.push(None),
         }
     }
-    let expected_watermark: Option<Arc<str>> = watermark
-        .map(Arc::from)
-        .or_else(|| model.watermark.clone());
+    let expected_watermark: Option<Arc<str>> =
+        watermark.map(Arc::from).or_else(|| model.watermark.clone());
 
     let observed = tracker.observe(text);
     check_observed(model, tracker, text, &observed);
