@@ -182,6 +182,9 @@ pub struct StreamConfig {
     pub max_sockets_per_conversation: usize,
     pub max_frame_bytes: usize,
     pub ws_read_buffer_bytes: usize,
+    /// A hub created for a resuming client first learns by REST which activities the client
+    /// already has, so a whole-history replay from upstream cannot reach it twice.
+    pub guard_against_replays: bool,
 }
 
 impl Default for Config {
@@ -254,6 +257,7 @@ impl Default for StreamConfig {
             max_sockets_per_conversation: 8,
             max_frame_bytes: 1024 * 1024,
             ws_read_buffer_bytes: 2048,
+            guard_against_replays: true,
         }
     }
 }
@@ -385,6 +389,7 @@ struct FileStream {
     max_sockets_per_conversation: Option<usize>,
     max_frame: Option<String>,
     ws_read_buffer: Option<String>,
+    guard_against_replays: Option<bool>,
 }
 
 /// Where environment variables come from; tests pass a map instead of the process env.
@@ -637,6 +642,9 @@ impl Config {
             "stream.ws_read_buffer",
             s.ws_read_buffer,
         )?;
+        if let Some(guard) = s.guard_against_replays {
+            stream.guard_against_replays = guard;
+        }
         let counts = [
             (
                 &mut stream.buffer_frames,

@@ -636,3 +636,41 @@ async fn a_refreshed_upstream_token_reaches_the_hub() {
     read_until(&mut ws, &mut seen, |s| s.texts().len() >= 4).await;
     assert_eq!(seen.closed, None);
 }
+
+/// A client resuming by watermark after its conversation's hub has closed gets a fresh hub;
+/// when upstream then replays the whole history (the 2021 regression), the client must
+/// still get only what it did not have.
+#[tokio::test]
+async fn a_fresh_hub_for_a_resuming_client_drops_a_whole_history_replay() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "one").await;
+    h.post_message(&conversation, "two").await;
+    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 4).await;
+    let watermark = seen.watermark.clone().expect("frames carried a watermark");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    eventually("the hub closed after its linger", async || {
+        h.metrics()
+            .await
+            .lines()
+            .any(|l| l == "directline_gateway_stream_hubs 0")
+    })
+    .await;
+
+    h.emulator.faults().set_replay_history(true);
+    h.post_message(&conversation, "three").await;
+    let resumed = h.reconnect(&conversation, Some(&watermark)).await;
+    let mut ws = open_stream(resumed["streamUrl"].as_str().unwrap()).await;
+    let mut later = Seen::default();
+    read_until(&mut ws, &mut later, |s| s.texts().len() >= 2).await;
+    h.post_message(&conversation, "four").await;
+    read_until(&mut ws, &mut later, |s| s.texts().len() >= 4).await;
+    assert_eq!(
+        later.texts(),
+        ["three", "echo: three", "four", "echo: four"]
+    );
+    later.assert_no_duplicate_ids();
+}

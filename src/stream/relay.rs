@@ -47,6 +47,12 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
     let mut pending_url = first.stream_url.clone();
     let mut dropped_at: Option<Instant> = None;
     gw.metrics.hubs.inc();
+    if !first.from_start
+        && let Some(watermark) = first.watermark.as_deref()
+        && gw.live().config.stream.guard_against_replays
+    {
+        Box::pin(seed_history(&gw, &hub, &mut tracker, watermark)).await;
+    }
     loop {
         // Cold paths (dial, resume) are boxed: inline they would make every idle hub's
         // task as large as a TLS handshake future (about 12 KiB, measured with massif).
@@ -186,6 +192,28 @@ async fn pump(
 }
 
 /// Feeds a new conversation's whole history, by REST, through the tracker into the hub.
+/// A hub created for a client resuming at `watermark` has seen nothing of the conversation,
+/// so a reconnect that replays the whole history (the 2021 service regression) would reach
+/// the client as new. Watermarks are opaque, so the activities at or before it are learnt by
+/// REST: the whole history first, then what comes after the watermark; the difference is
+/// what the client already has. In that order a new activity arriving between the two reads
+/// is never mistaken for an old one.
+async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark: &str) {
+    let upstream_token = hub.upstream_token();
+    let all = link::catch_up(gw, &hub.conversation, None, &upstream_token).await;
+    let after = link::catch_up(gw, &hub.conversation, Some(watermark), &upstream_token).await;
+    match (all, after) {
+        (Ok((_, all)), Ok((_, after))) => {
+            for id in all.into_iter().filter(|id| !after.contains(id)) {
+                tracker.mark_delivered(id);
+            }
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!(conversation = %hub.conversation, ?error, "history for replay guard unavailable")
+        }
+    }
+}
+
 async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     let upstream_token = hub.upstream_token();
     match link::catch_up(gw, &hub.conversation, None, &upstream_token).await {

@@ -144,6 +144,12 @@ impl Tracker {
         })
     }
 
+    /// Counts an activity the client already has (it is at or before the client's
+    /// watermark) as delivered, so a replay of it is dropped.
+    pub fn mark_delivered(&mut self, id: Arc<str>) {
+        self.remember(id);
+    }
+
     fn remember(&mut self, id: Arc<str>) {
         if self.delivered.insert(id.clone()) {
             self.order.push_back(id);
