@@ -149,6 +149,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Open client connections (HTTP and WebSocket) on this replica; more are closed at accept.
     pub max_connections: usize,
+    /// Request header fields per HTTP/1.1 request (431 beyond, answered by the HTTP parser).
+    pub max_header_count: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +227,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            max_header_count: 100,
         }
     }
 }
@@ -363,6 +366,7 @@ struct FileLimits {
     max_headers: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_header_count: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,6 +577,12 @@ impl Config {
                 return Err(invalid("limits.max_connections", "must be at least 1"));
             }
             limits.max_connections = max;
+        }
+        if let Some(count) = l.max_header_count {
+            if !(8..=1000).contains(&count) {
+                return Err(invalid("limits.max_header_count", "must be 8 to 1000"));
+            }
+            limits.max_header_count = count;
         }
         let r = file.rate_limits;
         let rates = &mut config.rate_limits;

@@ -344,6 +344,7 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_header_count)
         .max_buf_size(buffer);
     builder
         .http2()

@@ -139,6 +139,22 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
         other_stream.split_once('?').unwrap().1
     );
     let without_ticket = format!("/v3/directline/conversations/{id}/stream");
+    let expired_ticket = directline_gateway::seal::Sealer::new(TOKEN_KEY, &[])
+        .unwrap()
+        .seal(
+            directline_gateway::seal::Purpose::StreamTicket,
+            &directline_gateway::seal::StreamTicket {
+                conversation_id: id.to_owned(),
+                user_id: "dl_x".into(),
+                watermark: None,
+                upstream_stream_url: None,
+                upstream_token: "x".into(),
+                issued_at_ms: 0,
+                from_start: false,
+                expires_at: 1,
+            },
+        );
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
 
     let rows = vec![
         Row {
@@ -367,6 +383,20 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
             upgrade(&replayed_ticket),
             403,
             Some("BadArgument"),
+        ),
+        row(
+            "upgrade with an expired ticket",
+            upgrade(&format!("{without_ticket}?t={expired_ticket}")),
+            403,
+            Some("BadArgument"),
+        ),
+        row(
+            "150 header fields",
+            format!(
+                "GET {activities} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{many_headers}\r\n"
+            ),
+            431,
+            None,
         ),
     ];
     let before = h.emulator.requests().len();

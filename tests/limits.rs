@@ -214,3 +214,17 @@ async fn connections_past_the_cap_are_closed_at_accept() {
     .await;
     h.generate().await;
 }
+
+#[tokio::test]
+async fn the_header_count_limit_is_configurable() {
+    let h = Harness::builder()
+        .config(|c| c.limits.max_header_count = 200)
+        .start()
+        .await;
+    let mut request = Request::post(h.url("/v3/directline/tokens/generate"));
+    for i in 0..150 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    let reply = h.send(request.body(Full::default()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::OK, "150 fields fit under 200");
+}
