@@ -228,3 +228,34 @@ async fn the_header_count_limit_is_configurable() {
     let reply = h.send(request.body(Full::default()).unwrap()).await;
     assert_eq!(reply.status, StatusCode::OK, "150 fields fit under 200");
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::builder()
+        .config(|c| c.limits.header_read_timeout = std::time::Duration::from_millis(300))
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(h.gateway().client_addr)
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /v3/directline/tokens/generate HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answered = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer, then silence from the client: the gateway must end the connection itself.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answered.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stayed open");
+    assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"));
+}
