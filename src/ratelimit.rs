@@ -84,14 +84,13 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     if !is_trusted(trusted, peer) {
         return peer.ip();
     }
-    let mut hops = headers
+    let hops = headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    hops.reverse();
+        .flat_map(|v| v.rsplit(','))
+        .map(str::trim);
     for hop in hops {
         let Ok(ip) = hop.parse::<IpAddr>() else {
             // A malformed hop: stop believing the chain at this point.

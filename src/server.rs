@@ -300,8 +300,20 @@ fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> 
     {
         return Err(ReloadError::NeedsRestart("upstream (embedded or not)"));
     }
-    if current.tls.is_some() != next.tls.is_some() {
-        return Err(ReloadError::NeedsRestart("tls (on or off)"));
+    // The certificate watcher follows the files it started with.
+    if current.tls != next.tls {
+        return Err(ReloadError::NeedsRestart("tls"));
+    }
+    // These are baked into the HTTP connection builder when the listener starts.
+    let (now, then) = (&current.limits, &next.limits);
+    if now.header_read_timeout != then.header_read_timeout
+        || now.max_header_count != then.max_header_count
+        || now.max_header_bytes != then.max_header_bytes
+        || now.max_url_bytes != then.max_url_bytes
+    {
+        return Err(ReloadError::NeedsRestart(
+            "limits.header_read_timeout, max_header_count, max_headers or max_url",
+        ));
     }
     Ok(())
 }
@@ -389,10 +401,9 @@ async fn serve_client(
                 connections.inc();
                 let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
-                let handshake_timeout = gateway.live().config.limits.header_read_timeout;
-                let gateway = gateway.clone();
+                let for_requests = gateway.clone();
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let gateway = gateway.clone();
+                    let gateway = for_requests.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(request, peer, local).await) }
                 });
                 let Some(tls) = &tls else {
@@ -409,6 +420,7 @@ async fn serve_client(
                 // The handshake runs in the connection's task, bounded like header reads,
                 // so a slow or silent TLS client holds nothing but its own task.
                 let acceptor = tls.acceptor().clone();
+                let handshake_timeout = gateway.live().config.limits.header_read_timeout;
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
@@ -496,4 +508,41 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_applies_request_level_limits_and_refuses_listener_level_ones() {
+        let current = Config::default();
+        let mut next = Config::default();
+        next.limits.activity_body_bytes = 1024;
+        next.limits.max_connections = 10;
+        next.rate_limits.sessions.per_minute = 1;
+        assert!(check_reloadable(&current, &next).is_ok());
+        for change in [
+            (|c: &mut Config| c.limits.header_read_timeout = Duration::from_secs(1))
+                as fn(&mut Config),
+            |c| c.limits.max_header_count = 50,
+            |c| c.limits.max_url_bytes = 1024,
+            |c| c.limits.max_header_bytes = 1024,
+            |c| {
+                c.tls = Some(crate::config::TlsFiles {
+                    cert_file: "a".into(),
+                    key_file: "b".into(),
+                    watch_interval: Duration::from_secs(1),
+                })
+            },
+            |c| c.listen = SocketAddr::from(([127, 0, 0, 1], 1)),
+        ] {
+            let mut next = Config::default();
+            change(&mut next);
+            assert!(matches!(
+                check_reloadable(&current, &next),
+                Err(ReloadError::NeedsRestart(_))
+            ));
+        }
+    }
 }
