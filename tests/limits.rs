@@ -27,12 +27,6 @@ async fn generate_from(h: &Harness, forwarded_for: Option<&str>) -> Reply {
     h.send(request.body(Full::default()).unwrap()).await
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
-}
-
 #[tokio::test]
 async fn sessions_are_limited_per_client_ip() {
     let h = Harness::builder()

@@ -36,40 +36,6 @@ async fn emulator(second_secret: Option<&str>) -> directline_gateway::emulator::
     .await
 }
 
-/// The binary on loopback ports with a config file and no secrets in its environment.
-fn with_config(config: &str) -> GatewayProcess {
-    GatewayProcess::start(
-        &[
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    )
-}
-
-/// The binary on loopback ports in front of `upstream`, secrets from the environment.
-fn in_front_of(upstream: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> GatewayProcess {
-    let mut args = vec![
-        "--upstream",
-        upstream,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra_args);
-    let mut env = vec![
-        ("DIRECTLINE_SECRET", SECRET),
-        ("DIRECTLINE_GATEWAY_TOKEN_KEY", KEY_1),
-    ];
-    env.extend_from_slice(extra_env);
-    GatewayProcess::start(&args, &env)
-}
-
 /// Waits until the gateway has counted one reload with `result`.
 async fn reloads_counted(h: &Harness, result: &str) {
     let series = format!("directline_gateway_config_reloads_total{{result=\"{result}\"}}");
@@ -77,12 +43,6 @@ async fn reloads_counted(h: &Harness, result: &str) {
         metric(&h.metrics().await, &series) == 1.0
     })
     .await;
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
 }
 
 /// The credential the emulator saw on the latest call to `path`.
@@ -103,7 +63,7 @@ async fn sighup_rotates_secret_and_token_key_while_a_stream_stays_open() {
     dir.write("secret", SECRET);
     dir.write("token-key", KEY_1);
     let config = config_file(&dir, &emulator.base_url(), "");
-    let gateway = with_config(&config);
+    let gateway = GatewayProcess::with_config(&config);
     let h = Harness::attach(emulator, &gateway);
 
     let conversation = h.conversation().await;
@@ -194,7 +154,7 @@ async fn a_token_from_a_key_retired_past_its_overlap_is_refused() {
         .unwrap()
         .replace("token_key_overlap = \"10m\"", "token_key_overlap = \"0s\"");
     std::fs::write(&config, text).unwrap();
-    let gateway = with_config(&config);
+    let gateway = GatewayProcess::with_config(&config);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     dir.write("token-key", KEY_2);
@@ -236,7 +196,7 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let emulator = emulator(None).await;
-    let mut gateway = in_front_of(&emulator.base_url(), &[], &[]);
+    let mut gateway = GatewayProcess::in_front_of(&emulator.base_url(), KEY_1, &[], &[]);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     let mut ws = open_stream(&conversation.stream_url).await;
@@ -326,8 +286,9 @@ fn tokio_stream_from<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_session() {
     let emulator = emulator(None).await;
-    let gateway = in_front_of(
+    let gateway = GatewayProcess::in_front_of(
         &emulator.base_url(),
+        KEY_1,
         &["--log-format", "json"],
         &[("RUST_LOG", "info")],
     );

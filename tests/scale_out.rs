@@ -12,20 +12,7 @@ use support::*;
 const SHARED_KEY: &str = "scale-out-shared-token-key-0123456789abcdef";
 
 fn replica(upstream: &str) -> GatewayProcess {
-    GatewayProcess::start(
-        &[
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[
-            ("DIRECTLINE_SECRET", SECRET),
-            ("DIRECTLINE_GATEWAY_TOKEN_KEY", SHARED_KEY),
-        ],
-    )
+    GatewayProcess::in_front_of(upstream, SHARED_KEY, &[], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

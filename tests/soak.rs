@@ -23,12 +23,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -132,17 +126,7 @@ async fn no_activity_lost_or_duplicated_under_random_faults_and_nothing_leaks() 
             dir.path().join("secret").display()
         ),
     );
-    let gateway = GatewayProcess::start(
-        &[
-            "--config",
-            &config,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let gateway = GatewayProcess::with_config(&config);
     let h = Harness::attach(emulator.clone(), &gateway);
     let pid = gateway.child.id();
     let baseline_kib = rss_kib(pid);

@@ -136,10 +136,7 @@ async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> f64 {
         .await
         .unwrap();
     let text = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
+    metric(&String::from_utf8_lossy(&text), series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,6 +392,13 @@ pub fn absorb(seen: &mut Seen, text: &str) {
     }
 }
 
+/// The value of one series (name with its labels) in a Prometheus exposition; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
 /// Sends an empty keepalive like DLJS does, to prove the gateway absorbs it.
 pub async fn client_keepalive(ws: &mut Ws) {
     ws.send(Message::Text("".into())).await.unwrap();

@@ -74,6 +74,45 @@ impl GatewayProcess {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// On loopback ports with a config file and nothing secret in the environment.
+    pub fn with_config(config: &str) -> GatewayProcess {
+        Self::start(
+            &[
+                "--config",
+                config,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        )
+    }
+
+    /// On loopback ports in front of `upstream` with the test secret and `token_key`.
+    pub fn in_front_of(
+        upstream: &str,
+        token_key: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> GatewayProcess {
+        let mut args = vec![
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra_args);
+        let mut env = vec![
+            ("DIRECTLINE_SECRET", super::SECRET),
+            ("DIRECTLINE_GATEWAY_TOKEN_KEY", token_key),
+        ];
+        env.extend_from_slice(extra_env);
+        Self::start(&args, &env)
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
