@@ -236,6 +236,14 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
         ))))
         .await
         .unwrap();
+    // The chunk being taken only proves the bytes reached the kernel: the gateway may not have
+    // accepted the connection yet, and a drain refuses connections it has not accepted. Wait
+    // until the gateway is inside the request.
+    eventually("the upload is in flight at the gateway", async || {
+        let text = h.admin_get("/metrics").await.text();
+        metric(&text, "directline_gateway_http_requests_in_flight") >= 1.0
+    })
+    .await;
     gateway.signal("TERM");
 
     // The open stream is closed with 1001 so the client resumes elsewhere.
