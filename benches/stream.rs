@@ -383,8 +383,14 @@ async fn idle_memory(counts: &[usize]) {
         // Let every hub finish its upstream handshake and settle.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let metrics = get_text(&http, &format!("http://127.0.0.1:{admin_port}/metrics")).await;
-        let upstream = metric(&metrics, "directline_gateway_upstream_websockets");
-        let clients = metric(&metrics, "directline_gateway_client_websockets");
+        let upstream = metric(
+            &metrics,
+            "directline_gateway_upstream_websockets{bot=\"default\"}",
+        );
+        let clients = metric(
+            &metrics,
+            "directline_gateway_client_websockets{bot=\"default\"}",
+        );
         let rss = rss_kib(pid);
         let marginal = rss.saturating_sub(baseline) as f64 / (open - WARM_UP).max(1) as f64;
         println!(

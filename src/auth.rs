@@ -26,10 +26,12 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, GatewayError> {
     Ok(credential.trim())
 }
 
-/// Opens the caller's gateway token and, for conversation-scoped routes, checks that it
-/// belongs to `conversation`. Everything that fails here is answered before any upstream call.
+/// Opens the caller's gateway token and checks that it was sealed for `bot` and, for
+/// conversation-scoped routes, for `conversation`. Everything that fails here is answered
+/// before any upstream call.
 pub fn authorize(
     sealer: &Sealer,
+    bot: &str,
     headers: &HeaderMap,
     conversation: Option<&ConversationId>,
 ) -> Result<ClientToken, GatewayError> {
@@ -40,6 +42,11 @@ pub fn authorize(
     if token.expires_at <= clock::unix_seconds() {
         return Err(GatewayError::TokenExpired);
     }
+    // All bots share the token key, so the bot is a claim like the conversation: another
+    // bot's conversation ids may even be equal to this one's.
+    if token.bot != bot {
+        return Err(GatewayError::WrongBot);
+    }
     if let Some(conversation) = conversation
         && token.conversation_id != conversation.as_str()
     {
@@ -48,16 +55,19 @@ pub fn authorize(
     Ok(token)
 }
 
-/// Opens a stream ticket from the `t` query parameter for `conversation`.
+/// Opens a stream ticket from the `t` query parameter for `bot`'s `conversation`.
 pub fn open_ticket(
     sealer: &Sealer,
+    bot: &str,
     ticket: &str,
     conversation: &ConversationId,
 ) -> Result<StreamTicket, GatewayError> {
     let ticket: StreamTicket = sealer
         .open(Purpose::StreamTicket, ticket)
         .map_err(|_| GatewayError::InvalidTicket)?;
-    if ticket.expires_at <= clock::unix_seconds() || ticket.conversation_id != conversation.as_str()
+    if ticket.expires_at <= clock::unix_seconds()
+        || ticket.conversation_id != conversation.as_str()
+        || ticket.bot != bot
     {
         return Err(GatewayError::InvalidTicket);
     }
@@ -87,6 +97,7 @@ mod tests {
 
     fn token(conversation: &str, expires_at: u64) -> ClientToken {
         ClientToken {
+            bot: "support".into(),
             conversation_id: conversation.into(),
             user_id: "dl_u".into(),
             upstream_token: "up".into(),
@@ -110,6 +121,13 @@ mod tests {
             Purpose::ClientToken,
             &token("other", clock::unix_seconds() + 60),
         );
+        let other_bot = sealer.seal(
+            Purpose::ClientToken,
+            &ClientToken {
+                bot: "sales".into(),
+                ..token("conv", clock::unix_seconds() + 60)
+            },
+        );
         let cases = [
             (HeaderMap::new(), Err(GatewayError::MissingCredential)),
             (headers("Basic abc"), Err(GatewayError::MissingCredential)),
@@ -126,10 +144,14 @@ mod tests {
                 headers(&format!("Bearer {other}")),
                 Err(GatewayError::WrongConversation),
             ),
+            (
+                headers(&format!("Bearer {other_bot}")),
+                Err(GatewayError::WrongBot),
+            ),
             (headers(&format!("bearer {good}")), Ok(())),
         ];
         for (headers, expected) in cases {
-            let got = authorize(&sealer, &headers, Some(&conv)).map(|_| ());
+            let got = authorize(&sealer, "support", &headers, Some(&conv)).map(|_| ());
             assert_eq!(got, expected);
         }
     }

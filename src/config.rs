@@ -87,6 +87,51 @@ pub struct Config {
     pub upstream_refresh_before: Duration,
     /// Drain grace period on SIGTERM.
     pub shutdown_grace: Duration,
+    /// How the conversation's user id is chosen (single-bot configuration).
+    pub user_ids: UserIdPolicy,
+    /// Several bots behind this gateway (`[[bots]]`). Empty: one bot, named `default`, from
+    /// the top-level `upstream`, secret, `path_prefix`, origins, rate limits and user ids.
+    pub bots: Vec<BotConfig>,
+}
+
+/// The bot a token was sealed for when the token predates multi-bot support, and the name
+/// of the bot a single-bot configuration describes.
+pub const DEFAULT_BOT: &str = "default";
+
+/// Label value for requests no bot's route matched; never a bot name.
+pub const NO_BOT: &str = "none";
+
+/// One bot behind the gateway: how requests reach it and where they go.
+#[derive(Debug, Clone)]
+pub struct BotConfig {
+    /// Bounded, operator-chosen: it is a metric label and a log field, and bound into tokens.
+    pub name: String,
+    /// Requests whose `Host` (or HTTP/2 `:authority`) is this name, without the port.
+    /// `None`: any host.
+    pub host: Option<String>,
+    /// Requests under this path, e.g. `/bots/support` (empty: the root).
+    pub path_prefix: String,
+    pub upstream: UpstreamTarget,
+    /// `None` only for an embedded upstream, which then gets a random secret.
+    pub secret: Option<Secret>,
+    pub public_url: Option<Url>,
+    pub allowed_origins: Vec<String>,
+    pub trusted_origins: Vec<String>,
+    pub rate_limits: RateLimits,
+    pub user_ids: UserIdPolicy,
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+/// Who chooses the user id bound into a conversation's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserIdPolicy {
+    /// The gateway mints `dl_` + 128 random bits per token; whatever the caller says is ignored.
+    #[default]
+    Minted,
+    /// `user.id` from the tokens/generate body when it is a well-formed `dl_` id (spec §1.1),
+    /// else minted. Only for deployments where tokens/generate is called by the site's own
+    /// backend, which has authenticated the user: any caller can claim any id otherwise.
+    Caller,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -212,6 +257,8 @@ impl Default for Config {
             stream: StreamConfig::default(),
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
+            user_ids: UserIdPolicy::Minted,
+            bots: Vec::new(),
         }
     }
 }
@@ -337,6 +384,29 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     stream: FileStream,
+    user_ids: Option<String>,
+    #[serde(default)]
+    bots: Vec<FileBot>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBot {
+    name: String,
+    host: Option<String>,
+    path_prefix: Option<String>,
+    upstream: String,
+    secret_file: Option<PathBuf>,
+    /// The name of the environment variable holding this bot's secret.
+    secret_env: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    trusted_origins: Vec<String>,
+    rate_limits: Option<FileRateLimits>,
+    user_ids: Option<String>,
+    upstream_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,7 +417,7 @@ struct FileTls {
     watch_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRateLimits {
     sessions_per_minute: Option<u32>,
@@ -438,6 +508,31 @@ impl Config {
         env: &dyn Env,
     ) -> Result<Self, ConfigError> {
         let mut config = Config::default();
+        let several_bots = !file.bots.is_empty();
+        if several_bots {
+            // One place per fact: with [[bots]], these belong to each bot.
+            let stray = [
+                (
+                    "upstream",
+                    file.upstream.is_some() || overrides.upstream.is_some(),
+                ),
+                ("secret_file", file.secret_file.is_some()),
+                (ENV_SECRET, env.var(ENV_SECRET).is_some()),
+                ("path_prefix", file.path_prefix.is_some()),
+                (
+                    "public_url",
+                    file.public_url.is_some() || overrides.public_url.is_some(),
+                ),
+                ("allowed_origins", !file.allowed_origins.is_empty()),
+                ("trusted_origins", !file.trusted_origins.is_empty()),
+            ];
+            if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    "bots",
+                    format!("{key} is set at the top level; with [[bots]] give it to each bot"),
+                ));
+            }
+        }
         if let Some(listen) = overrides.listen.as_ref().or(file.listen.as_ref()) {
             config.listen = parse_addr("listen", listen)?;
         }
@@ -464,7 +559,7 @@ impl Config {
                 None => None,
             },
         };
-        if config.secret.is_none() && config.upstream != UpstreamTarget::Embedded {
+        if !several_bots && config.secret.is_none() && config.upstream != UpstreamTarget::Embedded {
             return Err(ConfigError::MissingSecret);
         }
         config.token_key = match env.var(ENV_TOKEN_KEY) {
@@ -520,18 +615,8 @@ impl Config {
             .iter()
             .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
             .collect::<Result<_, _>>()?;
-        for origin in file.allowed_origins.iter().chain(&file.trusted_origins) {
-            if origin != "*" && Url::parse(origin).is_err() {
-                return Err(invalid("allowed_origins/trusted_origins", origin.clone()));
-            }
-        }
-        config.allowed_origins = file
-            .allowed_origins
-            .into_iter()
-            .filter(|o| o != "*")
-            .map(|o| o.trim_end_matches('/').to_owned())
-            .collect();
-        config.trusted_origins = file.trusted_origins;
+        (config.allowed_origins, config.trusted_origins) =
+            parse_origins(file.allowed_origins, file.trusted_origins)?;
         set_duration(
             &mut config.upstream_refresh_before,
             "upstream_refresh_before",
@@ -584,31 +669,9 @@ impl Config {
             }
             limits.max_header_count = count;
         }
-        let r = file.rate_limits;
-        let rates = &mut config.rate_limits;
-        for (slot, key, per_minute, burst) in [
-            (
-                &mut rates.sessions,
-                "rate_limits.sessions_burst",
-                r.sessions_per_minute,
-                r.sessions_burst,
-            ),
-            (
-                &mut rates.activities,
-                "rate_limits.activities_burst",
-                r.activities_per_minute,
-                r.activities_burst,
-            ),
-        ] {
-            if let Some(per_minute) = per_minute {
-                slot.per_minute = per_minute;
-            }
-            if let Some(burst) = burst {
-                slot.burst = burst;
-            }
-            if !slot.is_unlimited() && slot.burst == 0 {
-                return Err(invalid(key, "must be at least 1 when the rate is on"));
-            }
+        config.rate_limits = parse_rates(config.rate_limits, &file.rate_limits)?;
+        if let Some(policy) = &file.user_ids {
+            config.user_ids = parse_user_ids(policy)?;
         }
 
         let t = file.timeouts;
@@ -685,8 +748,48 @@ impl Config {
                 *slot = value;
             }
         }
+        config.bots = file
+            .bots
+            .into_iter()
+            .map(|bot| parse_bot(bot, &config, env))
+            .collect::<Result<_, _>>()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The no-argument run: the default echo bot at the root and a second one under
+    /// `/bots/second`, each behind its own embedded emulator with its own secret, so routing
+    /// between bots can be tried with nothing configured.
+    pub fn with_demo_bots(mut self) -> Self {
+        let mut default = self.bot_configs().remove(0);
+        default.upstream = UpstreamTarget::Embedded;
+        let second = BotConfig {
+            name: "second".to_owned(),
+            path_prefix: format!("{}/bots/second", default.path_prefix),
+            ..default.clone()
+        };
+        self.bots = vec![default, second];
+        self
+    }
+
+    /// The bots this configuration describes: `[[bots]]`, or the one top-level bot.
+    pub fn bot_configs(&self) -> Vec<BotConfig> {
+        if !self.bots.is_empty() {
+            return self.bots.clone();
+        }
+        vec![BotConfig {
+            name: DEFAULT_BOT.to_owned(),
+            host: None,
+            path_prefix: self.path_prefix.clone(),
+            upstream: self.upstream.clone(),
+            secret: self.secret.clone(),
+            public_url: self.public_url.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            trusted_origins: self.trusted_origins.clone(),
+            rate_limits: self.rate_limits.clone(),
+            user_ids: self.user_ids,
+            upstream_ca_file: self.upstream_ca_file.clone(),
+        }]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -712,8 +815,197 @@ impl Config {
         if s.ws_read_buffer_bytes < 512 {
             return Err(invalid("stream.ws_read_buffer", "must be at least 512B"));
         }
+        let mut names = std::collections::HashSet::new();
+        let mut routes = std::collections::HashSet::new();
+        for bot in &self.bots {
+            if !names.insert(bot.name.as_str()) {
+                return Err(invalid(
+                    "bots",
+                    format!("two bots are named {:?}", bot.name),
+                ));
+            }
+            if !routes.insert((bot.host.as_deref(), bot.path_prefix.as_str())) {
+                return Err(invalid(
+                    "bots",
+                    format!(
+                        "bot {:?} has the same host and path_prefix as another bot",
+                        bot.name
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+fn parse_origins(
+    allowed: Vec<String>,
+    trusted: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+    for origin in allowed.iter().chain(&trusted) {
+        if origin != "*" && Url::parse(origin).is_err() {
+            return Err(invalid("allowed_origins/trusted_origins", origin.clone()));
+        }
+    }
+    let allowed = allowed
+        .into_iter()
+        .filter(|o| o != "*")
+        .map(|o| o.trim_end_matches('/').to_owned())
+        .collect();
+    Ok((allowed, trusted))
+}
+
+/// `base` with what `file` sets; a bot's limits start from the top-level ones.
+fn parse_rates(base: RateLimits, file: &FileRateLimits) -> Result<RateLimits, ConfigError> {
+    let mut rates = base;
+    for (slot, key, per_minute, burst) in [
+        (
+            &mut rates.sessions,
+            "rate_limits.sessions_burst",
+            file.sessions_per_minute,
+            file.sessions_burst,
+        ),
+        (
+            &mut rates.activities,
+            "rate_limits.activities_burst",
+            file.activities_per_minute,
+            file.activities_burst,
+        ),
+    ] {
+        if let Some(per_minute) = per_minute {
+            slot.per_minute = per_minute;
+        }
+        if let Some(burst) = burst {
+            slot.burst = burst;
+        }
+        if !slot.is_unlimited() && slot.burst == 0 {
+            return Err(invalid(key, "must be at least 1 when the rate is on"));
+        }
+    }
+    Ok(rates)
+}
+
+fn parse_user_ids(text: &str) -> Result<UserIdPolicy, ConfigError> {
+    match text {
+        "minted" => Ok(UserIdPolicy::Minted),
+        "caller" => Ok(UserIdPolicy::Caller),
+        other => Err(invalid(
+            "user_ids",
+            format!("{other:?}: must be \"minted\" or \"caller\""),
+        )),
+    }
+}
+
+/// A bot name: short, lower case, safe as a metric label and a log field.
+fn valid_bot_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name != NO_BOT
+}
+
+/// A host name as it appears in `Host` without the port, lower-cased.
+fn parse_host(text: &str) -> Result<String, ConfigError> {
+    let host = text.trim().to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(host)
+    } else {
+        Err(invalid(
+            "bots.host",
+            format!("{text:?}: a host name without scheme or port"),
+        ))
+    }
+}
+
+fn parse_bot(file: FileBot, top: &Config, env: &dyn Env) -> Result<BotConfig, ConfigError> {
+    if !valid_bot_name(&file.name) {
+        return Err(invalid(
+            "bots.name",
+            format!(
+                "{:?}: 1 to 32 of a-z, 0-9, - and _, starting with a letter or digit, not {NO_BOT:?}",
+                file.name
+            ),
+        ));
+    }
+    let name = file.name;
+    let within = |error: ConfigError| match error {
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key,
+            message: format!("bot {name:?}: {message}"),
+        },
+        other => other,
+    };
+    let upstream = parse_upstream(&file.upstream).map_err(within)?;
+    let secret = match (&file.secret_env, &file.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(within(invalid(
+                "bots.secret_env",
+                "give secret_env or secret_file, not both",
+            )));
+        }
+        (Some(variable), None) => Some(Secret::new(env.var(variable).ok_or_else(|| {
+            within(invalid(
+                "bots.secret_env",
+                format!("environment variable {variable} is not set"),
+            ))
+        })?)),
+        (None, Some(path)) => Some(Secret::new(read_trimmed(path)?)),
+        (None, None) => None,
+    };
+    if secret.is_none() && upstream != UpstreamTarget::Embedded {
+        return Err(within(invalid(
+            "bots.secret_file",
+            "a bot with a real upstream needs secret_env or secret_file",
+        )));
+    }
+    let host = file
+        .host
+        .as_deref()
+        .map(parse_host)
+        .transpose()
+        .map_err(within)?;
+    let path_prefix = match &file.path_prefix {
+        Some(prefix) => parse_prefix(prefix).map_err(within)?,
+        None => String::new(),
+    };
+    let public_url = file
+        .public_url
+        .as_deref()
+        .map(parse_public_url)
+        .transpose()
+        .map_err(within)?;
+    let (allowed_origins, trusted_origins) =
+        parse_origins(file.allowed_origins, file.trusted_origins).map_err(within)?;
+    let rate_limits = match &file.rate_limits {
+        Some(rates) => parse_rates(top.rate_limits.clone(), rates).map_err(within)?,
+        None => top.rate_limits.clone(),
+    };
+    let user_ids = match &file.user_ids {
+        Some(policy) => parse_user_ids(policy).map_err(within)?,
+        None => top.user_ids,
+    };
+    Ok(BotConfig {
+        host,
+        path_prefix,
+        upstream,
+        secret,
+        public_url,
+        allowed_origins,
+        trusted_origins,
+        rate_limits,
+        user_ids,
+        upstream_ca_file: file
+            .upstream_ca_file
+            .or_else(|| top.upstream_ca_file.clone()),
+        name,
+    })
 }
 
 fn read_trimmed(path: &Path) -> Result<String, ConfigError> {

@@ -3,7 +3,6 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
-use crate::config::Config;
 use crate::error::GatewayError;
 
 /// DLJS sends these on every call (spec §7.1); `x-request-id` lets clients correlate logs;
@@ -16,19 +15,21 @@ const MAX_ECHOED_HEADERS: usize = 1024;
 const EXPOSED_HEADERS: &str = "Retry-After, x-request-id";
 
 /// The origin to echo, or `None` when the request has no origin or it is not allowed.
-pub fn allowed_origin<'a>(config: &Config, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+pub fn allowed_origin<'a>(
+    allowed_origins: &[String],
+    headers: &'a HeaderMap,
+) -> Option<&'a HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
-    let allowed = config.allowed_origins.is_empty()
-        || config
-            .allowed_origins
+    let allowed = allowed_origins.is_empty()
+        || allowed_origins
             .iter()
             .any(|o| o.eq_ignore_ascii_case(text.trim_end_matches('/')));
     allowed.then_some(origin)
 }
 
-pub fn preflight(config: &Config, headers: &HeaderMap) -> Response<Body> {
-    let Some(origin) = allowed_origin(config, headers) else {
+pub fn preflight(allowed_origins: &[String], headers: &HeaderMap) -> Response<Body> {
+    let Some(origin) = allowed_origin(allowed_origins, headers) else {
         return GatewayError::OriginNotAllowed.into_response();
     };
     let mut response = Response::new(body::empty());
@@ -100,7 +101,7 @@ mod tests {
                 HeaderValue::from_static(requested),
             );
         }
-        preflight(&Config::default(), &headers)
+        preflight(&[], &headers)
     }
 
     fn allow_headers(response: &Response<Body>) -> &str {

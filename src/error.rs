@@ -24,6 +24,8 @@ pub enum GatewayError {
     TokenExpired,
     #[error("the token belongs to another conversation")]
     WrongConversation,
+    #[error("the token belongs to another bot")]
+    WrongBot,
     #[error("the stream ticket is invalid, expired or for another conversation")]
     InvalidTicket,
     #[error("the conversation id is not valid")]
@@ -73,9 +75,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             MissingCredential => StatusCode::UNAUTHORIZED,
-            InvalidToken | TokenExpired | WrongConversation | InvalidTicket | OriginNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            InvalidToken | TokenExpired | WrongConversation | WrongBot | InvalidTicket
+            | OriginNotAllowed => StatusCode::FORBIDDEN,
             InvalidConversationId | MalformedJson | InvalidActivity | InvalidQuery | BodyRead => {
                 StatusCode::BAD_REQUEST
             }
@@ -102,6 +103,7 @@ impl GatewayError {
             MissingCredential
             | InvalidToken
             | WrongConversation
+            | WrongBot
             | InvalidTicket
             | InvalidConversationId
             | MalformedJson
@@ -132,6 +134,7 @@ impl GatewayError {
             InvalidToken => "Invalid token",
             TokenExpired => "Token expired",
             WrongConversation => "Token is not valid for this conversation",
+            WrongBot => "Token is not valid for this bot",
             InvalidTicket => "Invalid or expired stream URL",
             InvalidConversationId => "Invalid conversation id",
             NotFound => "Not found",
@@ -173,6 +176,7 @@ impl GatewayError {
             InvalidToken => Some("invalid"),
             TokenExpired => Some("expired"),
             WrongConversation => Some("wrong_conversation"),
+            WrongBot => Some("wrong_bot"),
             InvalidTicket => Some("invalid_ticket"),
             _ => None,
         }

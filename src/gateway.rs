@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::{Config, Rate, UpstreamTarget};
+use crate::config::{BotConfig, Config, NO_BOT, Rate, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{ConversationId, Endpoint, Route};
 use crate::error::{Blame, GatewayError};
@@ -26,10 +26,10 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     pub metrics: Arc<Metrics>,
     pub hubs: Hubs,
-    /// tokens/generate and conversation starts, per client IP.
-    pub session_limits: Limiter<IpAddr>,
-    /// POST activities and uploads, per conversation.
-    pub activity_limits: Limiter<ConversationId>,
+    /// tokens/generate and conversation starts, per bot and client IP.
+    pub session_limits: Limiter<(Arc<str>, IpAddr)>,
+    /// POST activities and uploads, per bot and conversation.
+    pub activity_limits: Limiter<(Arc<str>, ConversationId)>,
     draining: AtomicBool,
 }
 
@@ -37,13 +37,58 @@ pub struct Gateway {
 /// once and sees one consistent configuration, secret and key set, while sockets stay up.
 pub struct Live {
     pub config: Config,
-    /// The Direct Line secret injected upstream (the emulator's own in embedded mode).
-    pub secret: Secret,
     pub sealer: Arc<Sealer>,
-    /// Kept across reloads that do not change the upstream, so its connection pool survives.
-    pub upstream: Arc<Upstream>,
     /// Token keys replaced by earlier reloads and the Unix second each stops opening tokens.
     pub retired_keys: Vec<(Secret, u64)>,
+    /// Most specific route first (see [`Live::route`]).
+    pub bots: Vec<Arc<Bot>>,
+}
+
+/// One bot as it serves now: its settings, its secret and its upstream client.
+pub struct Bot {
+    /// Metric label, log field, and the name tokens and tickets are bound to.
+    pub name: Arc<str>,
+    pub settings: BotConfig,
+    /// The Direct Line secret injected upstream (the emulator's own in embedded mode).
+    pub secret: Secret,
+    /// Kept across reloads that do not change the upstream, so its connection pool survives.
+    pub upstream: Arc<Upstream>,
+}
+
+impl Live {
+    /// The bot serving a request for `host` (without port, any case) and `path`: a bot bound
+    /// to the host before one for any host, then the longest path prefix.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Bot>> {
+        self.bots.iter().find(|bot| {
+            let settings = &bot.settings;
+            let host_matches = settings
+                .host
+                .as_deref()
+                .is_none_or(|wanted| host.is_some_and(|h| h.eq_ignore_ascii_case(wanted)));
+            host_matches && under_prefix(path, &settings.path_prefix)
+        })
+    }
+
+    pub fn bot(&self, name: &str) -> Option<&Arc<Bot>> {
+        self.bots.iter().find(|bot| &*bot.name == name)
+    }
+}
+
+/// Orders bots so the first whose route matches is the most specific one.
+pub fn most_specific_first(bots: &mut [Arc<Bot>]) {
+    bots.sort_by(|a, b| {
+        let (a, b) = (&a.settings, &b.settings);
+        b.host
+            .is_some()
+            .cmp(&a.host.is_some())
+            .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+    });
+}
+
+/// `/bots/a/v3/…` is under `/bots/a`; `/bots/ab/…` is not.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Per-request facts the phases share.
@@ -59,6 +104,19 @@ pub struct RequestContext {
     pub accepts_gzip: bool,
     /// The settings this request runs with from start to end, even across a reload.
     pub live: Arc<Live>,
+    /// The bot the request's host and path chose, from `live`.
+    pub bot: Arc<Bot>,
+}
+
+/// What the access log and request metrics need once a response exists.
+struct Finished<'a> {
+    method: &'a Method,
+    route: Route,
+    bot: &'a str,
+    started: Instant,
+    request_id: HeaderValue,
+    upstream_status: Option<u16>,
+    client_ip: IpAddr,
 }
 
 impl Gateway {
@@ -109,16 +167,38 @@ impl Gateway {
         let _in_flight = InFlight::enter(&self.metrics.http_in_flight);
         let method = request.method().clone();
         let live = self.live_owned();
-        let origin = cors::allowed_origin(&live.config, request.headers()).cloned();
+        let client_ip = client_ip(peer, request.headers(), &live.config.trusted_proxies);
+        let request_id = request_id(request.headers());
+        let Some(bot) = live
+            .route(request_host(&request), request.uri().path())
+            .cloned()
+        else {
+            let response = GatewayError::NotFound.into_response();
+            return self.finish(
+                response,
+                Finished {
+                    method: &method,
+                    route: Route::Unknown,
+                    bot: NO_BOT,
+                    started,
+                    request_id,
+                    upstream_status: None,
+                    client_ip,
+                },
+            );
+        };
+        let origin =
+            cors::allowed_origin(&bot.settings.allowed_origins, request.headers()).cloned();
         let mut ctx = RequestContext {
             route: Route::Unknown,
             peer,
-            client_ip: client_ip(peer, request.headers(), &live.config.trusted_proxies),
+            client_ip,
             local,
-            request_id: request_id(request.headers()),
+            request_id,
             upstream_status: None,
             accepts_gzip: accepts_gzip(request.headers()),
             live,
+            bot,
         };
         let result = self.route(request, &mut ctx).await;
         let mut response = match result {
@@ -128,19 +208,46 @@ impl Gateway {
                 error.into_response()
             }
         };
-        let headers = response.headers_mut();
-        headers.insert("x-request-id", ctx.request_id.clone());
         if let Some(origin) = &origin
             && ctx.route != Route::Preflight
         {
-            cors::decorate(headers, origin);
+            cors::decorate(response.headers_mut(), origin);
         }
+        let RequestContext {
+            route,
+            request_id,
+            upstream_status,
+            client_ip,
+            bot,
+            ..
+        } = ctx;
+        self.finish(
+            response,
+            Finished {
+                method: &method,
+                route,
+                bot: &bot.name,
+                started,
+                request_id,
+                upstream_status,
+                client_ip,
+            },
+        )
+    }
+
+    /// The request id header, the request metrics and the access-log line.
+    fn finish(&self, mut response: Response<Body>, done: Finished<'_>) -> Response<Body> {
         let status = response.status().as_u16();
-        let elapsed = started.elapsed();
-        let route = ctx.route.as_str();
+        let elapsed = done.started.elapsed();
+        let route = done.route.as_str();
         self.metrics
             .http_requests
-            .with_label_values(&[route, method_label(&method), status_class(status)])
+            .with_label_values(&[
+                route,
+                method_label(done.method),
+                status_class(status),
+                done.bot,
+            ])
             .inc();
         self.metrics
             .http_duration
@@ -149,13 +256,17 @@ impl Gateway {
         tracing::info!(
             target: "access",
             route,
-            method = %method,
+            bot = done.bot,
+            method = %done.method,
             status,
-            upstream_status = ctx.upstream_status,
+            upstream_status = done.upstream_status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = ctx.request_id.to_str().unwrap_or(""),
-            client_ip = %ctx.client_ip,
+            request_id = done.request_id.to_str().unwrap_or(""),
+            client_ip = %done.client_ip,
         );
+        response
+            .headers_mut()
+            .insert("x-request-id", done.request_id);
         response
     }
 
@@ -178,11 +289,13 @@ impl Gateway {
         if header_bytes > config.limits.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
         }
-        if serves_demo(config, request.method(), uri.path()) {
+        let bot = ctx.bot.clone();
+        let settings = &bot.settings;
+        if serves_demo(settings, request.method(), uri.path()) {
             ctx.route = Route::Demo;
             return Ok(crate::demo::page());
         }
-        let endpoint = Endpoint::parse(request.method(), uri.path(), &config.path_prefix)?;
+        let endpoint = Endpoint::parse(request.method(), uri.path(), &settings.path_prefix)?;
         ctx.route = endpoint.route();
         if self.is_draining() && !matches!(endpoint, Endpoint::Preflight(_)) {
             return Err(GatewayError::Draining);
@@ -193,21 +306,24 @@ impl Gateway {
         ) {
             // A browser on another site must not mint tokens for this bot; callers without
             // an Origin (a server fetching tokens for its page) are not browsers.
-            if !config.allowed_origins.is_empty()
+            if !settings.allowed_origins.is_empty()
                 && request.headers().contains_key(http::header::ORIGIN)
-                && cors::allowed_origin(config, request.headers()).is_none()
+                && cors::allowed_origin(&settings.allowed_origins, request.headers()).is_none()
             {
                 return Err(GatewayError::OriginNotAllowed);
             }
             self.limit(
                 &self.session_limits,
-                &ctx.client_ip,
-                config.rate_limits.sessions,
+                &(bot.name.clone(), ctx.client_ip),
+                settings.rate_limits.sessions,
                 ctx,
             )?;
         }
         match endpoint {
-            Endpoint::Preflight(_) => Ok(cors::preflight(config, request.headers())),
+            Endpoint::Preflight(_) => Ok(cors::preflight(
+                &settings.allowed_origins,
+                request.headers(),
+            )),
             Endpoint::TokensGenerate => rest::generate_token(self, request, ctx).await,
             Endpoint::TokensRefresh => rest::refresh_token(self, request, ctx).await,
             Endpoint::StartConversation => rest::start_conversation(self, request, ctx).await,
@@ -234,7 +350,7 @@ impl Gateway {
         limiter.check(key, rate, Instant::now()).map_err(|wait| {
             self.metrics
                 .rate_limited
-                .with_label_values(&[ctx.route.as_str()])
+                .with_label_values(&[ctx.route.as_str(), &ctx.bot.name])
                 .inc();
             GatewayError::RateLimited {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -246,17 +362,19 @@ impl Gateway {
     pub fn sweep_limits(&self) {
         let live = self.live();
         let now = Instant::now();
-        self.session_limits
-            .sweep(live.config.rate_limits.sessions, now);
-        self.activity_limits
-            .sweep(live.config.rate_limits.activities, now);
+        self.session_limits.sweep(now, |(bot, _)| {
+            live.bot(bot).map(|b| b.settings.rate_limits.sessions)
+        });
+        self.activity_limits.sweep(now, |(bot, _)| {
+            live.bot(bot).map(|b| b.settings.rate_limits.activities)
+        });
     }
 
     fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {
         if let Some(reason) = error.auth_refusal_reason() {
             self.metrics
                 .auth_refusals
-                .with_label_values(&[reason])
+                .with_label_values(&[reason, &ctx.bot.name])
                 .inc();
         }
         let request_id = ctx.request_id.to_str().unwrap_or("");
@@ -291,7 +409,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn serves_demo(config: &Config, method: &Method, path: &str) -> bool {
+/// The request's host without the port: the URI's authority (HTTP/2, absolute form), else `Host`.
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => host,
+        None => authority,
+    };
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next();
+    }
+    Some(host.split(':').next().unwrap_or(host))
+}
+
+fn serves_demo(config: &BotConfig, method: &Method, path: &str) -> bool {
     config.upstream == UpstreamTarget::Embedded
         && *method == Method::GET
         && path

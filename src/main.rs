@@ -22,11 +22,10 @@ async fn main() -> ExitCode {
     if let Some(Command::Emulator(args)) = &cli.command {
         return run_emulator(args, shutdown).await;
     }
-    let config = match Config::load(cli.config.as_deref(), &cli.overrides(), &ProcessEnv) {
+    let config = match load_config(&cli) {
         Ok(config) => config,
         Err(error) => return config_error(&error),
     };
-    let embedded = config.upstream == UpstreamTarget::Embedded;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -39,31 +38,57 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let domain = format!("{scheme}://{}/v3/directline", running.client_addr);
     tracing::info!(client = %running.client_addr, admin = %running.admin_addr, "gateway listening");
     println!(
         "directline-gateway listening on {scheme}://{}",
         running.client_addr
     );
-    println!("  Direct Line domain for clients: {domain}");
-    println!("  metrics: http://{}/metrics", running.admin_addr);
-    if embedded {
-        println!("  upstream: embedded Direct Line emulator with an echo bot (no secret needed)");
-        println!("  chat in a browser: {scheme}://{}/", running.client_addr);
+    for bot in running.gateway.live().config.bot_configs() {
+        let authority = match &bot.host {
+            Some(host) => format!("{host}:{}", running.client_addr.port()),
+            None => running.client_addr.to_string(),
+        };
+        let root = format!("{scheme}://{authority}{}", bot.path_prefix);
+        println!(
+            "  bot {}: Direct Line domain for clients: {root}/v3/directline",
+            bot.name
+        );
+        if bot.upstream == UpstreamTarget::Embedded {
+            println!(
+                "    upstream: embedded Direct Line emulator with an echo bot (no secret needed)"
+            );
+            println!("    chat in a browser: {root}/");
+        }
     }
-    let overrides = cli.overrides();
+    println!("  metrics: http://{}/metrics", running.admin_addr);
     loop {
         tokio::select! {
             () = shutdown.recv() => break,
             () = reload.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
-                let _ = running.reload(Config::load(cli.config.as_deref(), &overrides, &ProcessEnv));
+                let _ = running.reload(load_config(&cli));
             }
         }
     }
     tracing::info!("shutdown signal received, draining");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The configuration from the file, environment and flags; with none of them (no file, no
+/// upstream, no secret) the two demo bots.
+fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let overrides = cli.overrides();
+    let config = Config::load(cli.config.as_deref(), &overrides, &ProcessEnv)?;
+    let nothing_configured = cli.config.is_none()
+        && overrides.upstream.is_none()
+        && config.secret.is_none()
+        && config.upstream == UpstreamTarget::Embedded;
+    Ok(if nothing_configured {
+        config.with_demo_bots()
+    } else {
+        config
+    })
 }
 
 fn config_error(error: &ConfigError) -> ExitCode {

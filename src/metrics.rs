@@ -1,9 +1,10 @@
 //! Prometheus metrics in the gateway's own registry. Labels are bounded sets
-//! (route names, status classes, reasons): never a conversation id, user id, token or path.
+//! (route names, status classes, reasons, bot names from the configuration): never a
+//! conversation id, user id, token or path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "directline_gateway";
@@ -17,10 +18,13 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub auth_refusals: IntCounterVec,
     pub tokens: IntCounterVec,
-    pub client_sockets: IntGauge,
-    pub upstream_sockets: IntGauge,
+    pub client_sockets: IntGaugeVec,
+    /// Client WebSockets of all bots: what the connection cap counts. Not exported (the
+    /// labelled gauge sums to it).
+    all_client_sockets: IntGauge,
+    pub upstream_sockets: IntGaugeVec,
     pub hubs: IntGauge,
-    pub activities_relayed: IntCounter,
+    pub activities_relayed: IntCounterVec,
     pub duplicates_dropped: IntCounter,
     pub bytes_relayed: IntCounterVec,
     pub upstream_reconnects: IntCounterVec,
@@ -32,6 +36,19 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub connections_refused: IntCounter,
     pub tls_reloads: IntCounterVec,
+}
+
+/// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
+pub struct OpenClientSocket {
+    by_bot: IntGauge,
+    all: IntGauge,
+}
+
+impl Drop for OpenClientSocket {
+    fn drop(&mut self) {
+        self.by_bot.dec();
+        self.all.dec();
+    }
 }
 
 /// HTTP status class label (`2xx` …) so the label set stays tiny.
@@ -46,6 +63,21 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    pub fn client_socket_opened(&self, bot: &str) -> OpenClientSocket {
+        let by_bot = self.client_sockets.with_label_values(&[bot]);
+        by_bot.inc();
+        self.all_client_sockets.inc();
+        OpenClientSocket {
+            by_bot,
+            all: self.all_client_sockets.clone(),
+        }
+    }
+
+    /// Client WebSockets open now, all bots together.
+    pub fn open_client_sockets(&self) -> i64 {
+        self.all_client_sockets.get()
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
             .expect("static prefix is a valid metric name");
@@ -57,9 +89,9 @@ impl Metrics {
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
-                    "Client HTTP requests by route, method and status class.",
+                    "Client HTTP requests by route, method, status class and bot (none: no bot's host or path matched).",
                 ),
-                &["route", "method", "status"],
+                &["route", "method", "status", "bot"],
             )
             .expect("valid metric"),
             http_duration: HistogramVec::new(
@@ -74,9 +106,9 @@ impl Metrics {
             upstream_requests: IntCounterVec::new(
                 Opts::new(
                     "upstream_requests_total",
-                    "Requests to Direct Line by route and status class (error: no response).",
+                    "Requests to Direct Line by route, status class (error: no response) and bot.",
                 ),
-                &["route", "status"],
+                &["route", "status", "bot"],
             )
             .expect("valid metric"),
             upstream_duration: HistogramVec::new(
@@ -91,24 +123,32 @@ impl Metrics {
             auth_refusals: IntCounterVec::new(
                 Opts::new(
                     "auth_refusals_total",
-                    "Requests refused before reaching upstream, by reason.",
+                    "Requests refused before reaching upstream, by reason and bot.",
                 ),
-                &["reason"],
+                &["reason", "bot"],
             )
             .expect("valid metric"),
             tokens: IntCounterVec::new(
                 Opts::new(
                     "tokens_total",
-                    "Gateway client tokens issued, by kind (generated, refreshed, conversation).",
+                    "Gateway client tokens issued, by kind (generated, refreshed, conversation) and bot.",
                 ),
-                &["kind"],
+                &["kind", "bot"],
             )
             .expect("valid metric"),
-            client_sockets: IntGauge::new("client_websockets", "Client WebSockets open now.")
+            client_sockets: IntGaugeVec::new(
+                Opts::new("client_websockets", "Client WebSockets open now, by bot."),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            all_client_sockets: IntGauge::new("client_websockets_all", "unexported")
                 .expect("valid metric"),
-            upstream_sockets: IntGauge::new(
-                "upstream_websockets",
-                "Upstream Direct Line WebSockets open now.",
+            upstream_sockets: IntGaugeVec::new(
+                Opts::new(
+                    "upstream_websockets",
+                    "Upstream Direct Line WebSockets open now, by bot.",
+                ),
+                &["bot"],
             )
             .expect("valid metric"),
             hubs: IntGauge::new(
@@ -116,9 +156,12 @@ impl Metrics {
                 "Conversations with a live stream hub on this replica.",
             )
             .expect("valid metric"),
-            activities_relayed: IntCounter::new(
-                "activities_relayed_total",
-                "Activities received upstream and fanned out to clients (once per activity).",
+            activities_relayed: IntCounterVec::new(
+                Opts::new(
+                    "activities_relayed_total",
+                    "Activities received upstream and fanned out to clients (once per activity), by bot.",
+                ),
+                &["bot"],
             )
             .expect("valid metric"),
             duplicates_dropped: IntCounter::new(
@@ -137,9 +180,9 @@ impl Metrics {
             upstream_reconnects: IntCounterVec::new(
                 Opts::new(
                     "upstream_reconnects_total",
-                    "Upstream stream reconnect attempts by result.",
+                    "Upstream stream reconnect attempts by result and bot.",
                 ),
-                &["result"],
+                &["result", "bot"],
             )
             .expect("valid metric"),
             resume_duration: Histogram::with_opts(
@@ -174,9 +217,9 @@ impl Metrics {
             rate_limited: IntCounterVec::new(
                 Opts::new(
                     "rate_limited_total",
-                    "Requests refused with 429 by a rate limit, by route (per client IP for tokens and conversation starts, per conversation for activities and uploads).",
+                    "Requests refused with 429 by a rate limit, by route and bot (per client IP for tokens and conversation starts, per conversation for activities and uploads).",
                 ),
-                &["route"],
+                &["route", "bot"],
             )
             .expect("valid metric"),
             client_connections: IntGauge::new(

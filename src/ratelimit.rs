@@ -54,17 +54,15 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
         }
     }
 
-    /// Drops buckets that are full again: forgetting them changes no answer.
-    pub fn sweep(&self, rate: Rate, now: Instant) {
-        if rate.is_unlimited() {
-            self.buckets.clear();
-            return;
-        }
-        let burst = f64::from(rate.burst);
-        let per_second = rate.per_second();
-        self.buckets.retain(|_, bucket| {
+    /// Drops buckets that are full again: forgetting them changes no answer. `rate_of`
+    /// gives each key's rate now; `None` (its bot was removed) forgets the bucket.
+    pub fn sweep(&self, now: Instant, rate_of: impl Fn(&K) -> Option<Rate>) {
+        self.buckets.retain(|key, bucket| {
+            let Some(rate) = rate_of(key).filter(|r| !r.is_unlimited()) else {
+                return false;
+            };
             let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-            bucket.tokens + elapsed * per_second < burst
+            bucket.tokens + elapsed * rate.per_second() < f64::from(rate.burst)
         });
     }
 
@@ -149,9 +147,9 @@ mod tests {
         let r = rate(60, 2);
         limiter.check(&1u32, r, now).unwrap();
         limiter.check(&2u32, r, now).unwrap();
-        limiter.sweep(r, now);
+        limiter.sweep(now, |_| Some(r));
         assert_eq!(limiter.len(), 2, "not refilled yet");
-        limiter.sweep(r, now + Duration::from_secs(2));
+        limiter.sweep(now + Duration::from_secs(2), |_| Some(r));
         assert!(limiter.is_empty(), "refilled buckets are forgotten");
     }
 

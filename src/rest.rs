@@ -14,9 +14,10 @@ use serde_json::{Map, Value, json};
 use crate::auth;
 use crate::body::{self, Body};
 use crate::clock;
+use crate::config::UserIdPolicy;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, Live, RequestContext};
+use crate::gateway::{Gateway, RequestContext};
 use crate::metrics::status_class;
 use crate::rewrite;
 use crate::seal::{ClientToken, Purpose, StreamTicket};
@@ -47,13 +48,20 @@ pub async fn generate_token(
         ctx.live.config.limits.token_body_bytes,
     )
     .await?;
-    let user_id = mint_user_id();
+    let caller_user = params.as_ref().and_then(|p| field(p, "user"));
+    // Only a display name is taken from the caller, unless the bot's policy lets the
+    // (trusted, server-side) caller choose the id.
+    let user_id = match ctx.bot.settings.user_ids {
+        UserIdPolicy::Caller => caller_user
+            .and_then(|u| field(u, "id"))
+            .and_then(Value::as_str)
+            .filter(|id| is_caller_user_id(id))
+            .map_or_else(mint_user_id, str::to_owned),
+        UserIdPolicy::Minted => mint_user_id(),
+    };
     let mut user = Map::new();
     user.insert("id".into(), Value::String(user_id.clone()));
-    // Only a display name is taken from the caller: the id is always the gateway's own.
-    if let Some(name) = params
-        .as_ref()
-        .and_then(|p| field(p, "user"))
+    if let Some(name) = caller_user
         .and_then(|u| field(u, "name"))
         .and_then(Value::as_str)
     {
@@ -61,19 +69,19 @@ pub async fn generate_token(
     }
     let mut upstream_body = Map::new();
     upstream_body.insert("user".into(), Value::Object(user));
-    if !ctx.live.config.trusted_origins.is_empty() {
+    if !ctx.bot.settings.trusted_origins.is_empty() {
         upstream_body.insert(
             "trustedOrigins".into(),
-            json!(ctx.live.config.trusted_origins),
+            json!(ctx.bot.settings.trusted_origins),
         );
     }
     let request = ctx
-        .live
+        .bot
         .upstream
         .request(
             Method::POST,
             "/v3/directline/tokens/generate",
-            ctx.live.secret.bearer_header(),
+            ctx.bot.secret.bearer_header(),
         )?
         .header(header::CONTENT_TYPE, "application/json");
     let request = forwarded(request, ctx)
@@ -91,12 +99,16 @@ pub async fn generate_token(
     let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
     let expires_in = expires_in(&json);
     let token = ClientToken {
+        bot: ctx.bot.name.to_string(),
         conversation_id: conversation_id.to_string(),
         user_id,
         upstream_token: upstream_token.to_owned(),
         expires_at: clock::unix_seconds() + expires_in,
     };
-    gw.metrics.tokens.with_label_values(&["generated"]).inc();
+    gw.metrics
+        .tokens
+        .with_label_values(&["generated", &ctx.bot.name])
+        .inc();
     let body = json!({
         "conversationId": conversation_id.as_str(),
         "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
@@ -110,10 +122,10 @@ pub async fn refresh_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let mut token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
+    let mut token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
     let now = clock::unix_seconds();
     if token.expires_at.saturating_sub(now) < ctx.live.config.upstream_refresh_before.as_secs() {
-        let request = ctx.live.upstream.request(
+        let request = ctx.bot.upstream.request(
             Method::POST,
             "/v3/directline/tokens/refresh",
             secret::bearer(&token.upstream_token),
@@ -131,10 +143,13 @@ pub async fn refresh_token(
         token.expires_at = now + expires_in(&json);
         if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
             gw.hubs
-                .adopt_upstream_token(&conversation, &token.upstream_token);
+                .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
         }
     }
-    gw.metrics.tokens.with_label_values(&["refreshed"]).inc();
+    gw.metrics
+        .tokens
+        .with_label_values(&["refreshed", &ctx.bot.name])
+        .inc();
     let body = json!({
         "conversationId": token.conversation_id,
         "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
@@ -148,7 +163,7 @@ pub async fn start_conversation(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
+    let token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
     let ws_base = ws_base(&request, ctx);
     let (parts, body) = request.into_parts();
     let mut params = match read_optional_json(
@@ -167,7 +182,7 @@ pub async fn start_conversation(
     params.insert("user".into(), json!({ "id": token.user_id }));
     // The upstream token (not the secret) starts the conversation tokens/generate allocated.
     let request = ctx
-        .live
+        .bot
         .upstream
         .request(
             Method::POST,
@@ -193,15 +208,11 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(
-        &ctx.live,
-        json,
-        token,
-        Minted::Start,
-        &ws_base,
-        &conversation,
-    )?;
-    gw.metrics.tokens.with_label_values(&["conversation"]).inc();
+    let body = conversation_response(ctx, json, token, Minted::Start, &ws_base, &conversation)?;
+    gw.metrics
+        .tokens
+        .with_label_values(&["conversation", &ctx.bot.name])
+        .inc();
     Ok(json_response(status, &body))
 }
 
@@ -211,7 +222,12 @@ pub async fn reconnect(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(
+        &ctx.live.sealer,
+        &ctx.bot.name,
+        request.headers(),
+        Some(conversation),
+    )?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let ws_base = ws_base(&request, ctx);
     let path = format!(
@@ -240,7 +256,7 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let body = conversation_response(&ctx.live, json, token, minted, &ws_base, conversation)?;
+    let body = conversation_response(ctx, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -250,7 +266,12 @@ pub async fn get_activities(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(
+        &ctx.live.sealer,
+        &ctx.bot.name,
+        request.headers(),
+        Some(conversation),
+    )?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let path = format!(
         "/v3/directline/conversations/{conversation}/activities{}",
@@ -332,9 +353,9 @@ pub async fn upload(
     let user: String = form_urlencoded::byte_serialize(token.user_id.as_bytes()).collect();
     let path = format!("/v3/directline/conversations/{conversation}/upload?userId={user}");
     let mut builder =
-        ctx.live
+        ctx.bot
             .upstream
-            .request(Method::POST, &path, ctx.live.secret.bearer_header())?;
+            .request(Method::POST, &path, ctx.bot.secret.bearer_header())?;
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_DISPOSITION,
@@ -362,8 +383,8 @@ pub async fn session_id(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), None)?;
-    let mut builder = ctx.live.upstream.request(
+    let token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
+    let mut builder = ctx.bot.upstream.request(
         Method::GET,
         "/v3/directline/session/getsessionid",
         secret::bearer(&token.upstream_token),
@@ -397,11 +418,16 @@ fn authorize_sender(
     request: &Request<Incoming>,
     ctx: &RequestContext,
 ) -> Result<ClientToken, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, request.headers(), Some(conversation))?;
+    let token = auth::authorize(
+        &ctx.live.sealer,
+        &ctx.bot.name,
+        request.headers(),
+        Some(conversation),
+    )?;
     gw.limit(
         &gw.activity_limits,
-        conversation,
-        ctx.live.config.rate_limits.activities,
+        &(ctx.bot.name.clone(), conversation.clone()),
+        ctx.bot.settings.rate_limits.activities,
         ctx,
     )?;
     Ok(token)
@@ -420,13 +446,14 @@ enum Minted {
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
-    live: &Live,
+    ctx: &RequestContext,
     mut json: Map<String, Value>,
     mut token: ClientToken,
     minted: Minted,
     ws_base: &str,
     conversation: &ConversationId,
 ) -> Result<Map<String, Value>, GatewayError> {
+    let live = &ctx.live;
     let now = clock::unix_seconds();
     // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
     let (adopt_upstream_token, watermark, from_start) = match minted {
@@ -449,6 +476,7 @@ fn conversation_response(
     };
     if let Some(upstream_url) = &upstream_stream_url {
         let ticket = StreamTicket {
+            bot: token.bot.clone(),
             conversation_id: conversation.to_string(),
             user_id: token.user_id.clone(),
             watermark: watermark
@@ -464,7 +492,7 @@ fn conversation_response(
         let sealed = live.sealer.seal(Purpose::StreamTicket, &ticket);
         let url = rewrite::gateway_stream_url(
             ws_base,
-            &live.config.path_prefix,
+            &ctx.bot.settings.path_prefix,
             conversation,
             ticket_watermark.as_deref(),
             &sealed,
@@ -510,10 +538,7 @@ async fn send_with_token_fallback(
 ) -> Result<(Answer, bool), GatewayError> {
     let build =
         |credential: HeaderValue, ctx: &RequestContext| -> Result<Request<Body>, GatewayError> {
-            let mut builder = ctx
-                .live
-                .upstream
-                .request(method.clone(), path, credential)?;
+            let mut builder = ctx.bot.upstream.request(method.clone(), path, credential)?;
             if let Some(content_type) = content_type {
                 builder = builder.header(header::CONTENT_TYPE, content_type);
             }
@@ -521,7 +546,7 @@ async fn send_with_token_fallback(
                 .body(body::full(body.clone()))
                 .map_err(|_| GatewayError::Internal)
         };
-    let request = build(ctx.live.secret.bearer_header(), ctx)?;
+    let request = build(ctx.bot.secret.bearer_header(), ctx)?;
     let response = send(gw, request, timeout, ctx).await?;
     if response.status() != StatusCode::BAD_REQUEST {
         return Ok((Answer::Live(response), false));
@@ -544,7 +569,7 @@ async fn send(
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = std::time::Instant::now();
     let route = ctx.route.as_str();
-    let result = ctx.live.upstream.send(request, timeout).await;
+    let result = ctx.bot.upstream.send(request, timeout).await;
     gw.metrics
         .upstream_duration
         .with_label_values(&[route])
@@ -559,7 +584,7 @@ async fn send(
     };
     gw.metrics
         .upstream_requests
-        .with_label_values(&[route, status])
+        .with_label_values(&[route, status, &ctx.bot.name])
         .inc();
     result
 }
@@ -676,6 +701,7 @@ fn forwarded(builder: http::request::Builder, ctx: &RequestContext) -> http::req
 fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
     rewrite::public_ws_base(
         &ctx.live.config,
+        ctx.bot.settings.public_url.as_ref(),
         request.headers(),
         request.uri().authority().map(|a| a.as_str()),
         ctx.peer,
@@ -712,6 +738,17 @@ fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
+}
+
+/// A caller-chosen id the `caller` policy accepts: `dl_` (Direct Line binds only such ids
+/// into tokens, spec §1.1) and a short run of URL-safe characters.
+fn is_caller_user_id(id: &str) -> bool {
+    id.len() > 3
+        && id.len() <= 128
+        && id.starts_with("dl_")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
 }
 
 /// `dl_` + 128 random bits: the prefix Direct Line reserves for server-bound user ids (spec §1.1).

@@ -32,12 +32,13 @@ pub const MAX_WATERMARK_LEN: usize = 256;
 /// (HTTP/2 sends `:authority` instead of `Host`).
 pub fn public_ws_base(
     config: &Config,
+    public_url: Option<&Url>,
     headers: &HeaderMap,
     authority: Option<&str>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> String {
-    if let Some(public) = &config.public_url {
+    if let Some(public) = public_url {
         let scheme = if public.scheme() == "https" {
             "wss"
         } else {
@@ -262,23 +263,23 @@ mod tests {
         headers.insert("x-forwarded-proto", "https".parse().unwrap());
         headers.insert("x-forwarded-host", "chat.contoso.com".parse().unwrap());
         assert_eq!(
-            public_ws_base(&config, &headers, None, peer, local),
+            public_ws_base(&config, None, &headers, None, peer, local),
             "ws://gw.local:8080"
         );
         config.trusted_proxies = vec![IpNet::parse("10.0.0.0/8").unwrap()];
         assert_eq!(
-            public_ws_base(&config, &headers, None, peer, local),
+            public_ws_base(&config, None, &headers, None, peer, local),
             "wss://chat.contoso.com"
         );
-        config.public_url = Some(Url::parse("https://bots.example.com/chat/").unwrap());
+        let public = Url::parse("https://bots.example.com/chat/").unwrap();
         assert_eq!(
-            public_ws_base(&config, &headers, None, peer, local),
+            public_ws_base(&config, Some(&public), &headers, None, peer, local),
             "wss://bots.example.com/chat"
         );
         let mut evil = HeaderMap::new();
         evil.insert("host", "evil.com/path?x".parse().unwrap());
         assert_eq!(
-            public_ws_base(&Config::default(), &evil, None, peer, local),
+            public_ws_base(&Config::default(), None, &evil, None, peer, local),
             "ws://127.0.0.1:8080"
         );
     }

@@ -206,9 +206,16 @@ fn derive_key(material: &[u8]) -> SealingKey {
     }
 }
 
+fn default_bot() -> String {
+    crate::config::DEFAULT_BOT.to_owned()
+}
+
 /// What a gateway client token holds (DESIGN §2). Short field names keep tokens small.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientToken {
+    /// The bot this token is for; tokens sealed before bots had names are the default bot's.
+    #[serde(rename = "n", default = "default_bot")]
+    pub bot: String,
     #[serde(rename = "c")]
     pub conversation_id: String,
     #[serde(rename = "u")]
@@ -234,6 +241,8 @@ impl fmt::Debug for ClientToken {
 /// stream for 60 s, and where the hub's first upstream connection should go.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamTicket {
+    #[serde(rename = "n", default = "default_bot")]
+    pub bot: String,
     #[serde(rename = "c")]
     pub conversation_id: String,
     #[serde(rename = "u")]
@@ -278,11 +287,37 @@ mod tests {
 
     fn token() -> ClientToken {
         ClientToken {
+            bot: "support".into(),
             conversation_id: "conv-us".into(),
             user_id: "dl_user".into(),
             upstream_token: "upstream-secret-token".into(),
             expires_at: 1_900_000_000,
         }
+    }
+
+    /// Tokens sealed before bots had names stay valid across the upgrade, for the default bot.
+    #[test]
+    fn a_token_without_a_bot_is_the_default_bots() {
+        #[derive(Serialize)]
+        struct Earlier<'a> {
+            c: &'a str,
+            u: &'a str,
+            t: &'a str,
+            x: u64,
+        }
+        let sealer = Sealer::new(KEY, &[]).unwrap();
+        let sealed = sealer.seal(
+            Purpose::ClientToken,
+            &Earlier {
+                c: "conv-us",
+                u: "dl_user",
+                t: "upstream",
+                x: 1_900_000_000,
+            },
+        );
+        let opened: ClientToken = sealer.open(Purpose::ClientToken, &sealed).unwrap();
+        assert_eq!(opened.bot, crate::config::DEFAULT_BOT);
+        assert_eq!(opened.conversation_id, "conv-us");
     }
 
     #[test]

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::body::{self, Body};
-use crate::config::{Config, ConfigError, UpstreamTarget};
+use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
 use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
-use crate::gateway::{Gateway, Live};
+use crate::gateway::{Bot, Gateway, Live};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::secret::Secret;
@@ -41,8 +41,10 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub client_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    /// The embedded emulator when `upstream = embedded`.
+    /// The first embedded bot's emulator (the default bot's in the no-argument run).
     pub emulator: Option<EmulatorHandle>,
+    /// Every embedded bot's emulator, by bot name, in configuration order.
+    pub emulators: Vec<(String, EmulatorHandle)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Endless housekeeping (certificate watch, rate-bucket sweep), aborted at shutdown.
@@ -79,26 +81,29 @@ pub async fn start_on(
     admin: TcpListener,
 ) -> Result<Running, StartError> {
     install_crypto_provider();
-    let emulator = match &config.upstream {
-        UpstreamTarget::Url(_) => None,
-        UpstreamTarget::Embedded => {
-            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    source,
-                })?;
-            let secret = config.secret.clone().unwrap_or_else(random_secret);
-            Some(emulator::spawn(
-                listener,
-                EmulatorConfig {
-                    secret,
-                    ..EmulatorConfig::default()
-                },
-            ))
+    let mut emulators = Vec::new();
+    for bot in config.bot_configs() {
+        if bot.upstream != UpstreamTarget::Embedded {
+            continue;
         }
-    };
-    let live = build_live(config, emulator.as_ref(), None).map_err(StartError::Config)?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = TcpListener::bind(loopback)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: loopback,
+                source,
+            })?;
+        let secret = bot.secret.clone().unwrap_or_else(random_secret);
+        let handle = emulator::spawn(
+            listener,
+            EmulatorConfig {
+                secret,
+                ..EmulatorConfig::default()
+            },
+        );
+        emulators.push((bot.name, handle));
+    }
+    let live = build_live(config, &emulators, None).map_err(StartError::Config)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
         addr: live.config.listen,
         source,
@@ -133,7 +138,8 @@ pub async fn start_on(
         gateway,
         client_addr,
         admin_addr,
-        emulator,
+        emulator: emulators.first().map(|(_, handle)| handle.clone()),
+        emulators,
         stop,
         tasks,
         background,
@@ -154,39 +160,15 @@ pub enum ReloadError {
 /// upstream is unchanged, and the token keys retired within their overlap.
 fn build_live(
     config: Config,
-    emulator: Option<&EmulatorHandle>,
+    emulators: &[(String, EmulatorHandle)],
     previous: Option<&Live>,
 ) -> Result<Live, String> {
-    let (upstream_url, secret) = match (&config.upstream, emulator) {
-        (UpstreamTarget::Url(url), _) => (
-            url.clone(),
-            config
-                .secret
-                .clone()
-                .ok_or_else(|| "no Direct Line secret".to_owned())?,
-        ),
-        (UpstreamTarget::Embedded, Some(emulator)) => (
-            url::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?,
-            emulator.secret(),
-        ),
-        (UpstreamTarget::Embedded, None) => return Err("no embedded emulator running".into()),
-    };
-    let reuse_upstream = previous.filter(|p| {
-        p.config.upstream == config.upstream
-            && p.config.upstream_ca_file == config.upstream_ca_file
-            && p.config.timeouts.connect == config.timeouts.connect
-    });
-    let upstream = match reuse_upstream {
-        Some(previous) => previous.upstream.clone(),
-        None => {
-            let tls = crate::upstream::tls_client_config(config.upstream_ca_file.as_deref())
-                .map_err(|e| format!("upstream_ca_file: {e}"))?;
-            Arc::new(
-                Upstream::new(&upstream_url, config.timeouts.connect, tls)
-                    .map_err(|_| "upstream URL".to_owned())?,
-            )
-        }
-    };
+    let mut bots = config
+        .bot_configs()
+        .into_iter()
+        .map(|settings| build_bot(settings, &config, emulators, previous))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::gateway::most_specific_first(&mut bots);
     let now = crate::clock::unix_seconds();
     let mut retired_keys: Vec<(Secret, u64)> = previous
         .map(|p| {
@@ -230,11 +212,62 @@ fn build_live(
     };
     Ok(Live {
         config,
-        secret,
         sealer,
-        upstream,
         retired_keys,
+        bots,
     })
+}
+
+/// One bot's secret and upstream client; an unchanged upstream keeps its connection pool.
+fn build_bot(
+    settings: BotConfig,
+    config: &Config,
+    emulators: &[(String, EmulatorHandle)],
+    previous: Option<&Live>,
+) -> Result<Arc<Bot>, String> {
+    let (upstream_url, secret) = match &settings.upstream {
+        UpstreamTarget::Url(url) => (
+            url.clone(),
+            settings
+                .secret
+                .clone()
+                .ok_or_else(|| format!("bot {}: no Direct Line secret", settings.name))?,
+        ),
+        UpstreamTarget::Embedded => {
+            let (_, emulator) = emulators
+                .iter()
+                .find(|(name, _)| *name == settings.name)
+                .ok_or_else(|| format!("bot {}: no embedded emulator running", settings.name))?;
+            (
+                url::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?,
+                emulator.secret(),
+            )
+        }
+    };
+    let reusable = previous
+        .filter(|p| p.config.timeouts.connect == config.timeouts.connect)
+        .and_then(|p| p.bot(&settings.name))
+        .filter(|p| {
+            p.settings.upstream == settings.upstream
+                && p.settings.upstream_ca_file == settings.upstream_ca_file
+        });
+    let upstream = match reusable {
+        Some(previous) => previous.upstream.clone(),
+        None => {
+            let tls = crate::upstream::tls_client_config(settings.upstream_ca_file.as_deref())
+                .map_err(|e| format!("bot {}: upstream_ca_file: {e}", settings.name))?;
+            Arc::new(
+                Upstream::new(&upstream_url, config.timeouts.connect, tls)
+                    .map_err(|_| format!("bot {}: upstream URL", settings.name))?,
+            )
+        }
+    };
+    Ok(Arc::new(Bot {
+        name: Arc::from(settings.name.as_str()),
+        settings,
+        secret,
+        upstream,
+    }))
 }
 
 impl Running {
@@ -249,13 +282,16 @@ impl Running {
             .map_err(|e| ReloadError::Invalid(e.to_string()))
             .and_then(|config| {
                 check_reloadable(&current.config, &config)?;
-                build_live(config, self.emulator.as_ref(), Some(&current))
-                    .map_err(ReloadError::Invalid)
+                build_live(config, &self.emulators, Some(&current)).map_err(ReloadError::Invalid)
             });
         let outcome = match result {
             Ok(live) => {
+                let names: Vec<Arc<str>> = live.bots.iter().map(|b| b.name.clone()).collect();
                 self.gateway.replace_live(live);
-                tracing::info!("configuration reloaded");
+                self.gateway
+                    .hubs
+                    .close_removed_bots(|bot| names.iter().any(|n| &**n == bot));
+                tracing::info!(bots = names.len(), "configuration reloaded");
                 Ok(())
             }
             Err(error) => {
@@ -283,7 +319,7 @@ impl Running {
         for task in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
         }
-        if let Some(emulator) = &self.emulator {
+        for (_, emulator) in &self.emulators {
             emulator.shutdown();
         }
     }
@@ -296,9 +332,11 @@ fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> 
     if current.admin_listen != next.admin_listen {
         return Err(ReloadError::NeedsRestart("admin_listen"));
     }
-    if (current.upstream == UpstreamTarget::Embedded) != (next.upstream == UpstreamTarget::Embedded)
-    {
-        return Err(ReloadError::NeedsRestart("upstream (embedded or not)"));
+    // Embedded emulators are started with the process, one per embedded bot.
+    if embedded_bots(current) != embedded_bots(next) {
+        return Err(ReloadError::NeedsRestart(
+            "the set of bots with upstream = \"embedded\"",
+        ));
     }
     // The certificate watcher follows the files it started with.
     if current.tls != next.tls {
@@ -316,6 +354,15 @@ fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> 
         ));
     }
     Ok(())
+}
+
+fn embedded_bots(config: &Config) -> Vec<String> {
+    config
+        .bot_configs()
+        .into_iter()
+        .filter(|bot| bot.upstream == UpstreamTarget::Embedded)
+        .map(|bot| bot.name)
+        .collect()
 }
 
 /// Rate buckets that refilled are dropped every half minute, so the maps hold only callers
@@ -392,7 +439,7 @@ async fn serve_client(
                 // flood cannot grow memory or file descriptors further.
                 // An upgraded connection leaves hyper's count and joins the WebSocket gauge.
                 let connections = &gateway.metrics.client_connections;
-                let open_now = connections.get() + gateway.metrics.client_sockets.get();
+                let open_now = connections.get() + gateway.metrics.open_client_sockets();
                 if open_now >= gateway.live().config.limits.max_connections as i64 {
                     gateway.metrics.connections_refused.inc();
                     drop(stream);

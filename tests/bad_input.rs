@@ -115,6 +115,7 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
             .seal(
                 directline_gateway::seal::Purpose::ClientToken,
                 &directline_gateway::seal::ClientToken {
+                    bot: "default".into(),
                     conversation_id: id.to_owned(),
                     user_id: "dl_x".into(),
                     upstream_token: "x".into(),
@@ -144,6 +145,7 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
         .seal(
             directline_gateway::seal::Purpose::StreamTicket,
             &directline_gateway::seal::StreamTicket {
+                bot: "default".into(),
                 conversation_id: id.to_owned(),
                 user_id: "dl_x".into(),
                 watermark: None,

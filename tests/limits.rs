@@ -70,7 +70,7 @@ async fn sessions_are_limited_per_client_ip() {
     assert_eq!(
         metric(
             &text,
-            "directline_gateway_rate_limited_total{route=\"tokens_generate\"}"
+            "directline_gateway_rate_limited_total{bot=\"default\",route=\"tokens_generate\"}"
         ),
         1.0
     );

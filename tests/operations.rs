@@ -381,11 +381,11 @@ async fn metrics_after_a_scenario_pass_promtool() {
     .await;
     let text = h.metrics().await;
     for series in [
-        "directline_gateway_http_requests_total{method=\"POST\",route=\"activities_post\",status=\"2xx\"}",
-        "directline_gateway_tokens_total{kind=\"conversation\"}",
-        "directline_gateway_activities_relayed_total",
-        "directline_gateway_client_websockets",
-        "directline_gateway_upstream_websockets",
+        "directline_gateway_http_requests_total{bot=\"default\",method=\"POST\",route=\"activities_post\",status=\"2xx\"}",
+        "directline_gateway_tokens_total{bot=\"default\",kind=\"conversation\"}",
+        "directline_gateway_activities_relayed_total{bot=\"default\"}",
+        "directline_gateway_client_websockets{bot=\"default\"}",
+        "directline_gateway_upstream_websockets{bot=\"default\"}",
     ] {
         assert!(metric(&text, series) >= 1.0, "{series} in\n{text}");
     }

@@ -173,6 +173,7 @@ async fn refusals_never_reach_upstream() {
     let expired = sealer.seal(
         Purpose::ClientToken,
         &ClientToken {
+            bot: "default".into(),
             conversation_id: conversation.id.clone(),
             user_id: "dl_x".into(),
             upstream_token: "x".into(),
@@ -184,6 +185,7 @@ async fn refusals_never_reach_upstream() {
         .seal(
             Purpose::ClientToken,
             &ClientToken {
+                bot: "default".into(),
                 conversation_id: conversation.id.clone(),
                 user_id: "dl_x".into(),
                 upstream_token: "x".into(),
@@ -260,7 +262,9 @@ async fn refusals_never_reach_upstream() {
     );
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("directline_gateway_auth_refusals_total{reason=\"wrong_conversation\"}"),
+        metrics.contains(
+            "directline_gateway_auth_refusals_total{bot=\"default\",reason=\"wrong_conversation\"}"
+        ),
         "{metrics}"
     );
 }
@@ -380,10 +384,10 @@ async fn admin_endpoints() {
     h.post_message(&conversation, "count me").await;
     let metrics = h.metrics().await;
     for name in [
-        "directline_gateway_http_requests_total{method=\"POST\",route=\"activities_post\",status=\"2xx\"} 1",
-        "directline_gateway_upstream_requests_total{route=\"tokens_generate\",status=\"2xx\"} 1",
+        "directline_gateway_http_requests_total{bot=\"default\",method=\"POST\",route=\"activities_post\",status=\"2xx\"} 1",
+        "directline_gateway_upstream_requests_total{bot=\"default\",route=\"tokens_generate\",status=\"2xx\"} 1",
         "directline_gateway_http_request_duration_seconds_bucket",
-        "directline_gateway_tokens_total{kind=\"generated\"} 1",
+        "directline_gateway_tokens_total{bot=\"default\",kind=\"generated\"} 1",
         "directline_gateway_build_info",
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");

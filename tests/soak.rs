@@ -186,8 +186,8 @@ async fn no_activity_lost_or_duplicated_under_random_faults_and_nothing_leaks() 
             let text = h.metrics().await;
             [
                 "directline_gateway_stream_hubs",
-                "directline_gateway_client_websockets",
-                "directline_gateway_upstream_websockets",
+                "directline_gateway_client_websockets{bot=\"default\"}",
+                "directline_gateway_upstream_websockets{bot=\"default\"}",
             ]
             .iter()
             .all(|series| metric(&text, series) == 0.0)
@@ -199,7 +199,7 @@ async fn no_activity_lost_or_duplicated_under_random_faults_and_nothing_leaks() 
     let text = h.metrics().await;
     let resumes = metric(
         &text,
-        "directline_gateway_upstream_reconnects_total{result=\"ok\"}",
+        "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"ok\"}",
     );
     let dropped = metric(&text, "directline_gateway_duplicates_dropped_total");
     eprintln!(

@@ -80,15 +80,15 @@ async fn no_faults_two_clients() {
     let (h, _sockets) = run_conversation(Faults::default(), 100, 2).await;
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("directline_gateway_activities_relayed_total 200"),
+        metrics.contains("directline_gateway_activities_relayed_total{bot=\"default\"} 200"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("directline_gateway_client_websockets 2"),
+        metrics.contains("directline_gateway_client_websockets{bot=\"default\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("directline_gateway_upstream_websockets 1"),
+        metrics.contains("directline_gateway_upstream_websockets{bot=\"default\"} 1"),
         "one upstream socket per conversation"
     );
 }
@@ -106,7 +106,9 @@ async fn drop_every_few_frames() {
     .await;
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("directline_gateway_upstream_reconnects_total{result=\"ok\"}"),
+        metrics.contains(
+            "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"ok\"}"
+        ),
         "{metrics}"
     );
     assert!(
@@ -195,7 +197,9 @@ async fn stalled_stream_is_detected_and_resumed() {
     let (h, _sockets) = run_conversation_with(builder, 100, 1).await;
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("directline_gateway_upstream_reconnects_total{result=\"ok\"}"),
+        metrics.contains(
+            "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"ok\"}"
+        ),
         "{metrics}"
     );
 }
@@ -344,11 +348,9 @@ async fn resume_budget_exhausted_closes_clients_with_1011() {
     let mut seen = Seen::default();
     read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
     assert_eq!(seen.closed, Some(Some(1011)));
-    assert!(
-        h.metrics()
-            .await
-            .contains("directline_gateway_upstream_reconnects_total{result=\"exhausted\"} 1")
-    );
+    assert!(h.metrics().await.contains(
+        "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"exhausted\"} 1"
+    ));
 }
 
 #[tokio::test]
@@ -373,6 +375,7 @@ async fn bad_tickets_are_refused_before_upgrade() {
     let expired = sealer.seal(
         Purpose::StreamTicket,
         &StreamTicket {
+            bot: "default".into(),
             conversation_id: conversation.id.clone(),
             user_id: "dl_x".into(),
             watermark: None,
@@ -439,7 +442,7 @@ async fn socket_cap_per_conversation_is_enforced_before_upgrade() {
     eventually("both sockets attached", async || {
         h.metrics()
             .await
-            .contains("directline_gateway_client_websockets 2")
+            .contains("directline_gateway_client_websockets{bot=\"default\"} 2")
     })
     .await;
     match tokio_tungstenite::connect_async(&conversation.stream_url).await {
@@ -499,11 +502,9 @@ async fn conversation_gone_upstream_closes_clients_with_a_reason() {
     assert!(h.emulator.end_conversation(&conversation.id));
     read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
     assert_eq!(seen.closed, Some(Some(1000)));
-    assert!(
-        h.metrics()
-            .await
-            .contains("directline_gateway_upstream_reconnects_total{result=\"gone\"} 1")
-    );
+    assert!(h.metrics().await.contains(
+        "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"gone\"} 1"
+    ));
 }
 
 #[tokio::test]
@@ -608,7 +609,11 @@ async fn a_refreshed_upstream_token_reaches_the_hub() {
         .open(Purpose::ClientToken, &conversation.token)
         .unwrap();
     assert_eq!(
-        h.gateway().gateway.hubs.upstream_token(&id).as_deref(),
+        h.gateway()
+            .gateway
+            .hubs
+            .upstream_token(&"default".into(), &id)
+            .as_deref(),
         Some(before.upstream_token.as_str())
     );
     let reply = h
@@ -627,7 +632,11 @@ async fn a_refreshed_upstream_token_reaches_the_hub() {
         .unwrap();
     assert_ne!(after.upstream_token, before.upstream_token);
     assert_eq!(
-        h.gateway().gateway.hubs.upstream_token(&id).as_deref(),
+        h.gateway()
+            .gateway
+            .hubs
+            .upstream_token(&"default".into(), &id)
+            .as_deref(),
         Some(after.upstream_token.as_str())
     );
     // And the stream keeps working across a drop, resumed with that token (enhanced auth).

@@ -186,6 +186,7 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             expires_at,
         } => {
             let claims = ClientToken {
+                bot: "default".into(),
                 conversation_id: conversation_id.clone(),
                 user_id: user_id.clone(),
                 upstream_token: upstream_token.clone(),
@@ -217,6 +218,7 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             expires_at,
         } => {
             let claims = StreamTicket {
+                bot: "default".into(),
                 conversation_id: conversation_id.clone(),
                 user_id: user_id.clone(),
                 watermark: watermark.clone(),

@@ -35,7 +35,7 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let resumes_at_start = hub.resumes.load(std::sync::atomic::Ordering::Relaxed);
-    gw.metrics.client_sockets.inc();
+    let _open = gw.metrics.client_socket_opened(&hub.bot);
     // Copied out so the task holds no settings handle: a reload applies to the next session.
     let (keepalive_interval, write_timeout, lag_frames) = {
         let live = gw.live();
@@ -139,9 +139,9 @@ pub async fn serve(
         let _ = tokio::time::timeout(write_timeout, sink.close()).await;
     }
     hub.detach();
-    gw.metrics.client_sockets.dec();
     tracing::info!(
         target: "session",
+        bot = &*hub.bot,
         conversation = %hub.conversation,
         duration_ms = started.elapsed().as_millis() as u64,
         activities = delivered_activities,

@@ -78,7 +78,12 @@ pub enum Pending {
 }
 
 pub struct Hub {
+    /// The bot this conversation belongs to; its settings are looked up by name at each
+    /// reconnect, so a reload reaches a hub that outlives it.
+    pub bot: Arc<str>,
     pub conversation: ConversationId,
+    /// This bot's `activities_relayed_total`, resolved once rather than per frame.
+    pub relayed: prometheus::IntCounter,
     state: Mutex<HubState>,
     published: watch::Sender<u64>,
     stop: watch::Sender<bool>,
@@ -101,7 +106,9 @@ struct HubState {
 
 impl Hub {
     pub fn new(
+        bot: Arc<str>,
         conversation: ConversationId,
+        relayed: prometheus::IntCounter,
         capacity: usize,
         watermark: Option<Arc<str>>,
         upstream_token: &str,
@@ -109,7 +116,9 @@ impl Hub {
         let (published, _) = watch::channel(0);
         let (stop, _) = watch::channel(false);
         Self {
+            bot,
             conversation,
+            relayed,
             state: Mutex::new(HubState {
                 events: VecDeque::new(),
                 next_seq: 0,
@@ -352,7 +361,14 @@ mod tests {
     use super::*;
 
     fn hub(capacity: usize) -> Hub {
-        Hub::new(ConversationId::parse("c").unwrap(), capacity, None, "token")
+        Hub::new(
+            Arc::from("default"),
+            ConversationId::parse("c").unwrap(),
+            prometheus::IntCounter::new("relayed", "test").unwrap(),
+            capacity,
+            None,
+            "token",
+        )
     }
 
     fn parts(text: &str, watermark: Option<&str>) -> EventParts {

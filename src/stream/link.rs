@@ -25,6 +25,8 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum FetchError {
     /// 404: the conversation is gone (spec §3); retrying cannot help.
     Gone,
+    /// A reload removed the conversation's bot.
+    BotRemoved,
     /// Anything else: 5xx, 429, timeouts, refused connections, odd answers.
     Retry,
 }
@@ -41,6 +43,7 @@ pub enum DialError {
 /// it carries the user claim and a fresh lifetime.
 pub async fn fetch_stream_url(
     gw: &Gateway,
+    bot: &str,
     conversation: &ConversationId,
     watermark: Option<&str>,
     upstream_token: &mut String,
@@ -50,20 +53,21 @@ pub async fn fetch_stream_url(
         rewrite::watermark_query(watermark)
     );
     let live = gw.live_owned();
+    let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
     let mut with_token = false;
     loop {
         let credential = if with_token {
             secret::bearer(upstream_token)
         } else {
-            live.secret.bearer_header()
+            bot.secret.bearer_header()
         };
-        let request = live
+        let request = bot
             .upstream
             .request(Method::GET, &path, credential)
             .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
             .map_err(|_| FetchError::Retry)?;
-        let response = live.upstream.send(request, timeout).await;
+        let response = bot.upstream.send(request, timeout).await;
         let status_label = match &response {
             Ok(r) => status_class(r.status().as_u16()),
             Err(GatewayError::UpstreamTimeout) => "timeout",
@@ -71,7 +75,7 @@ pub async fn fetch_stream_url(
         };
         gw.metrics
             .upstream_requests
-            .with_label_values(&["stream_resume", status_label])
+            .with_label_values(&["stream_resume", status_label, &bot.name])
             .inc();
         let response = response.map_err(|_| FetchError::Retry)?;
         let status = response.status();
@@ -107,13 +111,14 @@ pub async fn fetch_stream_url(
 }
 
 /// Opens an upstream stream URL (ws or wss) within the connect timeout.
-pub async fn dial(gw: &Gateway, url: &str) -> Result<UpstreamSocket, DialError> {
+pub async fn dial(gw: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, DialError> {
     let request = url.into_client_request().map_err(|_| DialError::Failed)?;
     let (ws_config, tls, timeout) = {
         let live = gw.live();
+        let bot = live.bot(bot).ok_or(DialError::Failed)?;
         (
             super::ws_config(&live.config.stream),
-            live.upstream.tls().clone(),
+            bot.upstream.tls().clone(),
             live.config.timeouts.connect * 2,
         )
     };
@@ -147,6 +152,7 @@ const MAX_CATCH_UP_PAGES: usize = 50;
 /// returned let the client skip the same activities when they arrive on the stream.
 pub async fn catch_up(
     gw: &Gateway,
+    bot: &str,
     conversation: &ConversationId,
     watermark: Option<&str>,
     upstream_token: &str,
@@ -155,6 +161,7 @@ pub async fn catch_up(
     let mut ids = HashSet::new();
     let mut watermark = watermark.map(str::to_owned);
     let live = gw.live_owned();
+    let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
@@ -162,13 +169,13 @@ pub async fn catch_up(
             rewrite::watermark_query(watermark.as_deref())
         );
         let mut bytes = None;
-        for credential in [live.secret.bearer_header(), secret::bearer(upstream_token)] {
-            let request = live
+        for credential in [bot.secret.bearer_header(), secret::bearer(upstream_token)] {
+            let request = bot
                 .upstream
                 .request(Method::GET, &path, credential)
                 .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
                 .map_err(|_| FetchError::Retry)?;
-            let response = live
+            let response = bot
                 .upstream
                 .send(request, timeout)
                 .await

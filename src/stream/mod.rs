@@ -30,9 +30,12 @@ use crate::seal::StreamTicket;
 use hub::{AttachError, Hub, ResumeFrom};
 use relay::{FirstLink, close_frame};
 
-/// The live hubs of this replica, by conversation.
+/// A conversation of one bot: two upstreams may hand out equal conversation ids.
+type HubKey = (Arc<str>, ConversationId);
+
+/// The live hubs of this replica, by bot and conversation.
 pub struct Hubs {
-    map: DashMap<ConversationId, Arc<Hub>>,
+    map: DashMap<HubKey, Arc<Hub>>,
 }
 
 impl Default for Hubs {
@@ -45,8 +48,10 @@ impl Default for Hubs {
 
 impl Hubs {
     /// Client sockets now open on `conversation` on this replica.
-    pub fn client_count(&self, conversation: &ConversationId) -> usize {
-        self.map.get(conversation).map_or(0, |hub| hub.clients())
+    pub fn client_count(&self, bot: &Arc<str>, conversation: &ConversationId) -> usize {
+        self.map
+            .get(&(bot.clone(), conversation.clone()))
+            .map_or(0, |hub| hub.clients())
     }
 
     /// Closes every client socket with 1001 so clients resume through another replica.
@@ -60,12 +65,30 @@ impl Hubs {
         }
     }
 
+    /// Closes the sockets of bots a reload removed with 1001; other bots' sockets stay.
+    pub fn close_removed_bots(&self, still_served: impl Fn(&str) -> bool) {
+        let hubs: Vec<Arc<Hub>> = self
+            .map
+            .iter()
+            .filter(|entry| !still_served(&entry.key().0))
+            .map(|entry| entry.value().clone())
+            .collect();
+        for hub in hubs {
+            hub.close(close_frame(CloseCode::Away, "bot removed"));
+        }
+    }
+
     /// A client refreshed its token: the conversation's hub on this replica reconnects with
     /// the fresh upstream token from now on (it matters under enhanced authentication).
-    pub fn adopt_upstream_token(&self, conversation: &ConversationId, upstream_token: &str) {
+    pub fn adopt_upstream_token(
+        &self,
+        bot: &Arc<str>,
+        conversation: &ConversationId,
+        upstream_token: &str,
+    ) {
         if let Some(hub) = self
             .map
-            .get(conversation)
+            .get(&(bot.clone(), conversation.clone()))
             .map(|entry| entry.value().clone())
         {
             hub.set_upstream_token(upstream_token);
@@ -73,15 +96,21 @@ impl Hubs {
     }
 
     /// The upstream token the conversation's hub will reconnect with, if it has a hub here.
-    pub fn upstream_token(&self, conversation: &ConversationId) -> Option<Arc<str>> {
+    pub fn upstream_token(
+        &self,
+        bot: &Arc<str>,
+        conversation: &ConversationId,
+    ) -> Option<Arc<str>> {
         self.map
-            .get(conversation)
+            .get(&(bot.clone(), conversation.clone()))
             .map(|entry| entry.value().upstream_token())
     }
 
     fn remove(&self, hub: &Arc<Hub>) {
         self.map
-            .remove_if(&hub.conversation, |_, live| Arc::ptr_eq(live, hub));
+            .remove_if(&(hub.bot.clone(), hub.conversation.clone()), |_, live| {
+                Arc::ptr_eq(live, hub)
+            });
     }
 
     /// The conversation's hub, creating it (and its upstream task) from `ticket` when
@@ -89,30 +118,34 @@ impl Hubs {
     fn get_or_create(
         &self,
         gw: &Arc<Gateway>,
+        bot: &Arc<str>,
         conversation: &ConversationId,
         ticket: &StreamTicket,
     ) -> (Arc<Hub>, bool) {
         let watermark: Option<Arc<str>> = ticket.watermark.as_deref().map(Arc::from);
         let buffer_frames = gw.live().config.stream.buffer_frames;
+        let new_hub = || {
+            Arc::new(Hub::new(
+                bot.clone(),
+                conversation.clone(),
+                gw.metrics.activities_relayed.with_label_values(&[bot]),
+                buffer_frames,
+                watermark.clone(),
+                &ticket.upstream_token,
+            ))
+        };
         let mut created = false;
         let hub = {
-            let mut entry = self.map.entry(conversation.clone()).or_insert_with(|| {
-                created = true;
-                Arc::new(Hub::new(
-                    conversation.clone(),
-                    buffer_frames,
-                    watermark.clone(),
-                    &ticket.upstream_token,
-                ))
-            });
+            let mut entry = self
+                .map
+                .entry((bot.clone(), conversation.clone()))
+                .or_insert_with(|| {
+                    created = true;
+                    new_hub()
+                });
             if !created && entry.is_retired() {
                 created = true;
-                *entry = Arc::new(Hub::new(
-                    conversation.clone(),
-                    buffer_frames,
-                    watermark.clone(),
-                    &ticket.upstream_token,
-                ));
+                *entry = new_hub();
             }
             entry.clone()
             // The DashMap guard ends here, before anything awaits.
@@ -157,10 +190,10 @@ pub fn accept(
                 .map(|(_, v)| v.into_owned())
         })
         .ok_or(GatewayError::InvalidTicket)?;
-    let ticket = auth::open_ticket(&ctx.live.sealer, &ticket_text, &conversation)?;
+    let ticket = auth::open_ticket(&ctx.live.sealer, &ctx.bot.name, &ticket_text, &conversation)?;
     let key = websocket_key(request.headers()).ok_or(GatewayError::UpgradeRequired)?;
     if !multimodal
-        && gw.hubs.client_count(&conversation)
+        && gw.hubs.client_count(&ctx.bot.name, &conversation)
             >= ctx.live.config.stream.max_sockets_per_conversation
     {
         return Err(GatewayError::TooManySockets);
@@ -169,6 +202,7 @@ pub fn accept(
     let socket_config = ws_config(&ctx.live.config.stream);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
+    let bot = ctx.bot.name.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -188,7 +222,7 @@ pub fn accept(
         if multimodal {
             Box::pin(multimodal::bridge(gw, ticket, socket)).await;
         } else {
-            Box::pin(session(gw, conversation, ticket, socket)).await;
+            Box::pin(session(gw, bot, conversation, ticket, socket)).await;
         }
     });
     let mut response = Response::new(body::empty());
@@ -226,6 +260,7 @@ fn websocket_key(headers: &http::HeaderMap) -> Option<&HeaderValue> {
 /// Attaches a classic stream socket to its conversation's hub and serves it.
 async fn session(
     gw: Arc<Gateway>,
+    bot: Arc<str>,
     conversation: ConversationId,
     ticket: StreamTicket,
     socket: client::ClientSocket,
@@ -236,7 +271,7 @@ async fn session(
     };
     let mut socket = socket;
     for _ in 0..3 {
-        let (hub, created) = gw.hubs.get_or_create(&gw, &conversation, &ticket);
+        let (hub, created) = gw.hubs.get_or_create(&gw, &bot, &conversation, &ticket);
         let attached = if created {
             hub.attach(&hub::ResumeFrom::Start)
         } else {
@@ -258,6 +293,7 @@ async fn session(
                 };
                 match Box::pin(link::catch_up(
                     &gw,
+                    &bot,
                     &conversation,
                     Some(watermark),
                     &ticket.upstream_token,

@@ -19,7 +19,7 @@ pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSo
         .as_deref()
         .and_then(multimodal_url);
     let upstream = match upstream_url {
-        Some(url) => super::link::dial(&gw, &url).await.ok(),
+        Some(url) => super::link::dial(&gw, &ticket.bot, &url).await.ok(),
         None => None,
     };
     let Some(upstream) = upstream else {
@@ -31,8 +31,12 @@ pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSo
             .await;
         return;
     };
-    gw.metrics.client_sockets.inc();
-    gw.metrics.upstream_sockets.inc();
+    let _open = gw.metrics.client_socket_opened(&ticket.bot);
+    let upstream_sockets = gw
+        .metrics
+        .upstream_sockets
+        .with_label_values(&[&ticket.bot]);
+    upstream_sockets.inc();
     let (mut client_sink, mut client_stream) = client.split();
     let (mut upstream_sink, mut upstream_stream) = upstream.split();
     let to_upstream = async {
@@ -55,8 +59,7 @@ pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSo
         _ = to_upstream => {}
         _ = to_client => {}
     }
-    gw.metrics.client_sockets.dec();
-    gw.metrics.upstream_sockets.dec();
+    upstream_sockets.dec();
 }
 
 /// The upstream URL with `/multimodal` appended to its `/stream` path, query kept.

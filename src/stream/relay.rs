@@ -36,6 +36,7 @@ enum PumpEnd {
 enum ResumeEnd {
     Connected(Box<UpstreamSocket>),
     Gone,
+    BotRemoved,
     Exhausted,
     Idle,
     Stopped,
@@ -58,7 +59,10 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         // task as large as a TLS handshake future (about 12 KiB, measured with massif).
         let first_try = match pending_url.take() {
             Some(url) => {
-                let socket = Box::pin(link::dial(&gw, &url)).await.ok().map(Box::new);
+                let socket = Box::pin(link::dial(&gw, &hub.bot, &url))
+                    .await
+                    .ok()
+                    .map(Box::new);
                 if socket.is_none() && first.from_start && tracker.watermark().is_none() {
                     // A reconnect without a watermark would replay only what comes after it,
                     // losing what was sent between start and now: fetch the history first.
@@ -85,6 +89,10 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                     ));
                     break;
                 }
+                ResumeEnd::BotRemoved => {
+                    hub.close(close_frame(CloseCode::Away, "bot removed"));
+                    break;
+                }
                 ResumeEnd::Idle | ResumeEnd::Stopped => break,
             },
         };
@@ -95,9 +103,10 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             hub.resumes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        gw.metrics.upstream_sockets.inc();
+        let upstream_sockets = gw.metrics.upstream_sockets.with_label_values(&[&hub.bot]);
+        upstream_sockets.inc();
         let end = pump(&gw, &hub, &mut tracker, socket).await;
-        gw.metrics.upstream_sockets.dec();
+        upstream_sockets.dec();
         match end {
             PumpEnd::Dropped(why) => {
                 tracing::debug!(conversation = %hub.conversation, why, "upstream stream dropped; resuming");
@@ -200,8 +209,15 @@ async fn pump(
 /// is never mistaken for an old one.
 async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark: &str) {
     let upstream_token = hub.upstream_token();
-    let all = link::catch_up(gw, &hub.conversation, None, &upstream_token).await;
-    let after = link::catch_up(gw, &hub.conversation, Some(watermark), &upstream_token).await;
+    let all = link::catch_up(gw, &hub.bot, &hub.conversation, None, &upstream_token).await;
+    let after = link::catch_up(
+        gw,
+        &hub.bot,
+        &hub.conversation,
+        Some(watermark),
+        &upstream_token,
+    )
+    .await;
     match (all, after) {
         (Ok((_, all)), Ok((_, after))) => {
             for id in all.into_iter().filter(|id| !after.contains(id)) {
@@ -216,7 +232,7 @@ async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark:
 
 async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     let upstream_token = hub.upstream_token();
-    match link::catch_up(gw, &hub.conversation, None, &upstream_token).await {
+    match link::catch_up(gw, &hub.bot, &hub.conversation, None, &upstream_token).await {
         Ok((pages, _)) => {
             for page in pages {
                 relay_text(gw, hub, tracker, page);
@@ -237,9 +253,7 @@ fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
         }
         Observed::Forward(forward) => {
             gw.metrics.duplicates_dropped.inc_by(forward.dropped as u64);
-            gw.metrics
-                .activities_relayed
-                .inc_by(forward.activities.len() as u64);
+            hub.relayed.inc_by(forward.activities.len() as u64);
             let text = match forward.rebuilt {
                 Some(rebuilt) => Utf8Bytes::from(rebuilt),
                 None => text,
@@ -265,6 +279,12 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
     let mut stop = hub.stop_signal();
     let mut attempt: u32 = 0;
     let mut refetched_stale_url = false;
+    let reconnects = |result: &str| {
+        gw.metrics
+            .upstream_reconnects
+            .with_label_values(&[result, &hub.bot])
+            .inc();
+    };
     loop {
         if *stop.borrow_and_update() {
             return ResumeEnd::Stopped;
@@ -279,10 +299,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
             fastrand::f64(),
         );
         if started.elapsed() + wait > config.resume_budget {
-            gw.metrics
-                .upstream_reconnects
-                .with_label_values(&["exhausted"])
-                .inc();
+            reconnects("exhausted");
             return ResumeEnd::Exhausted;
         }
         if !wait.is_zero() {
@@ -295,49 +312,41 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
         let watermark = tracker.watermark().map(|w| &**w);
         // Read per attempt: a client's tokens/refresh may have brought a fresher token.
         let mut upstream_token = hub.upstream_token().to_string();
-        let fetched =
-            link::fetch_stream_url(gw, &hub.conversation, watermark, &mut upstream_token).await;
+        let fetched = link::fetch_stream_url(
+            gw,
+            &hub.bot,
+            &hub.conversation,
+            watermark,
+            &mut upstream_token,
+        )
+        .await;
         hub.set_upstream_token(&upstream_token);
         let url = match fetched {
             Ok(url) => url,
             Err(FetchError::Gone) => {
-                gw.metrics
-                    .upstream_reconnects
-                    .with_label_values(&["gone"])
-                    .inc();
+                reconnects("gone");
                 return ResumeEnd::Gone;
             }
+            Err(FetchError::BotRemoved) => return ResumeEnd::BotRemoved,
             Err(FetchError::Retry) => {
-                gw.metrics
-                    .upstream_reconnects
-                    .with_label_values(&["retry"])
-                    .inc();
+                reconnects("retry");
                 continue;
             }
         };
-        match link::dial(gw, &url).await {
+        match link::dial(gw, &hub.bot, &url).await {
             Ok(socket) => {
-                gw.metrics
-                    .upstream_reconnects
-                    .with_label_values(&["ok"])
-                    .inc();
+                reconnects("ok");
                 return ResumeEnd::Connected(Box::new(socket));
             }
             Err(DialError::Forbidden) if !refetched_stale_url => {
                 // A stale URL: fetch a fresh one at once, but only once per resume so a
                 // server that always refuses cannot turn this into a busy loop.
-                gw.metrics
-                    .upstream_reconnects
-                    .with_label_values(&["retry"])
-                    .inc();
+                reconnects("retry");
                 refetched_stale_url = true;
                 attempt = attempt.saturating_sub(1);
             }
             Err(DialError::Forbidden | DialError::Failed) => {
-                gw.metrics
-                    .upstream_reconnects
-                    .with_label_values(&["retry"])
-                    .inc();
+                reconnects("retry");
             }
         }
     }

@@ -89,7 +89,7 @@ async function chat(faults, messages, screenshot) {
     await page.locator('.webchat__connectivityStatus').waitFor({ state: 'hidden', timeout: 30000 });
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, screenshot) });
-    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{result="ok"}');
+    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{bot="default",result="ok"}');
     return { sockets, reconnects, pageErrors, startError: await page.evaluate(() => window.startError) };
   } finally {
     await browser.close();

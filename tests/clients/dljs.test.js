@@ -79,7 +79,7 @@ async function converse(faults, count) {
     const expected = messages.flatMap((m) => [m, `echo: ${m}`]);
     const texts = () => activities.filter((a) => a.type === 'message').map((a) => a.text);
     await until(`${expected.length} messages`, () => texts().length >= expected.length);
-    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{result="ok"}');
+    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{bot="default",result="ok"}');
     const result = { reconnects, texts: texts(), ids: activities.map((a) => a.id), statuses: [...statuses], sockets: { ...sockets }, expected, errors: [...errors] };
     ended = true;
     directLine.end();
@@ -190,7 +190,7 @@ test('token refresh through the gateway keeps the conversation working', { timeo
     const refreshed = seen.directLine.token;
     assert.match(refreshed, /^dlgw1\./, 'the refreshed token is the gateway\'s, not Direct Line\'s');
     const metrics = await env.metrics();
-    assert.ok(metric(metrics, 'directline_gateway_tokens_total{kind="refreshed"}') >= 1, 'the gateway minted it');
+    assert.ok(metric(metrics, 'directline_gateway_tokens_total{bot="default",kind="refreshed"}') >= 1, 'the gateway minted it');
     // DLJS posts with the refreshed token from now on.
     await post(seen.directLine, 'after refresh');
     await until('echo after the refresh', () => seen.texts().length >= 4);
