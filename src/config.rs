@@ -1167,6 +1167,110 @@ mod tests {
         )
     }
 
+    const TWO_BOTS: &str = r#"
+[rate_limits]
+sessions_per_minute = 30
+
+[[bots]]
+name = "support"
+host = "Support.Contoso.com"
+upstream = "https://europe.directline.botframework.com"
+secret_env = "SUPPORT_SECRET"
+allowed_origins = ["https://contoso.com/"]
+user_ids = "caller"
+
+[[bots]]
+name = "sales"
+path_prefix = "/bots/sales/"
+upstream = "embedded"
+[bots.rate_limits]
+activities_per_minute = 60
+activities_burst = 5
+"#;
+
+    #[test]
+    fn bots_take_their_own_settings_and_the_top_level_defaults() {
+        let config = load_str(TWO_BOTS, &[("SUPPORT_SECRET", "s3cret")]).unwrap();
+        let [support, sales] = &config.bot_configs()[..] else {
+            panic!("two bots");
+        };
+        assert_eq!(support.name, "support");
+        assert_eq!(support.host.as_deref(), Some("support.contoso.com"));
+        assert_eq!(support.path_prefix, "");
+        assert_eq!(support.secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(support.allowed_origins, ["https://contoso.com"]);
+        assert_eq!(support.user_ids, UserIdPolicy::Caller);
+        assert_eq!(
+            support.rate_limits.sessions.per_minute, 30,
+            "top-level default"
+        );
+        assert_eq!(sales.path_prefix, "/bots/sales");
+        assert_eq!(sales.upstream, UpstreamTarget::Embedded);
+        assert!(sales.secret.is_none());
+        assert_eq!(sales.user_ids, UserIdPolicy::Minted);
+        assert_eq!(sales.rate_limits.sessions.per_minute, 30);
+        assert_eq!(
+            sales.rate_limits.activities,
+            Rate {
+                per_minute: 60,
+                burst: 5
+            }
+        );
+        // Without [[bots]] the top level is one bot named "default".
+        let single = load_str("user_ids = \"caller\"", &[]).unwrap();
+        let [default] = &single.bot_configs()[..] else {
+            panic!("one bot");
+        };
+        assert_eq!(default.name, DEFAULT_BOT);
+        assert_eq!(default.user_ids, UserIdPolicy::Caller);
+    }
+
+    #[test]
+    fn bot_mistakes_are_named() {
+        let bot = |extra: &str| format!("[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n{extra}");
+        let cases = [
+            (format!("upstream = \"embedded\"\n{}", bot("")), "bots"),
+            (format!("path_prefix = \"/x\"\n{}", bot("")), "bots"),
+            (
+                format!("{}{}", bot(""), bot("path_prefix = \"/b\"")),
+                "bots",
+            ),
+            (
+                format!(
+                    "{}[[bots]]\nname = \"b\"\nupstream = \"embedded\"\n",
+                    bot("")
+                ),
+                "bots",
+            ),
+            (
+                "[[bots]]\nname = \"Bad Name\"\nupstream = \"embedded\"\n".to_owned(),
+                "bots.name",
+            ),
+            (
+                "[[bots]]\nname = \"none\"\nupstream = \"embedded\"\n".to_owned(),
+                "bots.name",
+            ),
+            (bot("host = \"https://x.test\""), "bots.host"),
+            (bot("user_ids = \"anyone\""), "user_ids"),
+            (bot("secret_env = \"NOT_SET_ANYWHERE\""), "bots.secret_env"),
+            (
+                "[[bots]]\nname = \"a\"\nupstream = \"https://x.test\"\n".to_owned(),
+                "bots.secret_file",
+            ),
+        ];
+        for (text, key) in cases {
+            match load_str(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // The environment's single-bot secret would be silently unused with [[bots]].
+        assert!(matches!(
+            load_str(&bot(""), &[(ENV_SECRET, "x")]),
+            Err(ConfigError::Invalid { key: "bots", .. })
+        ));
+    }
+
     /// Segments a URL parser would normalise away are refused (regression found by fuzzing).
     #[test]
     fn path_prefixes_must_survive_url_normalisation() {

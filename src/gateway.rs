@@ -415,14 +415,18 @@ fn request_host(request: &Request<Incoming>) -> Option<&str> {
         Some(authority) => authority.as_str(),
         None => request.headers().get(http::header::HOST)?.to_str().ok()?,
     };
+    Some(host_of(authority))
+}
+
+fn host_of(authority: &str) -> &str {
     let host = match authority.rsplit_once('@') {
         Some((_, host)) => host,
         None => authority,
     };
     if host.starts_with('[') {
-        return host.split_inclusive(']').next();
+        return host.split_inclusive(']').next().unwrap_or(host);
     }
-    Some(host.split(':').next().unwrap_or(host))
+    host.split(':').next().unwrap_or(host)
 }
 
 fn serves_demo(config: &BotConfig, method: &Method, path: &str) -> bool {
@@ -470,4 +474,34 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
     let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port_and_credentials() {
+        for (authority, host) in [
+            ("chat.contoso.com", "chat.contoso.com"),
+            ("chat.contoso.com:8443", "chat.contoso.com"),
+            ("user:pw@chat.contoso.com:80", "chat.contoso.com"),
+            ("[::1]:8080", "[::1]"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+        ] {
+            assert_eq!(host_of(authority), host, "{authority}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(under_prefix(
+            "/bots/a/v3/directline/tokens/generate",
+            "/bots/a"
+        ));
+        assert!(under_prefix("/bots/a", "/bots/a"));
+        assert!(under_prefix("/v3/directline/conversations", ""));
+        assert!(!under_prefix("/bots/ab/v3/directline", "/bots/a"));
+        assert!(!under_prefix("/v3/directline", "/bots/a"));
+    }
 }
