@@ -370,7 +370,7 @@ log "stream: 101 Switching Protocols, first frame carries 'echo: hello'"
 
 curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN/metrics" > "$WORK/metrics.txt"
 promtool check metrics < "$WORK/metrics.txt" || fail "promtool check metrics"
-grep -q '^directline_gateway_tokens_total{kind="generated"} 1$' "$WORK/metrics.txt" || fail "metrics: tokens_total{kind=generated} is not 1"
+grep -q '^directline_gateway_tokens_total{bot="default",kind="generated"} 1$' "$WORK/metrics.txt" || fail "metrics: tokens_total{kind=generated} is not 1"
 BUILD_INFO=$(grep '^directline_gateway_build_info{' "$WORK/metrics.txt") || fail "metrics: no build_info"
 log "$BUILD_INFO"
 "$PY" deploy/ci/check_metrics_refs.py src/metrics.rs deploy/prometheus/dashboard.json deploy/prometheus/alerts.yml \
