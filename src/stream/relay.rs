@@ -77,12 +77,12 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             None => match Box::pin(resume(&gw, &hub, &tracker)).await {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
-                    tracing::info!(conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
+                    tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
                     hub.close(close_frame(CloseCode::Normal, "conversation ended"));
                     break;
                 }
                 ResumeEnd::Exhausted => {
-                    tracing::warn!(conversation = %hub.conversation, budget = ?gw.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
+                    tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, budget = ?gw.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
                     hub.close(close_frame(
                         CloseCode::Error,
                         "upstream unavailable; reconnect",
@@ -109,7 +109,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         upstream_sockets.dec();
         match end {
             PumpEnd::Dropped(why) => {
-                tracing::debug!(conversation = %hub.conversation, why, "upstream stream dropped; resuming");
+                tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, why, "upstream stream dropped; resuming");
                 dropped_at = Some(Instant::now());
             }
             PumpEnd::Idle | PumpEnd::Stopped => break,
@@ -166,7 +166,7 @@ async fn pump(
                     }
                     Some(Ok(Message::Close(frame))) => {
                         if let Some(frame) = &frame {
-                            tracing::debug!(conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
+                            tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
                         }
                         return PumpEnd::Dropped("closed");
                     }
@@ -225,7 +225,7 @@ async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark:
             }
         }
         (Err(error), _) | (_, Err(error)) => {
-            tracing::debug!(conversation = %hub.conversation, ?error, "history for replay guard unavailable")
+            tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, ?error, "history for replay guard unavailable")
         }
     }
 }
@@ -239,7 +239,7 @@ async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
             }
         }
         Err(error) => {
-            tracing::debug!(conversation = %hub.conversation, ?error, "history backfill failed")
+            tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, ?error, "history backfill failed")
         }
     }
 }
