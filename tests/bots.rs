@@ -479,7 +479,8 @@ async fn reload_adds_and_removes_bots_while_other_streams_stay_open() {
     );
     echo_on(&mut first_ws, "before").await;
 
-    // A third bot, on the other upstream, added live.
+    // A third bot, on the other upstream, added live; alpha's secret rotated to the site's
+    // second one in the same reload.
     let epsilon = Route {
         host: None,
         prefix: "/bots/epsilon",
@@ -487,7 +488,7 @@ async fn reload_adds_and_removes_bots_while_other_streams_stay_open() {
     let three = bots_toml(
         &dir,
         &[
-            ("alpha", ALPHA, &a, A_FIRST),
+            ("alpha", ALPHA, &a, A_SECOND),
             ("gamma", GAMMA, &a, A_SECOND),
             ("epsilon", epsilon, &b, B_FIRST),
         ],
@@ -529,12 +530,19 @@ async fn reload_adds_and_removes_bots_while_other_streams_stay_open() {
         "epsilon's conversation lives upstream B"
     );
 
-    // The stream opened before the reload is the same socket and still delivers.
+    // The stream opened before the reload is the same socket and still delivers, and
+    // alpha's calls now carry the rotated secret.
+    let before_rotation = a.requests().len();
     assert_eq!(
         alpha.post(&first, &first.token, "after").await.status,
         StatusCode::OK
     );
     echo_on(&mut first_ws, "after").await;
+    let seen = credentials_since(&a, before_rotation);
+    assert!(
+        seen.contains(&SeenCredential::SecondSecret) && !seen.contains(&SeenCredential::Secret),
+        "alpha uses its rotated secret: {seen:?}"
+    );
 
     // Removing gamma closes its socket with 1001; alpha's and epsilon's stay.
     let without_gamma = bots_toml(
