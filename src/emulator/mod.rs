@@ -279,6 +279,14 @@ impl EmulatorHandle {
         self.state.stream_connects()
     }
 
+    /// Cuts every stream open right now at once, without a close frame (as a Direct Line
+    /// front end failing over does), and frees their slots; streams opened afterwards are
+    /// untouched. For the drop-storm benchmark (`benches/compare.rs`): the proxy in front
+    /// must notice the drop and resume each conversation from its watermark.
+    pub fn drop_all_streams(&self) {
+        self.state.drop_all_streams();
+    }
+
     /// Stops accepting, closes streams with 1001 and lets connections drain.
     pub fn shutdown(&self) {
         self.state.shut_down();

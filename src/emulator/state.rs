@@ -53,6 +53,8 @@ pub(super) struct State {
     stream_connects: AtomicU64,
     next_socket: AtomicU64,
     shutdown: watch::Sender<bool>,
+    /// Bumped by [`super::EmulatorHandle::drop_all_streams`]; every open socket watches it.
+    drop_all: watch::Sender<u64>,
 }
 
 /// A conversation id: what the service allocates (22 base64url characters and a region
@@ -133,6 +135,7 @@ impl State {
             stream_connects: AtomicU64::new(0),
             next_socket: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
+            drop_all: watch::channel(0).0,
         }
     }
 
@@ -285,6 +288,15 @@ impl State {
 
     pub(super) fn shut_down(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// A receiver that sees only drops requested after it was made.
+    pub(super) fn drop_all_signal(&self) -> watch::Receiver<u64> {
+        self.drop_all.subscribe()
+    }
+
+    pub(super) fn drop_all_streams(&self) {
+        self.drop_all.send_modify(|generation| *generation += 1);
     }
 
     /// Forgets stream tokens past their TTL, and conversation tokens one TTL after they

@@ -227,6 +227,7 @@ struct Delivery<'a> {
 impl Delivery<'_> {
     async fn run(mut self, socket: &mut Socket) -> End {
         let mut shutdown = self.state.shutdown_signal();
+        let mut drop_all = self.state.drop_all_signal();
         let mut keepalive = keepalive(self.state.keepalive_interval);
         let mut due = Vec::new();
         loop {
@@ -264,6 +265,7 @@ impl Delivery<'_> {
             }
             tokio::select! {
                 _ = async { shutdown.wait_for(|down| *down).await.map(|_| ()) } => return End::Shutdown,
+                _ = drop_all.changed() => return End::Abort,
                 () = &mut notified => {}
                 message = socket.next() => match message {
                     None | Some(Err(_)) => return End::Gone,

@@ -1307,6 +1307,42 @@ async fn proactive_messages_and_the_request_log() {
 }
 
 #[tokio::test]
+async fn drop_all_streams_cuts_every_open_stream_and_only_those() {
+    let (emulator, client) = default_emulator().await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let started = client.start(SECRET).await;
+        let ws = Ws::open(&started.stream_url).await;
+        open.push((started, ws));
+    }
+    for (started, ws) in &mut open {
+        emulator.send_bot_message(&started.conversation_id, "before");
+        assert_eq!(ws.activities(1).await[0].1["text"], "before");
+    }
+    emulator.drop_all_streams();
+    for (started, ws) in &mut open {
+        assert!(matches!(ws.ending().await, Event::Ended), "no close frame");
+        eventually("slot freed", || {
+            emulator.live_streams(&started.conversation_id) == 0
+        })
+        .await;
+    }
+
+    // A resume from the watermark gets what was sent while no stream was open, and the
+    // new socket is not cut by the earlier drop.
+    let (started, _) = &open[0];
+    emulator.send_bot_message(&started.conversation_id, "missed");
+    let reply = client
+        .reconnect(&started.conversation_id, "0", &started.token)
+        .await;
+    let mut ws = Ws::open(reply.body["streamUrl"].as_str().expect("url")).await;
+    assert_eq!(ws.activities(1).await[0].1["text"], "missed");
+    emulator.send_bot_message(&started.conversation_id, "after");
+    assert_eq!(ws.activities(1).await[0].1["text"], "after");
+    assert_eq!(emulator.live_streams(&started.conversation_id), 1);
+}
+
+#[tokio::test]
 async fn shutdown_closes_streams_and_stops_accepting() {
     let (emulator, client) = default_emulator().await;
     let started = client.start(SECRET).await;
