@@ -47,7 +47,7 @@ export COMPARE_RUN_DIR=$run COMPARE_PIDFILE=$run/pids
 # Only processes this run recorded, and only if they still are what was started.
 ours() {
   [[ -n $1 ]] && kill -0 "$1" 2>/dev/null &&
-    grep -qaE 'nginx|directline-gateway' "/proc/$1/cmdline" 2>/dev/null
+    grep -qaE 'nginx|directline-gateway|strace' "/proc/$1/cmdline" 2>/dev/null
 }
 cleanup() {
   local pid left=()
@@ -92,8 +92,8 @@ if [[ $mode == profile ]]; then
     cargo bench --locked --bench compare -- profile --phase all --count "$count" | tee -a "$prof/README.md"
   for file in "$prof"/callgrind.out.*; do
     [[ $file == *.txt ]] && continue
-    callgrind_annotate --inclusive=yes "$file" >"$file.inclusive.txt"
-    callgrind_annotate "$file" >"$file.self.txt"
+    callgrind_annotate --inclusive=yes "$file" >"$file.inclusive.txt" 2>/dev/null
+    callgrind_annotate "$file" >"$file.self.txt" 2>/dev/null
     echo "$file: $(grep -m1 '^desc: Trigger' "$file" || true); totals: $(grep -m1 '^totals:' "$file")" | tee -a "$prof/README.md"
   done
   exit 0

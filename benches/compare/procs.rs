@@ -233,6 +233,12 @@ impl Proc {
         Memory::sum(self.pids())
     }
 
+    /// Voluntary and involuntary context switches of every thread of every process: how
+    /// often it went to sleep and was woken (threads that exited are not counted).
+    pub fn context_switches(&self) -> u64 {
+        self.pids().into_iter().map(context_switches).sum()
+    }
+
     pub fn worker_memory(&self) -> Memory {
         Memory::sum(self.worker_pids())
     }
@@ -337,6 +343,68 @@ pub fn cpu_time(pid: u32) -> Duration {
         .filter_map(|f| f.parse::<u64>().ok())
         .sum();
     Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// `strace -c -f` attached to running processes (every thread), until [`Strace::finish`]:
+/// a syscall census of the measured window. It slows the traced process a lot, so the
+/// timings of a traced run mean nothing; only the counts do.
+pub struct Strace {
+    child: Child,
+    pub output: PathBuf,
+}
+
+impl Strace {
+    /// `args` replace the default `-c -f` (e.g. `-f -k -e trace=mprotect` for stacks).
+    pub fn attach(pids: &[u32], output: PathBuf, args: Option<&str>) -> Option<Self> {
+        let mut command = Command::new("strace");
+        command.args(args.unwrap_or("-c -f").split_whitespace());
+        command.arg("-o").arg(&output);
+        for pid in pids {
+            command.args(["-p", &pid.to_string()]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        record_pid(child.id());
+        // Attaching takes a moment; what is missed is the window's first milliseconds.
+        std::thread::sleep(Duration::from_millis(200));
+        Some(Self { child, output })
+    }
+
+    /// Detaches (strace writes its summary on SIGINT) and returns the summary.
+    pub fn finish(mut self) -> String {
+        signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+}
+
+/// The `total` calls of an `strace -c` summary.
+pub fn strace_total_calls(summary: &str) -> Option<u64> {
+    summary
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|calls| calls.parse().ok())
 }
 
 /// Resident memory in KiB, summed over processes.

@@ -24,7 +24,13 @@ const OPENING: usize = 64;
 const ACTIVITY: &[u8] = br#"{"type":"message","from":{"id":"user1"},"text":"hello"}"#;
 
 pub fn print_header(mode: &str, options: &Options) {
-    let mut args: Vec<String> = options.raw().map(|(k, v)| format!("--{k} {v}")).collect();
+    let mut args: Vec<String> = options
+        .raw()
+        .map(|(k, v)| match v.as_str() {
+            "true" => format!("--{k}"),
+            _ => format!("--{k} {v}"),
+        })
+        .collect();
     args.sort();
     println!(
         "\n## compare {mode} {}\n\n{} cores, load average at start {}, gateway {}, nginx {}",
@@ -90,10 +96,6 @@ impl Stack {
         }
     }
 
-    fn cpu(&self) -> Option<Duration> {
-        self.proxy.as_ref().map(Proc::cpu)
-    }
-
     fn memory(&self) -> Option<Memory> {
         self.proxy.as_ref().map(Proc::memory)
     }
@@ -118,12 +120,40 @@ fn deep_listener() -> TcpListener {
     socket.listen(4096).expect("listen")
 }
 
-/// CPU time of the proxy between two instants (`None` when direct).
-async fn cpu_over(stack: &Stack, from: Instant, to: Instant) -> Option<Duration> {
+/// What the proxy spent between two instants (`None` when direct).
+#[derive(Clone, Copy, Debug)]
+struct Spent {
+    cpu: Duration,
+    switches: u64,
+}
+
+/// With `COMPARE_STRACE=1` the window is also traced (`strace -c -f`) and the census is
+/// printed: timings of such a run are meaningless, syscall counts are the point. Any other
+/// value is taken as strace's arguments instead of `-c -f`.
+async fn spent_over(stack: &Stack, from: Instant, to: Instant, label: &str) -> Option<Spent> {
     tokio::time::sleep_until(from.into()).await;
-    let before = stack.cpu();
+    let proxy = stack.proxy.as_ref()?;
+    let (cpu, switches) = (proxy.cpu(), proxy.context_switches());
+    let strace = std::env::var("COMPARE_STRACE").ok().and_then(|args| {
+        let output = procs::run_dir().join(format!("strace-{label}.txt"));
+        let args = (args != "1").then_some(args.as_str());
+        tokio::task::block_in_place(|| procs::Strace::attach(&proxy.pids(), output, args))
+    });
     tokio::time::sleep_until(to.into()).await;
-    Some(stack.cpu()? - before?)
+    if let Some(strace) = strace {
+        let output = strace.output.clone();
+        let summary = tokio::task::block_in_place(|| strace.finish());
+        println!(
+            "\nstrace -c -f of {label} over the window ({}), {} syscalls:\n\n```\n{}```",
+            output.display(),
+            procs::strace_total_calls(&summary).map_or("?".into(), |n| n.to_string()),
+            summary.lines().take(14).collect::<Vec<_>>().join("\n") + "\n"
+        );
+    }
+    Some(Spent {
+        cpu: proxy.cpu() - cpu,
+        switches: proxy.context_switches() - switches,
+    })
 }
 
 async fn open_conversations(http: &Http, endpoint: &Endpoint, count: usize) -> Vec<Conversation> {
@@ -161,7 +191,7 @@ struct RestRun {
     secs: f64,
     latencies: Latencies,
     errors: usize,
-    cpu: Option<Duration>,
+    spent: Option<Spent>,
     memory: Option<Memory>,
 }
 
@@ -210,7 +240,7 @@ pub async fn rest(options: &Options) {
             };
             let cpu: Vec<Option<f64>> = mine
                 .iter()
-                .map(|r| per_100k(r.cpu, r.latencies.len()))
+                .map(|r| per_100k(r.spent.map(|s| s.cpu), r.latencies.len()))
                 .collect();
             let hwm: Vec<Option<f64>> = mine
                 .iter()
@@ -311,7 +341,8 @@ async fn rest_once(via: Via, concurrency: usize, warmup: Duration, secs: f64) ->
             })
         })
         .collect();
-    let cpu = cpu_over(&stack, window_start, window_end).await;
+    let label = format!("rest-{}-{concurrency}", via.name());
+    let spent = spent_over(&stack, window_start, window_end, &label).await;
     let mut samples = Vec::new();
     let mut errors = 0;
     for worker in workers {
@@ -327,7 +358,7 @@ async fn rest_once(via: Via, concurrency: usize, warmup: Duration, secs: f64) ->
         secs,
         latencies: Latencies::new(samples),
         errors,
-        cpu,
+        spent,
         memory,
     }
 }
@@ -341,7 +372,7 @@ struct WsRun {
     sent: usize,
     latencies: Latencies,
     closed: usize,
-    cpu: Option<Duration>,
+    spent: Option<Spent>,
     memory: Option<Memory>,
 }
 
@@ -372,9 +403,9 @@ pub async fn ws(options: &Options) {
         warmup.as_secs_f64()
     );
     println!(
-        "| conversations | via | received / sent | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | proxy CPU s per 100k activities | proxy peak RSS MiB | proxy RSS at end MiB |"
+        "| conversations | via | received / sent | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | proxy CPU s per 100k activities | proxy context switches per activity | proxy peak RSS MiB | proxy RSS at end MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &conversations in &levels {
         let direct: Vec<&WsRun> = runs
             .iter()
@@ -401,7 +432,14 @@ pub async fn ws(options: &Options) {
                     spread(&values, 2)
                 }
             };
-            let cpu: Vec<Option<f64>> = mine.iter().map(|r| per_100k(r.cpu, r.sent)).collect();
+            let cpu: Vec<Option<f64>> = mine
+                .iter()
+                .map(|r| per_100k(r.spent.map(|s| s.cpu), r.sent))
+                .collect();
+            let switches: Vec<Option<f64>> = mine
+                .iter()
+                .map(|r| r.spent.map(|s| s.switches as f64 / r.sent.max(1) as f64))
+                .collect();
             let hwm: Vec<Option<f64>> = mine
                 .iter()
                 .map(|r| r.memory.map(|m| mib(m.hwm_kib)))
@@ -414,7 +452,7 @@ pub async fn ws(options: &Options) {
             let sent: usize = mine.iter().map(|r| r.sent).sum();
             let closed: usize = mine.iter().map(|r| r.closed).sum();
             println!(
-                "| {conversations} | {} | {received} / {sent}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {conversations} | {} | {received} / {sent}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 via.name(),
                 if closed > 0 {
                     format!(" ({closed} sockets closed)")
@@ -428,6 +466,7 @@ pub async fn ws(options: &Options) {
                 added(0.50),
                 added(0.99),
                 spread_opt(&cpu, 2),
+                spread_opt(&switches, 2),
                 spread_opt(&hwm, 1),
                 spread_opt(&rss, 1),
             );
@@ -471,7 +510,8 @@ async fn ws_once(via: Via, count: usize, rate: f64, warmup: Duration, secs: f64)
         }
         in_window
     });
-    let cpu = cpu_over(&stack, window_start, window_end).await;
+    let label = format!("ws-{}-{count}", via.name());
+    let spent = spent_over(&stack, window_start, window_end, &label).await;
     let sent = sender.await.expect("sender");
     // The tail still in flight.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -500,7 +540,7 @@ async fn ws_once(via: Via, count: usize, rate: f64, warmup: Duration, secs: f64)
         sent,
         latencies: Latencies::new(samples),
         closed,
-        cpu,
+        spent,
         memory,
     }
 }
