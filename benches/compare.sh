@@ -111,6 +111,7 @@ bench() {
   cargo bench --locked --bench "$@" | tee -a "$results"
 }
 bench compare -- rest "${flags[@]}"
+bench compare -- wrk "${flags[@]}"
 bench compare -- ws "${flags[@]}"
 bench compare -- idle "${flags[@]}"
 bench compare -- storm "${flags[@]}"
