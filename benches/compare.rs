@@ -3,6 +3,7 @@
 //! and never fails on a figure. `bash benches/compare.sh [quick]` runs every mode; one mode:
 //!
 //!   cargo bench --bench compare -- rest    [--quick] [--repeat N] [--secs S] [--concurrency 32,256]
+//!   cargo bench --bench compare -- wrk     [--quick] [--repeat N] [--secs S] [--connections 32]
 //!   cargo bench --bench compare -- ws      [--quick] [--repeat N] [--secs S] [--conversations 100,1000] [--rate R]
 //!   cargo bench --bench compare -- idle    [--quick] [--repeat N] [--counts 1000,9900]
 //!   cargo bench --bench compare -- storm   [--quick] [--repeat N] [--conversations 1000]
@@ -45,6 +46,7 @@ fn main() {
     match mode.as_str() {
         "rest" => runtime.block_on(scenarios::rest(&options)),
         "ws" => runtime.block_on(scenarios::ws(&options)),
+        "wrk" => runtime.block_on(scenarios::wrk(&options)),
         "idle" => runtime.block_on(scenarios::idle(&options)),
         "storm" => runtime.block_on(scenarios::storm(&options)),
         "startup" => scenarios::startup(&options),
@@ -56,7 +58,7 @@ fn main() {
 
 fn usage() {
     eprintln!(
-        "usage: cargo bench --bench compare -- rest|ws|idle|storm|startup|profile [--quick] [--repeat N] [...]\n\
+        "usage: cargo bench --bench compare -- rest|wrk|ws|idle|storm|startup|profile [--quick] [--repeat N] [...]\n\
          (see the top of benches/compare.rs)"
     );
 }

@@ -2,7 +2,7 @@
 # The gateway against nginx doing the closest job and against Direct Line direct (the
 # emulator), every scenario three ways in one run (issue #7; docs/BENCHMARKS.md).
 #
-#   bash benches/compare.sh           # full: 3 runs of everything, about 20 minutes
+#   bash benches/compare.sh           # full: 3 runs of everything, about 30 minutes
 #   bash benches/compare.sh quick     # one short run of everything, to check the tooling
 #   bash benches/compare.sh profile   # callgrind on the gateway's hot paths
 #
@@ -111,6 +111,7 @@ bench() {
   cargo bench --locked --bench "$@" | tee -a "$results"
 }
 bench compare -- rest "${flags[@]}"
+bench compare -- wrk "${flags[@]}"
 bench compare -- ws "${flags[@]}"
 bench compare -- idle "${flags[@]}"
 bench compare -- storm "${flags[@]}"

@@ -138,10 +138,21 @@ pub async fn start_conversation(http: &Http, endpoint: &Endpoint) -> Result<Conv
             .map(str::to_owned)
             .ok_or_else(|| format!("start answered no {name}: {started}"))
     };
+    let stream_url = text("streamUrl")?;
+    // A proxy that failed to rewrite would send the WebSocket straight to Direct Line and
+    // every stream figure would silently be direct's.
+    let origin = endpoint
+        .domain
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    if !stream_url.starts_with(&format!("ws://{origin}/")) {
+        return Err(format!("streamUrl not rewritten to {origin}: {stream_url}"));
+    }
     Ok(Conversation {
         id: text("conversationId")?,
         token: text("token")?,
-        stream_url: text("streamUrl")?,
+        stream_url,
     })
 }
 

@@ -364,6 +364,147 @@ async fn rest_once(via: Via, concurrency: usize, warmup: Duration, secs: f64) ->
 }
 
 // ---------------------------------------------------------------------------------------
+// REST cross-check with wrk: a C load generator with one thread, far lighter than this
+// process, so the proxy under test gets more of the two cores.
+
+pub async fn wrk(options: &Options) {
+    let repeat = options.number("repeat", 1.0, 3.0) as usize;
+    let secs = options.number("secs", 3.0, 10.0) as u64;
+    let connections = options.number("connections", 32.0, 32.0) as usize;
+    let mut rows: Vec<(Via, Option<WrkResult>, Option<f64>)> = Vec::new();
+    for round in 0..repeat {
+        for via in Via::ALL {
+            progress(format!("wrk: {} run {}/{repeat}", via.name(), round + 1));
+            let stack = Stack::start(via).await;
+            let http = clients::http_client();
+            let conversations = open_conversations(&http, &stack.endpoint, connections).await;
+            let script = procs::run_dir().join(format!("wrk-{}.lua", via.name()));
+            std::fs::write(&script, wrk_script(&conversations)).expect("wrk script");
+            let proxy_cpu = stack.proxy.as_ref().map(Proc::cpu);
+            let output = tokio::process::Command::new("wrk")
+                .args([
+                    "-t1",
+                    &format!("-c{connections}"),
+                    &format!("-d{secs}s"),
+                    "--latency",
+                    "-s",
+                ])
+                .arg(&script)
+                .arg(stack.endpoint.domain.to_string())
+                .output()
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let result = WrkResult::parse(&output);
+            let cpu = stack
+                .proxy
+                .as_ref()
+                .zip(proxy_cpu)
+                .zip(result.as_ref())
+                .map(|((proxy, before), r)| {
+                    (proxy.cpu() - before).as_secs_f64() * 100_000.0 / (r.rps * secs as f64)
+                });
+            rows.push((via, result, cpu));
+            stack.stop();
+        }
+    }
+    println!(
+        "\nREST cross-check: `wrk -t1 -c{connections} -d{secs}s --latency`, POST activities round \
+         robin over {connections} conversations; {repeat} run(s) each, interleaved; median \
+         (min–max). The proxy's CPU is over the whole wrk run.\n"
+    );
+    println!("| via | req/s | p50 ms | p90 ms | p99 ms | non-2xx | proxy CPU s per 100k req |");
+    println!("|---|---|---|---|---|---|---|");
+    for via in Via::ALL {
+        let mine: Vec<&WrkResult> = rows
+            .iter()
+            .filter(|(v, _, _)| *v == via)
+            .filter_map(|(_, r, _)| r.as_ref())
+            .collect();
+        let cpu: Vec<Option<f64>> = rows
+            .iter()
+            .filter(|(v, _, _)| *v == via)
+            .map(|(_, _, c)| *c)
+            .collect();
+        let col = |f: &dyn Fn(&WrkResult) -> f64, d| {
+            spread(&mine.iter().map(|r| f(r)).collect::<Vec<_>>(), d)
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            via.name(),
+            col(&|r| r.rps, 0),
+            col(&|r| r.p50_ms, 2),
+            col(&|r| r.p90_ms, 2),
+            col(&|r| r.p99_ms, 2),
+            mine.iter().map(|r| r.non_2xx).sum::<u64>(),
+            spread_opt(&cpu, 2),
+        );
+    }
+}
+
+fn wrk_script(conversations: &[Conversation]) -> String {
+    let paths: Vec<String> = conversations
+        .iter()
+        .map(|c| format!("\"/v3/directline/conversations/{}/activities\"", c.id))
+        .collect();
+    let tokens: Vec<String> = conversations
+        .iter()
+        .map(|c| format!("\"Bearer {}\"", c.token))
+        .collect();
+    format!(
+        "local paths = {{ {} }}\nlocal tokens = {{ {} }}\nlocal body = '{}'\nlocal i = 0\n\
+         request = function()\n  i = i % #paths + 1\n  return wrk.format(\"POST\", paths[i], \
+         {{ [\"Content-Type\"] = \"application/json\", [\"Authorization\"] = tokens[i] }}, body)\nend\n",
+        paths.join(", "),
+        tokens.join(", "),
+        String::from_utf8_lossy(ACTIVITY),
+    )
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+impl WrkResult {
+    fn parse(output: &str) -> Option<Self> {
+        let value = |prefix: &str| {
+            output
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(prefix))
+                .map(str::trim)
+        };
+        let latency = |percent: &str| value(percent).and_then(wrk_duration_ms);
+        Some(Self {
+            rps: value("Requests/sec:")?.parse().ok()?,
+            p50_ms: latency("50%")?,
+            p90_ms: latency("90%")?,
+            p99_ms: latency("99%")?,
+            non_2xx: value("Non-2xx or 3xx responses:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// `635.91us`, `1.23ms`, `2.00s` → ms.
+fn wrk_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
 // WebSocket load
 
 struct WsRun {
