@@ -17,7 +17,7 @@ use crate::error::{Blame, GatewayError};
 use crate::metrics::{Metrics, status_class};
 use crate::ratelimit::{Limiter, client_ip};
 use crate::rest;
-use crate::seal::Sealer;
+use crate::seal::{ClientToken, Sealer};
 use crate::secret::Secret;
 use crate::stream::Hubs;
 use crate::upstream::Upstream;
@@ -106,6 +106,17 @@ pub struct RequestContext {
     pub live: Arc<Live>,
     /// The bot the request's host and path chose, from `live`.
     pub bot: Arc<Bot>,
+}
+
+impl RequestContext {
+    /// Opens the caller's token for this request's bot and, when given, `conversation`.
+    pub fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        conversation: Option<&ConversationId>,
+    ) -> Result<ClientToken, GatewayError> {
+        crate::auth::authorize(&self.live.sealer, &self.bot.name, headers, conversation)
+    }
 }
 
 /// What the access log and request metrics need once a response exists.
@@ -314,7 +325,7 @@ impl Gateway {
             }
             self.limit(
                 &self.session_limits,
-                &(bot.name.clone(), ctx.client_ip),
+                (bot.name.clone(), ctx.client_ip),
                 settings.rate_limits.sessions,
                 ctx,
             )?;
@@ -343,7 +354,7 @@ impl Gateway {
     pub fn limit<K: Eq + std::hash::Hash + Clone>(
         &self,
         limiter: &Limiter<K>,
-        key: &K,
+        key: K,
         rate: Rate,
         ctx: &RequestContext,
     ) -> Result<(), GatewayError> {

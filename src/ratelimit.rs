@@ -33,13 +33,13 @@ impl<K: Eq + Hash> Default for Limiter<K> {
 impl<K: Eq + Hash + Clone> Limiter<K> {
     /// Takes one token from `key`'s bucket, or says how long until one is there. The rate
     /// is passed in (not stored) so a reload applies to buckets already in the map.
-    pub fn check(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, key: K, rate: Rate, now: Instant) -> Result<(), Duration> {
         if rate.is_unlimited() {
             return Ok(());
         }
         let burst = f64::from(rate.burst);
         let per_second = rate.per_second();
-        let mut bucket = self.buckets.entry(key.clone()).or_insert(Bucket {
+        let mut bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: burst,
             updated: now,
         });
@@ -116,22 +116,22 @@ mod tests {
         let start = Instant::now();
         let r = rate(60, 3);
         for _ in 0..3 {
-            assert!(limiter.check(&"ip", r, start).is_ok());
+            assert!(limiter.check("ip", r, start).is_ok());
         }
-        let wait = limiter.check(&"ip", r, start).unwrap_err();
+        let wait = limiter.check("ip", r, start).unwrap_err();
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
         assert!(
-            limiter.check(&"other", r, start).is_ok(),
+            limiter.check("other", r, start).is_ok(),
             "keys are independent"
         );
         assert!(
             limiter
-                .check(&"ip", r, start + Duration::from_secs(1))
+                .check("ip", r, start + Duration::from_secs(1))
                 .is_ok()
         );
         assert!(
             limiter
-                .check(&"ip", r, start + Duration::from_secs(1))
+                .check("ip", r, start + Duration::from_secs(1))
                 .is_err()
         );
     }
@@ -141,12 +141,12 @@ mod tests {
         let limiter = Limiter::default();
         let now = Instant::now();
         for _ in 0..1000 {
-            assert!(limiter.check(&1u32, rate(0, 0), now).is_ok());
+            assert!(limiter.check(1u32, rate(0, 0), now).is_ok());
         }
         assert!(limiter.is_empty());
         let r = rate(60, 2);
-        limiter.check(&1u32, r, now).unwrap();
-        limiter.check(&2u32, r, now).unwrap();
+        limiter.check(1u32, r, now).unwrap();
+        limiter.check(2u32, r, now).unwrap();
         limiter.sweep(now, |_| Some(r));
         assert_eq!(limiter.len(), 2, "not refilled yet");
         limiter.sweep(now + Duration::from_secs(2), |_| Some(r));

@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use crate::auth;
 use crate::body::{self, Body};
 use crate::clock;
 use crate::config::UserIdPolicy;
@@ -122,7 +121,7 @@ pub async fn refresh_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let mut token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
+    let mut token = ctx.authorize(request.headers(), None)?;
     let now = clock::unix_seconds();
     if token.expires_at.saturating_sub(now) < ctx.live.config.upstream_refresh_before.as_secs() {
         let request = ctx.bot.upstream.request(
@@ -163,7 +162,7 @@ pub async fn start_conversation(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
+    let token = ctx.authorize(request.headers(), None)?;
     let ws_base = ws_base(&request, ctx);
     let (parts, body) = request.into_parts();
     let mut params = match read_optional_json(
@@ -222,12 +221,7 @@ pub async fn reconnect(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(
-        &ctx.live.sealer,
-        &ctx.bot.name,
-        request.headers(),
-        Some(conversation),
-    )?;
+    let token = ctx.authorize(request.headers(), Some(conversation))?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let ws_base = ws_base(&request, ctx);
     let path = format!(
@@ -266,12 +260,7 @@ pub async fn get_activities(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(
-        &ctx.live.sealer,
-        &ctx.bot.name,
-        request.headers(),
-        Some(conversation),
-    )?;
+    let token = ctx.authorize(request.headers(), Some(conversation))?;
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let path = format!(
         "/v3/directline/conversations/{conversation}/activities{}",
@@ -383,7 +372,7 @@ pub async fn session_id(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let token = auth::authorize(&ctx.live.sealer, &ctx.bot.name, request.headers(), None)?;
+    let token = ctx.authorize(request.headers(), None)?;
     let mut builder = ctx.bot.upstream.request(
         Method::GET,
         "/v3/directline/session/getsessionid",
@@ -418,15 +407,10 @@ fn authorize_sender(
     request: &Request<Incoming>,
     ctx: &RequestContext,
 ) -> Result<ClientToken, GatewayError> {
-    let token = auth::authorize(
-        &ctx.live.sealer,
-        &ctx.bot.name,
-        request.headers(),
-        Some(conversation),
-    )?;
+    let token = ctx.authorize(request.headers(), Some(conversation))?;
     gw.limit(
         &gw.activity_limits,
-        &(ctx.bot.name.clone(), conversation.clone()),
+        (ctx.bot.name.clone(), conversation.clone()),
         ctx.bot.settings.rate_limits.activities,
         ctx,
     )?;

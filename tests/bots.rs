@@ -104,17 +104,7 @@ impl Client<'_> {
         if let Some(host) = self.route.host {
             builder = builder.header("host", host);
         }
-        if let Some(token) = token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(body) => {
-                builder = builder.header("content-type", "application/json");
-                Bytes::from(body.to_string())
-            }
-            None => Bytes::new(),
-        };
-        builder.body(Full::new(bytes)).unwrap()
+        api_request(builder, token, body)
     }
 
     async fn call(

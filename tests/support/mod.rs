@@ -114,18 +114,8 @@ impl Harness {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut builder = Request::builder().method(method).uri(self.url(path));
-        if let Some(token) = token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(body) => {
-                builder = builder.header("content-type", "application/json");
-                Bytes::from(body.to_string())
-            }
-            None => Bytes::new(),
-        };
-        self.send(builder.body(Full::new(bytes)).unwrap()).await
+        let builder = Request::builder().method(method).uri(self.url(path));
+        self.send(api_request(builder, token, body)).await
     }
 
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
@@ -304,6 +294,25 @@ impl Reply {
             .unwrap_or_else(|| panic!("no error code: {}", self.text()))
             .to_owned()
     }
+}
+
+/// `builder` with the bearer `token` and the JSON `body`, when given.
+pub fn api_request(
+    mut builder: http::request::Builder,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Full<Bytes>> {
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let bytes = match body {
+        Some(body) => {
+            builder = builder.header("content-type", "application/json");
+            Bytes::from(body.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder.body(Full::new(bytes)).unwrap()
 }
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
