@@ -15,7 +15,7 @@
 //! sequence number), so fan-out is one `Arc` clone per client per frame and a slow client
 //! never blocks others: it falls off the ring and is closed with 1013 to resume by watermark.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::ids::KeySet;
 use super::tracker::ActivitySpan;
 use crate::endpoint::ConversationId;
 
@@ -56,7 +57,7 @@ pub struct Cursor {
     /// Events before this sequence are a replay: live-only ones among them are skipped.
     pub live_from: u64,
     /// Ids this client already got by REST catch-up; such activities are not sent again.
-    pub filter: Option<HashSet<Arc<str>>>,
+    pub filter: Option<KeySet>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -208,7 +209,7 @@ impl Hub {
 
     /// Adds a client that already received `filter` by REST: it replays the whole ring,
     /// minus those activities.
-    pub fn attach_after_catch_up(&self, filter: HashSet<Arc<str>>) -> Result<Cursor, AttachError> {
+    pub fn attach_after_catch_up(&self, filter: KeySet) -> Result<Cursor, AttachError> {
         let state = self.lock();
         if state.retired {
             return Err(AttachError::Retired);
@@ -332,7 +333,7 @@ pub struct EventParts {
 
 /// The event's text for a client that must not see `filter`'s activities again;
 /// `None` when nothing is left to send.
-pub fn filtered_text(event: &Event, filter: &HashSet<Arc<str>>) -> Option<Utf8Bytes> {
+pub fn filtered_text(event: &Event, filter: &KeySet) -> Option<Utf8Bytes> {
     if event.activities.is_empty() {
         return Some(event.text.clone());
     }
@@ -359,6 +360,7 @@ pub fn filtered_text(event: &Event, filter: &HashSet<Arc<str>>) -> Option<Utf8By
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::ids::ActivityKey;
 
     fn hub(capacity: usize) -> Hub {
         Hub::new(
@@ -456,13 +458,18 @@ mod tests {
             seq: 0,
             text: Utf8Bytes::from(text.to_owned()),
             watermark: Some(Arc::from("2")),
-            activities: vec![(Some(Arc::from("a")), a), (Some(Arc::from("b")), b)],
+            activities: vec![
+                (Some(ActivityKey::of("a")), a),
+                (Some(ActivityKey::of("b")), b),
+            ],
             received_at_ms: 0,
         };
-        let only_a: HashSet<Arc<str>> = [Arc::from("a")].into_iter().collect();
-        let both: HashSet<Arc<str>> = [Arc::from("a"), Arc::from("b")].into_iter().collect();
+        let only_a: KeySet = [ActivityKey::of("a")].into_iter().collect();
+        let both: KeySet = [ActivityKey::of("a"), ActivityKey::of("b")]
+            .into_iter()
+            .collect();
         assert_eq!(
-            filtered_text(&event, &HashSet::new()).unwrap().as_str(),
+            filtered_text(&event, &KeySet::default()).unwrap().as_str(),
             text
         );
         assert_eq!(

@@ -1,14 +1,12 @@
 //! The upstream side of a hub: fetching stream URLs, dialling them, and REST catch-up.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use http::{Method, StatusCode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use super::ids::{ActivityKey, KeySet};
 use crate::body;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
@@ -156,9 +154,9 @@ pub async fn catch_up(
     conversation: &ConversationId,
     watermark: Option<&str>,
     upstream_token: &str,
-) -> Result<(Vec<Utf8Bytes>, HashSet<Arc<str>>), FetchError> {
+) -> Result<(Vec<Utf8Bytes>, KeySet), FetchError> {
     let mut frames = Vec::new();
-    let mut ids = HashSet::new();
+    let mut ids = KeySet::default();
     let mut watermark = watermark.map(str::to_owned);
     let live = gw.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
@@ -211,7 +209,7 @@ pub async fn catch_up(
             .iter()
             .filter_map(|a| a.get("id").and_then(|i| i.as_str()))
         {
-            ids.insert(Arc::from(id));
+            ids.insert(ActivityKey::of(id));
         }
         let next = set
             .get("watermark")

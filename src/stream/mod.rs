@@ -4,6 +4,7 @@
 mod backoff;
 mod client;
 mod hub;
+mod ids;
 mod link;
 mod multimodal;
 mod relay;

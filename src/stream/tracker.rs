@@ -9,16 +9,18 @@
 //! - frames without a watermark (typing) are forwarded live and never replayed;
 //! - order of arrival is kept; nothing is reordered.
 
-use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use super::ids::ActivityKey;
+use super::ids::{KeySet, top_level_id};
+
 /// An activity's id (when it has one) and its byte range inside the frame text.
-pub type ActivitySpan = (Option<Arc<str>>, Range<usize>);
+pub type ActivitySpan = (Option<ActivityKey>, Range<usize>);
 
 /// What one upstream text frame turned out to be.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,16 +53,10 @@ struct RawActivitySet<'a> {
     watermark: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct ActivityId<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-}
-
 pub struct Tracker {
     watermark: Option<Arc<str>>,
-    delivered: HashSet<Arc<str>>,
-    order: VecDeque<Arc<str>>,
+    delivered: KeySet,
+    order: VecDeque<ActivityKey>,
     capacity: usize,
 }
 
@@ -69,7 +65,7 @@ impl Tracker {
     pub fn new(capacity: usize, watermark: Option<Arc<str>>) -> Self {
         Self {
             watermark,
-            delivered: HashSet::new(),
+            delivered: KeySet::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
@@ -81,7 +77,7 @@ impl Tracker {
     }
 
     pub fn was_delivered(&self, id: &str) -> bool {
-        self.delivered.contains(id)
+        self.delivered.contains(&ActivityKey::of(id))
     }
 
     pub fn observe(&mut self, text: &str) -> Observed {
@@ -106,23 +102,15 @@ impl Tracker {
         let mut kept: Vec<ActivitySpan> = Vec::with_capacity(activities.len());
         let mut dropped = 0;
         for raw in &activities {
-            let id = serde_json::from_str::<ActivityId<'_>>(raw.get())
-                .ok()
-                .and_then(|a| a.id)
-                .filter(|id| !id.is_empty());
-            let id: Option<Arc<str>> = match id {
-                Some(id) if self.delivered.contains(id.as_ref()) => {
+            let key = top_level_id(raw.get()).map(|id| ActivityKey::of(&id));
+            if let Some(key) = key {
+                if self.delivered.contains(&key) {
                     dropped += 1;
                     continue;
                 }
-                Some(id) => {
-                    let id: Arc<str> = Arc::from(id.as_ref());
-                    self.remember(id.clone());
-                    Some(id)
-                }
-                None => None,
-            };
-            kept.push((id, span(text, raw.get())));
+                self.remember(key);
+            }
+            kept.push((key, span(text, raw.get())));
         }
         if kept.is_empty() && dropped > 0 {
             return Observed::AllDuplicates { dropped };
@@ -146,12 +134,12 @@ impl Tracker {
 
     /// Counts an activity the client already has (it is at or before the client's
     /// watermark) as delivered, so a replay of it is dropped.
-    pub fn mark_delivered(&mut self, id: Arc<str>) {
+    pub fn mark_delivered(&mut self, id: ActivityKey) {
         self.remember(id);
     }
 
-    fn remember(&mut self, id: Arc<str>) {
-        if self.delivered.insert(id.clone()) {
+    fn remember(&mut self, id: ActivityKey) {
+        if self.delivered.insert(id) {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
@@ -162,11 +150,19 @@ impl Tracker {
     }
 }
 
-/// A watermark as text: strings verbatim, numbers by their JSON text; null means none.
+/// A watermark as text: strings verbatim, numbers by their JSON text; null, empty strings
+/// and anything else mean none. `raw` is valid JSON, so its first byte tells its type.
 fn watermark_text(raw: &RawValue) -> Option<Arc<str>> {
-    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(Arc::from(s)),
-        serde_json::Value::Number(n) => Some(Arc::from(n.to_string())),
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'"' if text.contains('\\') => serde_json::from_str::<String>(text)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(Arc::from),
+        b'"' => Some(&text[1..text.len() - 1])
+            .filter(|s| !s.is_empty())
+            .map(Arc::from),
+        b'-' | b'0'..=b'9' => Some(Arc::from(text)),
         _ => None,
     }
 }
@@ -193,7 +189,7 @@ pub fn rebuild(
         }
         let start = text.len();
         text.push_str(&original[range.clone()]);
-        ranges.push((id.clone(), start..text.len()));
+        ranges.push((*id, start..text.len()));
     }
     text.push(']');
     if let Some(watermark) = watermark {
@@ -263,6 +259,14 @@ mod tests {
         assert_eq!(t.watermark().map(|w| &**w), Some("0000a-42"));
         t.observe(r#"{"activities":[{"id":"b"}],"watermark":7}"#);
         assert_eq!(t.watermark().map(|w| &**w), Some("7"));
+        t.observe(r#"{"activities":[{"id":"c"}],"watermark":""}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("7"));
+        t.observe(r#"{"activities":[{"id":"d"}],"watermark":1.5e3}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("1.5e3"));
+        t.observe(r#"{"activities":[{"id":"e"}],"watermark":"w\u002f9"}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("w/9"));
+        t.observe(r#"{"activities":[{"id":"f"}],"watermark":{"w":"1"}}"#);
+        assert_eq!(t.watermark().map(|w| &**w), Some("w/9"));
     }
 
     #[test]
@@ -292,7 +296,7 @@ mod tests {
         for (id, range) in &f.activities {
             let activity: serde_json::Value =
                 serde_json::from_str(&rebuilt[range.clone()]).unwrap();
-            assert_eq!(activity["id"].as_str(), id.as_deref());
+            assert_eq!(activity["id"].as_str().map(ActivityKey::of), *id);
         }
     }
 
