@@ -91,10 +91,37 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Facts of one client connection, shared by every request on it.
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The peer's address as the `x-forwarded-for` value upstream requests carry: formatted
+    /// once per connection rather than once per request.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        use std::io::Write;
+        let mut text = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        // An IPv6 address is at most 45 characters: the buffer always holds it.
+        let _ = write!(cursor, "{}", peer.ip());
+        let written = cursor.position() as usize;
+        Self {
+            peer,
+            local,
+            forwarded_for: HeaderValue::from_bytes(&text[..written])
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// Per-request facts the phases share.
 pub struct RequestContext {
     pub route: Route,
     pub peer: SocketAddr,
+    pub forwarded_for: HeaderValue,
     /// The caller: the peer, or the client a trusted proxy forwarded for.
     pub client_ip: IpAddr,
     pub local: SocketAddr,
@@ -171,9 +198,9 @@ impl Gateway {
     pub async fn handle(
         self: &Arc<Self>,
         request: Request<Incoming>,
-        peer: SocketAddr,
-        local: SocketAddr,
+        connection: &Connection,
     ) -> Response<Body> {
+        let (peer, local) = (connection.peer, connection.local);
         let started = Instant::now();
         let _in_flight = InFlight::enter(&self.metrics.http_in_flight);
         let method = request.method().clone();
@@ -203,6 +230,7 @@ impl Gateway {
         let mut ctx = RequestContext {
             route: Route::Unknown,
             peer,
+            forwarded_for: connection.forwarded_for.clone(),
             client_ip,
             local,
             request_id,
@@ -483,13 +511,55 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     {
         return value.clone();
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let random = fastrand::u128(..);
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(random >> (124 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_unless_the_caller_sent_a_sane_one() {
+        let empty = http::HeaderMap::new();
+        let a = request_id(&empty);
+        let b = request_id(&empty);
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        let mut sent = http::HeaderMap::new();
+        sent.insert("x-request-id", HeaderValue::from_static("trace-7"));
+        assert_eq!(request_id(&sent), "trace-7");
+        sent.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&sent).len(), 32);
+    }
+
+    #[test]
+    fn forwarded_for_is_the_peer_ip_without_its_port() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for (peer, expected) in [
+            ("192.0.2.7:50123", "192.0.2.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            (
+                "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+        ] {
+            let connection = Connection::new(peer.parse().unwrap(), local);
+            assert_eq!(connection.forwarded_for, expected);
+        }
+    }
 
     #[test]
     fn hosts_lose_their_port_and_credentials() {

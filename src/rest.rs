@@ -84,7 +84,9 @@ pub async fn generate_token(
         )?
         .header(header::CONTENT_TYPE, "application/json");
     let request = forwarded(request, ctx)
-        .body(body::full(Value::Object(upstream_body).to_string()))
+        .body(body::full(
+            serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?,
+        ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
     let (status, json) =
@@ -190,7 +192,9 @@ pub async fn start_conversation(
         )?
         .header(header::CONTENT_TYPE, "application/json");
     let request = forwarded(request, ctx)
-        .body(body::full(Value::Object(params).to_string()))
+        .body(body::full(
+            serde_json::to_vec(&params).map_err(|_| GatewayError::Internal)?,
+        ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
     let (status, json) =
@@ -310,7 +314,9 @@ pub async fn post_activity(
             activity.insert("from".into(), json!({ "id": token.user_id }));
         }
     }
-    let body = Bytes::from(Value::Object(activity).to_string());
+    let mut body = Vec::with_capacity(bytes.len() + token.user_id.len() + 32);
+    serde_json::to_writer(&mut body, &activity).map_err(|_| GatewayError::Internal)?;
+    let body = Bytes::from(body);
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let (response, _) = send_with_token_fallback(
         gw,
@@ -453,20 +459,25 @@ fn conversation_response(
             token.expires_at = now + expires_in(&json);
         }
     }
-    let upstream_stream_url = match json.get("streamUrl") {
-        Some(Value::String(url)) if rewrite::is_upstream_stream_url(url) => Some(url.clone()),
-        Some(Value::Null) | None => None,
+    let upstream_stream_url = match json.remove("streamUrl") {
+        Some(Value::String(url)) => match rewrite::read_upstream_stream_url(&url) {
+            Some(read) => Some((url, read.watermark)),
+            None => return Err(GatewayError::UpstreamInvalid),
+        },
+        Some(Value::Null) => {
+            json.insert("streamUrl".into(), Value::Null);
+            None
+        }
+        None => None,
         Some(_) => return Err(GatewayError::UpstreamInvalid),
     };
-    if let Some(upstream_url) = &upstream_stream_url {
+    if let Some((upstream_url, url_watermark)) = upstream_stream_url {
         let ticket = StreamTicket {
             bot: token.bot.clone(),
             conversation_id: conversation.to_string(),
             user_id: token.user_id.clone(),
-            watermark: watermark
-                .clone()
-                .or_else(|| rewrite::stream_url_watermark(upstream_url)),
-            upstream_stream_url: Some(upstream_url.clone()),
+            watermark: watermark.or(url_watermark),
+            upstream_stream_url: Some(upstream_url),
             upstream_token: token.upstream_token.clone(),
             issued_at_ms: clock::unix_millis(),
             expires_at: now + live.config.stream.ticket_ttl.as_secs(),
@@ -674,12 +685,20 @@ fn copy_passed_headers(from: &http::HeaderMap, to: &mut http::HeaderMap, with_co
     }
 }
 
-/// Request id and forwarding headers on every upstream request.
-fn forwarded(builder: http::request::Builder, ctx: &RequestContext) -> http::request::Builder {
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+static X_MS_BOT_AGENT: header::HeaderName = header::HeaderName::from_static("x-ms-bot-agent");
+static BOT_AGENT: HeaderValue = HeaderValue::from_static("DirectLine/3.0 (directline-gateway)");
+
+/// Request id and forwarding headers on every upstream request. Every value is made
+/// already (per request, per connection, or static), so this only inserts.
+fn forwarded(mut builder: http::request::Builder, ctx: &RequestContext) -> http::request::Builder {
+    if let Some(headers) = builder.headers_mut() {
+        headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), ctx.forwarded_for.clone());
+        headers.insert(X_MS_BOT_AGENT.clone(), BOT_AGENT.clone());
+    }
     builder
-        .header("x-request-id", ctx.request_id.clone())
-        .header("x-forwarded-for", ctx.peer.ip().to_string())
-        .header("x-ms-bot-agent", "DirectLine/3.0 (directline-gateway)")
 }
 
 fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {

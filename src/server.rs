@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::body::{self, Body};
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
 use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
-use crate::gateway::{Bot, Gateway, Live};
+use crate::gateway::{Bot, Connection, Gateway, Live};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::secret::Secret;
@@ -449,9 +449,11 @@ async fn serve_client(
                 let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
                 let for_requests = gateway.clone();
+                let connection = Arc::new(Connection::new(peer, local));
                 let service = service_fn(move |request: Request<Incoming>| {
                     let gateway = for_requests.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(request, peer, local).await) }
+                    let connection = connection.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(request, &connection).await) }
                 });
                 let Some(tls) = &tls else {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

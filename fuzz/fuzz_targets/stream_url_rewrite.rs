@@ -34,7 +34,7 @@ use directline_gateway::endpoint::ConversationId;
 use directline_gateway::error::GatewayError;
 use directline_gateway::rewrite::{
     MAX_WATERMARK_LEN, gateway_stream_url, is_upstream_stream_url, normalize_watermark,
-    query_watermark, stream_url_watermark, watermark_query,
+    query_watermark, read_upstream_stream_url, stream_url_watermark, watermark_query,
 };
 use libfuzzer_sys::fuzz_target;
 use tungstenite::client::IntoClientRequest;
@@ -143,7 +143,13 @@ fn check_upstream_url(raw: &str) {
         );
         assert!(request.uri().host().is_some(), "{raw:?}");
     }
+    let read = read_upstream_stream_url(raw);
+    assert_eq!(read.is_some(), accepted, "{raw:?}");
     let watermark = stream_url_watermark(raw);
+    if let Some(read) = read {
+        // The one-pass reading the start/reconnect path uses agrees with the WHATWG one.
+        assert_eq!(read.watermark, watermark, "{raw:?}");
+    }
     if let Some(w) = &watermark {
         assert!(!w.is_empty() && w != "-", "{raw:?}");
         let url = parsed.as_ref().expect("watermark from an unparsable URL");
