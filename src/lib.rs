@@ -9,6 +9,8 @@
 //! - [`auth`], [`seal`]: sealed client tokens and stream tickets, and the ownership check.
 //! - [`ratelimit`]: token buckets per client IP and per conversation, and the client IP.
 //! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
+//! - [`activity_body`]: a posted activity with `from.id` bound to the token's user.
+//! - [`jsonscan`]: one-pass reads of already valid JSON text (activity ids, nesting depth).
 //! - [`rewrite`]: streamUrl rewriting; [`cors`]: browser preflight and headers.
 //! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
 //! - [`demo`]: the chat page on `/` in embedded-emulator mode.
@@ -17,6 +19,7 @@
 //! - [`tls`]: TLS on the client listener, with certificate reload.
 //! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
 
+pub mod activity_body;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -28,6 +31,7 @@ pub mod emulator;
 pub mod endpoint;
 pub mod error;
 pub mod gateway;
+pub mod jsonscan;
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
+use crate::activity_body;
 use crate::body::{self, Body};
 use crate::clock;
 use crate::config::UserIdPolicy;
@@ -299,24 +300,7 @@ pub async fn post_activity(
         ctx.live.config.limits.activity_body_bytes,
     )
     .await?;
-    let mut activity = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(GatewayError::InvalidActivity),
-        Err(_) => return Err(GatewayError::MalformedJson),
-    };
-    // Direct Line overwrites from.id for user-bound tokens; the gateway does the same
-    // because it posts with the secret (spec §1.1).
-    match activity.get_mut("from") {
-        Some(Value::Object(from)) => {
-            from.insert("id".into(), Value::String(token.user_id.clone()));
-        }
-        _ => {
-            activity.insert("from".into(), json!({ "id": token.user_id }));
-        }
-    }
-    let mut body = Vec::with_capacity(bytes.len() + token.user_id.len() + 32);
-    serde_json::to_writer(&mut body, &activity).map_err(|_| GatewayError::Internal)?;
-    let body = Bytes::from(body);
+    let body = Bytes::from(activity_body::bind_sender(&bytes, &token.user_id)?);
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let (response, _) = send_with_token_fallback(
         gw,

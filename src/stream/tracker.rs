@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use super::ids::ActivityKey;
-use super::ids::{KeySet, top_level_id};
+use super::ids::KeySet;
+use crate::jsonscan::top_level_id;
 
 /// An activity's id (when it has one) and its byte range inside the frame text.
 pub type ActivitySpan = (Option<ActivityKey>, Range<usize>);

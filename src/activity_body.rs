@@ -1,0 +1,276 @@
+//! The body of `POST …/activities`, rewritten so that `from.id` is the user bound into the
+//! caller's token (Direct Line does the same for user-bound tokens; the gateway posts with
+//! the secret, spec §1.1).
+//!
+//! Only `from` is parsed. Every other field is copied as the caller's JSON text, so a
+//! message costs one validating pass and one copy instead of a JSON tree built, printed
+//! and dropped (a tenth of a POST's instructions, docs/PROFILE-FINDINGS.md finding 3).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+use crate::jsonscan;
+
+/// Deepest nesting accepted: what serde_json's recursion limit lets through (it refuses the
+/// 128th container), which a full parse of the body applied before fields were copied
+/// through unparsed.
+pub const MAX_DEPTH: usize = 127;
+
+/// The activity with its `from.id` set to `user_id`, as JSON bytes.
+///
+/// Refused: text that is not JSON or nests deeper than [`MAX_DEPTH`] (`MalformedJson`),
+/// JSON that is not an object (`InvalidActivity`). A field given twice keeps its last
+/// value, as JSON parsers do.
+pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> {
+    if jsonscan::nests_deeper_than(body, MAX_DEPTH) {
+        return Err(GatewayError::MalformedJson);
+    }
+    let fields = match serde_json::from_slice::<Fields<'_>>(body) {
+        Ok(Fields(fields)) => fields,
+        Err(error) if error.classify() == serde_json::error::Category::Data => {
+            return Err(GatewayError::InvalidActivity);
+        }
+        Err(_) => return Err(GatewayError::MalformedJson),
+    };
+    let mut out = Vec::with_capacity(body.len() + user_id.len() + 16);
+    out.push(b'{');
+    let mut from: Option<&RawValue> = None;
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if fields[i + 1..].iter().any(|(later, _)| later == key) {
+            continue;
+        }
+        if key == "from" {
+            from = Some(value);
+            continue;
+        }
+        write_key(&mut out, key);
+        out.extend_from_slice(value.get().as_bytes());
+        out.push(b',');
+    }
+    let mut sender = match from.map(|raw| serde_json::from_str::<Value>(raw.get())) {
+        Some(Ok(Value::Object(map))) => map,
+        _ => Map::new(),
+    };
+    sender.insert("id".into(), Value::String(user_id.to_owned()));
+    out.extend_from_slice(b"\"from\":");
+    serde_json::to_writer(&mut out, &sender).map_err(|_| GatewayError::Internal)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// A key as JSON: a key read without escapes is its own JSON text between quotes.
+fn write_key(out: &mut Vec<u8>, key: &Key<'_>) {
+    match &key.0 {
+        Cow::Borrowed(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(text) => {
+            // Writing a String into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, text);
+        }
+    }
+    out.push(b':');
+}
+
+/// An object's fields in the order given, values unparsed.
+struct Fields<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+/// A field name, borrowed from the body unless it held escapes.
+#[derive(PartialEq)]
+struct Key<'a>(Cow<'a, str>);
+
+impl PartialEq<str> for Key<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an activity object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(field) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    fields.push(field);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(body: &str, user: &str) -> Result<Value, GatewayError> {
+        bind_sender(body.as_bytes(), user).map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// What the gateway did before: a full parse, from.id set, everything else kept.
+    fn by_tree(body: &str, user: &str) -> Value {
+        let mut activity: Map<String, Value> = serde_json::from_str(body).unwrap();
+        match activity.get_mut("from") {
+            Some(Value::Object(from)) => {
+                from.insert("id".into(), Value::String(user.into()));
+            }
+            _ => {
+                activity.insert("from".into(), serde_json::json!({ "id": user }));
+            }
+        }
+        Value::Object(activity)
+    }
+
+    #[test]
+    fn from_id_is_the_bound_user_and_the_rest_is_kept() {
+        for body in [
+            r#"{"type":"message","text":"hi","from":{"id":"mallory","name":"M","role":"user"}}"#,
+            r#"{"type":"message","text":"no from"}"#,
+            r#"{"from":"not an object","text":"x"}"#,
+            r#"{"from":null}"#,
+            r#"{}"#,
+            r#" { "text" : "spaced \"quotes\" \u00e9 \\" , "attachments":[{"from":{"id":"x"}}] } "#,
+            r#"{"te\u0078t":"escaped key","channelData":{"a":[1,2.5e3,true,null]}}"#,
+            r#"{"text":"first","text":"last","from":{"id":"a"},"from":{"name":"second"}}"#,
+        ] {
+            assert_eq!(
+                bound(body, "dl_alice").unwrap(),
+                by_tree(body, "dl_alice"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_user_ids_are_escaped() {
+        let value = bound(r#"{"text":"t"}"#, "a\"b\\c").unwrap();
+        assert_eq!(value["from"]["id"], "a\"b\\c");
+    }
+
+    #[test]
+    fn non_objects_and_broken_json_are_refused_apart() {
+        for body in [r#"[]"#, r#""text""#, "42", "null", r#"[{"text":"x"}]"#] {
+            assert!(
+                matches!(bound(body, "u"), Err(GatewayError::InvalidActivity)),
+                "{body}"
+            );
+        }
+        for body in [
+            "",
+            "{",
+            r#"{"text":}"#,
+            r#"{"text":"x"} trailing"#,
+            "{\"text\":\"\u{1}\"}",
+        ] {
+            assert!(
+                matches!(bound(body, "u"), Err(GatewayError::MalformedJson)),
+                "{body}"
+            );
+        }
+        // The same boundary as a full parse: 127 levels in all pass, 128 do not.
+        let nested = |arrays: usize| {
+            format!(
+                r#"{{"value":{}{}}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            )
+        };
+        assert!(serde_json::from_str::<Value>(&nested(126)).is_ok());
+        assert!(bound(&nested(126), "u").is_ok());
+        assert!(serde_json::from_str::<Value>(&nested(127)).is_err());
+        assert!(matches!(
+            bound(&nested(127), "u"),
+            Err(GatewayError::MalformedJson)
+        ));
+        assert!(matches!(
+            bind_sender(b"{\"text\":\"\xff\"}", "u"),
+            Err(GatewayError::MalformedJson)
+        ));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("from".to_owned()),
+                Just("id".to_owned()),
+                "[a-z\"\\\\é\u{1}/ ]{0,8}",
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                // Integers: serde_json's float parsing is not exact, so a float that went
+                // through a parse twice (as `from`'s fields do, here and in the reference)
+                // may differ in its last digit from one parsed once.
+                any::<i64>().prop_map(Value::from),
+                text().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    proptest::collection::vec((text(), inner), 0..3)
+                        .prop_map(|f| Value::Object(f.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever the caller sends, upstream gets what a full parse-and-set would send.
+            #[test]
+            fn same_activity_as_a_full_parse(
+                fields in proptest::collection::vec((text(), value()), 0..6),
+                user in text(),
+                pretty in any::<bool>(),
+            ) {
+                let object = Value::Object(fields.into_iter().collect());
+                let body = if pretty {
+                    serde_json::to_string_pretty(&object).unwrap()
+                } else {
+                    serde_json::to_string(&object).unwrap()
+                };
+                prop_assert_eq!(bound(&body, &user).unwrap(), by_tree(&body, &user));
+            }
+        }
+    }
+}
