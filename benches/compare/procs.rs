@@ -229,6 +229,12 @@ impl Proc {
         self.pids().into_iter().map(cpu_time).sum()
     }
 
+    /// stime alone: the part of [`Proc::cpu`] spent in the kernel (syscalls, wake-ups,
+    /// loopback TCP), to tell it from the proxy's own code.
+    pub fn kernel_cpu(&self) -> Duration {
+        self.pids().into_iter().map(kernel_time).sum()
+    }
+
     pub fn memory(&self) -> Memory {
         Memory::sum(self.pids())
     }
@@ -342,6 +348,15 @@ pub fn cpu_time(pid: u32) -> Duration {
         .iter()
         .filter_map(|f| f.parse::<u64>().ok())
         .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+/// stime (field 15 of `/proc/PID/stat`), threads included.
+pub fn kernel_time(pid: u32) -> Duration {
+    let Some(fields) = stat_fields(pid) else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = fields[12].parse().unwrap_or(0);
     Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
 }
 

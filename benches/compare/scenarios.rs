@@ -124,6 +124,8 @@ fn deep_listener() -> TcpListener {
 #[derive(Clone, Copy, Debug)]
 struct Spent {
     cpu: Duration,
+    /// The kernel's part of `cpu`.
+    kernel: Duration,
     switches: u64,
 }
 
@@ -133,7 +135,7 @@ struct Spent {
 async fn spent_over(stack: &Stack, from: Instant, to: Instant, label: &str) -> Option<Spent> {
     tokio::time::sleep_until(from.into()).await;
     let proxy = stack.proxy.as_ref()?;
-    let (cpu, switches) = (proxy.cpu(), proxy.context_switches());
+    let (cpu, kernel, switches) = (proxy.cpu(), proxy.kernel_cpu(), proxy.context_switches());
     let strace = std::env::var("COMPARE_STRACE").ok().and_then(|args| {
         let output = procs::run_dir().join(format!("strace-{label}.txt"));
         let args = (args != "1").then_some(args.as_str());
@@ -152,6 +154,7 @@ async fn spent_over(stack: &Stack, from: Instant, to: Instant, label: &str) -> O
     }
     Some(Spent {
         cpu: proxy.cpu() - cpu,
+        kernel: proxy.kernel_cpu() - kernel,
         switches: proxy.context_switches() - switches,
     })
 }
@@ -544,9 +547,9 @@ pub async fn ws(options: &Options) {
         warmup.as_secs_f64()
     );
     println!(
-        "| conversations | via | received / sent | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | proxy CPU s per 100k activities | proxy context switches per activity | proxy peak RSS MiB | proxy RSS at end MiB |"
+        "| conversations | via | received / sent | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | proxy CPU s per 100k activities | of which kernel s | proxy context switches per activity | proxy peak RSS MiB | proxy RSS at end MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &conversations in &levels {
         let direct: Vec<&WsRun> = runs
             .iter()
@@ -577,6 +580,10 @@ pub async fn ws(options: &Options) {
                 .iter()
                 .map(|r| per_100k(r.spent.map(|s| s.cpu), r.sent))
                 .collect();
+            let kernel: Vec<Option<f64>> = mine
+                .iter()
+                .map(|r| per_100k(r.spent.map(|s| s.kernel), r.sent))
+                .collect();
             let switches: Vec<Option<f64>> = mine
                 .iter()
                 .map(|r| r.spent.map(|s| s.switches as f64 / r.sent.max(1) as f64))
@@ -593,7 +600,7 @@ pub async fn ws(options: &Options) {
             let sent: usize = mine.iter().map(|r| r.sent).sum();
             let closed: usize = mine.iter().map(|r| r.closed).sum();
             println!(
-                "| {conversations} | {} | {received} / {sent}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {conversations} | {} | {received} / {sent}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 via.name(),
                 if closed > 0 {
                     format!(" ({closed} sockets closed)")
@@ -607,6 +614,7 @@ pub async fn ws(options: &Options) {
                 added(0.50),
                 added(0.99),
                 spread_opt(&cpu, 2),
+                spread_opt(&kernel, 2),
                 spread_opt(&switches, 2),
                 spread_opt(&hwm, 1),
                 spread_opt(&rss, 1),
