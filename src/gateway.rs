@@ -102,16 +102,10 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
-        use std::io::Write;
-        let mut text = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut text[..]);
-        // An IPv6 address is at most 45 characters: the buffer always holds it.
-        let _ = write!(cursor, "{}", peer.ip());
-        let written = cursor.position() as usize;
         Self {
             peer,
             local,
-            forwarded_for: HeaderValue::from_bytes(&text[..written])
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
     }

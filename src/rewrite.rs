@@ -105,7 +105,9 @@ pub fn gateway_stream_url(
     )
 }
 
-/// The watermark in an upstream stream URL (`None` for `-` or absent).
+/// The watermark in an upstream stream URL (`None` for `-` or absent), read with the WHATWG
+/// parser. The start/reconnect path uses [`read_upstream_stream_url`]; this reading is the
+/// reference the tests and `fuzz/stream_url_rewrite` check that one against.
 pub fn stream_url_watermark(stream_url: &str) -> Option<String> {
     let url = Url::parse(stream_url).ok()?;
     let (_, value) = url.query_pairs().find(|(k, _)| k == "watermark")?;
