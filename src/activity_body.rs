@@ -54,15 +54,32 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
         out.extend_from_slice(value.get().as_bytes());
         out.push(b',');
     }
-    let mut sender = match from.map(|raw| serde_json::from_str::<Value>(raw.get())) {
+    let claimed = match from.map(|raw| serde_json::from_str::<Value>(raw.get())) {
         Some(Ok(Value::Object(map))) => map,
         _ => Map::new(),
     };
-    sender.insert("id".into(), Value::String(user_id.to_owned()));
+    let sender = bound_sender(claimed, user_id);
     out.extend_from_slice(b"\"from\":");
     serde_json::to_writer(&mut out, &sender).map_err(|_| GatewayError::Internal)?;
     out.push(b'}');
     Ok(out)
+}
+
+/// The `from` upstream gets: the bound user's id, the caller's display `name` when it is a
+/// string, and `role` only when it says `user`. Nothing else the caller claims about itself
+/// is kept: a bot may trust `role` ("bot" would pass a user's text off as the bot's) and
+/// channel fields such as `aadObjectId`, which only a channel may set. The name stays the
+/// caller's choice, as on Direct Line itself; bots must not treat it as an identity.
+fn bound_sender(mut claimed: Map<String, Value>, user_id: &str) -> Map<String, Value> {
+    let mut sender = Map::new();
+    sender.insert("id".into(), Value::String(user_id.to_owned()));
+    if let Some(name @ Value::String(_)) = claimed.remove("name") {
+        sender.insert("name".into(), name);
+    }
+    if claimed.get("role").and_then(Value::as_str) == Some("user") {
+        sender.insert("role".into(), Value::String("user".into()));
+    }
+    sender
 }
 
 /// Which fields a later field of the same name replaces; `None` when no name repeats (the
@@ -173,24 +190,46 @@ mod tests {
         bind_sender(body.as_bytes(), user).map(|bytes| serde_json::from_slice(&bytes).unwrap())
     }
 
-    /// What the gateway did before: a full parse, from.id set, everything else kept.
+    /// The rule on a full parse: `from` becomes the bound id plus a string name and a
+    /// `user` role, everything outside `from` kept.
     fn by_tree(body: &str, user: &str) -> Value {
         let mut activity: Map<String, Value> = serde_json::from_str(body).unwrap();
-        match activity.get_mut("from") {
-            Some(Value::Object(from)) => {
-                from.insert("id".into(), Value::String(user.into()));
+        let mut from = serde_json::json!({ "id": user });
+        if let Some(Value::Object(claimed)) = activity.get("from") {
+            if let Some(name) = claimed.get("name").filter(|n| n.is_string()) {
+                from["name"] = name.clone();
             }
-            _ => {
-                activity.insert("from".into(), serde_json::json!({ "id": user }));
+            if claimed.get("role") == Some(&Value::String("user".into())) {
+                from["role"] = "user".into();
             }
         }
+        activity.insert("from".into(), from);
         Value::Object(activity)
     }
 
     #[test]
-    fn from_id_is_the_bound_user_and_the_rest_is_kept() {
+    fn a_caller_cannot_claim_to_be_the_bot_or_carry_channel_fields() {
+        let value = bound(
+            r#"{"text":"t","from":{"id":"bot-id","name":"Contoso Bot","role":"bot","aadObjectId":"00000000-0000-0000-0000-000000000001","properties":{}}}"#,
+            "dl_alice",
+        )
+        .unwrap();
+        assert_eq!(
+            value["from"],
+            serde_json::json!({ "id": "dl_alice", "name": "Contoso Bot" })
+        );
+        let value = bound(r#"{"from":{"name":7,"role":"user"}}"#, "dl_alice").unwrap();
+        assert_eq!(
+            value["from"],
+            serde_json::json!({ "id": "dl_alice", "role": "user" })
+        );
+    }
+
+    #[test]
+    fn from_is_the_bound_user_and_the_rest_is_kept() {
         for body in [
             r#"{"type":"message","text":"hi","from":{"id":"mallory","name":"M","role":"user"}}"#,
+            r#"{"type":"message","text":"hi","from":{"id":"mallory","name":"M","role":"bot","x":1}}"#,
             r#"{"type":"message","text":"no from"}"#,
             r#"{"from":"not an object","text":"x"}"#,
             r#"{"from":null}"#,

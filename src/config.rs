@@ -214,6 +214,9 @@ pub struct StreamConfig {
     pub keepalive_interval: Duration,
     /// No frame at all from upstream for this long → the socket is dead, resume.
     pub liveness_timeout: Duration,
+    /// An upstream that has answered pings before and leaves one unanswered this long is
+    /// dead: noticed within `keepalive_interval + pong_timeout`, not `liveness_timeout`.
+    pub pong_timeout: Duration,
     /// Total time the hub keeps trying to resume before closing clients with 1011.
     pub resume_budget: Duration,
     pub backoff_base: Duration,
@@ -222,6 +225,11 @@ pub struct StreamConfig {
     pub linger: Duration,
     /// ActivitySets kept per conversation for client resume.
     pub buffer_frames: usize,
+    /// Bytes of frames kept per conversation for client resume; the newest frame stays
+    /// even when it alone is larger (it is at most `max_frame_bytes`).
+    pub buffer_bytes: usize,
+    /// Bytes of frames kept by all conversations' rings together on this replica.
+    pub buffer_total_bytes: usize,
     /// Activity ids remembered per conversation to drop replays.
     pub delivered_ids: usize,
     /// Frames a client may fall behind before it is closed with 1013.
@@ -297,11 +305,14 @@ impl Default for StreamConfig {
             ticket_ttl: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(20),
             liveness_timeout: Duration::from_secs(75),
+            pong_timeout: Duration::from_secs(10),
             resume_budget: Duration::from_secs(300),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             linger: Duration::from_secs(20),
             buffer_frames: 256,
+            buffer_bytes: 1024 * 1024,
+            buffer_total_bytes: 256 * 1024 * 1024,
             delivered_ids: 4096,
             client_lag_frames: 128,
             max_sockets_per_conversation: 8,
@@ -453,11 +464,14 @@ struct FileTimeouts {
 struct FileStream {
     keepalive_interval: Option<String>,
     liveness_timeout: Option<String>,
+    pong_timeout: Option<String>,
     resume_budget: Option<String>,
     backoff_base: Option<String>,
     backoff_max: Option<String>,
     linger: Option<String>,
     buffer_frames: Option<usize>,
+    buffer_bytes: Option<String>,
+    buffer_total_bytes: Option<String>,
     delivered_ids: Option<usize>,
     client_lag_frames: Option<usize>,
     max_sockets_per_conversation: Option<usize>,
@@ -709,7 +723,22 @@ impl Config {
         )?;
         set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
         set_duration(&mut stream.linger, "stream.linger", s.linger)?;
+        set_duration(
+            &mut stream.pong_timeout,
+            "stream.pong_timeout",
+            s.pong_timeout,
+        )?;
         set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
+        set_usize(
+            &mut stream.buffer_bytes,
+            "stream.buffer_bytes",
+            s.buffer_bytes,
+        )?;
+        set_usize(
+            &mut stream.buffer_total_bytes,
+            "stream.buffer_total_bytes",
+            s.buffer_total_bytes,
+        )?;
         set_usize(
             &mut stream.ws_read_buffer_bytes,
             "stream.ws_read_buffer",
@@ -798,6 +827,15 @@ impl Config {
             return Err(invalid(
                 "stream.liveness_timeout",
                 "must be longer than stream.keepalive_interval",
+            ));
+        }
+        if s.pong_timeout.is_zero() {
+            return Err(invalid("stream.pong_timeout", "must be above 0"));
+        }
+        if s.buffer_bytes == 0 || s.buffer_total_bytes < s.buffer_bytes {
+            return Err(invalid(
+                "stream.buffer_total_bytes",
+                "must be at least stream.buffer_bytes, which must be above 0",
             ));
         }
         if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {

@@ -154,7 +154,7 @@ struct Finished<'a> {
 impl Gateway {
     pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            hubs: Hubs::default(),
+            hubs: Hubs::new(&metrics),
             session_limits: Limiter::default(),
             activity_limits: Limiter::default(),
             live: ArcSwap::from_pointee(live),

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub upstream_reconnects: IntCounterVec,
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
+    pub stream_buffer_bytes: IntGauge,
+    pub stream_buffer_evictions: IntCounterVec,
+    pub client_frames_refused: IntCounterVec,
+    pub upstream_stream_drops: IntCounterVec,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -201,6 +205,35 @@ impl Metrics {
                 "Client WebSockets closed with 1013 because they fell too far behind.",
             )
             .expect("valid metric"),
+            stream_buffer_bytes: IntGauge::new(
+                "stream_buffer_bytes",
+                "Bytes of frames held by every conversation's replay ring on this replica (bounded by stream.buffer_total_bytes).",
+            )
+            .expect("valid metric"),
+            stream_buffer_evictions: IntCounterVec::new(
+                Opts::new(
+                    "stream_buffer_evictions_total",
+                    "Frames that left a replay ring early, by the limit that pushed them out (frames, conversation_bytes, process_bytes); clients that still needed one resume by REST.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            client_frames_refused: IntCounterVec::new(
+                Opts::new(
+                    "client_frames_refused_total",
+                    "Client WebSocket frames refused and their socket closed, by reason (too_large 1009, bad_utf8 1007, protocol 1002, not_activity 1007, binary 1003, rate_limited 1008) and bot.",
+                ),
+                &["reason", "bot"],
+            )
+            .expect("valid metric"),
+            upstream_stream_drops: IntCounterVec::new(
+                Opts::new(
+                    "upstream_stream_drops_total",
+                    "Upstream streams that ended and were resumed, by cause (closed, error, silent, no_pong, frame_too_large) and bot.",
+                ),
+                &["reason", "bot"],
+            )
+            .expect("valid metric"),
             client_replays: IntCounterVec::new(
                 Opts::new(
                     "client_resumes_total",
@@ -272,6 +305,10 @@ impl Metrics {
             Box::new(self.upstream_reconnects.clone()),
             Box::new(self.resume_duration.clone()),
             Box::new(self.slow_clients_closed.clone()),
+            Box::new(self.stream_buffer_bytes.clone()),
+            Box::new(self.stream_buffer_evictions.clone()),
+            Box::new(self.client_frames_refused.clone()),
+            Box::new(self.upstream_stream_drops.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),

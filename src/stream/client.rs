@@ -1,12 +1,15 @@
 //! One client WebSocket: replay from its cursor, then live frames; absorb its keepalives.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -15,6 +18,102 @@ use super::relay::close_frame;
 use crate::gateway::Gateway;
 
 pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long a closing socket gets to take its close frame: a client that stopped reading
+/// will not take it at all, and must not hold its socket for the whole write timeout.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A frame a client must not send, as the close frame RFC 6455 §7.4.1 gives it and the
+/// `client_frames_refused_total` reason it is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: CloseCode,
+    pub reason: &'static str,
+    pub metric: &'static str,
+}
+
+impl Refusal {
+    pub const TOO_LARGE: Refusal = Refusal {
+        code: CloseCode::Size,
+        reason: "frame larger than the gateway accepts",
+        metric: "too_large",
+    };
+    pub const BAD_UTF8: Refusal = Refusal {
+        code: CloseCode::Invalid,
+        reason: "text frame is not valid UTF-8",
+        metric: "bad_utf8",
+    };
+    pub const PROTOCOL: Refusal = Refusal {
+        code: CloseCode::Protocol,
+        reason: "WebSocket protocol violation",
+        metric: "protocol",
+    };
+
+    /// The refusal for a read error, or `None` when the connection itself is gone (nothing
+    /// can be told to the client then).
+    pub fn of(error: &WsError) -> Option<Refusal> {
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(Self::TOO_LARGE),
+            WsError::Capacity(_) => Some(Self::PROTOCOL),
+            WsError::Utf8(_) => Some(Self::BAD_UTF8),
+            WsError::Protocol(_) | WsError::AttackAttempt => Some(Self::PROTOCOL),
+            _ => None,
+        }
+    }
+
+    /// Counts the refusal and tries, briefly, to tell the client.
+    pub async fn close<S>(self, gw: &Gateway, bot: &str, sink: &mut S)
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        gw.metrics
+            .client_frames_refused
+            .with_label_values(&[self.metric, bot])
+            .inc();
+        let frame = close_frame(self.code, self.reason);
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// What a write watched by [`write_watching_lag`] came to.
+enum Wrote {
+    Done,
+    Failed,
+    /// The hub moved on while the client was not reading: the frame being written left
+    /// the ring, or too many came after it.
+    Behind,
+}
+
+/// Runs one socket write (a feed or a flush) within `write_timeout`, waking on every publish
+/// to check whether the client has fallen behind meanwhile: a client that stops reading
+/// blocks its write, and would otherwise keep frames the ring already let go of until the
+/// write timed out.
+async fn write_watching_lag(
+    write: impl Future<Output = Result<(), WsError>>,
+    write_timeout: Duration,
+    published: &mut watch::Receiver<u64>,
+    hub: &Hub,
+    (next_seq, live_from, lag_limit): (u64, u64, usize),
+) -> Wrote {
+    let write = tokio::time::timeout(write_timeout, write);
+    tokio::pin!(write);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut write => {
+                return if matches!(done, Ok(Ok(()))) { Wrote::Done } else { Wrote::Failed };
+            }
+            changed = published.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                } else if hub.is_behind(next_seq, live_from, lag_limit) {
+                    return Wrote::Behind;
+                }
+            }
+        }
+    }
+}
 
 /// Why a client session ended, for the session log line.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +168,11 @@ pub async fn serve(
             // Mark before reading so a publish between the read and the wait still wakes us.
             published.borrow_and_update();
             let state = hub.pending(&mut cursor, &mut batch, lag_frames);
+            let mut wrote = Wrote::Done;
             for event in batch.drain(..) {
+                if !matches!(wrote, Wrote::Done) {
+                    continue;
+                }
                 let text = match &cursor.filter {
                     Some(filter) => match filtered_text(&event, filter) {
                         Some(text) => text,
@@ -78,19 +181,27 @@ pub async fn serve(
                     None => event.text.clone(),
                 };
                 delivered_activities += event.activities.len() as u64;
-                if tokio::time::timeout(write_timeout, sink.feed(Message::Text(text)))
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
-                    break 'session End::WriteFailed;
-                }
+                let at = (event.seq, cursor.live_from, lag_frames);
+                drop(event);
+                wrote = write_watching_lag(
+                    sink.feed(Message::Text(text)),
+                    write_timeout,
+                    &mut published,
+                    &hub,
+                    at,
+                )
+                .await;
             }
-            if tokio::time::timeout(write_timeout, sink.flush())
-                .await
-                .map_or(true, |r| r.is_err())
-            {
-                break 'session End::WriteFailed;
+            if matches!(wrote, Wrote::Done) {
+                let at = (cursor.next_seq, cursor.live_from, lag_frames);
+                wrote =
+                    write_watching_lag(sink.flush(), write_timeout, &mut published, &hub, at).await;
             }
+            let state = match wrote {
+                Wrote::Done => state,
+                Wrote::Failed => break 'session End::WriteFailed,
+                Wrote::Behind => Pending::Lagged,
+            };
             match state {
                 Pending::Frames => {}
                 Pending::Lagged => {
@@ -100,7 +211,7 @@ pub async fn serve(
                         "client too slow; reconnect with your watermark",
                     );
                     let _ =
-                        tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
+                        tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame))))
                             .await;
                     break 'session End::Slow;
                 }
@@ -123,7 +234,12 @@ pub async fn serve(
                     Some(Ok(Message::Text(text))) => upstream_bytes.inc_by(text.len() as u64),
                     Some(Ok(Message::Close(_))) | None => break 'session End::ClientClosed,
                     Some(Ok(_)) => {}
-                    Some(Err(_)) => break 'session End::ClientError,
+                    Some(Err(error)) => {
+                        if let Some(refusal) = Refusal::of(&error) {
+                            refusal.close(&gw, &hub.bot, &mut sink).await;
+                        }
+                        break 'session End::ClientError;
+                    }
                 },
                 _ = keepalive.tick() => {
                     let sent = tokio::time::timeout(write_timeout, sink.send(Message::Text(Utf8Bytes::from_static("")))).await;

@@ -14,6 +14,14 @@
 //! Frames live in a bounded ring of [`Event`]s. Each client keeps its own cursor (a
 //! sequence number), so fan-out is one `Arc` clone per client per frame and a slow client
 //! never blocks others: it falls off the ring and is closed with 1013 to resume by watermark.
+//!
+//! The ring is bounded three ways: frames (`stream.buffer_frames`), bytes per conversation
+//! (`stream.buffer_bytes`, the newest frame always stays so live delivery never depends on
+//! it) and bytes of every ring on the replica together ([`RingBudget`],
+//! `stream.buffer_total_bytes`, strict: past it the publishing hub gives up its own frames,
+//! the newest included). A frame that leaves the ring before a client read it makes that
+//! client lag: it is closed with 1013 and catches up by REST from its watermark, so a budget
+//! costs a reconnect, never an activity.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +44,94 @@ pub struct Event {
     pub watermark: Option<Arc<str>>,
     pub activities: Vec<ActivitySpan>,
     pub received_at_ms: u64,
+    /// What this event costs the ring budgets (text, spans and the event itself).
+    pub size: usize,
+}
+
+impl EventParts {
+    fn size(&self) -> usize {
+        self.text.len()
+            + self.activities.len() * std::mem::size_of::<ActivitySpan>()
+            + self.watermark.as_ref().map_or(0, |w| w.len())
+            + std::mem::size_of::<Event>()
+    }
+}
+
+/// Why frames left a ring before its frame limit was the only reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    Frames,
+    ConversationBytes,
+    ProcessBytes,
+}
+
+impl Eviction {
+    pub const ALL: [Eviction; 3] = [
+        Eviction::Frames,
+        Eviction::ConversationBytes,
+        Eviction::ProcessBytes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Frames => "frames",
+            Eviction::ConversationBytes => "conversation_bytes",
+            Eviction::ProcessBytes => "process_bytes",
+        }
+    }
+}
+
+/// The bytes every hub's ring holds on this replica, against one limit.
+pub struct RingBudget {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    gauge: prometheus::IntGauge,
+    /// Indexed like [`Eviction::ALL`].
+    evictions: [prometheus::IntCounter; 3],
+}
+
+impl RingBudget {
+    pub fn new(
+        limit: usize,
+        gauge: prometheus::IntGauge,
+        evictions: [prometheus::IntCounter; 3],
+    ) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            gauge,
+            evictions,
+        }
+    }
+
+    /// A reload may change the limit; hubs apply it from their next publish.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.gauge.set(used as i64);
+    }
+
+    fn sub(&self, bytes: usize) {
+        let used = self.used.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        self.gauge.set(used as i64);
+    }
+
+    fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit.load(Ordering::Relaxed)
+    }
+
+    fn evicted(&self, why: Eviction, count: u64) {
+        if count > 0 {
+            self.evictions[why as usize].inc_by(count);
+        }
+    }
 }
 
 /// Where a client socket starts reading.
@@ -93,12 +189,23 @@ pub struct Hub {
     /// The newest upstream conversation token known on this replica: reconnects under
     /// enhanced authentication need a live one, and clients refresh theirs every 15 min.
     upstream_token: Mutex<Arc<str>>,
+    budget: Arc<RingBudget>,
+}
+
+/// How much one hub's ring may hold, fixed when the hub is made.
+#[derive(Clone, Copy, Debug)]
+pub struct RingLimits {
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 struct HubState {
     events: VecDeque<Arc<Event>>,
     next_seq: u64,
     capacity: usize,
+    byte_capacity: usize,
+    /// Sum of the ring's events' sizes.
+    bytes: usize,
     last_watermark: Option<Arc<str>>,
     closed: Option<CloseFrame>,
     retired: bool,
@@ -110,7 +217,8 @@ impl Hub {
         bot: Arc<str>,
         conversation: ConversationId,
         relayed: prometheus::IntCounter,
-        capacity: usize,
+        limits: RingLimits,
+        budget: Arc<RingBudget>,
         watermark: Option<Arc<str>>,
         upstream_token: &str,
     ) -> Self {
@@ -123,7 +231,9 @@ impl Hub {
             state: Mutex::new(HubState {
                 events: VecDeque::new(),
                 next_seq: 0,
-                capacity: capacity.max(1),
+                capacity: limits.frames.max(1),
+                byte_capacity: limits.bytes,
+                bytes: 0,
                 last_watermark: watermark,
                 closed: None,
                 retired: false,
@@ -134,6 +244,7 @@ impl Hub {
             clients: AtomicUsize::new(0),
             resumes: AtomicU64::new(0),
             upstream_token: Mutex::new(Arc::from(upstream_token)),
+            budget,
         }
     }
 
@@ -267,6 +378,7 @@ impl Hub {
 
     /// Publishes a frame to every client; `watermark` is the tracker's position after it.
     pub fn publish(&self, event: EventParts, watermark: Option<&Arc<str>>) {
+        let size = event.size();
         let mut state = self.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -276,15 +388,59 @@ impl Hub {
             watermark: event.watermark,
             activities: event.activities,
             received_at_ms: crate::clock::unix_millis(),
+            size,
         }));
-        while state.events.len() > state.capacity {
-            state.events.pop_front();
-        }
+        state.bytes += size;
+        self.budget.add(size);
+        self.evict(&mut state);
         if watermark.is_some() {
             state.last_watermark = watermark.cloned();
         }
         drop(state);
         self.published.send_replace(seq + 1);
+    }
+
+    /// Oldest frames out until the ring is within its frame and byte limits (keeping the
+    /// newest), then until the replica's rings are within theirs (newest included).
+    fn evict(&self, state: &mut HubState) {
+        let mut counts = [0u64; 3];
+        while state.events.len() > 1 {
+            let why = if state.events.len() > state.capacity {
+                Eviction::Frames
+            } else if state.bytes > state.byte_capacity {
+                Eviction::ConversationBytes
+            } else {
+                break;
+            };
+            self.pop_oldest(state);
+            counts[why as usize] += 1;
+        }
+        while self.budget.over() && self.pop_oldest(state) {
+            counts[Eviction::ProcessBytes as usize] += 1;
+        }
+        for why in Eviction::ALL {
+            self.budget.evicted(why, counts[why as usize]);
+        }
+    }
+
+    fn pop_oldest(&self, state: &mut HubState) -> bool {
+        let Some(event) = state.events.pop_front() else {
+            return false;
+        };
+        state.bytes -= event.size;
+        self.budget.sub(event.size);
+        true
+    }
+
+    /// Whether a client whose next unsent frame is `next_seq` has fallen behind: that frame
+    /// left the ring, or more than `lag_limit` live frames came after it. Asked while the
+    /// client's socket is blocked on a write, so a client that stops reading is closed when
+    /// it falls behind rather than when the write times out.
+    pub fn is_behind(&self, next_seq: u64, live_from: u64, lag_limit: usize) -> bool {
+        let state = self.lock();
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        next_seq < oldest || head.saturating_sub(next_seq.max(live_from)) > lag_limit as u64
     }
 
     /// Records the upstream position without a frame (all of a replayed frame was dropped).
@@ -321,6 +477,17 @@ impl Hub {
     pub fn idle_for(&self, linger: Duration) -> bool {
         let state = self.lock();
         self.clients() == 0 && state.last_client_left.elapsed() >= linger
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.budget.sub(state.bytes);
+        state.bytes = 0;
     }
 }
 
@@ -362,15 +529,29 @@ mod tests {
     use super::*;
     use crate::stream::ids::ActivityKey;
 
-    fn hub(capacity: usize) -> Hub {
+    fn budget(limit: usize) -> Arc<RingBudget> {
+        let counter = || prometheus::IntCounter::new("evicted", "test").unwrap();
+        Arc::new(RingBudget::new(
+            limit,
+            prometheus::IntGauge::new("ring", "test").unwrap(),
+            [counter(), counter(), counter()],
+        ))
+    }
+
+    fn hub_with(frames: usize, bytes: usize, budget: Arc<RingBudget>) -> Hub {
         Hub::new(
             Arc::from("default"),
             ConversationId::parse("c").unwrap(),
             prometheus::IntCounter::new("relayed", "test").unwrap(),
-            capacity,
+            RingLimits { frames, bytes },
+            budget,
             None,
             "token",
         )
+    }
+
+    fn hub(capacity: usize) -> Hub {
+        hub_with(capacity, usize::MAX / 2, budget(usize::MAX / 2))
     }
 
     fn parts(text: &str, watermark: Option<&str>) -> EventParts {
@@ -463,6 +644,7 @@ mod tests {
                 (Some(ActivityKey::of("b")), b),
             ],
             received_at_ms: 0,
+            size: 0,
         };
         let only_a: KeySet = [ActivityKey::of("a")].into_iter().collect();
         let both: KeySet = [ActivityKey::of("a"), ActivityKey::of("b")]
@@ -477,5 +659,77 @@ mod tests {
             r#"{"activities":[{"id":"b"}],"watermark":"2"}"#
         );
         assert!(filtered_text(&event, &both).is_none());
+    }
+
+    fn big(n: usize, watermark: &str) -> EventParts {
+        parts(&"x".repeat(n), Some(watermark))
+    }
+
+    #[test]
+    fn the_ring_keeps_its_byte_budget_but_always_the_newest_frame() {
+        let shared = budget(usize::MAX / 2);
+        let hub = hub_with(100, 10_000, shared.clone());
+        let mut cursor = hub.attach(&ResumeFrom::Start).unwrap();
+        for i in 0..10 {
+            hub.publish(big(3_000, &i.to_string()), None);
+        }
+        // Three 3 KB frames fit in 10 KB with their overhead; older ones left.
+        let held = shared.used();
+        assert!(held <= 10_000, "{held}");
+        assert!(held >= 3 * 3_000, "{held}");
+        // The client that read nothing lost frames: it lags rather than miss them silently.
+        let mut out = Vec::new();
+        assert!(matches!(
+            hub.pending(&mut cursor, &mut out, 100),
+            Pending::Lagged
+        ));
+        // A frame larger than the whole budget still reaches clients that are reading.
+        let mut live = hub.attach(&ResumeFrom::Watermark(Arc::from("9"))).unwrap();
+        hub.publish(big(50_000, "10"), None);
+        assert_eq!(texts(&hub, &mut live).len(), 1);
+        assert!(shared.used() >= 50_000 && shared.used() < 51_000);
+    }
+
+    #[test]
+    fn the_replica_budget_is_strict_and_returned_when_hubs_go() {
+        let shared = budget(20_000);
+        let a = hub_with(100, 1_000_000, shared.clone());
+        let b = hub_with(100, 1_000_000, shared.clone());
+        for i in 0..10 {
+            a.publish(big(4_000, &i.to_string()), None);
+            assert!(shared.used() <= 20_000);
+        }
+        // b gets nothing kept while a holds the budget, not even its newest frame...
+        let mut reader = b.attach(&ResumeFrom::Start).unwrap();
+        b.publish(big(8_000, "b"), None);
+        assert!(shared.used() <= 20_000, "{}", shared.used());
+        // ...so its reader learns it lagged (and resumes by REST) instead of missing it.
+        let mut out = Vec::new();
+        assert!(matches!(
+            b.pending(&mut reader, &mut out, 100),
+            Pending::Lagged
+        ));
+        let used_by_a = shared.used();
+        drop(a);
+        assert!(shared.used() < used_by_a);
+        drop(b);
+        assert_eq!(shared.used(), 0);
+    }
+
+    #[test]
+    fn a_blocked_client_is_behind_once_its_next_frame_left_the_ring() {
+        let hub = hub(3);
+        let cursor = hub.attach(&ResumeFrom::Start).unwrap();
+        hub.publish(parts("a", Some("1")), None);
+        assert!(!hub.is_behind(cursor.next_seq, cursor.live_from, 100));
+        for i in 2..=4 {
+            hub.publish(parts("b", Some(&i.to_string())), None);
+        }
+        assert!(hub.is_behind(cursor.next_seq, cursor.live_from, 100));
+        let fresh = hub.attach(&ResumeFrom::Watermark(Arc::from("4"))).unwrap();
+        hub.publish(parts("c", Some("5")), None);
+        hub.publish(parts("d", Some("6")), None);
+        assert!(!hub.is_behind(fresh.next_seq, fresh.live_from, 2));
+        assert!(hub.is_behind(fresh.next_seq, fresh.live_from, 1));
     }
 }

@@ -27,8 +27,9 @@ use crate::config::StreamConfig;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, RequestContext};
+use crate::metrics::Metrics;
 use crate::seal::StreamTicket;
-use hub::{AttachError, Hub, ResumeFrom};
+use hub::{AttachError, Eviction, Hub, ResumeFrom, RingBudget, RingLimits};
 use relay::{FirstLink, close_frame};
 
 /// A conversation of one bot: two upstreams may hand out equal conversation ids.
@@ -37,22 +38,77 @@ type HubKey = (Arc<str>, ConversationId);
 /// The live hubs of this replica, by bot and conversation.
 pub struct Hubs {
     map: DashMap<HubKey, Arc<Hub>>,
+    /// Client sockets per conversation on every stream route (classic and multimodal),
+    /// reserved before the 101 is sent so concurrent upgrades cannot pass the cap together.
+    sockets: DashMap<HubKey, usize>,
+    ring_budget: Arc<RingBudget>,
 }
 
-impl Default for Hubs {
-    fn default() -> Self {
-        Self {
-            map: DashMap::new(),
+/// One client socket's place under `stream.max_sockets_per_conversation`, given back when
+/// the socket's task ends (or its upgrade fails).
+pub struct SocketSlot {
+    gw: Arc<Gateway>,
+    key: HubKey,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let sockets = &self.gw.hubs.sockets;
+        if let Some(mut count) = sockets.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
         }
+        sockets.remove_if(&self.key, |_, count| *count == 0);
     }
 }
 
 impl Hubs {
-    /// Client sockets now open on `conversation` on this replica.
+    pub fn new(metrics: &Metrics) -> Self {
+        let evictions = Eviction::ALL.map(|why| {
+            metrics
+                .stream_buffer_evictions
+                .with_label_values(&[why.as_str()])
+        });
+        Self {
+            map: DashMap::new(),
+            sockets: DashMap::new(),
+            ring_budget: Arc::new(RingBudget::new(
+                StreamConfig::default().buffer_total_bytes,
+                metrics.stream_buffer_bytes.clone(),
+                evictions,
+            )),
+        }
+    }
+
+    /// Client sockets now open (or being upgraded) on `conversation` on this replica.
     pub fn client_count(&self, bot: &Arc<str>, conversation: &ConversationId) -> usize {
-        self.map
+        self.sockets
             .get(&(bot.clone(), conversation.clone()))
-            .map_or(0, |hub| hub.clients())
+            .map_or(0, |count| *count)
+    }
+
+    /// Bytes held by every hub's replay ring on this replica.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_budget.used()
+    }
+
+    /// Takes a socket slot for `conversation`, or refuses when `max` are taken.
+    fn reserve_socket(
+        gw: &Arc<Gateway>,
+        bot: &Arc<str>,
+        conversation: &ConversationId,
+        max: usize,
+    ) -> Result<SocketSlot, GatewayError> {
+        let key = (bot.clone(), conversation.clone());
+        let mut count = gw.hubs.sockets.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return Err(GatewayError::TooManySockets);
+        }
+        *count += 1;
+        drop(count);
+        Ok(SocketSlot {
+            gw: gw.clone(),
+            key,
+        })
     }
 
     /// Closes every client socket with 1001 so clients resume through another replica.
@@ -124,13 +180,22 @@ impl Hubs {
         ticket: &StreamTicket,
     ) -> (Arc<Hub>, bool) {
         let watermark: Option<Arc<str>> = ticket.watermark.as_deref().map(Arc::from);
-        let buffer_frames = gw.live().config.stream.buffer_frames;
+        let limits = {
+            let live = gw.live();
+            let s = &live.config.stream;
+            self.ring_budget.set_limit(s.buffer_total_bytes);
+            RingLimits {
+                frames: s.buffer_frames,
+                bytes: s.buffer_bytes,
+            }
+        };
         let new_hub = || {
             Arc::new(Hub::new(
                 bot.clone(),
                 conversation.clone(),
                 gw.metrics.activities_relayed.with_label_values(&[bot]),
-                buffer_frames,
+                limits,
+                self.ring_budget.clone(),
                 watermark.clone(),
                 &ticket.upstream_token,
             ))
@@ -193,18 +258,20 @@ pub fn accept(
         .ok_or(GatewayError::InvalidTicket)?;
     let ticket = auth::open_ticket(&ctx.live.sealer, &ctx.bot.name, &ticket_text, &conversation)?;
     let key = websocket_key(request.headers()).ok_or(GatewayError::UpgradeRequired)?;
-    if !multimodal
-        && gw.hubs.client_count(&ctx.bot.name, &conversation)
-            >= ctx.live.config.stream.max_sockets_per_conversation
-    {
-        return Err(GatewayError::TooManySockets);
-    }
+    // Both routes hold a slot: a multimodal socket dials upstream too.
+    let slot = Hubs::reserve_socket(
+        gw,
+        &ctx.bot.name,
+        &conversation,
+        ctx.live.config.stream.max_sockets_per_conversation,
+    )?;
     let accept_key = derive_accept_key(key.as_bytes());
     let socket_config = ws_config(&ctx.live.config.stream);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
     let bot = ctx.bot.name.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -221,7 +288,7 @@ pub fn accept(
         // Boxed so the resting state of this task is the client loop, not the largest
         // future any branch could hold (see BENCHMARKS.md, idle memory).
         if multimodal {
-            Box::pin(multimodal::bridge(gw, ticket, socket)).await;
+            Box::pin(multimodal::bridge(gw, conversation, ticket, socket)).await;
         } else {
             Box::pin(session(gw, bot, conversation, ticket, socket)).await;
         }

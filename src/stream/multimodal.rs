@@ -1,19 +1,51 @@
 //! `…/stream/multimodal` (DLJS voice mode, spec §5.1): client frames carry activities
-//! upstream, so this socket is passed through frame by frame, one upstream socket per
-//! client socket, without hub or resume.
+//! upstream, so this socket is bridged frame by frame, one upstream socket per client
+//! socket, without hub or resume.
+//!
+//! A client frame here is a POST activities by another road, and gets what POST gets: its
+//! `from` bound to the token's user (the upstream URL may come from a reconnect made with
+//! the secret, which Direct Line does not bind to any user), the activity body limit, and
+//! the conversation's activity rate. A frame that fails any of them closes the socket with
+//! the code RFC 6455 gives it; the client reconnects and nothing it sent is stored under
+//! another name. Empty text frames are DLJS's keepalives and pass.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use url::Url;
 
-use super::client::ClientSocket;
+use super::client::{CLOSE_GRACE, ClientSocket, Refusal};
 use super::relay::close_frame;
+use crate::activity_body;
+use crate::endpoint::ConversationId;
 use crate::gateway::Gateway;
 use crate::seal::StreamTicket;
 
-pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSocket) {
+const NOT_ACTIVITY: Refusal = Refusal {
+    code: CloseCode::Invalid,
+    reason: "frame is not a JSON activity",
+    metric: "not_activity",
+};
+const BINARY: Refusal = Refusal {
+    code: CloseCode::Unsupported,
+    reason: "only JSON text frames are accepted",
+    metric: "binary",
+};
+const RATE_LIMITED: Refusal = Refusal {
+    code: CloseCode::Policy,
+    reason: "too many activities; slow down",
+    metric: "rate_limited",
+};
+
+pub async fn bridge(
+    gw: Arc<Gateway>,
+    conversation: ConversationId,
+    ticket: StreamTicket,
+    mut client: ClientSocket,
+) {
     let upstream_url = ticket
         .upstream_stream_url
         .as_deref()
@@ -31,33 +63,102 @@ pub async fn bridge(gw: Arc<Gateway>, ticket: StreamTicket, mut client: ClientSo
             .await;
         return;
     };
-    let _open = gw.metrics.client_socket_opened(&ticket.bot);
-    let upstream_sockets = gw
-        .metrics
-        .upstream_sockets
-        .with_label_values(&[&ticket.bot]);
+    // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
+    let Some((max_activity, rate)) = ({
+        let live = gw.live();
+        live.bot(&ticket.bot).map(|bot| {
+            (
+                live.config.limits.activity_body_bytes,
+                bot.settings.rate_limits.activities,
+            )
+        })
+    }) else {
+        let _ = client
+            .close(Some(close_frame(CloseCode::Away, "bot removed")))
+            .await;
+        return;
+    };
+    let bot: Arc<str> = Arc::from(ticket.bot.as_str());
+    let _open = gw.metrics.client_socket_opened(&bot);
+    let upstream_sockets = gw.metrics.upstream_sockets.with_label_values(&[&bot]);
     upstream_sockets.inc();
+    let upstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["upstream"]);
     let (mut client_sink, mut client_stream) = client.split();
     let (mut upstream_sink, mut upstream_stream) = upstream.split();
-    let to_upstream = async {
-        while let Some(Ok(message)) = client_stream.next().await {
-            let close = message.is_close();
-            if upstream_sink.send(message).await.is_err() || close {
-                break;
+    let rate_key = (bot.clone(), conversation);
+    let client_ended = {
+        let to_upstream = async {
+            loop {
+                let message = match client_stream.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => break Refusal::of(&error),
+                    None => break None,
+                };
+                let forward = match message {
+                    Message::Text(text) if text.is_empty() => Message::Text(text),
+                    Message::Text(text) => {
+                        if text.len() as u64 > max_activity {
+                            break Some(Refusal::TOO_LARGE);
+                        }
+                        if gw
+                            .activity_limits
+                            .check(rate_key.clone(), rate, Instant::now())
+                            .is_err()
+                        {
+                            gw.metrics
+                                .rate_limited
+                                .with_label_values(&["stream", &bot])
+                                .inc();
+                            break Some(RATE_LIMITED);
+                        }
+                        match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
+                            Ok(bound) => match String::from_utf8(bound) {
+                                Ok(bound) => {
+                                    upstream_bytes.inc_by(bound.len() as u64);
+                                    Message::Text(Utf8Bytes::from(bound))
+                                }
+                                Err(_) => break Some(NOT_ACTIVITY),
+                            },
+                            Err(_) => break Some(NOT_ACTIVITY),
+                        }
+                    }
+                    Message::Binary(_) => break Some(BINARY),
+                    Message::Close(frame) => {
+                        let _ = upstream_sink.send(Message::Close(frame)).await;
+                        break None;
+                    }
+                    // tungstenite answers pings itself; pongs and raw frames carry nothing.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                };
+                if upstream_sink.send(forward).await.is_err() {
+                    break None;
+                }
             }
+        };
+        let to_client = async {
+            while let Some(Ok(message)) = upstream_stream.next().await {
+                let close = message.is_close();
+                if client_sink.send(message).await.is_err() || close {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            refusal = to_upstream => Some(refusal),
+            _ = to_client => None,
         }
     };
-    let to_client = async {
-        while let Some(Ok(message)) = upstream_stream.next().await {
-            let close = message.is_close();
-            if client_sink.send(message).await.is_err() || close {
-                break;
-            }
+    if let Some(refusal) = client_ended {
+        if let Some(refusal) = refusal {
+            refusal.close(&gw, &bot, &mut client_sink).await;
         }
-    };
-    tokio::select! {
-        _ = to_upstream => {}
-        _ = to_client => {}
+        // A close handshake, not a dropped connection: closing a socket with unread data
+        // resets it, and Direct Line could lose the frames this client sent just before.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = upstream_sink.close().await;
+            while let Some(Ok(_)) = upstream_stream.next().await {}
+        })
+        .await;
     }
     upstream_sockets.dec();
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::backoff;
 use super::hub::{EventParts, Hub};
@@ -25,12 +25,41 @@ pub struct FirstLink {
 }
 
 enum PumpEnd {
-    /// Closed, errored, or went silent: resume.
-    Dropped(&'static str),
+    /// Closed, errored, or went silent: resume. `healthy` when the socket relayed a frame or
+    /// stayed up for [`STABLE_LINK`], which ends a run of failures.
+    Dropped { why: &'static str, healthy: bool },
     /// No client for the linger time.
     Idle,
     /// The hub was closed (drain).
     Stopped,
+}
+
+/// A socket up this long before it dropped was working: the next resume starts a fresh
+/// backoff and budget. Shorter-lived sockets that relayed nothing (a frame the gateway cannot
+/// read, an upstream that accepts and hangs up) continue one run of failures, so they back
+/// off and spend one resume budget instead of redialling forever.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+
+/// Frame-too-large drops in a row, with nothing relayed between them, after which the
+/// upstream is taken to hold a frame this gateway will never read: clients are closed with
+/// 1009 rather than waiting out the resume budget.
+const POISON_DROPS: u32 = 2;
+
+/// One run of failed upstream connections: its backoff and its share of the resume budget.
+struct FailureRun {
+    started: Instant,
+    attempt: u32,
+    too_large: u32,
+}
+
+impl FailureRun {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            attempt: 0,
+            too_large: 0,
+        }
+    }
 }
 
 enum ResumeEnd {
@@ -47,6 +76,9 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
     let mut tracker = Tracker::new(delivered_ids, first.watermark.clone());
     let mut pending_url = first.stream_url.clone();
     let mut dropped_at: Option<Instant> = None;
+    let mut run = FailureRun::new();
+    // Learnt from the first pong: only an upstream known to answer pings is judged by them.
+    let mut answers_pings = false;
     gw.metrics.hubs.inc();
     if !first.from_start
         && let Some(watermark) = first.watermark.as_deref()
@@ -74,7 +106,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         };
         let socket = match first_try {
             Some(socket) => socket,
-            None => match Box::pin(resume(&gw, &hub, &tracker)).await {
+            None => match Box::pin(resume(&gw, &hub, &tracker, &mut run)).await {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
                     tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
@@ -105,10 +137,28 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         }
         let upstream_sockets = gw.metrics.upstream_sockets.with_label_values(&[&hub.bot]);
         upstream_sockets.inc();
-        let end = pump(&gw, &hub, &mut tracker, socket).await;
+        let end = pump(&gw, &hub, &mut tracker, socket, &mut answers_pings).await;
         upstream_sockets.dec();
         match end {
-            PumpEnd::Dropped(why) => {
+            PumpEnd::Dropped { why, healthy } => {
+                gw.metrics
+                    .upstream_stream_drops
+                    .with_label_values(&[why, &hub.bot])
+                    .inc();
+                if healthy {
+                    run = FailureRun::new();
+                }
+                if why == DROP_TOO_LARGE {
+                    run.too_large += 1;
+                    if run.too_large >= POISON_DROPS {
+                        tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, max_frame = gw.live().config.stream.max_frame_bytes, "upstream keeps sending a frame over stream.max_frame; closing client sockets with 1009");
+                        hub.close(close_frame(
+                            CloseCode::Size,
+                            "upstream frame larger than the gateway accepts",
+                        ));
+                        break;
+                    }
+                }
                 tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, why, "upstream stream dropped; resuming");
                 dropped_at = Some(Instant::now());
             }
@@ -120,6 +170,8 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
     gw.metrics.hubs.dec();
 }
 
+const DROP_TOO_LARGE: &str = "frame_too_large";
+
 /// How often the pump checks liveness and idleness: fine enough for the configured
 /// times, coarse enough that ten thousand idle hubs cost few wakeups.
 fn check_period(gw: &Gateway) -> Duration {
@@ -127,6 +179,7 @@ fn check_period(gw: &Gateway) -> Duration {
     let s = &live.config.stream;
     (s.linger / 2)
         .min(s.liveness_timeout / 4)
+        .min(s.pong_timeout / 2)
         .clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
@@ -136,12 +189,24 @@ async fn pump(
     hub: &Hub,
     tracker: &mut Tracker,
     mut socket: Box<UpstreamSocket>,
+    answers_pings: &mut bool,
 ) -> PumpEnd {
     // Copied out: the pump holds no settings handle across its awaits.
-    let (keepalive_interval, liveness_timeout, linger) = {
+    let (keepalive_interval, liveness_timeout, pong_timeout, linger) = {
         let live = gw.live();
         let s = &live.config.stream;
-        (s.keepalive_interval, s.liveness_timeout, s.linger)
+        (
+            s.keepalive_interval,
+            s.liveness_timeout,
+            s.pong_timeout,
+            s.linger,
+        )
+    };
+    let connected = Instant::now();
+    let mut relayed_any = false;
+    let dropped = |why: &'static str, relayed_any: bool| PumpEnd::Dropped {
+        why,
+        healthy: relayed_any || connected.elapsed() >= STABLE_LINK,
     };
     let mut stop = hub.stop_signal();
     if *stop.borrow_and_update() {
@@ -154,6 +219,16 @@ async fn pump(
     );
     let mut check = tokio::time::interval(check_period(gw));
     let mut last_frame = Instant::now();
+    // A ping at once: its pong tells whether this upstream answers pings before a stall
+    // would need to be judged by them.
+    if socket
+        .send(Message::Ping(Default::default()))
+        .await
+        .is_err()
+    {
+        return dropped("keepalive failed", relayed_any);
+    }
+    let mut ping_unanswered_since: Option<Instant> = Some(Instant::now());
     let downstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["downstream"]);
     loop {
         tokio::select! {
@@ -162,16 +237,25 @@ async fn pump(
                 match message {
                     Some(Ok(Message::Text(text))) => {
                         downstream_bytes.inc_by(text.len() as u64);
+                        relayed_any |= !text.is_empty();
                         relay_text(gw, hub, tracker, text);
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        *answers_pings = true;
+                        ping_unanswered_since = None;
                     }
                     Some(Ok(Message::Close(frame))) => {
                         if let Some(frame) = &frame {
                             tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
                         }
-                        return PumpEnd::Dropped("closed");
+                        return dropped("closed", relayed_any);
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return PumpEnd::Dropped("error"),
+                    Some(Err(WsError::Capacity(_))) => {
+                        // Redialling from the same watermark brings the same frame back.
+                        return dropped(DROP_TOO_LARGE, relayed_any);
+                    }
+                    Some(Err(_)) | None => return dropped("error", relayed_any),
                 }
             }
             _ = keepalive.tick() => {
@@ -180,12 +264,18 @@ async fn pump(
                 let sent = socket.feed(Message::Text(Utf8Bytes::from_static(""))).await
                     .and(socket.feed(Message::Ping(Default::default())).await);
                 if sent.is_err() || socket.flush().await.is_err() {
-                    return PumpEnd::Dropped("keepalive failed");
+                    return dropped("keepalive failed", relayed_any);
                 }
+                ping_unanswered_since.get_or_insert_with(Instant::now);
             }
             _ = check.tick() => {
                 if last_frame.elapsed() >= liveness_timeout {
-                    return PumpEnd::Dropped("silent");
+                    return dropped("silent", relayed_any);
+                }
+                if *answers_pings
+                    && ping_unanswered_since.is_some_and(|since| since.elapsed() >= pong_timeout)
+                {
+                    return dropped("no_pong", relayed_any);
                 }
                 if hub.idle_for(linger) {
                     let _ = (*socket).close(None).await;
@@ -271,13 +361,13 @@ fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
 }
 
 /// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
-async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
+async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker, run: &mut FailureRun) -> ResumeEnd {
     // Loaded once per resume: a reload during a drop storm applies from the next one.
     let live = gw.live_owned();
     let config = &live.config.stream;
-    let started = Instant::now();
+    let started = run.started;
     let mut stop = hub.stop_signal();
-    let mut attempt: u32 = 0;
+    let attempt = &mut run.attempt;
     let mut refetched_stale_url = false;
     let reconnects = |result: &str| {
         gw.metrics
@@ -293,7 +383,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
             return ResumeEnd::Idle;
         }
         let wait = backoff::delay(
-            attempt,
+            *attempt,
             config.backoff_base,
             config.backoff_max,
             fastrand::f64(),
@@ -308,7 +398,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
                 _ = stop.changed() => return ResumeEnd::Stopped,
             }
         }
-        attempt += 1;
+        *attempt += 1;
         let watermark = tracker.watermark().map(|w| &**w);
         // Read per attempt: a client's tokens/refresh may have brought a fresher token.
         let mut upstream_token = hub.upstream_token().to_string();
@@ -343,7 +433,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker) -> ResumeEnd {
                 // server that always refuses cannot turn this into a busy loop.
                 reconnects("retry");
                 refetched_stale_url = true;
-                attempt = attempt.saturating_sub(1);
+                *attempt = attempt.saturating_sub(1);
             }
             Err(DialError::Forbidden | DialError::Failed) => {
                 reconnects("retry");

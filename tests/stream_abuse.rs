@@ -1,0 +1,480 @@
+//! The stream routes against hostile clients and a poisoned upstream (issue 14): a client
+//! that posts as someone else over `…/stream/multimodal`, opens too many sockets, floods
+//! frames, breaks the WebSocket protocol or stops reading, an upstream that sends a frame
+//! too large to read or stops answering pings, and the memory all of that may take.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::process::GatewayProcess;
+use support::{Harness, Seen, WAIT, eventually, metric, open_stream, read_until};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use directline_gateway::emulator::{EmulatorConfig, Faults};
+use directline_gateway::secret::Secret;
+
+fn multimodal(stream_url: &str) -> String {
+    let (path, query) = stream_url.split_once('?').unwrap();
+    format!("{path}/multimodal?{query}")
+}
+
+/// The close code the gateway sent, waiting at most [`WAIT`]; `None` for a socket that
+/// ended without a close frame.
+async fn close_code(ws: &mut support::Ws) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the gateway ended the socket in time")
+}
+
+/// The user id the gateway bound into `conversation`'s token, as Direct Line stored it for
+/// a REST post.
+async fn bound_user(h: &Harness, conversation: &support::Conversation) -> String {
+    h.post_message(conversation, "who am i").await;
+    let stored = h.emulator.activities(&conversation.id);
+    let mine = stored
+        .iter()
+        .find(|a| a["text"] == "who am i")
+        .expect("the post was stored");
+    mine["from"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn multimodal_frames_are_stored_as_the_bound_user_after_a_secret_reconnect() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let user = bound_user(&h, &conversation).await;
+    assert!(user.starts_with("dl_"), "{user}");
+    // A reconnect's upstream URL comes from a GET made with the secret: Direct Line binds
+    // no user to it, so only the gateway can keep the sender honest on this socket.
+    let reconnected = h.reconnect(&conversation, None).await;
+    let url = multimodal(reconnected["streamUrl"].as_str().unwrap());
+    let mut ws = open_stream(&url).await;
+    let forged = json!({
+        "type": "message",
+        "text": "as the victim",
+        "from": {"id": "victim-user", "name": "Victim", "role": "bot", "aadObjectId": "x"},
+    });
+    ws.send(Message::Text(forged.to_string().into()))
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: as the victim".to_owned())
+    })
+    .await;
+    let stored = h.emulator.activities(&conversation.id);
+    let forged_one = stored
+        .iter()
+        .find(|a| a["text"] == "as the victim")
+        .expect("the frame reached Direct Line");
+    assert_eq!(
+        forged_one["from"],
+        json!({"id": user, "name": "Victim"}),
+        "stored as {}",
+        forged_one["from"]
+    );
+}
+
+#[tokio::test]
+async fn multimodal_sockets_count_against_the_per_conversation_cap() {
+    let h = Harness::builder()
+        .config(|c| c.stream.max_sockets_per_conversation = 1)
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let url = multimodal(&conversation.stream_url);
+    // One socket: Direct Line (and the emulator) refuses a second upstream socket of a
+    // conversation with `collision`, which would end the first on its own.
+    let first = open_stream(&url).await;
+    eventually("the multimodal socket is bridged", async || {
+        h.emulator.live_streams(&conversation.id) == 1
+    })
+    .await;
+    let connects_before = h.emulator.stream_connects();
+    for target in [&url, &conversation.stream_url] {
+        match tokio_tungstenite::connect_async(target.as_str()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429)
+            }
+            other => panic!("expected 429 for {target}, got {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(
+        h.emulator.stream_connects(),
+        connects_before,
+        "a refused socket dialled upstream"
+    );
+    // A slot comes back when its socket goes.
+    drop(first);
+    eventually("the multimodal slot is free again", async || {
+        tokio_tungstenite::connect_async(url.as_str()).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn multimodal_frames_spend_the_conversation_activity_rate() {
+    let h = Harness::builder()
+        .config(|c| {
+            c.rate_limits.activities.per_minute = 1;
+            c.rate_limits.activities.burst = 3;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&multimodal(&conversation.stream_url)).await;
+    for i in 0..10 {
+        let activity = json!({"type": "message", "text": format!("flood {i}")});
+        if ws
+            .send(Message::Text(activity.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    let flood = |h: &Harness| {
+        h.emulator
+            .activities(&conversation.id)
+            .iter()
+            .filter(|a| a["text"].as_str().is_some_and(|t| t.starts_with("flood")))
+            .count()
+    };
+    // The burst reaches Direct Line (it may still be on its way when the close arrives)...
+    eventually("the burst is stored", async || flood(&h) == 3).await;
+    // ...and REST shares the bucket: the stream cannot be used to post past the rate.
+    let path = format!(
+        "/v3/directline/conversations/{}/activities",
+        conversation.id
+    );
+    let reply = h
+        .request(
+            http::Method::POST,
+            &path,
+            Some(&conversation.token),
+            Some(json!({"type": "message", "text": "flood by REST"})),
+        )
+        .await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(flood(&h), 3, "only the burst may be stored");
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "directline_gateway_client_frames_refused_total{bot=\"default\",reason=\"rate_limited\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn multimodal_frames_that_are_not_activities_close_the_socket() {
+    let h = Harness::start().await;
+    let conversation = h.conversation().await;
+    let url = multimodal(&conversation.stream_url);
+    for (name, frame, code) in [
+        ("not JSON", Message::Text("hello".into()), 1007),
+        ("a JSON array", Message::Text("[1,2]".into()), 1007),
+        ("binary", Message::Binary(vec![1u8, 2, 3].into()), 1003),
+    ] {
+        let mut ws = open_stream(&url).await;
+        ws.send(frame).await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(code), "{name}");
+    }
+    assert!(
+        h.emulator
+            .activities(&conversation.id)
+            .iter()
+            .all(|a| a["from"]["role"] != "bot")
+    );
+}
+
+#[tokio::test]
+async fn client_protocol_violations_get_their_close_codes() {
+    let h = Harness::builder()
+        .config(|c| c.stream.max_frame_bytes = 16 * 1024)
+        .start()
+        .await;
+    let bad_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    let mut reserved = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    reserved.header_mut().rsv2 = true;
+    for (name, frame, code) in [
+        (
+            "oversized",
+            Message::Text("x".repeat(20 * 1024).into()),
+            1009,
+        ),
+        ("invalid UTF-8", Message::Frame(bad_utf8), 1007),
+        ("reserved bits", Message::Frame(reserved), 1002),
+    ] {
+        for multimodal_route in [false, true] {
+            // A conversation each: its one upstream socket is not shared with the other route.
+            let conversation = h.conversation().await;
+            let url = if multimodal_route {
+                multimodal(&conversation.stream_url)
+            } else {
+                conversation.stream_url.clone()
+            };
+            let mut ws = open_stream(&url).await;
+            ws.send(frame.clone()).await.unwrap();
+            assert_eq!(close_code(&mut ws).await, Some(code), "{name} on {url}");
+        }
+    }
+    let metrics = h.metrics().await;
+    for reason in ["too_large", "bad_utf8", "protocol"] {
+        let series = format!(
+            "directline_gateway_client_frames_refused_total{{bot=\"default\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(metric(&metrics, &series), 2.0, "{series}\n{metrics}");
+    }
+}
+
+/// A client socket with a tiny receive buffer that never reads, so the gateway's writes to
+/// it block once the kernel buffers are full.
+async fn open_unread_stream(url: &str) -> support::Ws {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_when_it_falls_behind_not_at_the_write_timeout() {
+    let h = Harness::builder()
+        .config(|c| {
+            // Writes may block this long before the old cut-off: far past this test's wait.
+            c.stream.liveness_timeout = Duration::from_secs(120);
+            c.stream.keepalive_interval = Duration::from_secs(60);
+            c.stream.client_lag_frames = 8;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let _stalled = open_unread_stream(&conversation.stream_url).await;
+    let mut reader = open_stream(&conversation.stream_url).await;
+    eventually("both sockets attached", async || {
+        h.metrics()
+            .await
+            .contains("directline_gateway_client_websockets{bot=\"default\"} 2")
+    })
+    .await;
+    // The reading client reads as frames come, the other never does.
+    let reading = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        read_until(&mut reader, &mut seen, |s| {
+            s.texts().iter().filter(|t| t.starts_with("echo: ")).count() == 40
+        })
+        .await;
+        seen
+    });
+    let text = "y".repeat(60 * 1024);
+    for i in 0..40 {
+        h.post_message(&conversation, &format!("{i}{text}")).await;
+    }
+    let seen = reading.await.unwrap();
+    eventually("the stalled client was closed as slow", async || {
+        let metrics = h.metrics().await;
+        metric(&metrics, "directline_gateway_slow_clients_closed_total") >= 1.0
+            && metrics.contains("directline_gateway_client_websockets{bot=\"default\"} 1")
+    })
+    .await;
+    assert_eq!(seen.closed, None, "the reading client was never closed");
+}
+
+#[tokio::test]
+async fn an_upstream_frame_too_large_to_read_closes_clients_with_1009_after_bounded_retries() {
+    let h = Harness::builder()
+        .config(|c| {
+            c.stream.max_frame_bytes = 32 * 1024;
+            c.limits.activity_body_bytes = 128 * 1024;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    h.post_message(&conversation, "small first").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: small first".to_owned())
+    })
+    .await;
+    let reconnects_before = reconnect_gets(&h, &conversation.id);
+    // Stored by Direct Line, but every stream from before it brings it back whole.
+    h.post_message(&conversation, &"z".repeat(64 * 1024)).await;
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    let reconnects = reconnect_gets(&h, &conversation.id) - reconnects_before;
+    assert!(
+        (1..=3).contains(&reconnects),
+        "{reconnects} reconnects for one poison frame"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_stream_drops_total{bot=\"default\",reason=\"frame_too_large\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    // And it stays quiet: the hub is gone, nothing dials again.
+    let settled = reconnect_gets(&h, &conversation.id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reconnect_gets(&h, &conversation.id), settled);
+}
+
+fn reconnect_gets(h: &Harness, conversation: &str) -> usize {
+    let path = format!("/v3/directline/conversations/{conversation}");
+    h.emulator
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path)
+        .count()
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_answering_pings_is_resumed_before_the_liveness_timeout() {
+    let builder = Harness::builder()
+        .faults(Faults {
+            stall_after_frames: Some(6),
+            ..Faults::default()
+        })
+        .config(|c| {
+            c.stream.keepalive_interval = Duration::from_millis(300);
+            // The old detector alone would take this long: far past the test's wait.
+            c.stream.liveness_timeout = Duration::from_secs(90);
+            c.stream.pong_timeout = Duration::from_millis(500);
+        });
+    let h = builder.start().await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    for i in 0..8 {
+        h.post_message(&conversation, &format!("m{i}")).await;
+    }
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts()
+            .iter()
+            .filter(|t| t.starts_with("echo: m"))
+            .count()
+            == 8
+    })
+    .await;
+    seen.assert_no_duplicate_ids();
+    let metrics = h.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_stream_drops_total{bot=\"default\",reason=\"no_pong\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+/// Resident memory of a process, from `/proc`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Large activities on several conversations, each with a reading client, all within the
+/// default rate limits: the gateway's memory stays within its ring budgets instead of
+/// growing with the ring's frame count. `MEMORY_CONVERSATIONS`, `MEMORY_POSTS` and
+/// `MEMORY_KB` scale it to the review's load (8 × 130 × 250); SECURITY.md has the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_memory_is_bounded_by_bytes_under_large_activities() {
+    let conversations = env_or("MEMORY_CONVERSATIONS", 4);
+    let posts = env_or("MEMORY_POSTS", 60);
+    let kb = env_or("MEMORY_KB", 200);
+    let emulator = Harness::emulator(EmulatorConfig {
+        secret: Secret::new(support::SECRET),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let gateway = GatewayProcess::in_front_of(
+        &emulator.base_url(),
+        support::TOKEN_KEY,
+        &[],
+        &[("RUST_LOG", "warn")],
+    );
+    let pid = gateway.child.id();
+    let h = Harness::attach(emulator, &gateway);
+    let mut streams = Vec::new();
+    for _ in 0..conversations {
+        let conversation = h.conversation().await;
+        let ws = open_stream(&conversation.stream_url).await;
+        streams.push((conversation, ws, Seen::default()));
+    }
+    // Warm up the paths once, so the baseline has the allocator's working set.
+    for (conversation, ws, seen) in &mut streams {
+        h.post_message(conversation, "warm").await;
+        read_until(ws, seen, |s| s.texts().contains(&"echo: warm".to_owned())).await;
+    }
+    let baseline = rss_bytes(pid);
+    let text = "w".repeat(kb * 1000);
+    for round in 0..posts {
+        for (conversation, ws, seen) in &mut streams {
+            h.post_message(conversation, &format!("{round}:{text}"))
+                .await;
+            let wanted = format!("echo: {round}:");
+            read_until(ws, seen, |s| {
+                s.texts().last().is_some_and(|t| t.starts_with(&wanted))
+            })
+            .await;
+        }
+    }
+    let after = rss_bytes(pid);
+    let metrics = h.metrics().await;
+    let rings = metric(&metrics, "directline_gateway_stream_buffer_bytes");
+    let grown = after.saturating_sub(baseline);
+    eprintln!(
+        "ring memory: {conversations} conversations x {posts} posts x {kb} KB: RSS {:.1} MB -> {:.1} MB (+{:.1} MB), rings {:.1} MB",
+        baseline as f64 / 1e6,
+        after as f64 / 1e6,
+        grown as f64 / 1e6,
+        rings / 1e6
+    );
+    // Per conversation: stream.buffer_bytes (1 MiB) plus at most one newest frame.
+    let ring_bound = conversations as f64 * (1024.0 * 1024.0 + 2.0 * kb as f64 * 1000.0);
+    assert!(rings <= ring_bound, "rings hold {rings} bytes");
+    // Rings plus per-socket buffers and allocator slack; the frame-count ring alone held
+    // conversations x 2 x posts x kb (96 MB at the defaults here).
+    assert!(
+        (grown as f64) < ring_bound + 24e6,
+        "RSS grew by {grown} bytes; rings {rings}"
+    );
+    for (_, _, seen) in &streams {
+        seen.assert_no_duplicate_ids();
+    }
+}
