@@ -55,6 +55,30 @@ pub fn authorize(
     Ok(token)
 }
 
+/// Opens the token of a `tokens/refresh` call: like [`authorize`], except that a token
+/// that expired less than `resume_window` ago is accepted too (durable resume, DESIGN §12).
+/// Returns whether it had expired: its upstream token has then expired with it.
+pub fn authorize_refresh(
+    sealer: &Sealer,
+    bot: &str,
+    headers: &HeaderMap,
+    resume_window: std::time::Duration,
+) -> Result<(ClientToken, bool), GatewayError> {
+    let credential = bearer(headers)?;
+    let token: ClientToken = sealer
+        .open(Purpose::ClientToken, credential)
+        .map_err(open_error)?;
+    let now = clock::unix_seconds();
+    let expired = token.expires_at <= now;
+    if expired && token.expires_at.saturating_add(resume_window.as_secs()) <= now {
+        return Err(GatewayError::TokenExpired);
+    }
+    if token.bot != bot {
+        return Err(GatewayError::WrongBot);
+    }
+    Ok((token, expired))
+}
+
 /// Opens a stream ticket from the `t` query parameter for `bot`'s `conversation`.
 pub fn open_ticket(
     sealer: &Sealer,
@@ -103,6 +127,41 @@ mod tests {
             upstream_token: "up".into(),
             expires_at,
         }
+    }
+
+    #[test]
+    fn a_refresh_takes_an_expired_token_only_inside_the_window() {
+        let sealer = Sealer::new(KEY, &[]).unwrap();
+        let now = clock::unix_seconds();
+        let window = std::time::Duration::from_secs(600);
+        let sealed = |expires_at| {
+            headers(&format!(
+                "Bearer {}",
+                sealer.seal(Purpose::ClientToken, &token("conv", expires_at))
+            ))
+        };
+        let live = authorize_refresh(&sealer, "support", &sealed(now + 60), window).unwrap();
+        assert!(!live.1);
+        let expired = authorize_refresh(&sealer, "support", &sealed(now - 300), window).unwrap();
+        assert!(expired.1);
+        assert_eq!(expired.0.conversation_id, "conv");
+        for (expires_at, window) in [(now - 601, window), (now - 1, std::time::Duration::ZERO)] {
+            assert_eq!(
+                authorize_refresh(&sealer, "support", &sealed(expires_at), window).unwrap_err(),
+                GatewayError::TokenExpired
+            );
+        }
+        assert_eq!(
+            authorize_refresh(&sealer, "sales", &sealed(now - 300), window).unwrap_err(),
+            GatewayError::WrongBot
+        );
+        // Every other route keeps refusing the expired token.
+        assert_eq!(
+            authorize(&sealer, "support", &sealed(now - 300), None).unwrap_err(),
+            GatewayError::TokenExpired
+        );
+        // A huge expiry cannot wrap the window check around.
+        assert!(authorize_refresh(&sealer, "support", &sealed(u64::MAX), window).is_ok());
     }
 
     #[test]

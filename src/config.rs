@@ -89,6 +89,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How the conversation's user id is chosen (single-bot configuration).
     pub user_ids: UserIdPolicy,
+    /// How long after its expiry a gateway token can still be refreshed (and nothing else);
+    /// zero turns durable resume off (single-bot configuration, default for `[[bots]]`).
+    pub resume_window: Duration,
     /// Several bots behind this gateway (`[[bots]]`). Empty: one bot, named `default`, from
     /// the top-level `upstream`, secret, `path_prefix`, origins, rate limits and user ids.
     pub bots: Vec<BotConfig>,
@@ -97,6 +100,11 @@ pub struct Config {
 /// The bot a token was sealed for when the token predates multi-bot support, and the name
 /// of the bot a single-bot configuration describes.
 pub const DEFAULT_BOT: &str = "default";
+
+/// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
+/// bring back a conversation but not its history, so the window stops there. See
+/// docs/SECURITY.md for what a stolen expired token can do inside it.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Label value for requests no bot's route matched; never a bot name.
 pub const NO_BOT: &str = "none";
@@ -120,6 +128,8 @@ pub struct BotConfig {
     pub rate_limits: RateLimits,
     pub user_ids: UserIdPolicy,
     pub upstream_ca_file: Option<PathBuf>,
+    /// See [`Config::resume_window`].
+    pub resume_window: Duration,
 }
 
 /// Who chooses the user id bound into a conversation's token.
@@ -266,6 +276,7 @@ impl Default for Config {
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
             user_ids: UserIdPolicy::Minted,
+            resume_window: DEFAULT_RESUME_WINDOW,
             bots: Vec::new(),
         }
     }
@@ -386,6 +397,7 @@ struct FileConfig {
     #[serde(default)]
     trusted_origins: Vec<String>,
     upstream_refresh_before: Option<String>,
+    resume_window: Option<String>,
     shutdown_grace: Option<String>,
     #[serde(default)]
     limits: FileLimits,
@@ -418,6 +430,7 @@ struct FileBot {
     rate_limits: Option<FileRateLimits>,
     user_ids: Option<String>,
     upstream_ca_file: Option<PathBuf>,
+    resume_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -632,6 +645,11 @@ impl Config {
         (config.allowed_origins, config.trusted_origins) =
             parse_origins(file.allowed_origins, file.trusted_origins)?;
         set_duration(
+            &mut config.resume_window,
+            "resume_window",
+            file.resume_window,
+        )?;
+        set_duration(
             &mut config.upstream_refresh_before,
             "upstream_refresh_before",
             file.upstream_refresh_before,
@@ -818,6 +836,7 @@ impl Config {
             rate_limits: self.rate_limits.clone(),
             user_ids: self.user_ids,
             upstream_ca_file: self.upstream_ca_file.clone(),
+            resume_window: self.resume_window,
         }]
     }
 
@@ -1029,7 +1048,10 @@ fn parse_bot(file: FileBot, top: &Config, env: &dyn Env) -> Result<BotConfig, Co
         Some(policy) => parse_user_ids(policy).map_err(within)?,
         None => top.user_ids,
     };
+    let mut resume_window = top.resume_window;
+    set_duration(&mut resume_window, "bots.resume_window", file.resume_window).map_err(within)?;
     Ok(BotConfig {
+        resume_window,
         host,
         path_prefix,
         upstream,
@@ -1206,6 +1228,8 @@ mod tests {
     }
 
     const TWO_BOTS: &str = r#"
+resume_window = "2h"
+
 [rate_limits]
 sessions_per_minute = 30
 
@@ -1221,6 +1245,7 @@ user_ids = "caller"
 name = "sales"
 path_prefix = "/bots/sales/"
 upstream = "embedded"
+resume_window = "0"
 [bots.rate_limits]
 activities_per_minute = 60
 activities_burst = 5
@@ -1242,6 +1267,12 @@ activities_burst = 5
             support.rate_limits.sessions.per_minute, 30,
             "top-level default"
         );
+        assert_eq!(
+            support.resume_window,
+            Duration::from_secs(7200),
+            "top-level default"
+        );
+        assert_eq!(sales.resume_window, Duration::ZERO, "0 turns it off");
         assert_eq!(sales.path_prefix, "/bots/sales");
         assert_eq!(sales.upstream, UpstreamTarget::Embedded);
         assert!(sales.secret.is_none());
@@ -1261,6 +1292,7 @@ activities_burst = 5
         };
         assert_eq!(default.name, DEFAULT_BOT);
         assert_eq!(default.user_ids, UserIdPolicy::Caller);
+        assert_eq!(default.resume_window, DEFAULT_RESUME_WINDOW);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum GatewayError {
     InvalidToken,
     #[error("the token has expired")]
     TokenExpired,
+    #[error("the token has expired and this bot cannot resume conversations")]
+    ResumeUnavailable,
     #[error("the token belongs to another conversation")]
     WrongConversation,
     #[error("the token belongs to another bot")]
@@ -75,8 +77,8 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             MissingCredential => StatusCode::UNAUTHORIZED,
-            InvalidToken | TokenExpired | WrongConversation | WrongBot | InvalidTicket
-            | OriginNotAllowed => StatusCode::FORBIDDEN,
+            InvalidToken | TokenExpired | ResumeUnavailable | WrongConversation | WrongBot
+            | InvalidTicket | OriginNotAllowed => StatusCode::FORBIDDEN,
             InvalidConversationId | MalformedJson | InvalidActivity | InvalidQuery | BodyRead => {
                 StatusCode::BAD_REQUEST
             }
@@ -99,7 +101,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            TokenExpired => "TokenExpired",
+            TokenExpired | ResumeUnavailable => "TokenExpired",
             MissingCredential
             | InvalidToken
             | WrongConversation
@@ -133,6 +135,9 @@ impl GatewayError {
             MissingCredential => "Missing token",
             InvalidToken => "Invalid token",
             TokenExpired => "Token expired",
+            ResumeUnavailable => {
+                "Token expired; this bot cannot resume a conversation after its token expired (enhanced authentication), start a new one"
+            }
             WrongConversation => "Token is not valid for this conversation",
             WrongBot => "Token is not valid for this bot",
             InvalidTicket => "Invalid or expired stream URL",
@@ -174,7 +179,7 @@ impl GatewayError {
         match self {
             MissingCredential => Some("missing"),
             InvalidToken => Some("invalid"),
-            TokenExpired => Some("expired"),
+            TokenExpired | ResumeUnavailable => Some("expired"),
             WrongConversation => Some("wrong_conversation"),
             WrongBot => Some("wrong_bot"),
             InvalidTicket => Some("invalid_ticket"),
@@ -234,6 +239,7 @@ mod tests {
             (MissingCredential, 401, "BadArgument", Blame::Client),
             (InvalidToken, 403, "BadArgument", Blame::Client),
             (TokenExpired, 403, "TokenExpired", Blame::Client),
+            (ResumeUnavailable, 403, "TokenExpired", Blame::Client),
             (WrongConversation, 403, "BadArgument", Blame::Client),
             (InvalidTicket, 403, "BadArgument", Blame::Client),
             (InvalidConversationId, 400, "BadArgument", Blame::Client),

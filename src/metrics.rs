@@ -34,6 +34,7 @@ pub struct Metrics {
     pub stream_buffer_evictions: IntCounterVec,
     pub client_frames_refused: IntCounterVec,
     pub upstream_stream_drops: IntCounterVec,
+    pub token_resumes: IntCounterVec,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -234,6 +235,14 @@ impl Metrics {
                 &["reason", "bot"],
             )
             .expect("valid metric"),
+            token_resumes: IntCounterVec::new(
+                Opts::new(
+                    "token_resumes_total",
+                    "tokens/refresh calls with a token that had expired (durable resume), by result (ok, past_window, gone, unavailable, error) and bot.",
+                ),
+                &["result", "bot"],
+            )
+            .expect("valid metric"),
             client_replays: IntCounterVec::new(
                 Opts::new(
                     "client_resumes_total",
@@ -309,6 +318,7 @@ impl Metrics {
             Box::new(self.stream_buffer_evictions.clone()),
             Box::new(self.client_frames_refused.clone()),
             Box::new(self.upstream_stream_drops.clone()),
+            Box::new(self.token_resumes.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),

@@ -124,9 +124,59 @@ pub async fn refresh_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let mut token = ctx.authorize(request.headers(), None)?;
+    let window = ctx.bot.settings.resume_window;
+    let resumes = |result: &str, ctx: &RequestContext| {
+        gw.metrics
+            .token_resumes
+            .with_label_values(&[result, &ctx.bot.name])
+            .inc();
+    };
+    let (mut token, expired) = match crate::auth::authorize_refresh(
+        &ctx.live.sealer,
+        &ctx.bot.name,
+        request.headers(),
+        window,
+    ) {
+        Ok(opened) => opened,
+        Err(GatewayError::TokenExpired) => {
+            resumes("past_window", ctx);
+            return Err(GatewayError::TokenExpired);
+        }
+        Err(error) => return Err(error),
+    };
     let now = clock::unix_seconds();
-    if token.expires_at.saturating_sub(now) < ctx.live.config.upstream_refresh_before.as_secs() {
+    if expired {
+        // The Direct Line token inside expired with it; the conversation lives on upstream,
+        // and the secret can reconnect to it (spec §3). The sealed token is the proof that
+        // the caller owned it.
+        match resume_expired(gw, &mut token, ctx).await {
+            Ok(Ok(())) => resumes("ok", ctx),
+            Ok(Err(refused)) => {
+                resumes(
+                    if refused.status() == StatusCode::NOT_FOUND {
+                        "gone"
+                    } else {
+                        "error"
+                    },
+                    ctx,
+                );
+                return Ok(refused);
+            }
+            Err(error) => {
+                resumes(
+                    if error == GatewayError::ResumeUnavailable {
+                        "unavailable"
+                    } else {
+                        "error"
+                    },
+                    ctx,
+                );
+                return Err(error);
+            }
+        }
+    } else if token.expires_at.saturating_sub(now)
+        < ctx.live.config.upstream_refresh_before.as_secs()
+    {
         let request = ctx.bot.upstream.request(
             Method::POST,
             "/v3/directline/tokens/refresh",
@@ -158,6 +208,48 @@ pub async fn refresh_token(
         "expires_in": token.expires_at.saturating_sub(now),
     });
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A fresh upstream token for an expired gateway token's conversation, from a reconnect
+/// GET with the secret. Under enhanced authentication that GET needs a live conversation
+/// token, which an expired one is not: nothing can resume then. Direct Line's refusals
+/// (404 for a conversation it no longer knows) come back as the client's answer.
+async fn resume_expired(
+    gw: &Gateway,
+    token: &mut ClientToken,
+    ctx: &mut RequestContext,
+) -> Result<Result<(), Response<Body>>, GatewayError> {
+    let conversation =
+        ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
+    let timeout = ctx.live.config.timeouts.default;
+    let path = format!("/v3/directline/conversations/{conversation}");
+    let request = ctx
+        .bot
+        .upstream
+        .request(Method::GET, &path, ctx.bot.secret.bearer_header())?;
+    let request = forwarded(request, ctx)
+        .body(body::empty())
+        .map_err(|_| GatewayError::Internal)?;
+    let response = send(gw, request, timeout, ctx).await?;
+    let (parts, bytes) = upstream::read_body(response, timeout).await?;
+    if parts.status == StatusCode::BAD_REQUEST
+        && upstream::error_code(&bytes).as_deref() == Some("MissingProperty")
+    {
+        return Err(GatewayError::ResumeUnavailable);
+    }
+    let json = match read_json_or_error(Answer::Read(parts, bytes), timeout).await? {
+        Ok((_, json)) => json,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
+        return Err(GatewayError::UpstreamInvalid);
+    }
+    let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    token.upstream_token = fresh.to_owned();
+    token.expires_at = clock::unix_seconds() + expires_in(&json);
+    gw.hubs
+        .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
+    Ok(Ok(()))
 }
 
 pub async fn start_conversation(

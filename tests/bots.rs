@@ -61,6 +61,7 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         rate_limits: RateLimits::default(),
         user_ids: UserIdPolicy::Minted,
         upstream_ca_file: None,
+        resume_window: directline_gateway::config::DEFAULT_RESUME_WINDOW,
     }
 }
 

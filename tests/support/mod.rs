@@ -40,6 +40,7 @@ pub struct Builder {
     faults: Faults,
     config: Config,
     emulator_keepalive: Duration,
+    emulator_token_ttl: Duration,
 }
 
 impl Harness {
@@ -64,6 +65,7 @@ impl Harness {
             faults: Faults::default(),
             config,
             emulator_keepalive: Duration::from_millis(300),
+            emulator_token_ttl: EmulatorConfig::default().token_ttl,
         }
     }
 
@@ -226,6 +228,12 @@ impl Builder {
         self
     }
 
+    /// How long the emulator's Direct Line tokens live (`expires_in`).
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.emulator_token_ttl = ttl;
+        self
+    }
+
     pub fn config(mut self, edit: impl FnOnce(&mut Config)) -> Self {
         edit(&mut self.config);
         self
@@ -239,6 +247,7 @@ impl Builder {
                 secret: Secret::new(SECRET),
                 faults: self.faults,
                 keepalive_interval: self.emulator_keepalive,
+                token_ttl: self.emulator_token_ttl,
                 ..EmulatorConfig::default()
             },
         );
