@@ -118,6 +118,10 @@ pub struct EmulatorArgs {
     /// Seconds between empty keepalive frames on open streams (0 = none).
     #[arg(long, value_name = "N", default_value_t = 15)]
     pub keepalive_secs: u64,
+    /// Lifetime of the Direct Line tokens it issues, in seconds (`expires_in`), for trying
+    /// what happens when they expire.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_ttl_secs: u64,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, String> {
@@ -151,6 +155,7 @@ impl EmulatorArgs {
                 refuse_streams: self.refuse_streams,
             },
             keepalive_interval: Duration::from_secs(self.keepalive_secs),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
             ..EmulatorConfig::default()
         }
     }

@@ -1407,6 +1407,8 @@ fn args_build_the_config() {
         "--typing",
         "--keepalive-secs",
         "7",
+        "--token-ttl-secs",
+        "4",
     ]);
     assert_eq!(cli.args.listen().port(), 0);
     let config = cli.args.config();
@@ -1417,6 +1419,7 @@ fn args_build_the_config() {
     assert!(config.faults.enhanced_auth);
     assert_eq!(config.faults.stall_after_frames, Some(5));
     assert_eq!(config.keepalive_interval, Duration::from_secs(7));
+    assert_eq!(config.token_ttl, Duration::from_secs(4));
     assert_eq!(config.stream_url_ttl, Duration::from_secs(60));
     assert!(
         !format!("{:?}", cli.args).contains("s3"),
@@ -1426,4 +1429,5 @@ fn args_build_the_config() {
     let defaults = Cli::parse_from(["emulator"]).args;
     assert_eq!(defaults.listen().to_string(), "127.0.0.1:3978");
     assert_eq!(defaults.keepalive_secs, 15);
+    assert_eq!(defaults.config().token_ttl, Duration::from_secs(3600));
 }

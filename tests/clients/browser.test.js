@@ -136,6 +136,17 @@ test('the demo page on / of the no-argument run chats with the echo bot', { time
     assert.deepEqual(items, ['hello from the demo', 'echo: hello from the demo', 'and again', 'echo: and again']);
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'demo.png') });
+    // A reload keeps the conversation: history shown once, then it carries on.
+    await page.reload();
+    await page.locator('#status', { hasText: 'online' }).waitFor({ timeout: 30000 });
+    await page.locator('#transcript li', { hasText: 'echo: and again' }).waitFor({ timeout: 30000 });
+    await page.locator('#text').fill('after the reload');
+    await page.locator('#text').press('Enter');
+    await page.locator('#transcript li', { hasText: 'echo: after the reload' }).waitFor({ timeout: 30000 });
+    assert.deepEqual(await page.locator('#transcript li').allInnerTexts(), [
+      'hello from the demo', 'echo: hello from the demo', 'and again', 'echo: and again',
+      'after the reload', 'echo: after the reload',
+    ]);
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser.close();

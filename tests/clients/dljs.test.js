@@ -139,6 +139,49 @@ test('resume with conversationId + watermark: only later activities arrive', { t
   }
 });
 
+test('a page reloaded after its tokens expired: refresh through the gateway, then conversationId + watermark', { timeout: 90000 }, async () => {
+  // Direct Line tokens of 2 s, so the gateway's expire too while the "page" is closed.
+  const env = await gatewayWithEmulator(['--token-ttl-secs', '2']);
+  try {
+    const generated = await (await fetch(`${env.domain}/tokens/generate`, { method: 'POST' })).json();
+    const first = client({ token: generated.token, domain: env.domain });
+    await until('Online', () => first.statuses.includes(ConnectionStatus.Online));
+    await post(first.directLine, 'before');
+    await until('echo', () => first.texts().length >= 2);
+    // What the page keeps in sessionStorage.
+    const { conversationId, token, watermark } = first.directLine;
+    first.end();
+    const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'while away' }),
+    });
+    assert.equal(sent.status, 200);
+    const activities = () => fetch(`${env.domain}/conversations/${conversationId}/activities`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    await until('the stored token expired', async () => (await activities()).status === 403);
+    // The reload: the dead token gets a fresh one for the same conversation...
+    const refreshed = await fetch(`${env.domain}/tokens/refresh`, {
+      method: 'POST', headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(refreshed.status, 200);
+    const fresh = await refreshed.json();
+    assert.equal(fresh.conversationId, conversationId);
+    // ...and DLJS resumes from the stored watermark: what it missed, once, then live.
+    const resumed = client({ token: fresh.token, conversationId, watermark, domain: env.domain });
+    await until('the missed messages', () => resumed.texts().length >= 2);
+    await post(resumed.directLine, 'after');
+    await until('live messages', () => resumed.texts().length >= 4);
+    assert.deepEqual(resumed.texts(), ['while away', 'echo: while away', 'after', 'echo: after']);
+    assert.deepEqual(resumed.errors, []);
+    assert.equal(metric(await env.metrics(), 'directline_gateway_token_resumes_total{bot="default",result="ok"}'), 1);
+    resumed.end();
+  } finally {
+    env.stop();
+  }
+});
+
 test('gateway restart: the client resumes by itself and nothing is lost', { timeout: 120000 }, async () => {
   const port = await freePort();
   const env = await gatewayWithEmulator([], `127.0.0.1:${port}`);
