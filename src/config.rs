@@ -204,8 +204,16 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Open client connections (HTTP and WebSocket) on this replica; more are closed at accept.
     pub max_connections: usize,
-    /// Request header fields per HTTP/1.1 request (431 beyond, answered by the HTTP parser).
+    /// Request header fields per request (431 beyond: by the HTTP/1.1 parser, and for
+    /// HTTP/2 by the gateway).
     pub max_header_count: usize,
+    /// Open client connections from one IP (0: no cap). Peers in `trusted_proxies` are not
+    /// capped: behind an ingress every client arrives from it.
+    pub max_connections_per_ip: usize,
+    /// Time to receive a whole request body on tokens/generate, start and POST activities.
+    pub body_read_timeout: Duration,
+    /// Time to receive a whole upload body.
+    pub upload_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +302,13 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_header_count: 100,
+            // A tenth of the replica: one host (a NATed office may be hundreds of users with
+            // a few sockets each) cannot shut everyone else out.
+            max_connections_per_ip: 2_000,
+            // Activities are at most 256 KiB: seconds even on a poor mobile link.
+            body_read_timeout: Duration::from_secs(15),
+            // 16 MiB at about 1 Mbit/s.
+            upload_read_timeout: Duration::from_secs(130),
         }
     }
 }
@@ -461,6 +476,9 @@ struct FileLimits {
     header_read_timeout: Option<String>,
     max_connections: Option<usize>,
     max_header_count: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    body_read_timeout: Option<String>,
+    upload_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -694,6 +712,26 @@ impl Config {
                 return Err(invalid("limits.max_connections", "must be at least 1"));
             }
             limits.max_connections = max;
+        }
+        if let Some(max) = l.max_connections_per_ip {
+            limits.max_connections_per_ip = max;
+        }
+        for (slot, key, value) in [
+            (
+                &mut limits.body_read_timeout,
+                "limits.body_read_timeout",
+                l.body_read_timeout,
+            ),
+            (
+                &mut limits.upload_read_timeout,
+                "limits.upload_read_timeout",
+                l.upload_read_timeout,
+            ),
+        ] {
+            set_duration(slot, key, value)?;
+            if slot.is_zero() {
+                return Err(invalid(key, "must be above 0"));
+            }
         }
         if let Some(count) = l.max_header_count {
             if !(8..=1000).contains(&count) {

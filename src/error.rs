@@ -42,6 +42,8 @@ pub enum GatewayError {
     UrlTooLong,
     #[error("request headers over the limit")]
     HeadersTooLarge,
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    BadHost,
     #[error("the body is not valid JSON")]
     MalformedJson,
     #[error("the activity must be a JSON object")]
@@ -52,6 +54,8 @@ pub enum GatewayError {
     InvalidQuery,
     #[error("the request body could not be read")]
     BodyRead,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the origin is not allowed")]
     OriginNotAllowed,
     #[error("too many WebSocket connections for this conversation")]
@@ -79,10 +83,14 @@ impl GatewayError {
             MissingCredential => StatusCode::UNAUTHORIZED,
             InvalidToken | TokenExpired | ResumeUnavailable | WrongConversation | WrongBot
             | InvalidTicket | OriginNotAllowed => StatusCode::FORBIDDEN,
-            InvalidConversationId | MalformedJson | InvalidActivity | InvalidQuery | BodyRead => {
-                StatusCode::BAD_REQUEST
-            }
+            InvalidConversationId
+            | MalformedJson
+            | InvalidActivity
+            | InvalidQuery
+            | BodyRead
+            | BadHost => StatusCode::BAD_REQUEST,
             NotFound => StatusCode::NOT_FOUND,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UrlTooLong => StatusCode::URI_TOO_LONG,
@@ -112,8 +120,10 @@ impl GatewayError {
             | InvalidActivity
             | InvalidQuery
             | BodyRead
+            | BadHost
             | OriginNotAllowed => "BadArgument",
             NotFound => "NotFound",
+            BodyTimeout => "RequestTimeout",
             MethodNotAllowed => "MethodNotAllowed",
             BodyTooLarge { .. } => "MessageSizeTooBig",
             UrlTooLong => "UriTooLong",
@@ -147,11 +157,13 @@ impl GatewayError {
             BodyTooLarge { .. } => "Request body too large",
             UrlTooLong => "Request URL too long",
             HeadersTooLarge => "Request headers too large",
+            BadHost => "An HTTP/1.1 request needs exactly one Host header",
             MalformedJson => "Malformed JSON body",
             InvalidActivity => "Activity must be a JSON object",
             UnsupportedMediaType => "Content-Type must be application/json",
             InvalidQuery => "Invalid query parameter",
             BodyRead => "Request body could not be read",
+            BodyTimeout => "Request body not received in time",
             OriginNotAllowed => "Origin not allowed",
             TooManySockets => "Too many connections for this conversation",
             RateLimited { .. } => "Too many requests; retry after the time in Retry-After",
@@ -244,6 +256,7 @@ mod tests {
             (InvalidTicket, 403, "BadArgument", Blame::Client),
             (InvalidConversationId, 400, "BadArgument", Blame::Client),
             (NotFound, 404, "NotFound", Blame::Client),
+            (BodyTimeout, 408, "RequestTimeout", Blame::Client),
             (MethodNotAllowed, 405, "MethodNotAllowed", Blame::Client),
             (
                 BodyTooLarge { limit: 1 },
@@ -253,6 +266,7 @@ mod tests {
             ),
             (UrlTooLong, 414, "UriTooLong", Blame::Client),
             (HeadersTooLarge, 431, "HeadersTooLarge", Blame::Client),
+            (BadHost, 400, "BadArgument", Blame::Client),
             (MalformedJson, 400, "BadArgument", Blame::Client),
             (InvalidActivity, 400, "BadArgument", Blame::Client),
             (

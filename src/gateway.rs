@@ -319,8 +319,19 @@ impl Gateway {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
-        if header_bytes > config.limits.max_header_bytes {
+        // HTTP/1.1's parser counts fields itself; HTTP/2 has only a byte limit in hyper.
+        if header_bytes > config.limits.max_header_bytes
+            || request.headers().len() > config.limits.max_header_count
+        {
             return Err(GatewayError::HeadersTooLarge);
+        }
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without a Host, or
+        // with more than one; two would also let a proxy in front and this gateway disagree
+        // about which bot (host binding) a request is for.
+        if request.version() == http::Version::HTTP_11
+            && request.headers().get_all(http::header::HOST).iter().count() != 1
+        {
+            return Err(GatewayError::BadHost);
         }
         let bot = ctx.bot.clone();
         let settings = &bot.settings;
@@ -404,6 +415,17 @@ impl Gateway {
     }
 
     fn record_refusal(&self, error: &GatewayError, ctx: &RequestContext) {
+        if *error == GatewayError::BodyTimeout {
+            let phase = if ctx.route == Route::Upload {
+                "upload"
+            } else {
+                "body"
+            };
+            self.metrics
+                .client_timeouts
+                .with_label_values(&[phase])
+                .inc();
+        }
         if let Some(reason) = error.auth_refusal_reason() {
             self.metrics
                 .auth_refusals
@@ -482,18 +504,30 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Whether the caller accepts a gzip body (RFC 9110 §12.5.3): `gzip` or `*` with a q-value
+/// above zero; an explicit `gzip;q=0` refuses it whatever `*` says.
 fn accepts_gzip(headers: &http::HeaderMap) -> bool {
-    headers
+    let mut gzip = None;
+    let mut any = None;
+    for coding in headers
         .get_all(http::header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            coding
-                .split(';')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("gzip"))
-        })
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let acceptable = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+            .next_back()
+            .map_or(true, |q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(acceptable);
+        } else if name == "*" {
+            any = Some(acceptable);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 /// Keeps a caller's `x-request-id` when it is short and printable, else mints one.
@@ -553,6 +587,32 @@ mod tests {
             let connection = Connection::new(peer.parse().unwrap(), local);
             assert_eq!(connection.forwarded_for, expected);
         }
+    }
+
+    #[test]
+    fn accept_encoding_q_values_are_honoured() {
+        for (value, gzip) in [
+            ("gzip", true),
+            ("gzip, deflate, br", true),
+            ("deflate, GZIP;q=0.5", true),
+            ("gzip;q=0", false),
+            ("gzip; q=0.000", false),
+            ("*", true),
+            ("*;q=0", false),
+            ("*, gzip;q=0", false),
+            ("identity", false),
+            ("br;q=1, *;q=0.1", true),
+            ("gzip;q=abc", false),
+            ("", false),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static(value),
+            );
+            assert_eq!(accepts_gzip(&headers), gzip, "{value:?}");
+        }
+        assert!(!accepts_gzip(&http::HeaderMap::new()));
     }
 
     #[test]

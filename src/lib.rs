@@ -3,6 +3,7 @@
 //! Map of the crate:
 //! - [`config`]: the TOML file, environment and flags, parsed once into typed values.
 //! - [`signals`]: SIGTERM/SIGINT (drain) and SIGHUP (reload), registered at start-up.
+//! - [`admission`]: what a connection may hold before its first request (per-IP cap, deadline).
 //! - [`server`]: listeners, connections, the admin endpoints, and the whole-process [`server::run`].
 //! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
 //! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
@@ -20,6 +21,7 @@
 //! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
 
 pub mod activity_body;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub client_frames_refused: IntCounterVec,
     pub upstream_stream_drops: IntCounterVec,
     pub token_resumes: IntCounterVec,
+    pub connections_refused_per_ip: IntCounter,
+    pub client_timeouts: IntCounterVec,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -235,6 +237,19 @@ impl Metrics {
                 &["reason", "bot"],
             )
             .expect("valid metric"),
+            connections_refused_per_ip: IntCounter::new(
+                "connections_refused_per_ip_total",
+                "Client connections closed at accept because limits.max_connections_per_ip were open from that IP.",
+            )
+            .expect("valid metric"),
+            client_timeouts: IntCounterVec::new(
+                Opts::new(
+                    "client_timeouts_total",
+                    "Client connections or requests cut for being too slow, by phase (first_request: no request within limits.header_read_timeout; body, upload: the body not received within limits.body_read_timeout / upload_read_timeout).",
+                ),
+                &["phase"],
+            )
+            .expect("valid metric"),
             token_resumes: IntCounterVec::new(
                 Opts::new(
                     "token_resumes_total",
@@ -319,6 +334,8 @@ impl Metrics {
             Box::new(self.client_frames_refused.clone()),
             Box::new(self.upstream_stream_drops.clone()),
             Box::new(self.token_resumes.clone()),
+            Box::new(self.connections_refused_per_ip.clone()),
+            Box::new(self.client_timeouts.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),

@@ -46,6 +46,7 @@ pub async fn generate_token(
         body,
         &parts.headers,
         ctx.live.config.limits.token_body_bytes,
+        ctx,
     )
     .await?;
     let caller_user = params.as_ref().and_then(|p| field(p, "user"));
@@ -264,6 +265,7 @@ pub async fn start_conversation(
         body,
         &parts.headers,
         ctx.live.config.limits.token_body_bytes,
+        ctx,
     )
     .await?
     {
@@ -390,6 +392,7 @@ pub async fn post_activity(
         body,
         &parts.headers,
         ctx.live.config.limits.activity_body_bytes,
+        ctx,
     )
     .await?;
     let body = Bytes::from(activity_body::bind_sender(&bytes, &token.user_id)?);
@@ -438,7 +441,10 @@ pub async fn upload(
     }
     // Streamed as it arrives, never buffered whole; the limit cuts it off mid-way.
     let request = forwarded(builder, ctx)
-        .body(body::stream(Limited::new(body, limit as usize)))
+        .body(body::stream(body::Deadline::new(
+            Limited::new(body, limit as usize),
+            ctx.live.config.limits.upload_read_timeout,
+        )))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.upload, ctx)
         .await
@@ -874,16 +880,19 @@ async fn read_limited(
     body: Incoming,
     headers: &http::HeaderMap,
     limit: u64,
+    ctx: &RequestContext,
 ) -> Result<Bytes, GatewayError> {
     if content_length(headers).is_some_and(|len| len > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let within = ctx.live.config.limits.body_read_timeout;
+    match tokio::time::timeout(within, Limited::new(body, limit as usize).collect()).await {
+        Err(_) => Err(GatewayError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::BodyTooLarge { limit })
         }
-        Err(_) => Err(GatewayError::BodyRead),
+        Ok(Err(_)) => Err(GatewayError::BodyRead),
     }
 }
 
@@ -892,8 +901,9 @@ async fn read_optional_json(
     body: Incoming,
     headers: &http::HeaderMap,
     limit: u64,
+    ctx: &RequestContext,
 ) -> Result<Option<Value>, GatewayError> {
-    let bytes = read_limited(body, headers, limit).await?;
+    let bytes = read_limited(body, headers, limit, ctx).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -15,11 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::{FirstRequest, PerIp, within_first_request};
 use crate::body::{self, Body};
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
 use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
 use crate::gateway::{Bot, Connection, Gateway, Live};
 use crate::metrics::Metrics;
+use crate::rewrite::is_trusted;
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
@@ -408,7 +410,11 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(buffer as u32);
+        .max_header_list_size(buffer as u32)
+        // Finds peers that went away without a FIN; idle-but-alive HTTP/2 connections are
+        // bounded by the connection caps.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -420,6 +426,7 @@ async fn serve_client(
 ) {
     let builder = connection_builder(&gateway);
     let graceful = GracefulShutdown::new();
+    let per_ip = Arc::new(PerIp::default());
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -440,28 +447,56 @@ async fn serve_client(
                 // An upgraded connection leaves hyper's count and joins the WebSocket gauge.
                 let connections = &gateway.metrics.client_connections;
                 let open_now = connections.get() + gateway.metrics.open_client_sockets();
-                if open_now >= gateway.live().config.limits.max_connections as i64 {
+                let (max_connections, max_per_ip, first_request_deadline, exempt) = {
+                    let live = gateway.live();
+                    let limits = &live.config.limits;
+                    (
+                        limits.max_connections as i64,
+                        limits.max_connections_per_ip,
+                        limits.header_read_timeout,
+                        is_trusted(&live.config.trusted_proxies, peer),
+                    )
+                };
+                if open_now >= max_connections {
                     gateway.metrics.connections_refused.inc();
                     drop(stream);
                     continue;
                 }
+                // Trusted proxies carry everyone's connections: counted, never capped.
+                let Some(ip_slot) = per_ip.admit(peer.ip(), if exempt { 0 } else { max_per_ip }) else {
+                    gateway.metrics.connections_refused_per_ip.inc();
+                    drop(stream);
+                    continue;
+                };
                 connections.inc();
                 let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
                 let for_requests = gateway.clone();
                 let connection = Arc::new(Connection::new(peer, local));
-                let service = service_fn(move |request: Request<Incoming>| {
+                let first_request = Arc::new(FirstRequest::default());
+                let arrived = first_request.clone();
+                let slot_for_upgrades = ip_slot.clone();
+                let service = service_fn(move |mut request: Request<Incoming>| {
+                    arrived.arrived();
+                    // An upgraded WebSocket outlives this connection's task and keeps its place.
+                    if request.headers().contains_key(header::UPGRADE) {
+                        request.extensions_mut().insert(slot_for_upgrades.clone());
+                    }
                     let gateway = for_requests.clone();
                     let connection = connection.clone();
                     async move { Ok::<_, Infallible>(gateway.handle(request, &connection).await) }
                 });
+                let timeouts = gateway.metrics.client_timeouts.with_label_values(&["first_request"]);
                 let Some(tls) = &tls else {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection.into_owned());
                     tokio::spawn(async move {
                         let _open = open;
-                        if let Err(error) = connection.await {
-                            tracing::debug!(error = %error, "client connection ended with an error");
+                        let _ip_slot = ip_slot;
+                        match within_first_request(Box::pin(connection), first_request, first_request_deadline).await {
+                            None => timeouts.inc(),
+                            Some(Err(error)) => tracing::debug!(error = %error, "client connection ended with an error"),
+                            Some(Ok(())) => {}
                         }
                     });
                     continue;
@@ -469,11 +504,12 @@ async fn serve_client(
                 // The handshake runs in the connection's task, bounded like header reads,
                 // so a slow or silent TLS client holds nothing but its own task.
                 let acceptor = tls.acceptor().clone();
-                let handshake_timeout = gateway.live().config.limits.header_read_timeout;
+                let handshake_timeout = first_request_deadline;
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _open = open;
+                    let _ip_slot = ip_slot;
                     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
@@ -486,8 +522,10 @@ async fn serve_client(
                         }
                     };
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(error) = watcher.watch(connection.into_owned()).await {
-                        tracing::debug!(error = %error, "client connection ended with an error");
+                    match within_first_request(Box::pin(watcher.watch(connection.into_owned())), first_request, first_request_deadline).await {
+                        None => timeouts.inc(),
+                        Some(Err(error)) => tracing::debug!(error = %error, "client connection ended with an error"),
+                        Some(Ok(())) => {}
                     }
                 });
             }

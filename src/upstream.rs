@@ -143,8 +143,11 @@ impl Upstream {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(error)) => {
                 tracing::debug!(error = %error, "upstream request failed");
-                if is_body_limit(&error) {
+                if has_cause::<http_body_util::LengthLimitError>(&error) {
                     return Err(GatewayError::BodyTooLarge { limit: 0 });
+                }
+                if has_cause::<crate::body::DeadlineError>(&error) {
+                    return Err(GatewayError::BodyTimeout);
                 }
                 Err(GatewayError::UpstreamUnreachable)
             }
@@ -153,10 +156,11 @@ impl Upstream {
     }
 }
 
-fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether a request failed because our own request body ended it (a limit, a deadline).
+fn has_cause<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();

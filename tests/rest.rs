@@ -177,7 +177,9 @@ async fn refusals_never_reach_upstream() {
             conversation_id: conversation.id.clone(),
             user_id: "dl_x".into(),
             upstream_token: "x".into(),
-            expires_at: clock::unix_seconds() - 5,
+            // Past the default resume_window too, so even tokens/refresh refuses it
+            // (tests/resume.rs covers refreshes inside the window).
+            expires_at: clock::unix_seconds() - 25 * 3600,
         },
     );
     let foreign_key = Sealer::new("another-key-that-this-gateway-never-had-0000", &[])
@@ -630,6 +632,17 @@ async fn gzip_upstream_answers_are_rewritten_and_passed_through() {
         .read_to_string(&mut text)
         .unwrap();
     assert!(text.contains("echo: zipped"), "{text}");
+    // q=0 means "not acceptable" (RFC 9110 §12.5.3): decoded, as for a caller without gzip.
+    for refusal in ["gzip;q=0", "*;q=0", "*, gzip;q=0"] {
+        let request = Request::get(h.url(&path))
+            .header("authorization", format!("Bearer {}", conversation.token))
+            .header("accept-encoding", refusal)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let reply = h.send(request).await;
+        assert!(reply.headers.get("content-encoding").is_none(), "{refusal}");
+        assert!(reply.text().contains("echo: zipped"), "{refusal}");
+    }
     let resumed = h.reconnect(&conversation, Some("0")).await;
     assert!(
         resumed["streamUrl"]

@@ -268,10 +268,15 @@ pub fn accept(
     let accept_key = derive_accept_key(key.as_bytes());
     let socket_config = ws_config(&ctx.live.config.stream);
     let on_upgrade = hyper::upgrade::on(&mut request);
+    // The connection's place under the per-IP cap stays taken while the WebSocket lives.
+    let ip_slot = request
+        .extensions_mut()
+        .remove::<Arc<crate::admission::IpSlot>>();
     let gw = gw.clone();
     let bot = ctx.bot.name.clone();
     tokio::spawn(async move {
         let _slot = slot;
+        let _ip_slot = ip_slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
