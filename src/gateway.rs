@@ -520,7 +520,7 @@ fn accepts_gzip(headers: &http::HeaderMap) -> bool {
         let acceptable = parts
             .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
             .next_back()
-            .map_or(true, |q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+            .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
             gzip = Some(acceptable);
         } else if name == "*" {
