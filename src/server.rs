@@ -119,6 +119,7 @@ pub async fn start_on(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
@@ -287,6 +288,7 @@ impl Running {
         let outcome = match result {
             Ok(live) => {
                 let names: Vec<Arc<str>> = live.bots.iter().map(|b| b.name.clone()).collect();
+                self.gateway.metrics.initialise(&bot_names(&live));
                 self.gateway.replace_live(live);
                 self.gateway
                     .hubs
@@ -323,6 +325,10 @@ impl Running {
             emulator.shutdown();
         }
     }
+}
+
+fn bot_names(live: &Live) -> Vec<&str> {
+    live.bots.iter().map(|bot| &*bot.name).collect()
 }
 
 fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> {
