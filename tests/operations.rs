@@ -422,3 +422,58 @@ async fn metrics_after_a_scenario_pass_promtool() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A port nothing listens on: bound, then closed again.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_logged_at_warn_with_its_cause_and_the_request_id() {
+    let emulator = emulator(None).await;
+    let cases = [
+        // Nothing listens: the connect is refused.
+        (
+            format!("http://127.0.0.1:{}", closed_port()),
+            "connection refused",
+        ),
+        // Something answers, but not TLS: the handshake fails.
+        (
+            format!(
+                "https://{}",
+                emulator.base_url().trim_start_matches("http://")
+            ),
+            "tls",
+        ),
+    ];
+    for (upstream, cause) in cases {
+        let gateway = GatewayProcess::in_front_of(&upstream, KEY_1, &[], &[]);
+        let h = Harness::attach(Harness::emulator(EmulatorConfig::default()).await, &gateway);
+        let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+            .header("x-request-id", "unreachable-upstream-01")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let reply = h.send(request).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{upstream}");
+        assert_eq!(reply.error_code(), "UpstreamUnavailable");
+        assert!(
+            !reply.text().to_lowercase().contains(cause),
+            "the cause stays out of the client's answer: {}",
+            reply.text()
+        );
+        let warned = || {
+            gateway.logs().into_iter().find(|line| {
+                line.contains("WARN")
+                    && line.contains("unreachable-upstream-01")
+                    && line.contains("upstream could not be reached")
+            })
+        };
+        eventually("the warn line", async || warned().is_some()).await;
+        let line = warned().unwrap();
+        assert!(
+            line.to_lowercase().contains(cause),
+            "{upstream}: the cause {cause:?} in {line}"
+        );
+    }
+}
