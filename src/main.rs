@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use directline_gateway::cli::{Cli, Command};
+use directline_gateway::cli::{self, Cli, Command};
 use directline_gateway::config::{Config, ConfigError, ProcessEnv, UpstreamTarget};
 use directline_gateway::{emulator, logging, server, signals};
 
@@ -10,7 +10,18 @@ const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are answers, not errors.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("directline-gateway: {}", cli::usage_error_line(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     logging::init(cli.log_format);
     let (mut shutdown, mut reload) = match signals::install() {
         Ok(handlers) => handlers,
@@ -43,9 +54,19 @@ async fn main() -> ExitCode {
         "directline-gateway listening on {scheme}://{}",
         running.client_addr
     );
+    // Bound to every interface (a container, a server): 0.0.0.0 is no address to open, and
+    // only the operator knows the one that reaches this machine.
+    let all_interfaces = running.client_addr.ip().is_unspecified();
+    if all_interfaces {
+        println!(
+            "  (listening on all interfaces: reach it at this machine's address, port {})",
+            running.client_addr.port()
+        );
+    }
     for bot in running.gateway.live().config.bot_configs() {
         let authority = match &bot.host {
             Some(host) => format!("{host}:{}", running.client_addr.port()),
+            None if all_interfaces => format!("<this host>:{}", running.client_addr.port()),
             None => running.client_addr.to_string(),
         };
         let root = format!("{scheme}://{authority}{}", bot.path_prefix);

@@ -27,8 +27,11 @@ use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    /// `listener` is the key the address came from (`listen`, `admin_listen`), so "address
+    /// in use" says which of the two clashed.
+    #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
+        listener: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -62,12 +65,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let client = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
+            listener: "listen",
             addr: config.listen,
             source,
         })?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| StartError::Bind {
+            listener: "admin_listen",
             addr: config.admin_listen,
             source,
         })?;
@@ -90,6 +95,7 @@ pub async fn start_on(
         let listener = TcpListener::bind(loopback)
             .await
             .map_err(|source| StartError::Bind {
+                listener: "embedded emulator",
                 addr: loopback,
                 source,
             })?;
@@ -105,10 +111,12 @@ pub async fn start_on(
     }
     let live = build_live(config, &emulators, None).map_err(StartError::Config)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
+        listener: "listen",
         addr: live.config.listen,
         source,
     })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        listener: "admin_listen",
         addr: live.config.admin_listen,
         source,
     })?;
@@ -204,9 +212,21 @@ fn build_live(
             // Keep the per-process key: a reload must not invalidate every token.
             Some(previous) if previous.config.token_key.is_none() => previous.sealer.clone(),
             _ => {
-                tracing::warn!(
-                    "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
-                );
+                // A first run on the embedded emulator needs no key yet: say so once, as
+                // information. In front of a real Direct Line it is a deployment mistake.
+                let embedded_only = config
+                    .bot_configs()
+                    .iter()
+                    .all(|bot| bot.upstream == UpstreamTarget::Embedded);
+                if embedded_only {
+                    tracing::info!(
+                        "no token key configured: a random one per process (set DIRECTLINE_GATEWAY_TOKEN_KEY or token_key_file before running several replicas)"
+                    );
+                } else {
+                    tracing::warn!(
+                        "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
+                    );
+                }
                 Arc::new(Sealer::ephemeral())
             }
         },
