@@ -366,6 +366,13 @@ pub struct StreamConfig {
     /// A hub created for a resuming client first learns by REST which activities the client
     /// already has, so a whole-history replay from upstream cannot reach it twice.
     pub guard_against_replays: bool,
+    /// On SIGTERM, open client sockets (with their hubs' upstream sockets and resumes) keep
+    /// being served this long: DLJS waits 3–15 s before it reconnects after any close, so
+    /// closing every socket at once stalls every user of the replica (DESIGN §5).
+    pub drain_period: Duration,
+    /// After `drain_period`, the sockets still open are closed with 1001 spread evenly over
+    /// this long, so the other replicas are not hit by every reconnect at once.
+    pub drain_spread: Duration,
 }
 
 impl Default for Config {
@@ -442,6 +449,8 @@ impl Default for StreamConfig {
             max_frame_bytes: 1024 * 1024,
             ws_read_buffer_bytes: 2048,
             guard_against_replays: true,
+            drain_period: Duration::from_secs(20),
+            drain_spread: Duration::from_secs(5),
         }
     }
 }
@@ -598,6 +607,8 @@ struct FileStream {
     max_frame: Option<String>,
     ws_read_buffer: Option<String>,
     guard_against_replays: Option<bool>,
+    drain_period: Option<String>,
+    drain_spread: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a map instead of the process env.
@@ -860,6 +871,16 @@ impl Config {
         )?;
         set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
         set_duration(&mut stream.linger, "stream.linger", s.linger)?;
+        set_duration(
+            &mut stream.drain_period,
+            "stream.drain_period",
+            s.drain_period,
+        )?;
+        set_duration(
+            &mut stream.drain_spread,
+            "stream.drain_spread",
+            s.drain_spread,
+        )?;
         set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
         set_usize(
             &mut stream.ws_read_buffer_bytes,
@@ -1485,6 +1506,8 @@ activities_burst = 5
                 "stream.liveness_timeout",
             ),
             ("[stream]\nbuffer_frames = 0", "stream.buffer_frames"),
+            ("[stream]\ndrain_period = \"soon\"", "stream.drain_period"),
+            ("[stream]\ndrain_spread = \"-1s\"", "stream.drain_spread"),
         ];
         for (text, key) in cases {
             match load_str(text, &[]) {

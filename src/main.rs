@@ -92,7 +92,12 @@ async fn main() -> ExitCode {
         }
     }
     tracing::info!("shutdown signal received, draining");
-    running.shutdown().await;
+    // A second signal cuts the drain short (Ctrl-C twice at a terminal; an operator who
+    // does not want to wait for stream.drain_period).
+    tokio::select! {
+        () = running.shutdown() => {}
+        () = shutdown.recv() => tracing::info!("second shutdown signal: exiting without finishing the drain"),
+    }
     ExitCode::SUCCESS
 }
 

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub upstream_reconnects: IntCounterVec,
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
+    pub drain_closed: IntCounter,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -267,6 +268,11 @@ impl Metrics {
                 "Client WebSockets closed with 1013 because they fell too far behind.",
             )
             .expect("valid metric"),
+            drain_closed: IntCounter::new(
+                "drain_closed_websockets_total",
+                "Client WebSockets still open at the end of stream.drain_period, closed with 1001 (the rest ended by themselves during the drain).",
+            )
+            .expect("valid metric"),
             client_replays: IntCounterVec::new(
                 Opts::new(
                     "client_resumes_total",
@@ -340,6 +346,7 @@ impl Metrics {
             Box::new(self.upstream_reconnects.clone()),
             Box::new(self.resume_duration.clone()),
             Box::new(self.slow_clients_closed.clone()),
+            Box::new(self.drain_closed.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),

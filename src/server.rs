@@ -49,7 +49,11 @@ pub struct Running {
     /// Every embedded bot's emulator, by bot name, in configuration order.
     pub emulators: Vec<(String, EmulatorHandle)>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The admin listener stops last: /readyz must say 503 and /metrics and /healthz keep
+    /// answering (a liveness probe must not kill a draining pod) until the drain is over.
+    stop_admin: watch::Sender<bool>,
+    client_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
     /// Endless housekeeping (certificate watch, rate-bucket sweep), aborted at shutdown.
     background: Vec<JoinHandle<()>>,
 }
@@ -130,15 +134,14 @@ pub async fn start_on(
     metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(serve_client(
-            client,
-            gateway.clone(),
-            listener_tls.clone(),
-            stopped.clone(),
-        )),
-        tokio::spawn(serve_admin(admin, gateway.clone(), stopped)),
-    ];
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let client_task = tokio::spawn(serve_client(
+        client,
+        gateway.clone(),
+        listener_tls.clone(),
+        stopped,
+    ));
+    let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
     let mut background = vec![tokio::spawn(sweep_rate_limits(gateway.clone()))];
     if let Some(tls) = listener_tls {
         background.push(tokio::spawn(tls.watch(gateway.metrics.clone())));
@@ -150,7 +153,9 @@ pub async fn start_on(
         emulator: emulators.first().map(|(_, handle)| handle.clone()),
         emulators,
         stop,
-        tasks,
+        stop_admin,
+        client_task,
+        admin_task,
         background,
     })
 }
@@ -329,8 +334,10 @@ impl Running {
         outcome
     }
 
-    /// Drains: readiness false, no new connections, client sockets closed with 1001,
-    /// in-flight requests given up to the grace period.
+    /// Drains (DESIGN §5): readiness false and the client listener closed at once; REST
+    /// requests in flight get `shutdown_grace`; at the same time open client sockets are
+    /// served for `stream.drain_period`, then closed with 1001 over `stream.drain_spread`.
+    /// Embedded emulators and the admin listener stop when both are done.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.stop.send(true);
@@ -338,9 +345,10 @@ impl Running {
             task.abort();
         }
         let grace = self.gateway.live().config.shutdown_grace;
-        for task in self.tasks {
-            let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
-        }
+        let requests = tokio::time::timeout(grace + Duration::from_secs(1), self.client_task);
+        let (_, ()) = tokio::join!(requests, self.gateway.drain_streams());
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
         for (_, emulator) in &self.emulators {
             emulator.shutdown();
         }

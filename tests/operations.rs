@@ -196,7 +196,17 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let emulator = emulator(None).await;
-    let mut gateway = GatewayProcess::in_front_of(&emulator.base_url(), KEY_1, &[], &[]);
+    let dir = TempDir::new("drain");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    // A short drain period: the stream is served a second longer, then closed (tests/drain.rs
+    // has what happens during the period).
+    let config = config_file(
+        &dir,
+        &emulator.base_url(),
+        "[stream]\ndrain_period = \"1s\"\ndrain_spread = \"100ms\"\n",
+    );
+    let mut gateway = GatewayProcess::with_config(&config);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     let mut ws = open_stream(&conversation.stream_url).await;
@@ -246,7 +256,8 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     .await;
     gateway.signal("TERM");
 
-    // The open stream is closed with 1001 so the client resumes elsewhere.
+    // After the drain period the open stream is closed with 1001 so the client resumes
+    // elsewhere.
     let close = loop {
         match tokio::time::timeout(WAIT, ws.next())
             .await
