@@ -221,6 +221,14 @@ pub struct Config {
     pub upstream_refresh_before: Duration,
     /// Drain grace period on SIGTERM.
     pub shutdown_grace: Duration,
+    /// The configuration file and the files it names (secrets, token keys) are checked this
+    /// often, and a change reloads them as SIGHUP does: a Kubernetes Secret or ConfigMap
+    /// update reaches its mounted files by itself, and the scratch image has no shell to
+    /// send a signal from. Zero: only SIGHUP reloads.
+    pub file_watch_interval: Duration,
+    /// The secret and key files this configuration was read from (what the watch checks
+    /// besides the configuration file itself).
+    pub watched_files: Vec<PathBuf>,
     /// How the conversation's user id is chosen (single-bot configuration).
     pub user_ids: UserIdPolicy,
     /// Several bots behind this gateway (`[[bots]]`). Empty: one bot, named `default`, from
@@ -398,6 +406,8 @@ impl Default for Config {
             stream: StreamConfig::default(),
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
+            file_watch_interval: Duration::from_secs(10),
+            watched_files: Vec::new(),
             user_ids: UserIdPolicy::Minted,
             bots: Vec::new(),
         }
@@ -519,6 +529,7 @@ struct FileConfig {
     trusted_origins: Vec<String>,
     upstream_refresh_before: Option<String>,
     shutdown_grace: Option<String>,
+    file_watch_interval: Option<String>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -660,7 +671,17 @@ impl Config {
         overrides: &Overrides,
         env: &dyn Env,
     ) -> Result<Self, ConfigError> {
-        let mut config = Config::default();
+        let mut config = Config {
+            watched_files: file
+                .secret_file
+                .iter()
+                .chain(&file.token_key_file)
+                .chain(&file.previous_token_key_files)
+                .chain(file.bots.iter().filter_map(|bot| bot.secret_file.as_ref()))
+                .cloned()
+                .collect(),
+            ..Config::default()
+        };
         let several_bots = !file.bots.is_empty();
         if several_bots {
             // One place per fact: with [[bots]], these belong to each bot.
@@ -788,6 +809,11 @@ impl Config {
             &mut config.shutdown_grace,
             "shutdown_grace",
             file.shutdown_grace,
+        )?;
+        set_duration(
+            &mut config.file_watch_interval,
+            "file_watch_interval",
+            file.file_watch_interval,
         )?;
 
         let l = file.limits;

@@ -1,4 +1,6 @@
+use std::hash::{Hash, Hasher};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use directline_gateway::cli::{self, Cli, Command};
@@ -82,12 +84,30 @@ async fn main() -> ExitCode {
         }
     }
     println!("  metrics: http://{}/metrics", running.admin_addr);
+    // Read at start: a reload does not change how often the files are checked.
+    let watch_every = running.gateway.live().config.file_watch_interval;
+    let period = watch_every.max(Duration::from_millis(10));
+    // The first check one period after start, not at once: the baseline is taken now.
+    let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
     loop {
         tokio::select! {
             () = shutdown.recv() => break,
             () = reload.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = running.reload(load_config(&cli));
+                fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
+            }
+            _ = watch.tick(), if !watch_every.is_zero() => {
+                let now = files_fingerprint(&cli, &running.gateway.live().config);
+                if now != fingerprint {
+                    tracing::info!("a configuration, secret or key file changed: reloading");
+                    let _ = running.reload(load_config(&cli));
+                    // Taken after the reload: the new configuration may name other files. A
+                    // half-written file was refused; its next change triggers another try.
+                    fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
+                }
             }
         }
     }
@@ -115,6 +135,18 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     } else {
         config
     })
+}
+
+/// A hash of the configuration file and every file it names, contents included (a Kubernetes
+/// volume update swaps a symlink and keeps mtimes meaningless). A few small files read every
+/// `file_watch_interval`: cheap enough to read on the runtime.
+fn files_fingerprint(cli: &Cli, config: &Config) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in cli.config.iter().chain(&config.watched_files) {
+        path.hash(&mut hasher);
+        std::fs::read(path).ok().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn config_error(error: &ConfigError) -> ExitCode {

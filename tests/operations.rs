@@ -17,11 +17,17 @@ const KEY_2: &str = "operations-token-key-two-0123456789abcdef";
 fn config_file(dir: &TempDir, upstream: &str, extra: &str) -> String {
     let secret = dir.path().join("secret").display().to_string();
     let key = dir.path().join("token-key").display().to_string();
+    // The SIGHUP tests count reloads exactly: no file watch unless a test asks for one.
+    let watch = if extra.contains("file_watch_interval") {
+        ""
+    } else {
+        "file_watch_interval = \"0s\"\n"
+    };
     dir.write(
         "gateway.toml",
         &format!(
             "upstream = \"{upstream}\"\nsecret_file = \"{secret}\"\ntoken_key_file = \"{key}\"\n\
-             token_key_overlap = \"10m\"\nshutdown_grace = \"5s\"\n{extra}"
+             token_key_overlap = \"10m\"\nshutdown_grace = \"5s\"\n{watch}{extra}"
         ),
     )
 }
@@ -487,4 +493,52 @@ async fn an_unreachable_upstream_is_logged_at_warn_with_its_cause_and_the_reques
             "{upstream}: the cause {cause:?} in {line}"
         );
     }
+}
+
+/// The rotation path of the shipped manifests: the Secret is mounted as files, and an
+/// update of the files is applied without a signal (the scratch image has no shell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_file_is_picked_up_without_a_signal_or_a_restart() {
+    let emulator = emulator(Some(SECOND_SECRET)).await;
+    let dir = TempDir::new("watch");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    let config = config_file(
+        &dir,
+        &emulator.base_url(),
+        "file_watch_interval = \"100ms\"\n",
+    );
+    let gateway = GatewayProcess::with_config(&config);
+    let h = Harness::attach(emulator, &gateway);
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::Secret
+    );
+
+    // What a Kubernetes Secret update does to the mounted file; no SIGHUP.
+    dir.write("secret", SECOND_SECRET);
+    reloads_counted(&h, "ok").await;
+    h.generate().await;
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::SecondSecret
+    );
+    // The stream opened before goes on.
+    h.post_message(&conversation, "after the rotation").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: after the rotation".into())
+    })
+    .await;
+    assert_eq!(seen.closed, None);
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|l| l.contains("file changed: reloading")),
+        "{:?}",
+        gateway.logs()
+    );
 }
