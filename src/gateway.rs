@@ -353,7 +353,7 @@ impl Gateway {
         let settings = &bot.settings;
         if serves_demo(settings, request.method(), uri.path()) {
             ctx.route = Route::Demo;
-            return Ok(crate::demo::page());
+            return Ok(crate::demo::page(&bot.name));
         }
         let endpoint = Endpoint::parse(request.method(), uri.path(), &settings.path_prefix)?;
         ctx.route = endpoint.route();
