@@ -256,11 +256,26 @@ if ! grep -q '^listen = "0.0.0.0:8080"$' "$CTX/gateway.toml" || ! grep -q '^admi
 fi
 log "$(du -h "$BIN" | cut -f1) built, $(du -h "$CTX/directline-gateway" | cut -f1) stripped, no shared libraries"
 
-# The Kubernetes ConfigMap's gateway.toml must be accepted by the real binary.
-step "ConfigMap gateway.toml against the binary"
+# The Kubernetes ConfigMap's gateway.toml must be accepted by the real binary, with the
+# Secret laid out as the kubelet lays out a secret volume (each key a symlink through
+# ..data to a timestamped directory, swapped atomically on an update). Then the rotation
+# path the manifests rely on: the Secret is updated, and the running gateway reloads it by
+# itself (no signal: the scratch image has no shell to send one from).
+step "ConfigMap gateway.toml against the binary, and the secret rotation path"
+K8S_SECRETS=$WORK/k8s-secrets
+mkdir -p "$K8S_SECRETS/..v1"
+printf 'ci-placeholder-secret-1' > "$K8S_SECRETS/..v1/directline-secret"
+python3 -c 'import secrets; print(secrets.token_hex(32))' > "$K8S_SECRETS/..v1/token-key"
+ln -s ..v1 "$K8S_SECRETS/..data"
+for key in directline-secret token-key; do ln -s "..data/$key" "$K8S_SECRETS/$key"; done
+grep -q '^secret_file = "/run/secrets/directline-gateway/directline-secret"$' "$WORK/k8s-gateway.toml" \
+  || fail "configmap.yaml no longer reads the secret from /run/secrets/directline-gateway/directline-secret"
+sed -i -e "s#/run/secrets/directline-gateway/#$K8S_SECRETS/#g" \
+       -e 's/^file_watch_interval = .*/file_watch_interval = "200ms"/' "$WORK/k8s-gateway.toml"
+ADMIN=$(free_port)
 : > "$WORK/k8s-config.log"
-DIRECTLINE_SECRET=ci-placeholder DIRECTLINE_GATEWAY_TOKEN_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))') \
-  "$CTX/directline-gateway" --config "$WORK/k8s-gateway.toml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+env -u DIRECTLINE_SECRET -u DIRECTLINE_GATEWAY_TOKEN_KEY \
+  "$CTX/directline-gateway" --config "$WORK/k8s-gateway.toml" --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$ADMIN" \
   > "$WORK/k8s-config.log" 2>&1 &
 GATEWAY_PID=$!
 for _ in $(seq 1 50); do
@@ -269,9 +284,20 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 grep -q 'listening on' "$WORK/k8s-config.log" || { cat "$WORK/k8s-config.log"; fail "the gateway did not start with the ConfigMap's gateway.toml"; }
-sleep 0.5
+reloads_ok() { curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN/metrics" | sed -n 's/^directline_gateway_config_reloads_total{result="ok"} //p'; }
+[ "$(reloads_ok)" = 0 ] || fail "config_reloads_total{result=\"ok\"} should start at 0"
+# The kubelet's update: a new directory, then ..data swapped in one rename.
+mkdir "$K8S_SECRETS/..v2"
+printf 'ci-placeholder-secret-2' > "$K8S_SECRETS/..v2/directline-secret"
+cp "$K8S_SECRETS/..v1/token-key" "$K8S_SECRETS/..v2/token-key"
+ln -s ..v2 "$K8S_SECRETS/..data_tmp"
+mv -T "$K8S_SECRETS/..data_tmp" "$K8S_SECRETS/..data"
+rm -rf "$K8S_SECRETS/..v1"
+for _ in $(seq 1 50); do [ "$(reloads_ok)" = 1 ] && break; sleep 0.1; done
+[ "$(reloads_ok)" = 1 ] || { cat "$WORK/k8s-config.log"; fail "the gateway did not reload the updated Secret files by itself"; }
+grep -q 'file changed: reloading' "$WORK/k8s-config.log" || fail "no reload line in the log"
 kill -TERM "$GATEWAY_PID"; wait "$GATEWAY_PID" || fail "the gateway did not exit 0 on SIGTERM"; GATEWAY_PID=""
-log "the gateway starts with deploy/kubernetes/configmap.yaml's gateway.toml and drains on SIGTERM"
+log "the gateway starts with deploy/kubernetes/configmap.yaml's gateway.toml, reloads an updated Secret volume without a signal, and drains on SIGTERM"
 
 # ---------------------------------------------------------------------------------------
 step "dockerd (private socket, no host networking)"

@@ -8,17 +8,32 @@ use crate::config::Overrides;
 use crate::emulator::EmulatorArgs;
 use crate::logging::LogFormat;
 
+/// What `--help` adds after the flags: the settings that are not flags.
+const AFTER_HELP: &str = "\
+Environment:
+  DIRECTLINE_SECRET             the Direct Line secret (or secret_file in the config);
+                                needed unless the upstream is embedded
+  DIRECTLINE_GATEWAY_TOKEN_KEY  at least 32 characters, the same on every replica (or
+                                token_key_file); without it a random key per process
+  RUST_LOG                      log filter (default: info)
+
+Signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the config file and key files.
+A bad configuration or command line prints one line on stderr and exits 64.
+With no arguments: the gateway on 127.0.0.1:8080 in front of an embedded Direct Line
+emulator with an echo bot (open http://127.0.0.1:8080/), admin on 127.0.0.1:9464.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "directline-gateway",
     version,
-    about = "Direct Line 3.0 gateway: server-held secrets, caller-bound tokens, seamless WebSocket resume"
+    about = "Direct Line 3.0 gateway: server-held secrets, caller-bound tokens, seamless WebSocket resume",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// TOML configuration file (see config/gateway.toml).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Client listener address [default: 127.0.0.1:8080].
     #[arg(long)]
@@ -32,6 +47,7 @@ pub struct Cli {
     /// How clients reach the gateway, e.g. https://chat.contoso.com.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Log lines on stderr: human-readable, or one JSON object per line.
     #[arg(long, value_enum, default_value = "human", global = true)]
     pub log_format: LogFormat,
 }
@@ -40,6 +56,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the embedded Direct Line emulator alone.
     Emulator(EmulatorArgs),
+}
+
+/// A command line that does not parse, as the one stderr line the operator interface
+/// promises (clap's own report is several lines with a usage block).
+pub fn usage_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.push_str(" (see --help)");
+    line
 }
 
 impl Cli {

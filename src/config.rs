@@ -19,18 +19,152 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The file is not TOML, or has a key the gateway does not know. `key` is the dotted
+    /// path (`stream.liveness_timeout`) when the location names one.
+    #[error("{}: {message}", at(path, *line, *column, key))]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
     #[error("invalid value for {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// An [`ConfigError::Invalid`] value that came from the file, with where it stands there.
+    #[error("{}: invalid value: {message}", at(path, *line, *column, key))]
+    InvalidAt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: &'static str,
+        message: String,
+    },
     #[error("no Direct Line secret: set {ENV_SECRET} or secret_file (or use --upstream embedded)")]
     MissingSecret,
+}
+
+/// `file:line:column: key` (the form editors and compilers use, so a click opens the spot).
+fn at(path: &Path, line: usize, column: usize, key: &str) -> String {
+    if key.is_empty() {
+        format!("{}:{line}:{column}", path.display())
+    } else {
+        format!("{}:{line}:{column}: {key}", path.display())
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The table a line of a TOML file is in (`stream`, `bots`, `bots.rate_limits`; empty at the
+/// top), read from the headers above it. Enough for the gateway's own flat files.
+fn table_at(text: &str, line: usize) -> String {
+    text.lines()
+        .take(line.saturating_sub(1))
+        .filter_map(|l| {
+            let l = l.trim();
+            let header = l
+                .strip_prefix("[[")
+                .and_then(|h| h.split_once("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|h| h.split_once(']')))?;
+            Some(header.0.trim().to_owned())
+        })
+        .last()
+        .unwrap_or_default()
+}
+
+/// The dotted key path of the `key = value` on `line` (1-based), if that line holds one.
+fn key_path_at(text: &str, line: usize) -> String {
+    let Some(key) = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split_once('='))
+        .map(|(key, _)| key.trim().trim_matches('"'))
+        .filter(|key| !key.is_empty() && !key.starts_with('['))
+    else {
+        return table_at(text, line + 1);
+    };
+    match table_at(text, line) {
+        table if table.is_empty() => key.to_owned(),
+        table => format!("{table}.{key}"),
+    }
+}
+
+/// Where `key` (dotted, as in [`ConfigError::Invalid`]) is set in the file, if it is.
+fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.contains('=') && key_path_at(text, number) == key {
+            let column = line.len() - line.trim_start().len() + 1;
+            return Some((number, column));
+        }
+    }
+    None
+}
+
+/// toml's own message, one line, with a hint for the commonest slip: a string (an address,
+/// a URL, a size or a duration) written without quotes.
+fn parse_message(text: &str, error: &toml::de::Error, line: usize) -> String {
+    let mut message = error.message().trim().replace('\n', "; ");
+    let value = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split_once('='))
+        .map(|(_, value)| value.trim());
+    if let Some(value) = value {
+        let bare = !value.is_empty()
+            && !value.starts_with(['"', '\'', '[', '{'])
+            && !matches!(value, "true" | "false")
+            && value.parse::<f64>().is_err();
+        if bare {
+            let looks_like_address = value.contains(':') || value.contains('/');
+            let what = if looks_like_address {
+                "an address or URL"
+            } else {
+                "a text value"
+            };
+            message = format!("{message} ({what} needs quotes: \"{value}\")");
+        }
+    }
+    message
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.into(),
+    }
+}
+
+impl ConfigError {
+    /// An invalid value with its place in the file, when the file set it (a flag that
+    /// overrides the key has no place there).
+    fn located_in(self, path: &Path, text: &str, overrides: &Overrides) -> ConfigError {
+        let ConfigError::Invalid { key, message } = self else {
+            return self;
+        };
+        let from_flag = match key {
+            "listen" => overrides.listen.is_some(),
+            "admin_listen" => overrides.admin_listen.is_some(),
+            "upstream" => overrides.upstream.is_some(),
+            "public_url" => overrides.public_url.is_some(),
+            _ => false,
+        };
+        match locate_key(text, key).filter(|_| !from_flag) {
+            Some((line, column)) => ConfigError::InvalidAt {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            },
+            None => ConfigError::Invalid { key, message },
+        }
     }
 }
 
@@ -87,6 +221,14 @@ pub struct Config {
     pub upstream_refresh_before: Duration,
     /// Drain grace period on SIGTERM.
     pub shutdown_grace: Duration,
+    /// The configuration file and the files it names (secrets, token keys) are checked this
+    /// often, and a change reloads them as SIGHUP does: a Kubernetes Secret or ConfigMap
+    /// update reaches its mounted files by itself, and the scratch image has no shell to
+    /// send a signal from. Zero: only SIGHUP reloads.
+    pub file_watch_interval: Duration,
+    /// The secret and key files this configuration was read from (what the watch checks
+    /// besides the configuration file itself).
+    pub watched_files: Vec<PathBuf>,
     /// How the conversation's user id is chosen (single-bot configuration).
     pub user_ids: UserIdPolicy,
     /// How long after its expiry a gateway token can still be refreshed (and nothing else);
@@ -258,6 +400,13 @@ pub struct StreamConfig {
     /// A hub created for a resuming client first learns by REST which activities the client
     /// already has, so a whole-history replay from upstream cannot reach it twice.
     pub guard_against_replays: bool,
+    /// On SIGTERM, open client sockets (with their hubs' upstream sockets and resumes) keep
+    /// being served this long: DLJS waits 3–15 s before it reconnects after any close, so
+    /// closing every socket at once stalls every user of the replica (DESIGN §5).
+    pub drain_period: Duration,
+    /// After `drain_period`, the sockets still open are closed with 1001 spread evenly over
+    /// this long, so the other replicas are not hit by every reconnect at once.
+    pub drain_spread: Duration,
 }
 
 impl Default for Config {
@@ -283,6 +432,8 @@ impl Default for Config {
             stream: StreamConfig::default(),
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
+            file_watch_interval: Duration::from_secs(10),
+            watched_files: Vec::new(),
             user_ids: UserIdPolicy::Minted,
             resume_window: DEFAULT_RESUME_WINDOW,
             bots: Vec::new(),
@@ -345,6 +496,8 @@ impl Default for StreamConfig {
             max_frame_bytes: 1024 * 1024,
             ws_read_buffer_bytes: 2048,
             guard_against_replays: true,
+            drain_period: Duration::from_secs(20),
+            drain_spread: Duration::from_secs(5),
         }
     }
 }
@@ -414,6 +567,7 @@ struct FileConfig {
     upstream_refresh_before: Option<String>,
     resume_window: Option<String>,
     shutdown_grace: Option<String>,
+    file_watch_interval: Option<String>,
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
@@ -509,6 +663,8 @@ struct FileStream {
     max_frame: Option<String>,
     ws_read_buffer: Option<String>,
     guard_against_replays: Option<bool>,
+    drain_period: Option<String>,
+    drain_spread: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a map instead of the process env.
@@ -537,10 +693,18 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.message().to_owned(),
-                })?
+                let parsed = toml::from_str::<FileConfig>(&text).map_err(|error| {
+                    let (line, column) = line_column(&text, error.span().map_or(0, |s| s.start));
+                    ConfigError::Parse {
+                        path: path.to_owned(),
+                        line,
+                        column,
+                        key: key_path_at(&text, line),
+                        message: parse_message(&text, &error, line),
+                    }
+                })?;
+                return Self::from_parts(parsed, overrides, env)
+                    .map_err(|error| error.located_in(path, &text, overrides));
             }
             None => FileConfig::default(),
         };
@@ -552,7 +716,17 @@ impl Config {
         overrides: &Overrides,
         env: &dyn Env,
     ) -> Result<Self, ConfigError> {
-        let mut config = Config::default();
+        let mut config = Config {
+            watched_files: file
+                .secret_file
+                .iter()
+                .chain(&file.token_key_file)
+                .chain(&file.previous_token_key_files)
+                .chain(file.bots.iter().filter_map(|bot| bot.secret_file.as_ref()))
+                .cloned()
+                .collect(),
+            ..Config::default()
+        };
         let several_bots = !file.bots.is_empty();
         if several_bots {
             // One place per fact: with [[bots]], these belong to each bot.
@@ -587,6 +761,15 @@ impl Config {
             .or(file.admin_listen.as_ref())
         {
             config.admin_listen = parse_addr("admin_listen", admin)?;
+        }
+        if config.listen == config.admin_listen && config.listen.port() != 0 {
+            return Err(invalid(
+                "admin_listen",
+                format!(
+                    "{} is also the client listener's address (listen); give each its own port",
+                    config.admin_listen
+                ),
+            ));
         }
         if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
             config.upstream = parse_upstream(upstream)?;
@@ -676,6 +859,11 @@ impl Config {
             &mut config.shutdown_grace,
             "shutdown_grace",
             file.shutdown_grace,
+        )?;
+        set_duration(
+            &mut config.file_watch_interval,
+            "file_watch_interval",
+            file.file_watch_interval,
         )?;
 
         let l = file.limits;
@@ -783,6 +971,16 @@ impl Config {
             &mut stream.pong_timeout,
             "stream.pong_timeout",
             s.pong_timeout,
+        )?;
+        set_duration(
+            &mut stream.drain_period,
+            "stream.drain_period",
+            s.drain_period,
+        )?;
+        set_duration(
+            &mut stream.drain_spread,
+            "stream.drain_spread",
+            s.drain_spread,
         )?;
         set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
         set_usize(
@@ -1123,7 +1321,13 @@ fn parse_upstream(text: &str) -> Result<UpstreamTarget, ConfigError> {
     if text == "embedded" {
         return Ok(UpstreamTarget::Embedded);
     }
-    let url = Url::parse(text).map_err(|e| invalid("upstream", format!("{text:?}: {e}")))?;
+    let url = Url::parse(text).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => invalid(
+            "upstream",
+            format!("{text:?} must start with https:// (e.g. https://{text}), or be \"embedded\""),
+        ),
+        e => invalid("upstream", format!("{text:?}: {e}")),
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid(
             "upstream",
@@ -1140,7 +1344,13 @@ fn parse_upstream(text: &str) -> Result<UpstreamTarget, ConfigError> {
 }
 
 fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| invalid("public_url", format!("{text:?}: {e}")))?;
+    let url = Url::parse(text).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => invalid(
+            "public_url",
+            format!("{text:?} must start with https:// or http://"),
+        ),
+        e => invalid("public_url", format!("{text:?}: {e}")),
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.query().is_some() {
         return Err(invalid(
             "public_url",
@@ -1256,6 +1466,9 @@ mod tests {
     ) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
             path: "test".into(),
+            line: 0,
+            column: 0,
+            key: String::new(),
             message: e.to_string(),
         })?;
         Config::from_parts(
@@ -1427,6 +1640,8 @@ activities_burst = 5
                 "stream.liveness_timeout",
             ),
             ("[stream]\nbuffer_frames = 0", "stream.buffer_frames"),
+            ("[stream]\ndrain_period = \"soon\"", "stream.drain_period"),
+            ("[stream]\ndrain_spread = \"-1s\"", "stream.drain_spread"),
         ];
         for (text, key) in cases {
             match load_str(text, &[]) {
@@ -1471,6 +1686,85 @@ activities_burst = 5
                 .contains("::1".parse().unwrap())
         );
         assert!(IpNet::parse("1.2.3.4/33").is_none());
+    }
+}
+
+#[cfg(test)]
+mod file_errors {
+    use super::*;
+
+    fn load_file(text: &str) -> (String, ConfigError) {
+        let dir = std::env::temp_dir().join(format!("dlgw-config-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let error = Config::load(Some(&path), &Overrides::default(), &NoEnv).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        (format!("{}", path.display()), error)
+    }
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_unquoted_address_is_located_and_said_to_need_quotes() {
+        let (path, error) = load_file("# gateway\nlisten = 127.0.0.1:18080\n");
+        let line = error.to_string();
+        // The column is toml's: where its value parser gave up.
+        assert!(line.starts_with(&format!("{path}:2:")), "{line}");
+        assert!(line.contains(": listen: "), "{line}");
+        assert!(line.contains("needs quotes: \"127.0.0.1:18080\""), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn a_typo_in_a_section_names_the_section_line_and_column() {
+        let (path, error) =
+            load_file("listen = \"127.0.0.1:8080\"\n\n[stream]\n  liveness_timout = \"80s\"\n");
+        let line = error.to_string();
+        assert!(
+            line.starts_with(&format!(
+                "{path}:4:3: stream.liveness_timout: unknown field"
+            )),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn an_invalid_value_from_the_file_says_where_it_is() {
+        let (path, error) =
+            load_file("[limits]\nmax_url = \"8KiB\"\n[stream]\nliveness_timeout = \"1s\"\n");
+        assert!(
+            matches!(
+                error,
+                ConfigError::InvalidAt {
+                    key: "stream.liveness_timeout",
+                    line: 4,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with(&format!(
+            "{path}:4:1: stream.liveness_timeout: invalid value: "
+        )));
+    }
+
+    #[test]
+    fn the_same_address_for_both_listeners_is_refused_by_name() {
+        let (_, error) =
+            load_file("listen = \"127.0.0.1:18080\"\nadmin_listen = \"127.0.0.1:18080\"\n");
+        let line = error.to_string();
+        assert!(
+            line.contains("admin_listen") && line.contains("(listen)"),
+            "{line}"
+        );
     }
 }
 

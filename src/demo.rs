@@ -12,8 +12,10 @@ const PAGE: &str = include_str!("demo.html");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'";
 
-pub fn page() -> Response<Body> {
-    let mut response = Response::new(body::full(PAGE));
+/// The page for bot `bot` (a configuration name: `a-z`, `0-9`, `-`, `_`, so nothing to
+/// escape), which it names, so two demo bots' pages are told apart.
+pub fn page(bot: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(PAGE.replace("{{BOT}}", bot)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

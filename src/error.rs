@@ -1,5 +1,7 @@
 //! Gateway errors: who is to blame, and the one place they become Direct Line error bodies.
 
+use std::sync::Arc;
+
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
@@ -64,11 +66,13 @@ pub enum GatewayError {
     RateLimited { retry_after_secs: u64 },
     #[error("WebSocket upgrade required")]
     UpgradeRequired,
-    #[error("upstream could not be reached")]
-    UpstreamUnreachable,
+    /// `cause` is the transport's error chain (`tcp connect error: Connection refused`,
+    /// `dns error: …`, `invalid peer certificate: …`) for the log line, never for the client.
+    #[error("upstream could not be reached: {cause}")]
+    UpstreamUnreachable { cause: Arc<str> },
     #[error("upstream answered something the gateway cannot use")]
     UpstreamInvalid,
-    #[error("upstream did not answer in time")]
+    #[error("upstream timeout: no answer in time")]
     UpstreamTimeout,
     #[error("the gateway is shutting down")]
     Draining,
@@ -98,7 +102,7 @@ impl GatewayError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            UpstreamUnreachable | UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable { .. } | UpstreamInvalid => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Draining => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,7 +135,7 @@ impl GatewayError {
             UnsupportedMediaType => "UnsupportedMediaType",
             TooManySockets | RateLimited { .. } => "TooManyRequests",
             UpgradeRequired => "UpgradeRequired",
-            UpstreamUnreachable => "UpstreamUnavailable",
+            UpstreamUnreachable { .. } => "UpstreamUnavailable",
             UpstreamInvalid => "UpstreamError",
             UpstreamTimeout => "UpstreamTimeout",
             Draining => "ServiceUnavailable",
@@ -168,7 +172,7 @@ impl GatewayError {
             TooManySockets => "Too many connections for this conversation",
             RateLimited { .. } => "Too many requests; retry after the time in Retry-After",
             UpgradeRequired => "WebSocket upgrade required",
-            UpstreamUnreachable => "Direct Line could not be reached",
+            UpstreamUnreachable { .. } => "Direct Line could not be reached",
             UpstreamInvalid => "Direct Line returned an invalid response",
             UpstreamTimeout => "Direct Line did not respond in time",
             Draining => "Gateway is shutting down",
@@ -179,7 +183,7 @@ impl GatewayError {
     pub fn blame(&self) -> Blame {
         use GatewayError::*;
         match self {
-            UpstreamUnreachable | UpstreamInvalid | UpstreamTimeout => Blame::Upstream,
+            UpstreamUnreachable { .. } | UpstreamInvalid | UpstreamTimeout => Blame::Upstream,
             Internal | Draining => Blame::Gateway,
             _ => Blame::Client,
         }
@@ -220,6 +224,41 @@ impl GatewayError {
             _ => {}
         }
         response
+    }
+}
+
+/// An error and its sources as one line, `outer: inner: innermost`, for logs. A source whose
+/// text its parent already printed (some errors include their cause) is not repeated.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            if is_tls(inner) {
+                // rustls's texts ("received corrupt message of type …") do not say TLS.
+                line.push_str("tls: ");
+            }
+            line.push_str(&text);
+        }
+        source = inner.source();
+    }
+    line
+}
+
+/// A rustls error, also when wrapped in the `io::Error` the TLS stream reports it as.
+fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    // `io::Error::source` skips the error it wraps; look inside, through nested wrappers.
+    match error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        Some(inner) => is_tls(inner),
+        None => false,
     }
 }
 
@@ -285,7 +324,9 @@ mod tests {
                 Blame::Client,
             ),
             (
-                UpstreamUnreachable,
+                UpstreamUnreachable {
+                    cause: Arc::from("tcp connect error: Connection refused"),
+                },
                 502,
                 "UpstreamUnavailable",
                 Blame::Upstream,
@@ -300,6 +341,28 @@ mod tests {
             assert_eq!(error.code(), *code, "{error:?}");
             assert_eq!(error.blame(), *blame, "{error:?}");
         }
+    }
+
+    #[test]
+    fn cause_chain_prints_every_source_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(
+            cause_chain(&Outer(refused)),
+            "client error (Connect): Connection refused"
+        );
+        let unreachable = GatewayError::UpstreamUnreachable {
+            cause: Arc::from("client error (Connect): Connection refused"),
+        };
+        assert_eq!(
+            unreachable.to_string(),
+            "upstream could not be reached: client error (Connect): Connection refused"
+        );
+        // The client never sees the cause.
+        assert_eq!(unreachable.message(), "Direct Line could not be reached");
     }
 
     #[tokio::test]

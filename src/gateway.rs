@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use http::{HeaderValue, Method, Request, Response};
@@ -183,10 +183,36 @@ impl Gateway {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Readiness goes false, new requests get 503, live client sockets close with 1001.
+    /// Readiness goes false and new requests get 503; open client sockets go on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        self.hubs.close_all_for_drain();
+    }
+
+    /// The stream half of a drain (DESIGN §5): open client sockets are served for
+    /// `stream.drain_period` or until they have all gone, then the rest are closed with 1001
+    /// over `stream.drain_spread`. Returns once their close frames had a moment to leave.
+    pub async fn drain_streams(&self) {
+        let stream = self.live().config.stream.clone();
+        let deadline = tokio::time::Instant::now() + stream.drain_period;
+        // Polled: a socket's end is not an event anyone waits on, and a drain is rare.
+        while self.metrics.open_client_sockets() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.metrics.open_client_sockets();
+        if left > 0 {
+            tracing::info!(
+                sockets = left,
+                spread_ms = stream.drain_spread.as_millis() as u64,
+                "drain period over; closing the remaining client sockets with 1001"
+            );
+        }
+        let closed = self.hubs.close_all_for_drain(stream.drain_spread).await;
+        self.metrics.drain_closed.inc_by(closed as u64);
+        // Each client task sends its close frame; give them a bounded moment to do so.
+        let flushed = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.metrics.open_client_sockets() > 0 && tokio::time::Instant::now() < flushed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn handle(
@@ -293,7 +319,8 @@ impl Gateway {
             method = %done.method,
             status,
             upstream_status = done.upstream_status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            // To 10 µs: `0.04`, not `0.041387999999999994`, in both formats.
+            duration_ms = (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
             request_id = done.request_id.to_str().unwrap_or(""),
             client_ip = %done.client_ip,
         );
@@ -337,7 +364,7 @@ impl Gateway {
         let settings = &bot.settings;
         if serves_demo(settings, request.method(), uri.path()) {
             ctx.route = Route::Demo;
-            return Ok(crate::demo::page());
+            return Ok(crate::demo::page(&bot.name));
         }
         let endpoint = Endpoint::parse(request.method(), uri.path(), &settings.path_prefix)?;
         ctx.route = endpoint.route();

@@ -31,8 +31,10 @@ pub fn filter(directives: &str) -> EnvFilter {
 
 pub fn init(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    // Colour codes only for a person at a terminal, not in files, journald or a collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&directives))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),

@@ -1,7 +1,9 @@
+use std::hash::{Hash, Hasher};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use directline_gateway::cli::{Cli, Command};
+use directline_gateway::cli::{self, Cli, Command};
 use directline_gateway::config::{Config, ConfigError, ProcessEnv, UpstreamTarget};
 use directline_gateway::{emulator, logging, server, signals};
 
@@ -10,7 +12,18 @@ const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are answers, not errors.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("directline-gateway: {}", cli::usage_error_line(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     logging::init(cli.log_format);
     let (mut shutdown, mut reload) = match signals::install() {
         Ok(handlers) => handlers,
@@ -43,9 +56,19 @@ async fn main() -> ExitCode {
         "directline-gateway listening on {scheme}://{}",
         running.client_addr
     );
+    // Bound to every interface (a container, a server): 0.0.0.0 is no address to open, and
+    // only the operator knows the one that reaches this machine.
+    let all_interfaces = running.client_addr.ip().is_unspecified();
+    if all_interfaces {
+        println!(
+            "  (listening on all interfaces: reach it at this machine's address, port {})",
+            running.client_addr.port()
+        );
+    }
     for bot in running.gateway.live().config.bot_configs() {
         let authority = match &bot.host {
             Some(host) => format!("{host}:{}", running.client_addr.port()),
+            None if all_interfaces => format!("<this host>:{}", running.client_addr.port()),
             None => running.client_addr.to_string(),
         };
         let root = format!("{scheme}://{authority}{}", bot.path_prefix);
@@ -61,17 +84,40 @@ async fn main() -> ExitCode {
         }
     }
     println!("  metrics: http://{}/metrics", running.admin_addr);
+    // Read at start: a reload does not change how often the files are checked.
+    let watch_every = running.gateway.live().config.file_watch_interval;
+    let period = watch_every.max(Duration::from_millis(10));
+    // The first check one period after start, not at once: the baseline is taken now.
+    let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
     loop {
         tokio::select! {
             () = shutdown.recv() => break,
             () = reload.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = running.reload(load_config(&cli));
+                fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
+            }
+            _ = watch.tick(), if !watch_every.is_zero() => {
+                let now = files_fingerprint(&cli, &running.gateway.live().config);
+                if now != fingerprint {
+                    tracing::info!("a configuration, secret or key file changed: reloading");
+                    let _ = running.reload(load_config(&cli));
+                    // Taken after the reload: the new configuration may name other files. A
+                    // half-written file was refused; its next change triggers another try.
+                    fingerprint = files_fingerprint(&cli, &running.gateway.live().config);
+                }
             }
         }
     }
     tracing::info!("shutdown signal received, draining");
-    running.shutdown().await;
+    // A second signal cuts the drain short (Ctrl-C twice at a terminal; an operator who
+    // does not want to wait for stream.drain_period).
+    tokio::select! {
+        () = running.shutdown() => {}
+        () = shutdown.recv() => tracing::info!("second shutdown signal: exiting without finishing the drain"),
+    }
     ExitCode::SUCCESS
 }
 
@@ -89,6 +135,18 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     } else {
         config
     })
+}
+
+/// A hash of the configuration file and every file it names, contents included (a Kubernetes
+/// volume update swaps a symlink and keeps mtimes meaningless). A few small files read every
+/// `file_watch_interval`: cheap enough to read on the runtime.
+fn files_fingerprint(cli: &Cli, config: &Config) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in cli.config.iter().chain(&config.watched_files) {
+        path.hash(&mut hasher);
+        std::fs::read(path).ok().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn config_error(error: &ConfigError) -> ExitCode {

@@ -2,6 +2,7 @@
 //! (route names, status classes, reasons, bot names from the configuration): never a
 //! conversation id, user id, token or path.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -9,8 +10,92 @@ use prometheus::{
 
 const PREFIX: &str = "directline_gateway";
 
+/// Label values of the families whose label sets are fixed. [`Metrics::initialise`] exports
+/// each of them at 0 from the start: a rate or `increase()` alert cannot fire on a series'
+/// first sample, so a series that appears only with its first event hides that event.
+pub const AUTH_REFUSAL_REASONS: [&str; 6] = [
+    "missing",
+    "invalid",
+    "expired",
+    "wrong_conversation",
+    "wrong_bot",
+    "invalid_ticket",
+];
+pub const TOKEN_KINDS: [&str; 3] = ["generated", "refreshed", "conversation"];
+pub const RECONNECT_RESULTS: [&str; 4] = ["ok", "retry", "gone", "exhausted"];
+pub const RESUME_SOURCES: [&str; 3] = ["upstream", "buffer", "catch_up"];
+pub const DIRECTIONS: [&str; 2] = ["downstream", "upstream"];
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+/// Routes a rate limit applies to (per client IP: tokens and starts; per conversation:
+/// activities and uploads).
+pub const RATE_LIMITED_ROUTES: [&str; 5] = [
+    "tokens_generate",
+    "conversations_start",
+    "activities_post",
+    "upload",
+    // Activities sent as frames on `…/stream/multimodal`.
+    "stream",
+];
+/// `client_frames_refused_total`'s reasons (`stream::client::Refusal`, `stream::multimodal`).
+pub const FRAME_REFUSALS: [&str; 6] = [
+    "too_large",
+    "bad_utf8",
+    "protocol",
+    "not_activity",
+    "binary",
+    "rate_limited",
+];
+/// `upstream_stream_drops_total`'s causes (`stream::relay`).
+pub const STREAM_DROP_REASONS: [&str; 6] = [
+    "closed",
+    "error",
+    "silent",
+    "no_pong",
+    "frame_too_large",
+    "keepalive_failed",
+];
+/// `token_resumes_total`'s results.
+pub const TOKEN_RESUME_RESULTS: [&str; 5] = ["ok", "past_window", "gone", "unavailable", "error"];
+/// `client_timeouts_total`'s phases.
+pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"];
+/// `stream_buffer_evictions_total`'s reasons (`stream::hub::Eviction`).
+pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
+/// `upstream_requests_total`'s status label: a class, or no answer at all.
+pub const UPSTREAM_STATUSES: [&str; 5] = ["2xx", "4xx", "5xx", "timeout", "error"];
+/// The routes that call Direct Line (`stream_resume`: the hub's reconnect GET).
+pub const UPSTREAM_ROUTES: [&str; 8] = [
+    "tokens_generate",
+    "tokens_refresh",
+    "conversations_start",
+    "conversations_reconnect",
+    "activities_get",
+    "activities_post",
+    "upload",
+    "stream_resume",
+];
+/// Client routes with the method each is called with (preflight and the rest return 4xx
+/// for other methods, counted as they come).
+pub const CLIENT_ROUTES: [(&str, &str); 10] = [
+    ("tokens_generate", "POST"),
+    ("tokens_refresh", "POST"),
+    ("conversations_start", "POST"),
+    ("conversations_reconnect", "GET"),
+    ("activities_get", "GET"),
+    ("activities_post", "POST"),
+    ("upload", "POST"),
+    ("stream", "GET"),
+    ("session_id", "GET"),
+    ("preflight", "OPTIONS"),
+];
+
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` families (memory, CPU, file descriptors, start time), kept
+    /// unprefixed so the usual dashboards and alerts find them under their usual names.
+    process_registry: Registry,
+    /// Every family registered, with its exported name: what [`Metrics::initialise`] must
+    /// cover, and what a test checks against a scrape.
+    family_names: Vec<String>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
@@ -37,6 +122,7 @@ pub struct Metrics {
     pub token_resumes: IntCounterVec,
     pub connections_refused_per_ip: IntCounter,
     pub client_timeouts: IntCounterVec,
+    pub drain_closed: IntCounter,
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -88,11 +174,18 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some(PREFIX.to_owned()), None)
             .expect("static prefix is a valid metric name");
+        let process_registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        process_registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
             35.0, 140.0,
         ];
-        let m = Self {
+        let mut m = Self {
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
@@ -232,7 +325,7 @@ impl Metrics {
             upstream_stream_drops: IntCounterVec::new(
                 Opts::new(
                     "upstream_stream_drops_total",
-                    "Upstream streams that ended and were resumed, by cause (closed, error, silent, no_pong, frame_too_large) and bot.",
+                    "Upstream streams that ended and were resumed, by cause (closed, error, silent, no_pong, frame_too_large, keepalive_failed) and bot.",
                 ),
                 &["reason", "bot"],
             )
@@ -256,6 +349,11 @@ impl Metrics {
                     "tokens/refresh calls with a token that had expired (durable resume), by result (ok, past_window, gone, unavailable, error) and bot.",
                 ),
                 &["result", "bot"],
+            )
+            .expect("valid metric"),
+            drain_closed: IntCounter::new(
+                "drain_closed_websockets_total",
+                "Client WebSockets still open at the end of stream.drain_period, closed with 1001 (the rest ended by themselves during the drain).",
             )
             .expect("valid metric"),
             client_replays: IntCounterVec::new(
@@ -306,13 +404,15 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            process_registry,
+            family_names: Vec::new(),
         };
         m.register_all();
         m
     }
 
-    fn register_all(&self) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+    fn register_all(&mut self) {
+        let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
             Box::new(self.http_in_flight.clone()),
@@ -336,6 +436,7 @@ impl Metrics {
             Box::new(self.token_resumes.clone()),
             Box::new(self.connections_refused_per_ip.clone()),
             Box::new(self.client_timeouts.clone()),
+            Box::new(self.drain_closed.clone()),
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),
@@ -344,10 +445,17 @@ impl Metrics {
             Box::new(self.tls_reloads.clone()),
         ];
         for collector in collectors {
+            self.family_names.extend(
+                collector
+                    .desc()
+                    .iter()
+                    .map(|desc| format!("{PREFIX}_{}", desc.fq_name)),
+            );
             self.registry
                 .register(collector)
                 .expect("metric names are unique");
         }
+        self.family_names.push(format!("{PREFIX}_build_info"));
         let build = prometheus::IntGaugeVec::new(
             Opts::new("build_info", "Build information; the value is always 1."),
             &["version", "git_sha"],
@@ -361,12 +469,84 @@ impl Metrics {
             .expect("metric names are unique");
     }
 
+    /// Exports every known label combination at 0 for these bots, so each series exists
+    /// before its first event. Called at start and when a reload adds a bot; touching a
+    /// series that exists already changes nothing.
+    pub fn initialise(&self, bots: &[&str]) {
+        for bot in bots {
+            for reason in AUTH_REFUSAL_REASONS {
+                self.auth_refusals.with_label_values(&[reason, bot]);
+            }
+            for kind in TOKEN_KINDS {
+                self.tokens.with_label_values(&[kind, bot]);
+            }
+            for result in RECONNECT_RESULTS {
+                self.upstream_reconnects.with_label_values(&[result, bot]);
+            }
+            for route in RATE_LIMITED_ROUTES {
+                self.rate_limited.with_label_values(&[route, bot]);
+            }
+            for route in UPSTREAM_ROUTES {
+                for status in UPSTREAM_STATUSES {
+                    self.upstream_requests
+                        .with_label_values(&[route, status, bot]);
+                }
+            }
+            for (route, method) in CLIENT_ROUTES {
+                for status in ["2xx", "4xx", "5xx"] {
+                    self.http_requests
+                        .with_label_values(&[route, method, status, bot]);
+                }
+            }
+            for reason in FRAME_REFUSALS {
+                self.client_frames_refused.with_label_values(&[reason, bot]);
+            }
+            for reason in STREAM_DROP_REASONS {
+                self.upstream_stream_drops.with_label_values(&[reason, bot]);
+            }
+            for result in TOKEN_RESUME_RESULTS {
+                self.token_resumes.with_label_values(&[result, bot]);
+            }
+            self.client_sockets.with_label_values(&[bot]);
+            self.upstream_sockets.with_label_values(&[bot]);
+            self.activities_relayed.with_label_values(&[bot]);
+        }
+        for (route, _) in CLIENT_ROUTES {
+            self.http_duration.with_label_values(&[route]);
+        }
+        for route in UPSTREAM_ROUTES {
+            self.upstream_duration.with_label_values(&[route]);
+        }
+        for direction in DIRECTIONS {
+            self.bytes_relayed.with_label_values(&[direction]);
+        }
+        for source in RESUME_SOURCES {
+            self.client_replays.with_label_values(&[source]);
+        }
+        for result in RELOAD_RESULTS {
+            self.config_reloads.with_label_values(&[result]);
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        for phase in CLIENT_TIMEOUT_PHASES {
+            self.client_timeouts.with_label_values(&[phase]);
+        }
+        for reason in EVICTION_REASONS {
+            self.stream_buffer_evictions.with_label_values(&[reason]);
+        }
+    }
+
+    /// The exported name of every family this registry holds (not the `process_*` ones).
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = encoder.encode(&self.registry.gather(), &mut out);
+        let _ = encoder.encode(&self.process_registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -374,5 +554,39 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::GatewayError;
+
+    /// The reasons exported at 0 are the ones refusals are counted under.
+    #[test]
+    fn initialised_refusal_reasons_are_the_counted_ones() {
+        use GatewayError::*;
+        let counted: Vec<&str> = [
+            MissingCredential,
+            InvalidToken,
+            TokenExpired,
+            WrongConversation,
+            WrongBot,
+            InvalidTicket,
+        ]
+        .iter()
+        .filter_map(GatewayError::auth_refusal_reason)
+        .collect();
+        assert_eq!(counted, AUTH_REFUSAL_REASONS);
+    }
+
+    #[test]
+    fn initialise_touches_every_family_of_the_registry() {
+        let metrics = Metrics::new();
+        metrics.initialise(&["default"]);
+        let text = metrics.render();
+        for name in metrics.family_names() {
+            assert!(text.contains(&format!("\n{name}")), "{name}");
+        }
     }
 }

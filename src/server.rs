@@ -29,8 +29,11 @@ use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    /// `listener` is the key the address came from (`listen`, `admin_listen`), so "address
+    /// in use" says which of the two clashed.
+    #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
+        listener: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -48,7 +51,11 @@ pub struct Running {
     /// Every embedded bot's emulator, by bot name, in configuration order.
     pub emulators: Vec<(String, EmulatorHandle)>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The admin listener stops last: /readyz must say 503 and /metrics and /healthz keep
+    /// answering (a liveness probe must not kill a draining pod) until the drain is over.
+    stop_admin: watch::Sender<bool>,
+    client_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
     /// Endless housekeeping (certificate watch, rate-bucket sweep), aborted at shutdown.
     background: Vec<JoinHandle<()>>,
 }
@@ -64,12 +71,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let client = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
+            listener: "listen",
             addr: config.listen,
             source,
         })?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| StartError::Bind {
+            listener: "admin_listen",
             addr: config.admin_listen,
             source,
         })?;
@@ -92,6 +101,7 @@ pub async fn start_on(
         let listener = TcpListener::bind(loopback)
             .await
             .map_err(|source| StartError::Bind {
+                listener: "embedded emulator",
                 addr: loopback,
                 source,
             })?;
@@ -107,10 +117,12 @@ pub async fn start_on(
     }
     let live = build_live(config, &emulators, None).map_err(StartError::Config)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
+        listener: "listen",
         addr: live.config.listen,
         source,
     })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        listener: "admin_listen",
         addr: live.config.admin_listen,
         source,
     })?;
@@ -121,17 +133,17 @@ pub async fn start_on(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(serve_client(
-            client,
-            gateway.clone(),
-            listener_tls.clone(),
-            stopped.clone(),
-        )),
-        tokio::spawn(serve_admin(admin, gateway.clone(), stopped)),
-    ];
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let client_task = tokio::spawn(serve_client(
+        client,
+        gateway.clone(),
+        listener_tls.clone(),
+        stopped,
+    ));
+    let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
     let mut background = vec![tokio::spawn(sweep_rate_limits(gateway.clone()))];
     if let Some(tls) = listener_tls {
         background.push(tokio::spawn(tls.watch(gateway.metrics.clone())));
@@ -143,7 +155,9 @@ pub async fn start_on(
         emulator: emulators.first().map(|(_, handle)| handle.clone()),
         emulators,
         stop,
-        tasks,
+        stop_admin,
+        client_task,
+        admin_task,
         background,
     })
 }
@@ -205,9 +219,21 @@ fn build_live(
             // Keep the per-process key: a reload must not invalidate every token.
             Some(previous) if previous.config.token_key.is_none() => previous.sealer.clone(),
             _ => {
-                tracing::warn!(
-                    "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
-                );
+                // A first run on the embedded emulator needs no key yet: say so once, as
+                // information. In front of a real Direct Line it is a deployment mistake.
+                let embedded_only = config
+                    .bot_configs()
+                    .iter()
+                    .all(|bot| bot.upstream == UpstreamTarget::Embedded);
+                if embedded_only {
+                    tracing::info!(
+                        "no token key configured: a random one per process (set DIRECTLINE_GATEWAY_TOKEN_KEY or token_key_file before running several replicas)"
+                    );
+                } else {
+                    tracing::warn!(
+                        "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
+                    );
+                }
                 Arc::new(Sealer::ephemeral())
             }
         },
@@ -289,6 +315,7 @@ impl Running {
         let outcome = match result {
             Ok(live) => {
                 let names: Vec<Arc<str>> = live.bots.iter().map(|b| b.name.clone()).collect();
+                self.gateway.metrics.initialise(&bot_names(&live));
                 self.gateway.replace_live(live);
                 self.gateway
                     .hubs
@@ -309,8 +336,10 @@ impl Running {
         outcome
     }
 
-    /// Drains: readiness false, no new connections, client sockets closed with 1001,
-    /// in-flight requests given up to the grace period.
+    /// Drains (DESIGN §5): readiness false and the client listener closed at once; REST
+    /// requests in flight get `shutdown_grace`; at the same time open client sockets are
+    /// served for `stream.drain_period`, then closed with 1001 over `stream.drain_spread`.
+    /// Embedded emulators and the admin listener stop when both are done.
     pub async fn shutdown(self) {
         self.gateway.start_draining();
         let _ = self.stop.send(true);
@@ -318,13 +347,18 @@ impl Running {
             task.abort();
         }
         let grace = self.gateway.live().config.shutdown_grace;
-        for task in self.tasks {
-            let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
-        }
+        let requests = tokio::time::timeout(grace + Duration::from_secs(1), self.client_task);
+        let (_, ()) = tokio::join!(requests, self.gateway.drain_streams());
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
         for (_, emulator) in &self.emulators {
             emulator.shutdown();
         }
     }
+}
+
+fn bot_names(live: &Live) -> Vec<&str> {
+    live.bots.iter().map(|bot| &*bot.name).collect()
 }
 
 fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> {

@@ -142,14 +142,17 @@ impl Upstream {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(error)) => {
-                tracing::debug!(error = %error, "upstream request failed");
                 if has_cause::<http_body_util::LengthLimitError>(&error) {
                     return Err(GatewayError::BodyTooLarge { limit: 0 });
                 }
                 if has_cause::<crate::body::DeadlineError>(&error) {
                     return Err(GatewayError::BodyTimeout);
                 }
-                Err(GatewayError::UpstreamUnreachable)
+                // Kept whole for the warn line: "client error (Connect)" alone does not
+                // tell a refused port from a DNS failure or a bad certificate.
+                Err(GatewayError::UpstreamUnreachable {
+                    cause: Arc::from(crate::error::cause_chain(&error)),
+                })
             }
             Ok(Ok(response)) => Ok(response),
         }

@@ -599,6 +599,16 @@ async fn the_no_argument_run_serves_two_demo_bots_on_their_own_emulators() {
         let client = Client { h: &h, route };
         let page = client.call(Method::GET, "/", None, None).await;
         assert_eq!(page.status, StatusCode::OK, "demo page at {prefix}/");
+        // Each page names its bot.
+        let name = if prefix.is_empty() {
+            "default"
+        } else {
+            "second"
+        };
+        assert!(
+            page.text().contains(&format!("<q id=\"bot\">{name}</q>")),
+            "{prefix}/ names bot {name}"
+        );
         let conversation = client.conversation(json!({})).await;
         let mut ws = open(&h, &conversation.stream_url).await;
         let reply = client.post(&conversation, &conversation.token, "hi").await;

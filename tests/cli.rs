@@ -1,5 +1,7 @@
 //! The operator interface of the real binary (DESIGN §6).
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -46,6 +48,142 @@ fn bad_config_is_one_line_and_exit_64() {
         assert_eq!(lines.len(), 1, "one clear line: {stderr}");
         assert!(lines[0].starts_with("directline-gateway: "), "{stderr}");
     }
+}
+
+/// Runs the binary expecting exit 64 and one stderr line holding every one of `expected`.
+fn assert_one_line_64(args: &[&str], expected: &[&str]) {
+    let (code, stderr) = run_expecting_exit(args, &[]);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!((code, lines.len()), (64, 1), "{args:?}: {stderr}");
+    for text in expected {
+        assert!(lines[0].contains(text), "{args:?}: {text:?} in {stderr}");
+    }
+}
+
+#[test]
+fn command_line_mistakes_say_what_is_wrong() {
+    assert_one_line_64(
+        &["--log-format", "xml"],
+        &["invalid value 'xml'", "human, json"],
+    );
+    assert_one_line_64(
+        &["--upstream", "directline.botframework.com"],
+        &["upstream", "must start with https://"],
+    );
+    assert_one_line_64(
+        &[
+            "--listen",
+            "127.0.0.1:18071",
+            "--admin-listen",
+            "127.0.0.1:18071",
+        ],
+        &["admin_listen", "(listen)", "own port"],
+    );
+    // A port some other process holds: the line names the listener that could not bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    assert_one_line_64(
+        &["--listen", &listen, "--admin-listen", "127.0.0.1:0"],
+        &[&listen, "(listen)", "in use"],
+    );
+    assert_one_line_64(
+        &["--listen", "127.0.0.1:0", "--admin-listen", &listen],
+        &[&listen, "(admin_listen)"],
+    );
+}
+
+#[test]
+fn config_file_mistakes_give_file_line_column_and_key() {
+    let dir = support::process::TempDir::new("cli-config");
+    let unquoted = dir.write("unquoted.toml", "# test\nlisten = 127.0.0.1:18080\n");
+    assert_one_line_64(
+        &["--config", &unquoted],
+        &[&format!("{unquoted}:2:"), "listen", "needs quotes"],
+    );
+    let typo = dir.write("typo.toml", "[stream]\nresume_budgett = \"5m\"\n");
+    assert_one_line_64(
+        &["--config", &typo],
+        &[
+            &format!("{typo}:2:1: stream.resume_budgett: "),
+            "unknown field",
+        ],
+    );
+}
+
+#[test]
+fn help_names_the_environment_and_exits_0() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for text in [
+        "DIRECTLINE_SECRET",
+        "DIRECTLINE_GATEWAY_TOKEN_KEY",
+        "SIGHUP",
+        "exits 64",
+    ] {
+        assert!(help.contains(text), "{text} in {help}");
+    }
+    let emulator = Command::new(BIN)
+        .args(["emulator", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&emulator.stdout);
+    assert!(help.contains("[default: 127.0.0.1:3978]"), "{help}");
+    assert!(help.contains("--log-format"), "{help}");
+}
+
+/// The first run a newcomer makes: nothing to warn about, no colour codes in a pipe, and
+/// durations a person can read.
+#[test]
+fn the_first_run_logs_no_warning_and_rounded_durations() {
+    let gateway = support::process::GatewayProcess::start(
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let request =
+            http::Request::post(format!("{}/v3/directline/tokens/generate", gateway.base))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+        assert_eq!(client.request(request).await.unwrap().status(), 200);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let access = loop {
+        if let Some(line) = gateway
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("duration_ms="))
+        {
+            break line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line: {:?}",
+            gateway.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let logs = gateway.logs();
+    assert!(logs.iter().all(|l| !l.contains("WARN")), "{logs:#?}");
+    assert!(
+        logs.iter().all(|l| !l.contains('\u{1b}')),
+        "no ANSI codes in a pipe: {logs:#?}"
+    );
+    let key_lines: Vec<&String> = logs.iter().filter(|l| l.contains("token key")).collect();
+    assert_eq!(key_lines.len(), 1, "{logs:#?}");
+    assert!(key_lines[0].contains("INFO"), "{}", key_lines[0]);
+    let duration = access
+        .split("duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 2, "duration_ms={duration} in {access}");
 }
 
 #[test]

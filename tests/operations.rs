@@ -17,11 +17,17 @@ const KEY_2: &str = "operations-token-key-two-0123456789abcdef";
 fn config_file(dir: &TempDir, upstream: &str, extra: &str) -> String {
     let secret = dir.path().join("secret").display().to_string();
     let key = dir.path().join("token-key").display().to_string();
+    // The SIGHUP tests count reloads exactly: no file watch unless a test asks for one.
+    let watch = if extra.contains("file_watch_interval") {
+        ""
+    } else {
+        "file_watch_interval = \"0s\"\n"
+    };
     dir.write(
         "gateway.toml",
         &format!(
             "upstream = \"{upstream}\"\nsecret_file = \"{secret}\"\ntoken_key_file = \"{key}\"\n\
-             token_key_overlap = \"10m\"\nshutdown_grace = \"5s\"\n{extra}"
+             token_key_overlap = \"10m\"\nshutdown_grace = \"5s\"\n{watch}{extra}"
         ),
     )
 }
@@ -196,7 +202,17 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let emulator = emulator(None).await;
-    let mut gateway = GatewayProcess::in_front_of(&emulator.base_url(), KEY_1, &[], &[]);
+    let dir = TempDir::new("drain");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    // A short drain period: the stream is served a second longer, then closed (tests/drain.rs
+    // has what happens during the period).
+    let config = config_file(
+        &dir,
+        &emulator.base_url(),
+        "[stream]\ndrain_period = \"1s\"\ndrain_spread = \"100ms\"\n",
+    );
+    let mut gateway = GatewayProcess::with_config(&config);
     let h = Harness::attach(emulator, &gateway);
     let conversation = h.conversation().await;
     let mut ws = open_stream(&conversation.stream_url).await;
@@ -246,7 +262,8 @@ async fn sigterm_drains_an_open_stream_with_1001_and_finishes_an_in_flight_uploa
     .await;
     gateway.signal("TERM");
 
-    // The open stream is closed with 1001 so the client resumes elsewhere.
+    // After the drain period the open stream is closed with 1001 so the client resumes
+    // elsewhere.
     let close = loop {
         match tokio::time::timeout(WAIT, ws.next())
             .await
@@ -420,5 +437,108 @@ async fn metrics_after_a_scenario_pass_promtool() {
         "promtool check metrics: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A port nothing listens on: bound, then closed again.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_logged_at_warn_with_its_cause_and_the_request_id() {
+    let emulator = emulator(None).await;
+    let cases = [
+        // Nothing listens: the connect is refused.
+        (
+            format!("http://127.0.0.1:{}", closed_port()),
+            "connection refused",
+        ),
+        // Something answers, but not TLS: the handshake fails.
+        (
+            format!(
+                "https://{}",
+                emulator.base_url().trim_start_matches("http://")
+            ),
+            "tls",
+        ),
+    ];
+    for (upstream, cause) in cases {
+        let gateway = GatewayProcess::in_front_of(&upstream, KEY_1, &[], &[]);
+        let h = Harness::attach(Harness::emulator(EmulatorConfig::default()).await, &gateway);
+        let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+            .header("x-request-id", "unreachable-upstream-01")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let reply = h.send(request).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{upstream}");
+        assert_eq!(reply.error_code(), "UpstreamUnavailable");
+        assert!(
+            !reply.text().to_lowercase().contains(cause),
+            "the cause stays out of the client's answer: {}",
+            reply.text()
+        );
+        let warned = || {
+            gateway.logs().into_iter().find(|line| {
+                line.contains("WARN")
+                    && line.contains("unreachable-upstream-01")
+                    && line.contains("upstream could not be reached")
+            })
+        };
+        eventually("the warn line", async || warned().is_some()).await;
+        let line = warned().unwrap();
+        assert!(
+            line.to_lowercase().contains(cause),
+            "{upstream}: the cause {cause:?} in {line}"
+        );
+    }
+}
+
+/// The rotation path of the shipped manifests: the Secret is mounted as files, and an
+/// update of the files is applied without a signal (the scratch image has no shell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_file_is_picked_up_without_a_signal_or_a_restart() {
+    let emulator = emulator(Some(SECOND_SECRET)).await;
+    let dir = TempDir::new("watch");
+    dir.write("secret", SECRET);
+    dir.write("token-key", KEY_1);
+    let config = config_file(
+        &dir,
+        &emulator.base_url(),
+        "file_watch_interval = \"100ms\"\n",
+    );
+    let gateway = GatewayProcess::with_config(&config);
+    let h = Harness::attach(emulator, &gateway);
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::Secret
+    );
+
+    // What a Kubernetes Secret update does to the mounted file; no SIGHUP.
+    dir.write("secret", SECOND_SECRET);
+    reloads_counted(&h, "ok").await;
+    h.generate().await;
+    assert_eq!(
+        last_credential(&h, "/v3/directline/tokens/generate"),
+        SeenCredential::SecondSecret
+    );
+    // The stream opened before goes on.
+    h.post_message(&conversation, "after the rotation").await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"echo: after the rotation".into())
+    })
+    .await;
+    assert_eq!(seen.closed, None);
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|l| l.contains("file changed: reloading")),
+        "{:?}",
+        gateway.logs()
     );
 }

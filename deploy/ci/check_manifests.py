@@ -13,8 +13,15 @@ the kustomization, and checks that the objects fit together:
   * the ServiceMonitor uses only the fields listed below (an allow-list written for these
     manifests, not the operator's CRD schema);
   * the pod runs non-root, read-only, without capabilities, with seccomp RuntimeDefault;
-  * terminationGracePeriodSeconds > preStop sleep + shutdown_grace (from the ConfigMap's
-    gateway.toml) + 1 s;
+  * the rotation path: no DIRECTLINE_SECRET / DIRECTLINE_GATEWAY_TOKEN_KEY variables (they
+    win over files and are read only at start); secret_file and token_key_file name keys
+    of the Secret inside its mount, mounted without subPath (so the kubelet refreshes
+    them), and file_watch_interval is on;
+  * trusted_proxies is set (every request comes from the ingress controller) and port
+    8080 is admitted by the NetworkPolicy from one namespace only;
+  * terminationGracePeriodSeconds > preStop sleep + max(shutdown_grace + 1 s,
+    stream.drain_period + stream.drain_spread + 2 s) + 1 s (from the ConfigMap's
+    gateway.toml);
   * the Ingress hashes on a variable the controller ConfigMap's http-snippet defines, with
     WebSocket timeouts of at least an hour.
 
@@ -131,9 +138,8 @@ def main(argv):
     secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
     env = {e["name"]: e for e in container.get("env", [])}
     for var in ("DIRECTLINE_SECRET", "DIRECTLINE_GATEWAY_TOKEN_KEY"):
-        ref = env.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
-        check(ref.get("name") == secret["metadata"]["name"] and ref.get("key") in secret_keys,
-              f"{var} should come from Secret {secret['metadata']['name']} (keys {sorted(secret_keys)}), got {ref}")
+        check(var not in env,
+              f"{var} must not be set: it wins over the mounted file and is read only at start, so a Secret rotation would not reach it")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for mount in container.get("volumeMounts", []):
         check(mount["name"] in volumes, f"volumeMount {mount['name']} has no volume")
@@ -155,16 +161,44 @@ def main(argv):
     config = tomllib.loads(configmap["data"]["gateway.toml"])
     check(config.get("listen", "").startswith("0.0.0.0:8080"), "gateway.toml should listen on 0.0.0.0:8080")
     check(config.get("admin_listen", "").startswith("0.0.0.0:9464"), "gateway.toml should serve admin on 0.0.0.0:9464")
-    check("secret_file" not in config and "token_key_file" not in config,
-          "the secret and token key come from the Secret via env, not from files")
+    # The rotation path: the Secret's keys as mounted files the gateway watches.
+    secret_volumes = [v for v in volumes.values() if "secret" in v]
+    secret_mounts = [m for m in container.get("volumeMounts", [])
+                     if m["name"] in {v["name"] for v in secret_volumes}]
+    check(len(secret_mounts) == 1 and "subPath" not in secret_mounts[0],
+          "the Secret must be mounted once, as a directory (a subPath mount is never refreshed)")
+    mount_dir = secret_mounts[0]["mountPath"].rstrip("/") if secret_mounts else ""
+    for key in ("secret_file", "token_key_file"):
+        path = config.get(key, "")
+        directory, _, file_name = path.rpartition("/")
+        check(directory == mount_dir and file_name in secret_keys,
+              f"{key} should be a key of the Secret under {mount_dir} (keys {sorted(secret_keys)}), got {path!r}")
+    for path in config.get("previous_token_key_files", []):
+        check(path.rpartition("/")[0] == mount_dir, f"previous_token_key_files entry {path!r} is outside {mount_dir}")
+    watch = parse_duration(config.get("file_watch_interval", "10s"))
+    check(0 < watch <= 60, f"file_watch_interval should be on and at most 60 s, got {watch:g} s")
+    print(f"rotation: secret_file and token_key_file are Secret keys under {mount_dir}, watched every {watch:g} s")
+
+    # Client addresses: every request comes from the ingress controller.
+    trusted = config.get("trusted_proxies", [])
+    check(bool(trusted), "trusted_proxies is empty: every user would share the ingress controller's rate limit")
+    admitted = [rule.get("from", []) for rule in netpol["spec"]["ingress"]
+                if 8080 in {p["port"] for p in rule.get("ports", [])}]
+    check(len(admitted) == 1 and len(admitted[0]) == 1 and "namespaceSelector" in admitted[0][0],
+          "port 8080 must be admitted from the ingress controller's namespace alone (it is what makes trusted_proxies safe)")
+
+    # The shutdown budget: REST grace and the stream drain run side by side.
     grace = parse_duration(config.get("shutdown_grace", "20s"))
+    stream = config.get("stream", {})
+    drain = parse_duration(stream.get("drain_period", "20s")) + parse_duration(stream.get("drain_spread", "5s"))
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     termination = pod.get("terminationGracePeriodSeconds", 30)
-    needed = pre_stop + grace + 1
+    needed = pre_stop + max(grace + 1, drain + 2) + 1
     check(termination > needed,
-          f"terminationGracePeriodSeconds {termination} must exceed preStop {pre_stop} + shutdown_grace {grace:g} + 1")
+          f"terminationGracePeriodSeconds {termination} must exceed preStop {pre_stop} + max(shutdown_grace {grace:g} + 1,"
+          f" drain_period + drain_spread {drain:g} + 2) + 1 = {needed:g}")
     print(f"shutdown budget: terminationGracePeriodSeconds {termination} s > preStop sleep {pre_stop} s"
-          f" + shutdown_grace {grace:g} s + 1 s = {needed:g} s")
+          f" + max(shutdown_grace {grace:g} s + 1 s, drain {drain:g} s + 2 s) + 1 s = {needed:g} s")
     if write_config:
         with open(write_config, "w", encoding="utf-8") as f:
             f.write(configmap["data"]["gateway.toml"])

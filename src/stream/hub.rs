@@ -666,6 +666,12 @@ mod tests {
     }
 
     #[test]
+    fn eviction_labels_are_the_exported_ones() {
+        let labels: Vec<&str> = Eviction::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(labels, crate::metrics::EVICTION_REASONS);
+    }
+
+    #[test]
     fn the_ring_keeps_its_byte_budget_but_always_the_newest_frame() {
         let shared = budget(usize::MAX / 2);
         let hub = hub_with(100, 10_000, shared.clone());

@@ -11,6 +11,7 @@ mod relay;
 pub mod tracker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -111,15 +112,27 @@ impl Hubs {
         })
     }
 
-    /// Closes every client socket with 1001 so clients resume through another replica.
-    pub fn close_all_for_drain(&self) {
+    /// Closes every client socket with 1001 so clients resume through another replica, one
+    /// hub after another evenly over `spread` (all at once for zero), so the replicas they
+    /// go to are not hit by every reconnect in the same instant. Returns the client sockets
+    /// it closed.
+    pub async fn close_all_for_drain(&self, spread: Duration) -> usize {
         let hubs: Vec<Arc<Hub>> = self.map.iter().map(|entry| entry.value().clone()).collect();
-        for hub in hubs {
+        // The DashMap guards are gone: the sleeps below hold none.
+        let started = tokio::time::Instant::now();
+        let step = spread.checked_div(hubs.len() as u32).unwrap_or_default();
+        let mut closed = 0;
+        for (index, hub) in hubs.iter().enumerate() {
+            if !step.is_zero() {
+                tokio::time::sleep_until(started + step * index as u32).await;
+            }
+            closed += hub.clients();
             hub.close(close_frame(
                 CloseCode::Away,
                 "gateway restarting; reconnect",
             ));
         }
+        closed
     }
 
     /// Closes the sockets of bots a reload removed with 1001; other bots' sockets stay.

@@ -177,6 +177,23 @@ fn multimodal_url(stream_url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn refusal_labels_are_the_exported_ones() {
+        use super::super::client::Refusal;
+        let counted: Vec<&str> = [
+            Refusal::TOO_LARGE,
+            Refusal::BAD_UTF8,
+            Refusal::PROTOCOL,
+            super::NOT_ACTIVITY,
+            super::BINARY,
+            super::RATE_LIMITED,
+        ]
+        .iter()
+        .map(|r| r.metric)
+        .collect();
+        assert_eq!(counted, crate::metrics::FRAME_REFUSALS);
+    }
+
+    #[test]
     fn multimodal_url_keeps_the_query() {
         assert_eq!(
             super::multimodal_url("wss://h/v3/directline/conversations/c/stream?watermark=-&t=x")

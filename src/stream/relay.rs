@@ -226,7 +226,7 @@ async fn pump(
         .await
         .is_err()
     {
-        return dropped("keepalive failed", relayed_any);
+        return dropped("keepalive_failed", relayed_any);
     }
     let mut ping_unanswered_since: Option<Instant> = Some(Instant::now());
     let downstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["downstream"]);
@@ -264,7 +264,7 @@ async fn pump(
                 let sent = socket.feed(Message::Text(Utf8Bytes::from_static(""))).await
                     .and(socket.feed(Message::Ping(Default::default())).await);
                 if sent.is_err() || socket.flush().await.is_err() {
-                    return dropped("keepalive failed", relayed_any);
+                    return dropped("keepalive_failed", relayed_any);
                 }
                 ping_unanswered_since.get_or_insert_with(Instant::now);
             }

@@ -147,6 +147,17 @@ test('the demo page on / of the no-argument run chats with the echo bot', { time
       'hello from the demo', 'echo: hello from the demo', 'and again', 'echo: and again',
       'after the reload', 'echo: after the reload',
     ]);
+    assert.equal(await page.locator('#bot').innerText(), 'default');
+    // Sent with the button: the focus comes back to the input for the next message.
+    await page.locator('#text').fill('clicked');
+    await page.locator('#send').click();
+    await page.locator('#transcript li', { hasText: 'echo: clicked' }).waitFor({ timeout: 30000 });
+    await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'text', null, { timeout: 30000 });
+    // The second demo bot's page says which bot it is.
+    await page.goto(`${gateway.address}/bots/second/`);
+    await page.locator('#status', { hasText: 'online' }).waitFor({ timeout: 30000 });
+    assert.equal(await page.locator('#bot').innerText(), 'second');
+    assert.match(await page.title(), /second/);
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser.close();

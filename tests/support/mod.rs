@@ -58,6 +58,8 @@ impl Harness {
         config.stream.backoff_max = Duration::from_millis(200);
         config.stream.resume_budget = Duration::from_secs(15);
         config.shutdown_grace = Duration::from_secs(2);
+        config.stream.drain_period = Duration::from_secs(1);
+        config.stream.drain_spread = Duration::from_millis(200);
         // Throughput scenarios post faster than the default per-conversation rate allows;
         // tests/limits.rs covers the limits themselves.
         config.rate_limits.activities.per_minute = 0;
@@ -212,6 +214,13 @@ impl Harness {
 
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.text()
+    }
+
+    /// Starts the drain in the background (SIGTERM's path) and leaves the emulator running;
+    /// the admin listener keeps answering until the drain is over.
+    pub fn begin_drain(&mut self) -> tokio::task::JoinHandle<()> {
+        let running = self.gateway.take().expect("gateway running");
+        tokio::spawn(running.shutdown())
     }
 
     /// Stops the gateway (drain) and leaves the emulator running.
