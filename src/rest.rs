@@ -99,13 +99,13 @@ pub async fn generate_token(
         .and_then(|c| ConversationId::parse(c).ok())
         .ok_or(GatewayError::UpstreamInvalid)?;
     let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
-    let expires_in = expires_in(&json);
+    let expires_in = upstream_lifetime(gw, ctx, &json);
     let token = ClientToken {
         bot: ctx.bot.name.to_string(),
         conversation_id: conversation_id.to_string(),
         user_id,
         upstream_token: upstream_token.to_owned(),
-        expires_at: clock::unix_seconds() + expires_in,
+        expires_at: clock::unix_seconds().saturating_add(expires_in),
     };
     gw.metrics
         .tokens
@@ -142,7 +142,7 @@ pub async fn refresh_token(
         };
         let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
         token.upstream_token = fresh.to_owned();
-        token.expires_at = now + expires_in(&json);
+        token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
         if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
             gw.hubs
                 .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
@@ -212,7 +212,7 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(ctx, json, token, Minted::Start, &ws_base, &conversation)?;
+    let body = conversation_response(gw, ctx, json, token, Minted::Start, &ws_base, &conversation)?;
     gw.metrics
         .tokens
         .with_label_values(&["conversation", &ctx.bot.name])
@@ -255,7 +255,7 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let body = conversation_response(ctx, json, token, minted, &ws_base, conversation)?;
+    let body = conversation_response(gw, ctx, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -420,6 +420,7 @@ enum Minted {
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
+    gw: &Gateway,
     ctx: &RequestContext,
     mut json: Map<String, Value>,
     mut token: ClientToken,
@@ -440,7 +441,7 @@ fn conversation_response(
     if adopt_upstream_token && let Some(fresh) = json_str(&json, "token") {
         token.upstream_token = fresh.to_owned();
         if json.contains_key("expires_in") {
-            token.expires_at = now + expires_in(&json);
+            token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
         }
     }
     let upstream_stream_url = match json.remove("streamUrl") {
@@ -464,7 +465,7 @@ fn conversation_response(
             upstream_stream_url: Some(upstream_url),
             upstream_token: token.upstream_token.clone(),
             issued_at_ms: clock::unix_millis(),
-            expires_at: now + live.config.stream.ticket_ttl.as_secs(),
+            expires_at: now.saturating_add(live.config.stream.ticket_ttl.as_secs()),
             from_start,
         };
         let ticket_watermark = ticket.watermark.clone();
@@ -710,12 +711,36 @@ fn json_str<'a>(json: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     json.get(key).and_then(Value::as_str)
 }
 
-/// `expires_in` from an upstream answer; Direct Line tokens really live 3600 s (spec §0.4).
-fn expires_in(json: &Map<String, Value>) -> u64 {
-    json.get("expires_in")
-        .and_then(Value::as_u64)
-        .filter(|&s| s > 0)
-        .unwrap_or(3600)
+/// The longest life the gateway believes of a Direct Line token: what the service issues
+/// (spec §0.4), and tokens cannot be given a longer one (spec §1.3). A gateway token never
+/// claims to outlive the Direct Line token it wraps.
+pub const MAX_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
+
+/// The life assumed when upstream gives no usable `expires_in`: the real one (spec §0.4).
+pub const DEFAULT_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
+
+/// `expires_in` of an upstream token answer, within 1..=[`MAX_UPSTREAM_TOKEN_LIFETIME`];
+/// every value that was not already there is counted.
+fn upstream_lifetime(gw: &Gateway, ctx: &RequestContext, json: &Map<String, Value>) -> u64 {
+    let (seconds, clamped) = clamp_lifetime(json.get("expires_in"));
+    if clamped {
+        gw.metrics
+            .lifetimes_clamped
+            .with_label_values(&[&ctx.bot.name])
+            .inc();
+    }
+    seconds
+}
+
+/// An upstream `expires_in` clamped to Direct Line's range: above the maximum → the
+/// maximum; missing, zero, negative, fractional or not a number → the default. The flag
+/// says whether the value was changed.
+fn clamp_lifetime(value: Option<&Value>) -> (u64, bool) {
+    match value.and_then(Value::as_u64) {
+        Some(seconds @ 1..=MAX_UPSTREAM_TOKEN_LIFETIME) => (seconds, false),
+        Some(0) | None => (DEFAULT_UPSTREAM_TOKEN_LIFETIME, true),
+        Some(_) => (MAX_UPSTREAM_TOKEN_LIFETIME, true),
+    }
 }
 
 /// Property names in TokenParameters match case-insensitively (spec §1.2).
@@ -829,6 +854,27 @@ fn strip_cookie_domain(value: &HeaderValue) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_lifetimes_are_clamped_to_direct_lines_range() {
+        for (value, expected) in [
+            (json!(3600), (3600, false)),
+            (json!(1), (1, false)),
+            (json!(1_000_000_000_000u64), (3600, true)),
+            (json!(u64::MAX), (3600, true)),
+            (json!(-5), (3600, true)),
+            (json!(i64::MIN), (3600, true)),
+            (json!(3599.5), (3600, true)),
+            (json!(1e300), (3600, true)),
+            (json!("3600"), (3600, true)),
+            (Value::Null, (3600, true)),
+        ] {
+            assert_eq!(clamp_lifetime(Some(&value)), expected, "{value}");
+        }
+        // Zero is not a life: the default, like a missing value.
+        assert_eq!(clamp_lifetime(Some(&json!(0))), (3600, true));
+        assert_eq!(clamp_lifetime(None), (3600, true));
+    }
 
     #[test]
     fn minted_user_ids_are_dl_prefixed_and_distinct() {
