@@ -445,9 +445,13 @@ fn conversation_response(
         }
     }
     let upstream_stream_url = match json.remove("streamUrl") {
-        Some(Value::String(url)) => match rewrite::read_upstream_stream_url(&url) {
-            Some(read) => Some((url, read.watermark)),
-            None => return Err(GatewayError::UpstreamInvalid),
+        Some(Value::String(url)) => match ctx.bot.upstream.stream_pin().read(&url, conversation) {
+            Ok(read) => Some((url, read.watermark)),
+            Err(refused) => {
+                let at = if from_start { "start" } else { "reconnect" };
+                upstream::stream_url_refused(&gw.metrics, &ctx.bot.name, &refused, at);
+                return Err(GatewayError::UpstreamInvalid);
+            }
         },
         Some(Value::Null) => {
             json.insert("streamUrl".into(), Value::Null);

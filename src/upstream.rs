@@ -19,6 +19,8 @@ use url::Url;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
 
 /// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
 pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
@@ -31,6 +33,7 @@ pub struct Upstream {
     host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     tls: Arc<rustls::ClientConfig>,
+    stream_pin: StreamUrlPin,
 }
 
 /// rustls client configuration with the ring provider, the webpki roots and, for private
@@ -92,7 +95,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::Internal)?;
         Ok(Self {
+            stream_pin,
             scheme,
             host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
             authority,
@@ -105,6 +110,11 @@ impl Upstream {
     /// The TLS configuration upstream WebSockets are dialled with (same roots as REST).
     pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls
+    }
+
+    /// Where this upstream's stream URLs may point.
+    pub fn stream_pin(&self) -> &StreamUrlPin {
+        &self.stream_pin
     }
 
     /// `path_and_query` starts with `/v3/directline/`.
@@ -151,6 +161,23 @@ impl Upstream {
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// Counts and logs an upstream stream URL that was refused, with its host only: the query
+/// holds the upstream's stream ticket.
+pub fn stream_url_refused(metrics: &Metrics, bot: &str, refused: &StreamUrlRefused, at: &str) {
+    metrics.stream_urls_refused.with_label_values(&[bot]).inc();
+    tracing::warn!(
+        bot,
+        at,
+        host = refused.host(),
+        reason = match refused {
+            StreamUrlRefused::Invalid => "not a ws/wss URL the gateway can dial",
+            StreamUrlRefused::Foreign { .. } =>
+                "not on the bot's upstream host, port, scheme and path",
+        },
+        "upstream stream URL refused"
+    );
 }
 
 fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -206,6 +206,106 @@ impl Gateway {
     }
 }
 
+/// Stream URLs on another host, another port, another scheme or another path are refused on
+/// start and reconnect (502, Direct Line-shaped) and never dialled.
+#[tokio::test]
+async fn foreign_stream_urls_are_refused_and_never_dialled() {
+    let (other_host, other_host_dials) = counting_listener("127.0.0.2").await;
+    let (other_port, other_port_dials) = counting_listener("127.0.0.1").await;
+    let gw = Gateway::start(Knobs::default(), |_| {}).await;
+    let own = gw.hostile.authority();
+    let foreign = [
+        format!("ws://{other_host}/v3/directline/conversations/{{conv}}/stream?watermark=-&t=T"),
+        format!("ws://{other_port}/v3/directline/conversations/{{conv}}/stream?watermark=-&t=T"),
+        format!("wss://{own}/v3/directline/conversations/{{conv}}/stream?watermark=-&t=T"),
+        format!("ws://{own}/anything?t=T"),
+        format!("ws://{own}/v3/directline/conversations/someoneelse/stream?t=T"),
+        format!("ws://user@{other_host}/v3/directline/conversations/{{conv}}/stream?t=T"),
+    ];
+    let (conversation, token, _) = gw.conversation().await;
+    for url in &foreign {
+        gw.hostile.set(|k| {
+            k.start_stream_url = Some(url.clone());
+            k.reconnect_stream_url = Some(url.clone());
+        });
+        for route in [Route::Start, Route::Reconnect] {
+            let reply = gw.call_route(route, &conversation, &token).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_GATEWAY,
+                "{route:?} {url}: {}",
+                reply.text()
+            );
+            assert_eq!(reply.error_code(), "UpstreamError", "{route:?} {url}");
+            gw.assert_clean(&reply, url);
+        }
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_stream_urls_refused_total{bot=\"default\"}"
+        ),
+        (foreign.len() * 2) as f64,
+        "{metrics}"
+    );
+    assert_eq!(other_host_dials.load(Ordering::Relaxed), 0);
+    assert_eq!(other_port_dials.load(Ordering::Relaxed), 0);
+}
+
+/// A hub whose upstream hands out a foreign stream URL on every resume never dials it: each
+/// refusal is a failed attempt, backed off inside the resume budget, and once the budget is
+/// spent the client socket is closed with 1011 so the client resumes itself.
+#[tokio::test]
+async fn a_foreign_url_on_resume_spends_the_budget_and_is_never_dialled() {
+    let (other_host, other_host_dials) = counting_listener("127.0.0.2").await;
+    let knobs = Knobs {
+        close_stream_at_once: true,
+        ..Knobs::default()
+    };
+    let gw = Gateway::start(knobs, |c| {
+        c.stream.backoff_base = Duration::from_millis(20);
+        c.stream.backoff_max = Duration::from_millis(200);
+        c.stream.resume_budget = Duration::from_secs(2);
+    })
+    .await;
+    let (_, _, stream_url) = gw.conversation().await;
+    gw.hostile.set(|k| {
+        k.reconnect_stream_url = Some(format!(
+            "ws://{other_host}/v3/directline/conversations/{{conv}}/stream?watermark=-&t=T"
+        ))
+    });
+    let mut ws = open_stream(&stream_url).await;
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| s.closed.is_some()).await;
+    assert_eq!(seen.closed, Some(Some(1011)));
+    assert_eq!(other_host_dials.load(Ordering::Relaxed), 0);
+    let metrics = gw.metrics().await;
+    let refused = metric(
+        &metrics,
+        "directline_gateway_upstream_stream_urls_refused_total{bot=\"default\"}",
+    );
+    let resumes = gw
+        .hostile
+        .requests()
+        .iter()
+        .filter(|r| r.route == Route::Reconnect)
+        .count();
+    assert!(refused >= 1.0, "{metrics}");
+    assert_eq!(
+        refused, resumes as f64,
+        "every resume's URL was refused: {metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_reconnects_total{bot=\"default\",result=\"exhausted\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
 /// Huge, `u64::MAX`, negative, fractional, string and zero `expires_in`: the client's
 /// `expires_in` stays within Direct Line's 1..=3600 s, and the token still works.
 #[tokio::test]

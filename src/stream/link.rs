@@ -99,12 +99,18 @@ pub async fn fetch_stream_url(
         if with_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
             *upstream_token = fresh.to_owned();
         }
-        return json
+        let url = json
             .get("streamUrl")
             .and_then(|u| u.as_str())
-            .filter(|u| rewrite::is_upstream_stream_url(u))
-            .map(str::to_owned)
-            .ok_or(FetchError::Retry);
+            .ok_or(FetchError::Retry)?;
+        // A refused URL is a failed attempt: the resume loop backs off and spends its budget.
+        return match bot.upstream.stream_pin().read(url, conversation) {
+            Ok(_) => Ok(url.to_owned()),
+            Err(refused) => {
+                upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "resume");
+                Err(FetchError::Retry)
+            }
+        };
     }
 }
 
@@ -114,6 +120,10 @@ pub async fn dial(gw: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, 
     let (ws_config, tls, timeout) = {
         let live = gw.live();
         let bot = live.bot(bot).ok_or(DialError::Failed)?;
+        if let Err(refused) = bot.upstream.stream_pin().check_dial(request.uri()) {
+            upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "dial");
+            return Err(DialError::Failed);
+        }
         (
             super::ws_config(&live.config.stream),
             bot.upstream.tls().clone(),
