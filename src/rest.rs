@@ -1,5 +1,6 @@
 //! The REST routes: each one authorises, builds its upstream request, sends it, and rewrites.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, RequestContext};
 use crate::metrics::status_class;
 use crate::rewrite;
+use crate::scrub::{Needles, ScrubbedBody};
 use crate::seal::{ClientToken, Purpose, StreamTicket};
 use crate::secret;
 use crate::upstream;
@@ -90,11 +92,12 @@ pub async fn generate_token(
         ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-    let (status, json) =
-        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        };
+    let timeout = ctx.live.config.timeouts.default;
+    let needles = credential_needles(ctx, String::new());
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
         .ok_or(GatewayError::UpstreamInvalid)?;
@@ -136,7 +139,9 @@ pub async fn refresh_token(
             .body(body::empty())
             .map_err(|_| GatewayError::Internal)?;
         let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-        let json = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+        let timeout = ctx.live.config.timeouts.default;
+        let needles = credential_needles(ctx, token.upstream_token.clone());
+        let json = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
             Ok((_, json)) => json,
             Err(error_response) => return Ok(error_response),
         };
@@ -198,11 +203,12 @@ pub async fn start_conversation(
         ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-    let (status, json) =
-        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        };
+    let timeout = ctx.live.config.timeouts.default;
+    let needles = credential_needles(ctx, token.upstream_token.clone());
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if json_str(&json, "conversationId") != Some(conversation.as_str()) {
@@ -212,12 +218,13 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
+    let needles = answer_needles(ctx, &token, &json);
     let body = conversation_response(gw, ctx, json, token, Minted::Start, &ws_base, &conversation)?;
     gw.metrics
         .tokens
         .with_label_values(&["conversation", &ctx.bot.name])
         .inc();
-    Ok(json_response(status, &body))
+    Ok(scrubbed_json_response(gw, ctx, status, &body, &needles))
 }
 
 pub async fn reconnect(
@@ -244,7 +251,9 @@ pub async fn reconnect(
         ctx,
     )
     .await?;
-    let (_, json) = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+    let timeout = ctx.live.config.timeouts.default;
+    let needles = credential_needles(ctx, token.upstream_token.clone());
+    let (_, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -255,8 +264,15 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
+    let needles = answer_needles(ctx, &token, &json);
     let body = conversation_response(gw, ctx, json, token, minted, &ws_base, conversation)?;
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(scrubbed_json_response(
+        gw,
+        ctx,
+        StatusCode::OK,
+        &body,
+        &needles,
+    ))
 }
 
 pub async fn get_activities(
@@ -282,7 +298,8 @@ pub async fn get_activities(
         ctx,
     )
     .await?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn post_activity(
@@ -313,7 +330,8 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn upload(
@@ -354,7 +372,8 @@ pub async fn upload(
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
             other => other,
         })?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn session_id(
@@ -381,7 +400,9 @@ pub async fn session_id(
         .iter()
         .filter_map(strip_cookie_domain)
         .collect();
-    let mut response = passthrough(response, ctx, ctx.live.config.timeouts.default).await?;
+    let needles = credential_needles(ctx, token.upstream_token);
+    let timeout = ctx.live.config.timeouts.default;
+    let mut response = passthrough(gw, response, ctx, timeout, needles).await?;
     for cookie in cookies {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -494,10 +515,12 @@ fn conversation_response(
     Ok(json)
 }
 
-/// An upstream answer: still streaming, or already read (when the gateway had to look inside).
+/// An upstream answer: still streaming, or already read (when the gateway had to look
+/// inside), or an error body past `limits.upstream_error_body` (left unread).
 pub enum Answer {
     Live(Response<Incoming>),
     Read(http::response::Parts, Bytes),
+    Oversized(http::response::Parts),
 }
 
 impl From<Response<Incoming>> for Answer {
@@ -535,7 +558,11 @@ async fn send_with_token_fallback(
     if response.status() != StatusCode::BAD_REQUEST {
         return Ok((Answer::Live(response), false));
     }
-    let (parts, bytes) = upstream::read_body(response, timeout).await?;
+    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+    let (parts, bytes) = match upstream::read_body_within(response, timeout, cap).await? {
+        (parts, Some(bytes)) => (parts, bytes),
+        (parts, None) => return Ok((Answer::Oversized(parts), false)),
+    };
     if upstream::error_code(&bytes).as_deref() != Some("MissingProperty") {
         return Ok((Answer::Read(parts, bytes), false));
     }
@@ -574,17 +601,33 @@ async fn send(
 }
 
 /// Reads a JSON object from a successful upstream answer, or turns an upstream error
-/// into the response the client gets (Direct Line error bodies pass through, spec §10.8).
+/// into the response the client gets ([`error_passthrough`]).
 async fn read_json_or_error(
+    gw: &Gateway,
+    ctx: &RequestContext,
     answer: impl Into<Answer>,
     timeout: Duration,
+    needles: Needles,
 ) -> Result<Result<(StatusCode, Map<String, Value>), Response<Body>>, GatewayError> {
     let (parts, bytes) = match answer.into() {
+        Answer::Live(response) if !response.status().is_success() => {
+            return Ok(Err(read_error(gw, ctx, response, timeout, needles).await?));
+        }
         Answer::Live(response) => upstream::read_body(response, timeout).await?,
         Answer::Read(parts, bytes) => (parts, bytes),
+        Answer::Oversized(parts) => {
+            return Ok(Err(error_passthrough(gw, ctx, parts, None, &needles)));
+        }
     };
     if !parts.status.is_success() {
-        return Ok(Err(error_passthrough(parts, bytes)));
+        let needles = with_upstream_host(ctx, needles);
+        return Ok(Err(error_passthrough(
+            gw,
+            ctx,
+            parts,
+            Some(bytes),
+            &needles,
+        )));
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(Ok((parts.status, map))),
@@ -592,84 +635,208 @@ async fn read_json_or_error(
     }
 }
 
-/// An upstream error answer, passed on: Direct Line-shaped bodies as they are, anything
-/// else (an HTML error page from a load balancer) replaced by our own error body.
-fn error_passthrough(parts: http::response::Parts, bytes: Bytes) -> Response<Body> {
-    if upstream::error_code(&bytes).is_none() {
-        let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
-            GatewayError::UpstreamTimeout
-        } else if parts.status.is_server_error() {
-            GatewayError::UpstreamInvalid
-        } else {
-            let mut response = crate::error::error_response(
-                parts.status,
-                "BadArgument",
-                "Request refused by Direct Line",
-            );
-            copy_passed_headers(&parts.headers, response.headers_mut(), false);
-            return response;
-        };
-        let mut response = error.into_response();
-        *response.status_mut() = parts.status;
-        copy_passed_headers(&parts.headers, response.headers_mut(), false);
+/// What a client must never see in an answer from `ctx`'s bot: the bot's secret and the
+/// caller's upstream conversation token (moved in, not copied; empty when there is none).
+fn credential_needles(ctx: &RequestContext, upstream_token: String) -> Needles {
+    Needles::default()
+        .with(ctx.bot.secret.shared())
+        .with(upstream_token)
+}
+
+/// `needles` and the upstream host, with and without its port: error pages name it, while
+/// success bodies may rightly hold upstream URLs (attachments).
+fn with_upstream_host(ctx: &RequestContext, needles: Needles) -> Needles {
+    let (authority, host) = ctx.bot.upstream.host_names();
+    needles.with(authority).with(host)
+}
+
+/// An upstream error answer, read up to `limits.upstream_error_body`.
+async fn read_error(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    response: Response<Incoming>,
+    timeout: Duration,
+    needles: Needles,
+) -> Result<Response<Body>, GatewayError> {
+    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+    let (parts, bytes) = upstream::read_body_within(response, timeout, cap).await?;
+    let needles = with_upstream_host(ctx, needles);
+    Ok(error_passthrough(gw, ctx, parts, bytes, &needles))
+}
+
+/// An upstream error answer as the client gets it. Only a Direct Line error's `code` and
+/// `message` pass (spec §10.8), rebuilt from their decoded text, so an escaped credential
+/// cannot hide in them and nothing else of the body (extra fields) passes; a message naming
+/// a needle is scrubbed, a code naming one is not Direct Line's. Anything else (HTML from a
+/// load balancer, other JSON, a body past the limit: `None`) is replaced by our own error.
+fn error_passthrough(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    parts: http::response::Parts,
+    body: Option<Bytes>,
+    needles: &Needles,
+) -> Response<Body> {
+    let scrubbed = |kind: &str| {
+        gw.metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&[kind, &ctx.bot.name])
+            .inc();
+    };
+    let direct_line = body
+        .as_deref()
+        .and_then(direct_line_error)
+        .filter(|(code, _)| !needles.contains_any(code.as_bytes()));
+    if let Some((code, message)) = direct_line {
+        let message = needles.scrub_str(&message);
+        if matches!(message, Cow::Owned(_)) {
+            scrubbed("error_scrubbed");
+        }
+        let mut response = crate::error::error_response(parts.status, &code, &message);
+        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
         return response;
     }
-    let mut response = Response::new(body::full(bytes));
+    scrubbed("error_replaced");
+    let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
+        GatewayError::UpstreamTimeout
+    } else if parts.status.is_server_error() {
+        GatewayError::UpstreamInvalid
+    } else {
+        let mut response = crate::error::error_response(
+            parts.status,
+            "BadArgument",
+            "Request refused by Direct Line",
+        );
+        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
+        return response;
+    };
+    let mut response = error.into_response();
     *response.status_mut() = parts.status;
-    copy_passed_headers(&parts.headers, response.headers_mut(), true);
+    copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
     response
 }
 
-/// Streams an upstream answer to the client with only the allow-listed headers. A gzip
-/// body goes through as it is when the caller accepts gzip; otherwise it is decoded here
-/// (bounded), since the caller never asked for an encoding.
+/// `error.code` and `error.message` of a Direct Line error body. Codes are stable
+/// identifiers (spec §1.5); anything else in `code` is not a Direct Line error.
+fn direct_line_error(body: &[u8]) -> Option<(String, String)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let code = error.get("code")?.as_str()?;
+    let plausible = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if !plausible {
+        return None;
+    }
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("Request refused by Direct Line");
+    Some((code.to_owned(), message.to_owned()))
+}
+
+/// Streams an upstream answer to the client with only the allow-listed headers, scrubbed of
+/// `needles` on the way ([`crate::scrub`]; errors are read and checked whole). A gzip body
+/// is decoded (bounded) to be checked, then goes out as it came when it was clean and the
+/// caller accepts gzip, otherwise decoded and scrubbed.
 async fn passthrough(
+    gw: &Gateway,
     answer: impl Into<Answer>,
     ctx: &RequestContext,
     timeout: Duration,
+    needles: Needles,
 ) -> Result<Response<Body>, GatewayError> {
-    let answer = match answer.into() {
-        Answer::Live(response) if !ctx.accepts_gzip && is_gzip(response.headers()) => {
-            let (parts, bytes) = upstream::read_body(response, timeout).await?;
-            Answer::Read(parts, bytes)
+    let response = match answer.into() {
+        Answer::Read(parts, bytes) if parts.status.is_success() => {
+            return Ok(scrubbed_read(gw, ctx, parts, bytes, &needles));
         }
-        other => other,
-    };
-    Ok(match answer {
         Answer::Read(parts, bytes) => {
-            if parts.status.is_success() {
-                let mut response = Response::new(body::full(bytes));
-                *response.status_mut() = parts.status;
-                copy_passed_headers(&parts.headers, response.headers_mut(), true);
-                response
-            } else {
-                error_passthrough(parts, bytes)
-            }
+            let needles = with_upstream_host(ctx, needles);
+            return Ok(error_passthrough(gw, ctx, parts, Some(bytes), &needles));
         }
-        Answer::Live(response) => {
-            let (parts, incoming) = response.into_parts();
-            let mut response = Response::new(body::stream(incoming));
+        Answer::Oversized(parts) => {
+            let needles = with_upstream_host(ctx, needles);
+            return Ok(error_passthrough(gw, ctx, parts, None, &needles));
+        }
+        Answer::Live(response) => response,
+    };
+    if !response.status().is_success() {
+        return read_error(gw, ctx, response, timeout, needles).await;
+    }
+    if upstream::is_gzip(response.headers()) {
+        let (mut parts, raw) =
+            upstream::read_raw(response, timeout, upstream::MAX_UPSTREAM_JSON).await?;
+        let raw = raw.ok_or(GatewayError::UpstreamInvalid)?;
+        let decoded = upstream::gunzip(&raw, upstream::MAX_UPSTREAM_JSON)?
+            .ok_or(GatewayError::UpstreamInvalid)?;
+        if ctx.accepts_gzip && !needles.contains_any(&decoded) {
+            let mut response = Response::new(body::full(raw));
             *response.status_mut() = parts.status;
-            copy_passed_headers(&parts.headers, response.headers_mut(), true);
-            response
+            copy_passed_headers(&parts.headers, response.headers_mut(), true, &needles);
+            return Ok(response);
         }
-    })
+        parts.headers.remove(header::CONTENT_ENCODING);
+        return Ok(scrubbed_read(gw, ctx, parts, decoded, &needles));
+    }
+    let (parts, incoming) = response.into_parts();
+    let mut headers = http::HeaderMap::new();
+    copy_passed_headers(&parts.headers, &mut headers, true, &needles);
+    let metrics = gw.metrics.clone();
+    let bot = ctx.bot.name.clone();
+    let count = move || {
+        metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&["success_scrubbed", &bot])
+            .inc();
+    };
+    let mut response = Response::new(body::stream(ScrubbedBody::new(incoming, needles, count)));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
-fn is_gzip(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+/// A success body already read whole, scrubbed.
+fn scrubbed_read(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    parts: http::response::Parts,
+    bytes: Bytes,
+    needles: &Needles,
+) -> Response<Body> {
+    let bytes = match needles.scrub(&bytes) {
+        Cow::Borrowed(_) => bytes,
+        Cow::Owned(clean) => {
+            gw.metrics
+                .upstream_bodies_scrubbed
+                .with_label_values(&["success_scrubbed", &ctx.bot.name])
+                .inc();
+            Bytes::from(clean)
+        }
+    };
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = parts.status;
+    copy_passed_headers(&parts.headers, response.headers_mut(), true, needles);
+    response
 }
 
-fn copy_passed_headers(from: &http::HeaderMap, to: &mut http::HeaderMap, with_content: bool) {
+/// Copies the allow-listed upstream headers; a value holding a needle is dropped (an echo
+/// can land in `Retry-After` or `Expires` as well as in a body).
+fn copy_passed_headers(
+    from: &http::HeaderMap,
+    to: &mut http::HeaderMap,
+    with_content: bool,
+    needles: &Needles,
+) {
     for name in PASSED_RESPONSE_HEADERS {
         let is_content = name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING;
         if is_content && !with_content {
             continue;
         }
         for value in from.get_all(&name) {
-            to.append(name.clone(), value.clone());
+            if !needles.contains_any(value.as_bytes()) {
+                to.append(name.clone(), value.clone());
+            }
         }
     }
 }
@@ -701,8 +868,40 @@ fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
     )
 }
 
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+/// The needles of a start or reconnect answer: the secret, the caller's upstream token and
+/// the fresh one in `json`. Its other fields are passed on, so they are scrubbed too.
+fn answer_needles(ctx: &RequestContext, token: &ClientToken, json: &Map<String, Value>) -> Needles {
+    let fresh = json_str(json, "token").unwrap_or("");
+    credential_needles(ctx, token.upstream_token.clone()).with(fresh)
+}
+
+/// [`json_response`] of an answer built from upstream fields, scrubbed of `needles`.
+fn scrubbed_json_response(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    needles: &Needles,
+) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let bytes = match needles.scrub(&bytes) {
+        Cow::Borrowed(_) => bytes,
+        Cow::Owned(clean) => {
+            gw.metrics
+                .upstream_bodies_scrubbed
+                .with_label_values(&["success_scrubbed", &ctx.bot.name])
+                .inc();
+            clean
+        }
+    };
+    json_bytes_response(status, bytes)
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(body::full(bytes));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -112,6 +112,11 @@ impl Upstream {
         &self.tls
     }
 
+    /// The upstream's `host:port` (as sent in `Host`) and its bare host.
+    pub fn host_names(&self) -> (&str, &str) {
+        (self.host.to_str().unwrap_or(""), self.authority.host())
+    }
+
     /// Where this upstream's stream URLs may point.
     pub fn stream_pin(&self) -> &StreamUrlPin {
         &self.stream_pin
@@ -196,32 +201,60 @@ pub async fn read_body(
     response: Response<Incoming>,
     timeout: Duration,
 ) -> Result<(http::response::Parts, Bytes), GatewayError> {
-    let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_UPSTREAM_JSON).collect())
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout)?
-        .map_err(|_| GatewayError::UpstreamInvalid)?
-        .to_bytes();
-    let gzip = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    if !gzip {
-        return Ok((parts, collected));
+    match read_body_within(response, timeout, MAX_UPSTREAM_JSON).await? {
+        (parts, Some(bytes)) => Ok((parts, bytes)),
+        (_, None) => Err(GatewayError::UpstreamInvalid),
     }
-    let mut decoded = Vec::with_capacity(collected.len() * 4);
-    let reader = flate2::read::GzDecoder::new(&collected[..]);
+}
+
+/// [`read_body`] up to `limit` bytes, before and after decoding; `None` past it.
+pub async fn read_body_within(
+    response: Response<Incoming>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
+    let (mut parts, raw) = read_raw(response, timeout, limit).await?;
+    let Some(raw) = raw else {
+        return Ok((parts, None));
+    };
+    if !is_gzip(&parts.headers) {
+        return Ok((parts, Some(raw)));
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Ok((parts, gunzip(&raw, limit)?))
+}
+
+/// The body as it came (still encoded), up to `limit` bytes; `None` past it.
+pub async fn read_raw(
+    response: Response<Incoming>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
+    let (parts, body) = response.into_parts();
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(collected)) => Ok((parts, Some(collected.to_bytes()))),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Ok((parts, None)),
+        Ok(Err(_)) => Err(GatewayError::UpstreamInvalid),
+    }
+}
+
+/// A gzip body decoded, up to `limit` bytes; `None` past it.
+pub fn gunzip(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, GatewayError> {
+    let mut decoded = Vec::with_capacity((bytes.len() * 4).min(limit + 1));
+    let reader = flate2::read::GzDecoder::new(bytes);
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(reader, MAX_UPSTREAM_JSON as u64 + 1),
+        &mut std::io::Read::take(reader, limit as u64 + 1),
         &mut decoded,
     )
     .map_err(|_| GatewayError::UpstreamInvalid)?;
-    if decoded.len() > MAX_UPSTREAM_JSON {
-        return Err(GatewayError::UpstreamInvalid);
-    }
-    let mut parts = parts;
-    parts.headers.remove(header::CONTENT_ENCODING);
-    Ok((parts, Bytes::from(decoded)))
+    Ok((decoded.len() <= limit).then(|| Bytes::from(decoded)))
+}
+
+pub fn is_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
 /// The Direct Line `error.code` of an upstream error body, if it has one.

@@ -1,5 +1,3 @@
-// The tests of the next commits use the rest of the helpers.
-#![allow(dead_code, unused_imports)]
 //! A hostile upstream through a real gateway: echoed credentials and hosts never reach a
 //! client, foreign stream URLs are never dialled, upstream lifetimes are clamped.
 
@@ -204,6 +202,150 @@ impl Gateway {
             "{what}: the upstream host reached the client: {all}"
         );
     }
+}
+
+const ROUTES: [Route; 7] = [
+    Route::Generate,
+    Route::Refresh,
+    Route::Start,
+    Route::Reconnect,
+    Route::GetActivities,
+    Route::PostActivity,
+    Route::Upload,
+];
+
+/// Every REST route, with JSON, HTML and Direct Line-shaped error bodies that echo the
+/// request's `Authorization` and `Host`, as client and as server errors: the client gets a
+/// Direct Line error body with neither the secret, nor an upstream token, nor the host.
+#[tokio::test]
+async fn echoed_credentials_and_hosts_never_reach_the_client() {
+    let gw = Gateway::start(Knobs::default(), |_| {}).await;
+    let (conversation, token, _) = gw.conversation().await;
+    for route in ROUTES {
+        for body in [FailBody::EchoJson, FailBody::EchoHtml, FailBody::DlEcho] {
+            for status in [403, 502] {
+                let what = format!("{route:?} {body:?} {status}");
+                gw.hostile.set(|k| {
+                    k.fail = vec![Failure {
+                        route,
+                        status,
+                        body: body.clone(),
+                    }]
+                });
+                let reply = gw.call_route(route, &conversation, &token).await;
+                assert_eq!(reply.status.as_u16(), status, "{what}: {}", reply.text());
+                gw.assert_clean(&reply, &what);
+                let json: Value = serde_json::from_slice(&reply.bytes)
+                    .unwrap_or_else(|_| panic!("{what}: not JSON: {}", reply.text()));
+                assert!(json["error"]["code"].is_string(), "{what}: {json}");
+                assert!(json["error"]["message"].is_string(), "{what}: {json}");
+                if matches!(body, FailBody::DlEcho) {
+                    // Direct Line's own code survives, and so does the clean part of its message.
+                    assert_eq!(json["error"]["code"], "BadArgument", "{what}");
+                    let message = json["error"]["message"].as_str().unwrap();
+                    assert!(
+                        message.starts_with("Invalid request: "),
+                        "{what}: {message}"
+                    );
+                }
+            }
+        }
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_bodies_scrubbed_total{bot=\"default\",kind=\"error_replaced\"}"
+        ) > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_bodies_scrubbed_total{bot=\"default\",kind=\"error_scrubbed\"}"
+        ) > 0.0,
+        "{metrics}"
+    );
+}
+
+/// Clean Direct Line errors pass through with their status, code and message; bodies past
+/// the cap are replaced by the gateway's own.
+#[tokio::test]
+async fn direct_line_errors_pass_and_oversized_ones_are_replaced() {
+    let gw = Gateway::start(Knobs::default(), |_| {}).await;
+    let (conversation, token, _) = gw.conversation().await;
+    for route in ROUTES {
+        gw.hostile.set(|k| {
+            k.fail = vec![Failure {
+                route,
+                status: 403,
+                body: FailBody::Dl {
+                    code: "TokenExpired".into(),
+                    message: "Token expired".into(),
+                },
+            }]
+        });
+        let reply = gw.call_route(route, &conversation, &token).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{route:?}");
+        assert_eq!(
+            reply.json(),
+            json!({"error": {"code": "TokenExpired", "message": "Token expired"}}),
+            "{route:?}"
+        );
+
+        gw.hostile.set(|k| {
+            k.fail = vec![Failure {
+                route,
+                status: 400,
+                body: FailBody::Huge(200 * 1024),
+            }]
+        });
+        let reply = gw.call_route(route, &conversation, &token).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{route:?}");
+        assert!(
+            reply.bytes.len() < 1024,
+            "{route:?}: {} bytes passed",
+            reply.bytes.len()
+        );
+        assert!(reply.json()["error"]["code"].is_string(), "{route:?}");
+    }
+}
+
+/// Success answers that echo the credential (GET and POST activities, upload, start and
+/// reconnect) reach the client with the credential masked and the rest intact.
+#[tokio::test]
+async fn echoed_credentials_in_success_bodies_are_masked() {
+    let gw = Gateway::start(Knobs::default(), |_| {}).await;
+    let (conversation, token, _) = gw.conversation().await;
+    gw.hostile.set(|k| k.echo_on_success = true);
+    for route in [Route::GetActivities, Route::PostActivity, Route::Upload] {
+        let reply = gw.call_route(route, &conversation, &token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{route:?}: {}", reply.text());
+        let json = reply.json();
+        let text = json.to_string();
+        assert!(!text.contains(SECRET), "{route:?}: {text}");
+        assert!(!text.contains("hostile-token-"), "{route:?}: {text}");
+        assert!(
+            text.contains("Bearer ***"),
+            "{route:?}: the echo is gone, not masked: {text}"
+        );
+        if route == Route::GetActivities {
+            assert_eq!(
+                json["activities"][0]["id"],
+                format!("{conversation}|0000001")
+            );
+        } else {
+            assert_eq!(json["id"], format!("{conversation}|0000002"));
+        }
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "directline_gateway_upstream_bodies_scrubbed_total{bot=\"default\",kind=\"success_scrubbed\"}"
+        ) >= 3.0,
+        "{metrics}"
+    );
 }
 
 /// Stream URLs on another host, another port, another scheme or another path are refused on

@@ -1,5 +1,7 @@
 //! The upstream side of a hub: fetching stream URLs, dialling them, and REST catch-up.
 
+use std::borrow::Cow;
+
 use http::{Method, StatusCode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -13,6 +15,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::status_class;
 use crate::rewrite;
+use crate::scrub::Needles;
 use crate::secret;
 use crate::upstream;
 
@@ -171,6 +174,10 @@ pub async fn catch_up(
     let live = gw.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
+    // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
+    let needles = Needles::default()
+        .with(bot.secret.shared())
+        .with(upstream_token.to_owned());
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
             "/v3/directline/conversations/{conversation}/activities{}",
@@ -225,7 +232,17 @@ pub async fn catch_up(
             .get("watermark")
             .and_then(|w| w.as_str())
             .map(str::to_owned);
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| FetchError::Retry)?;
+        let page = match needles.scrub(&bytes) {
+            Cow::Borrowed(clean) => clean.to_vec(),
+            Cow::Owned(scrubbed) => {
+                gw.metrics
+                    .upstream_bodies_scrubbed
+                    .with_label_values(&["success_scrubbed", &bot.name])
+                    .inc();
+                scrubbed
+            }
+        };
+        let text = String::from_utf8(page).map_err(|_| FetchError::Retry)?;
         frames.push(Utf8Bytes::from(text));
         match next {
             Some(next) if watermark.as_deref() != Some(next.as_str()) => watermark = Some(next),
