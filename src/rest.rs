@@ -218,13 +218,12 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let needles = answer_needles(ctx, &token, &json);
     let body = conversation_response(gw, ctx, json, token, Minted::Start, &ws_base, &conversation)?;
     gw.metrics
         .tokens
         .with_label_values(&["conversation", &ctx.bot.name])
         .inc();
-    Ok(scrubbed_json_response(gw, ctx, status, &body, &needles))
+    Ok(json_response(status, &body))
 }
 
 pub async fn reconnect(
@@ -264,15 +263,8 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let needles = answer_needles(ctx, &token, &json);
     let body = conversation_response(gw, ctx, json, token, minted, &ws_base, conversation)?;
-    Ok(scrubbed_json_response(
-        gw,
-        ctx,
-        StatusCode::OK,
-        &body,
-        &needles,
-    ))
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 pub async fn get_activities(
@@ -451,6 +443,7 @@ fn conversation_response(
 ) -> Result<Map<String, Value>, GatewayError> {
     let live = &ctx.live;
     let now = clock::unix_seconds();
+    scrub_passed_fields(gw, ctx, &mut json, &token);
     // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
     let (adopt_upstream_token, watermark, from_start) = match minted {
         Minted::Start => (true, None, true),
@@ -513,6 +506,64 @@ fn conversation_response(
         json!(token.expires_at.saturating_sub(now)),
     );
     Ok(json)
+}
+
+/// The fields of a start or reconnect answer that reach the client as upstream sent them
+/// (`conversationId`, `referenceGrammarId`, whatever else), scrubbed of the secret and of
+/// the caller's and the fresh upstream token. `token`, `expires_in` and `streamUrl` are
+/// replaced by the gateway's own; everything else is short, so checking it field by field
+/// costs next to nothing, where scrubbing the whole answer (sealed token and ticket
+/// included) was 12 k instructions per start.
+fn scrub_passed_fields(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    json: &mut Map<String, Value>,
+    token: &ClientToken,
+) {
+    let fresh = json_str(json, "token").unwrap_or("").to_owned();
+    let mut needles = credential_needles(ctx, token.upstream_token.clone());
+    needles.push(fresh);
+    let mut scrubbed = false;
+    // Fields to drop: a name holding a needle, or a structure that is no JSON once filled.
+    let mut dropped: Vec<String> = Vec::new();
+    for (key, value) in json.iter_mut() {
+        if matches!(key.as_str(), "token" | "expires_in" | "streamUrl") {
+            continue;
+        }
+        if needles.contains_any(key.as_bytes()) {
+            dropped.push(key.clone());
+            continue;
+        }
+        match value {
+            Value::String(text) => {
+                if let Cow::Owned(clean) = needles.scrub_str(text) {
+                    *text = clean;
+                    scrubbed = true;
+                }
+            }
+            Value::Array(_) | Value::Object(_) => {
+                let text = value.to_string();
+                if needles.contains_any(text.as_bytes()) {
+                    scrubbed = true;
+                    match serde_json::from_slice(&needles.scrub(text.as_bytes())) {
+                        Ok(clean) => *value = clean,
+                        Err(_) => dropped.push(key.clone()),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for key in &dropped {
+        json.remove(key);
+        scrubbed = true;
+    }
+    if scrubbed {
+        gw.metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&["success_scrubbed", &ctx.bot.name])
+            .inc();
+    }
 }
 
 /// An upstream answer: still streaming, or already read (when the gateway had to look
@@ -638,16 +689,19 @@ async fn read_json_or_error(
 /// What a client must never see in an answer from `ctx`'s bot: the bot's secret and the
 /// caller's upstream conversation token (moved in, not copied; empty when there is none).
 fn credential_needles(ctx: &RequestContext, upstream_token: String) -> Needles {
-    Needles::default()
-        .with(ctx.bot.secret.shared())
-        .with(upstream_token)
+    let mut needles = Needles::default();
+    needles.push(ctx.bot.secret.shared());
+    needles.push(upstream_token);
+    needles
 }
 
 /// `needles` and the upstream host, with and without its port: error pages name it, while
 /// success bodies may rightly hold upstream URLs (attachments).
-fn with_upstream_host(ctx: &RequestContext, needles: Needles) -> Needles {
+fn with_upstream_host(ctx: &RequestContext, mut needles: Needles) -> Needles {
     let (authority, host) = ctx.bot.upstream.host_names();
-    needles.with(authority).with(host)
+    needles.push(authority);
+    needles.push(host);
+    needles
 }
 
 /// An upstream error answer, read up to `limits.upstream_error_body`.
@@ -790,7 +844,17 @@ async fn passthrough(
             .with_label_values(&["success_scrubbed", &bot])
             .inc();
     };
-    let mut response = Response::new(body::stream(ScrubbedBody::new(incoming, needles, count)));
+    // A body that declares itself shorter than every needle cannot hold one (Direct Line's
+    // POST answer, `{"id":…}`, is shorter than a secret or a token): no scrubbing then.
+    let too_short = http_body::Body::size_hint(&incoming)
+        .exact()
+        .is_some_and(|len| len < needles.shortest() as u64);
+    let body = if too_short || needles.is_empty() {
+        body::stream(incoming)
+    } else {
+        body::stream(ScrubbedBody::new(incoming, needles, count))
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     Ok(response)
@@ -868,40 +932,8 @@ fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
     )
 }
 
-/// The needles of a start or reconnect answer: the secret, the caller's upstream token and
-/// the fresh one in `json`. Its other fields are passed on, so they are scrubbed too.
-fn answer_needles(ctx: &RequestContext, token: &ClientToken, json: &Map<String, Value>) -> Needles {
-    let fresh = json_str(json, "token").unwrap_or("");
-    credential_needles(ctx, token.upstream_token.clone()).with(fresh)
-}
-
-/// [`json_response`] of an answer built from upstream fields, scrubbed of `needles`.
-fn scrubbed_json_response(
-    gw: &Gateway,
-    ctx: &RequestContext,
-    status: StatusCode,
-    body: &impl serde::Serialize,
-    needles: &Needles,
-) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let bytes = match needles.scrub(&bytes) {
-        Cow::Borrowed(_) => bytes,
-        Cow::Owned(clean) => {
-            gw.metrics
-                .upstream_bodies_scrubbed
-                .with_label_values(&["success_scrubbed", &ctx.bot.name])
-                .inc();
-            clean
-        }
-    };
-    json_bytes_response(status, bytes)
-}
-
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
-    json_bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
-}
-
-fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(body::full(bytes));
     *response.status_mut() = status;
     let headers = response.headers_mut();

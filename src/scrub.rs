@@ -25,6 +25,20 @@ pub const MAX_NEEDLES: usize = 6;
 /// filled JSON string stays a valid JSON string.
 const FILLERS: &[u8] = b"*#~!^|`$%&'()+,;<=>?@{}";
 
+/// memmem for long haystacks. For short ones (headers, a POST answer) memmem hashes the
+/// whole needle first (Rabin-Karp), most of the cost for a long token: there the needle's
+/// first byte is looked for with memchr instead and each hit compared.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.len() > hay.len() {
+        return None;
+    }
+    if hay.len() >= 64 {
+        return memmem::find(hay, needle);
+    }
+    let starts = &hay[..=hay.len() - needle.len()];
+    memchr::memchr_iter(needle[0], starts).find(|&at| hay[at..].starts_with(needle))
+}
+
 /// One string that must not reach a client. Shared strings (the bot's secret) are not copied
 /// per request; a request's own token is moved in.
 #[derive(Clone, Default)]
@@ -75,10 +89,16 @@ impl Needles {
     /// Adds `needle`; empty ones are ignored (an empty string is in every body), and past
     /// [`MAX_NEEDLES`] the call is a programming error.
     pub fn with(mut self, needle: impl Into<Needle>) -> Self {
+        self.push(needle);
+        self
+    }
+
+    /// [`Needles::with`] in place: the set is a few hundred bytes, not worth moving per needle.
+    pub fn push(&mut self, needle: impl Into<Needle>) {
         let needle = needle.into();
         let len = needle.bytes().len();
         if len == 0 {
-            return self;
+            return;
         }
         debug_assert!(self.count < MAX_NEEDLES, "more needles than slots");
         if self.count < MAX_NEEDLES {
@@ -86,7 +106,6 @@ impl Needles {
             self.slots[self.count] = needle;
             self.count += 1;
         }
-        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,8 +117,7 @@ impl Needles {
     }
 
     pub fn contains_any(&self, hay: &[u8]) -> bool {
-        self.iter()
-            .any(|needle| memmem::find(hay, needle).is_some())
+        self.iter().any(|needle| find(hay, needle).is_some())
     }
 
     /// `hay` with every match filled; borrowed (no copy) when nothing matched.
@@ -145,7 +163,7 @@ impl Needles {
                     Some(None) => false,
                 };
                 if search {
-                    next[i] = Some(memmem::find(&hay[from..], needle).map(|at| at + from));
+                    next[i] = Some(find(&hay[from..], needle).map(|at| at + from));
                 }
                 if let Some(Some(at)) = next[i]
                     && best.is_none_or(|(b, _)| at < b)
@@ -164,12 +182,15 @@ impl Needles {
         }
     }
 
-    fn shortest(&self) -> usize {
+    /// The shortest needle's length: a body shorter than it cannot hold any.
+    pub fn shortest(&self) -> usize {
         self.iter().map(<[u8]>::len).min().unwrap_or(0)
     }
 
     /// The first filler byte no needle contains. Needles are credentials and host names
-    /// (base64url, dots, colons, brackets), so this is `*` in practice.
+    /// (base64url, dots, colons, brackets), so this is `*` in practice. Needles are UTF-8,
+    /// which never holds 0xFF: the last resort keeps the guarantee (at the cost of a body
+    /// that is no longer text) for needles holding every printable filler.
     fn filler(&self) -> u8 {
         FILLERS
             .iter()
@@ -178,7 +199,7 @@ impl Needles {
                 self.iter()
                     .all(|needle| memchr::memchr(b, needle).is_none())
             })
-            .unwrap_or(b'*')
+            .unwrap_or(0xFF)
     }
 
     /// Where the tail of `data` that could still begin a needle starts, looking only at

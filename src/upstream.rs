@@ -213,9 +213,16 @@ pub async fn read_body_within(
     timeout: Duration,
     limit: usize,
 ) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
-    let (mut parts, raw) = read_raw(response, timeout, limit).await?;
-    let Some(raw) = raw else {
-        return Ok((parts, None));
+    // Collected here rather than through `read_raw`: one async frame less on every
+    // start and token call.
+    let (mut parts, body) = response.into_parts();
+    let raw = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Ok((parts, None));
+        }
+        Ok(Err(_)) => return Err(GatewayError::UpstreamInvalid),
     };
     if !is_gzip(&parts.headers) {
         return Ok((parts, Some(raw)));

@@ -305,7 +305,7 @@ async fn answer(
             if route != Route::Refresh {
                 body["streamUrl"] = json!(stream_url(custom, &conv));
             }
-            json_reply(status, &body)
+            json_reply(status, &echo(body))
         }
         (Route::GetActivities, Some(conv)) => {
             let mut activity =
