@@ -93,8 +93,7 @@ pub async fn generate_token(
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
     let timeout = ctx.live.config.timeouts.default;
-    let needles = credential_needles(ctx, String::new());
-    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, "").await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -140,8 +139,8 @@ pub async fn refresh_token(
             .map_err(|_| GatewayError::Internal)?;
         let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
         let timeout = ctx.live.config.timeouts.default;
-        let needles = credential_needles(ctx, token.upstream_token.clone());
-        let json = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+        let sent = &token.upstream_token;
+        let json = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
             Ok((_, json)) => json,
             Err(error_response) => return Ok(error_response),
         };
@@ -204,8 +203,8 @@ pub async fn start_conversation(
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
     let timeout = ctx.live.config.timeouts.default;
-    let needles = credential_needles(ctx, token.upstream_token.clone());
-    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+    let sent = &token.upstream_token;
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -251,8 +250,8 @@ pub async fn reconnect(
     )
     .await?;
     let timeout = ctx.live.config.timeouts.default;
-    let needles = credential_needles(ctx, token.upstream_token.clone());
-    let (_, json) = match read_json_or_error(gw, ctx, response, timeout, needles).await? {
+    let sent = &token.upstream_token;
+    let (_, json) = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -520,7 +519,28 @@ fn scrub_passed_fields(
     json: &mut Map<String, Value>,
     token: &ClientToken,
 ) {
-    let fresh = json_str(json, "token").unwrap_or("").to_owned();
+    let fresh = json_str(json, "token").unwrap_or("");
+    // No needle fits in a field shorter than the shortest of them (Direct Line's ids and
+    // grammar ids are shorter than secrets and tokens): then nothing is built or searched.
+    let shortest = [ctx.bot.secret.expose(), &token.upstream_token, fresh]
+        .iter()
+        .map(|n| n.len())
+        .filter(|&len| len > 0)
+        .min()
+        .unwrap_or(usize::MAX);
+    let could_hold = |key: &str, value: &Value| {
+        !matches!(key, "token" | "expires_in" | "streamUrl")
+            && (key.len() >= shortest
+                || match value {
+                    Value::String(text) => text.len() >= shortest,
+                    Value::Array(_) | Value::Object(_) => true,
+                    _ => false,
+                })
+    };
+    if !json.iter().any(|(key, value)| could_hold(key, value)) {
+        return;
+    }
+    let fresh = fresh.to_owned();
     let mut needles = credential_needles(ctx, token.upstream_token.clone());
     needles.push(fresh);
     let mut scrubbed = false;
@@ -658,20 +678,23 @@ async fn read_json_or_error(
     ctx: &RequestContext,
     answer: impl Into<Answer>,
     timeout: Duration,
-    needles: Needles,
+    upstream_token: &str,
 ) -> Result<Result<(StatusCode, Map<String, Value>), Response<Body>>, GatewayError> {
+    // The needles are made only for an error: a success is parsed, and what of it is passed
+    // on is checked where it is (`scrub_passed_fields`).
+    let needles = || credential_needles(ctx, upstream_token.to_owned());
     let (parts, bytes) = match answer.into() {
         Answer::Live(response) if !response.status().is_success() => {
-            return Ok(Err(read_error(gw, ctx, response, timeout, needles).await?));
+            return Ok(Err(read_error(gw, ctx, response, timeout, needles()).await?));
         }
         Answer::Live(response) => upstream::read_body(response, timeout).await?,
         Answer::Read(parts, bytes) => (parts, bytes),
         Answer::Oversized(parts) => {
-            return Ok(Err(error_passthrough(gw, ctx, parts, None, &needles)));
+            return Ok(Err(error_passthrough(gw, ctx, parts, None, &needles())));
         }
     };
     if !parts.status.is_success() {
-        let needles = with_upstream_host(ctx, needles);
+        let needles = with_upstream_host(ctx, needles());
         return Ok(Err(error_passthrough(
             gw,
             ctx,
