@@ -341,6 +341,9 @@ pub struct Limits {
     pub activity_body_bytes: u64,
     pub upload_body_bytes: u64,
     pub token_body_bytes: u64,
+    /// Upstream error bodies read to check them (DESIGN §13); a larger one is replaced by
+    /// the gateway's own error body.
+    pub upstream_error_body_bytes: usize,
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
@@ -448,6 +451,7 @@ impl Default for Limits {
             activity_body_bytes: 256 * 1024,
             upload_body_bytes: 16 * 1024 * 1024,
             token_body_bytes: 16 * 1024,
+            upstream_error_body_bytes: 64 * 1024,
             max_url_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
@@ -625,6 +629,7 @@ struct FileLimits {
     activity_body: Option<String>,
     upload_body: Option<String>,
     token_body: Option<String>,
+    upstream_error_body: Option<String>,
     max_url: Option<String>,
     max_headers: Option<String>,
     header_read_timeout: Option<String>,
@@ -883,6 +888,18 @@ impl Config {
             "limits.token_body",
             l.token_body,
         )?;
+        set_usize(
+            &mut limits.upstream_error_body_bytes,
+            "limits.upstream_error_body",
+            l.upstream_error_body,
+        )?;
+        if !(1024..=crate::upstream::MAX_UPSTREAM_JSON).contains(&limits.upstream_error_body_bytes)
+        {
+            return Err(invalid(
+                "limits.upstream_error_body",
+                "must be 1KiB to 1MiB",
+            ));
+        }
         set_usize(&mut limits.max_url_bytes, "limits.max_url", l.max_url)?;
         set_usize(
             &mut limits.max_header_bytes,
@@ -1612,6 +1629,20 @@ activities_burst = 5
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.upstream, UpstreamTarget::Embedded);
         assert_eq!(config.limits.activity_body_bytes, 262_144);
+        assert_eq!(config.limits.upstream_error_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn upstream_error_body_limit_is_bounded() {
+        let config = load_str("[limits]\nupstream_error_body = \"4KiB\"", &[]).unwrap();
+        assert_eq!(config.limits.upstream_error_body_bytes, 4096);
+        for bad in ["\"100\"", "\"2MiB\"", "\"lots\""] {
+            let err = load_str(&format!("[limits]\nupstream_error_body = {bad}"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("limits.upstream_error_body"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

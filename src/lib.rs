@@ -12,7 +12,8 @@
 //! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
 //! - [`activity_body`]: a posted activity with `from.id` bound to the token's user.
 //! - [`jsonscan`]: one-pass reads of already valid JSON text (activity ids, nesting depth).
-//! - [`rewrite`]: streamUrl rewriting; [`cors`]: browser preflight and headers.
+//! - [`rewrite`]: streamUrl rewriting and pinning; [`cors`]: browser preflight and headers.
+//! - [`scrub`]: upstream bodies cleaned of the secret, tokens and host before a client sees them.
 //! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
 //! - [`demo`]: the chat page on `/` in embedded-emulator mode.
 //! - [`emulator`]: an embedded Direct Line 3.0 server with an echo bot and fault knobs.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod rest;
 pub mod rewrite;
+pub mod scrub;
 pub mod seal;
 pub mod secret;
 pub mod server;

@@ -129,6 +129,9 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub connections_refused: IntCounter,
     pub tls_reloads: IntCounterVec,
+    pub upstream_bodies_scrubbed: IntCounterVec,
+    pub stream_urls_refused: IntCounterVec,
+    pub lifetimes_clamped: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -403,6 +406,30 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            upstream_bodies_scrubbed: IntCounterVec::new(
+                Opts::new(
+                    "upstream_bodies_scrubbed_total",
+                    "Upstream bodies changed before a client saw them, by kind (error_replaced: not Direct Line-shaped or over limits.upstream_error_body, replaced by the gateway's own; error_scrubbed: a Direct Line error whose code or message held the secret, a token or the upstream host; success_scrubbed: a success body that held the secret or a token) and bot.",
+                ),
+                &["kind", "bot"],
+            )
+            .expect("valid metric"),
+            stream_urls_refused: IntCounterVec::new(
+                Opts::new(
+                    "upstream_stream_urls_refused_total",
+                    "Upstream stream URLs refused because they were not on the bot's upstream (other host, port, scheme or path), by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            lifetimes_clamped: IntCounterVec::new(
+                Opts::new(
+                    "upstream_lifetimes_clamped_total",
+                    "Upstream token lifetimes (expires_in) outside 1..=3600 s or not an integer, replaced by the clamped or default value, by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -443,6 +470,9 @@ impl Metrics {
             Box::new(self.client_connections.clone()),
             Box::new(self.connections_refused.clone()),
             Box::new(self.tls_reloads.clone()),
+            Box::new(self.upstream_bodies_scrubbed.clone()),
+            Box::new(self.stream_urls_refused.clone()),
+            Box::new(self.lifetimes_clamped.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(

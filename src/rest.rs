@@ -1,5 +1,6 @@
 //! The REST routes: each one authorises, builds its upstream request, sends it, and rewrites.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, RequestContext};
 use crate::metrics::status_class;
 use crate::rewrite;
+use crate::scrub::{Needles, ScrubbedBody};
 use crate::seal::{ClientToken, Purpose, StreamTicket};
 use crate::secret;
 use crate::upstream;
@@ -91,22 +93,22 @@ pub async fn generate_token(
         ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-    let (status, json) =
-        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        };
+    let timeout = ctx.live.config.timeouts.default;
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, "").await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
         .ok_or(GatewayError::UpstreamInvalid)?;
     let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
-    let expires_in = expires_in(&json);
+    let expires_in = upstream_lifetime(gw, ctx, &json);
     let token = ClientToken {
         bot: ctx.bot.name.to_string(),
         conversation_id: conversation_id.to_string(),
         user_id,
         upstream_token: upstream_token.to_owned(),
-        expires_at: clock::unix_seconds() + expires_in,
+        expires_at: clock::unix_seconds().saturating_add(expires_in),
     };
     gw.metrics
         .tokens
@@ -187,13 +189,15 @@ pub async fn refresh_token(
             .body(body::empty())
             .map_err(|_| GatewayError::Internal)?;
         let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-        let json = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+        let timeout = ctx.live.config.timeouts.default;
+        let sent = &token.upstream_token;
+        let json = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
             Ok((_, json)) => json,
             Err(error_response) => return Ok(error_response),
         };
         let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
         token.upstream_token = fresh.to_owned();
-        token.expires_at = now + expires_in(&json);
+        token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
         if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
             gw.hubs
                 .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
@@ -238,7 +242,9 @@ async fn resume_expired(
     {
         return Err(GatewayError::ResumeUnavailable);
     }
-    let json = match read_json_or_error(Answer::Read(parts, bytes), timeout).await? {
+    let sent = token.upstream_token.clone();
+    let answer = Answer::Read(parts, bytes);
+    let json = match read_json_or_error(gw, ctx, answer, timeout, &sent).await? {
         Ok((_, json)) => json,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -247,7 +253,7 @@ async fn resume_expired(
     }
     let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
     token.upstream_token = fresh.to_owned();
-    token.expires_at = clock::unix_seconds() + expires_in(&json);
+    token.expires_at = clock::unix_seconds().saturating_add(upstream_lifetime(gw, ctx, &json));
     gw.hubs
         .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
     Ok(Ok(()))
@@ -292,11 +298,12 @@ pub async fn start_conversation(
         ))
         .map_err(|_| GatewayError::Internal)?;
     let response = send(gw, request, ctx.live.config.timeouts.default, ctx).await?;
-    let (status, json) =
-        match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        };
+    let timeout = ctx.live.config.timeouts.default;
+    let sent = &token.upstream_token;
+    let (status, json) = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if json_str(&json, "conversationId") != Some(conversation.as_str()) {
@@ -306,7 +313,7 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(ctx, json, token, Minted::Start, &ws_base, &conversation)?;
+    let body = conversation_response(gw, ctx, json, token, Minted::Start, &ws_base, &conversation)?;
     gw.metrics
         .tokens
         .with_label_values(&["conversation", &ctx.bot.name])
@@ -338,7 +345,9 @@ pub async fn reconnect(
         ctx,
     )
     .await?;
-    let (_, json) = match read_json_or_error(response, ctx.live.config.timeouts.default).await? {
+    let timeout = ctx.live.config.timeouts.default;
+    let sent = &token.upstream_token;
+    let (_, json) = match read_json_or_error(gw, ctx, response, timeout, sent).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -349,7 +358,7 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let body = conversation_response(ctx, json, token, minted, &ws_base, conversation)?;
+    let body = conversation_response(gw, ctx, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -376,7 +385,8 @@ pub async fn get_activities(
         ctx,
     )
     .await?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn post_activity(
@@ -408,7 +418,8 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn upload(
@@ -452,7 +463,8 @@ pub async fn upload(
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
             other => other,
         })?;
-    passthrough(response, ctx, ctx.live.config.timeouts.default).await
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(gw, response, ctx, ctx.live.config.timeouts.default, needles).await
 }
 
 pub async fn session_id(
@@ -479,7 +491,9 @@ pub async fn session_id(
         .iter()
         .filter_map(strip_cookie_domain)
         .collect();
-    let mut response = passthrough(response, ctx, ctx.live.config.timeouts.default).await?;
+    let needles = credential_needles(ctx, token.upstream_token);
+    let timeout = ctx.live.config.timeouts.default;
+    let mut response = passthrough(gw, response, ctx, timeout, needles).await?;
     for cookie in cookies {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -518,6 +532,7 @@ enum Minted {
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
+    gw: &Gateway,
     ctx: &RequestContext,
     mut json: Map<String, Value>,
     mut token: ClientToken,
@@ -527,6 +542,7 @@ fn conversation_response(
 ) -> Result<Map<String, Value>, GatewayError> {
     let live = &ctx.live;
     let now = clock::unix_seconds();
+    scrub_passed_fields(gw, ctx, &mut json, &token);
     // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
     let (adopt_upstream_token, watermark, from_start) = match minted {
         Minted::Start => (true, None, true),
@@ -538,13 +554,17 @@ fn conversation_response(
     if adopt_upstream_token && let Some(fresh) = json_str(&json, "token") {
         token.upstream_token = fresh.to_owned();
         if json.contains_key("expires_in") {
-            token.expires_at = now + expires_in(&json);
+            token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
         }
     }
     let upstream_stream_url = match json.remove("streamUrl") {
-        Some(Value::String(url)) => match rewrite::read_upstream_stream_url(&url) {
-            Some(read) => Some((url, read.watermark)),
-            None => return Err(GatewayError::UpstreamInvalid),
+        Some(Value::String(url)) => match ctx.bot.upstream.stream_pin().read(&url, conversation) {
+            Ok(read) => Some((url, read.watermark)),
+            Err(refused) => {
+                let at = if from_start { "start" } else { "reconnect" };
+                upstream::stream_url_refused(&gw.metrics, &ctx.bot.name, &refused, at);
+                return Err(GatewayError::UpstreamInvalid);
+            }
         },
         Some(Value::Null) => {
             json.insert("streamUrl".into(), Value::Null);
@@ -562,7 +582,7 @@ fn conversation_response(
             upstream_stream_url: Some(upstream_url),
             upstream_token: token.upstream_token.clone(),
             issued_at_ms: clock::unix_millis(),
-            expires_at: now + live.config.stream.ticket_ttl.as_secs(),
+            expires_at: now.saturating_add(live.config.stream.ticket_ttl.as_secs()),
             from_start,
         };
         let ticket_watermark = ticket.watermark.clone();
@@ -587,10 +607,91 @@ fn conversation_response(
     Ok(json)
 }
 
-/// An upstream answer: still streaming, or already read (when the gateway had to look inside).
+/// The fields of a start or reconnect answer that reach the client as upstream sent them
+/// (`conversationId`, `referenceGrammarId`, whatever else), scrubbed of the secret and of
+/// the caller's and the fresh upstream token. `token`, `expires_in` and `streamUrl` are
+/// replaced by the gateway's own; everything else is short, so checking it field by field
+/// costs next to nothing, where scrubbing the whole answer (sealed token and ticket
+/// included) was 12 k instructions per start.
+fn scrub_passed_fields(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    json: &mut Map<String, Value>,
+    token: &ClientToken,
+) {
+    let fresh = json_str(json, "token").unwrap_or("");
+    // No needle fits in a field shorter than the shortest of them (Direct Line's ids and
+    // grammar ids are shorter than secrets and tokens): then nothing is built or searched.
+    let shortest = [ctx.bot.secret.expose(), &token.upstream_token, fresh]
+        .iter()
+        .map(|n| n.len())
+        .filter(|&len| len > 0)
+        .min()
+        .unwrap_or(usize::MAX);
+    let could_hold = |key: &str, value: &Value| {
+        !matches!(key, "token" | "expires_in" | "streamUrl")
+            && (key.len() >= shortest
+                || match value {
+                    Value::String(text) => text.len() >= shortest,
+                    Value::Array(_) | Value::Object(_) => true,
+                    _ => false,
+                })
+    };
+    if !json.iter().any(|(key, value)| could_hold(key, value)) {
+        return;
+    }
+    let fresh = fresh.to_owned();
+    let mut needles = credential_needles(ctx, token.upstream_token.clone());
+    needles.push(fresh);
+    let mut scrubbed = false;
+    // Fields to drop: a name holding a needle, or a structure that is no JSON once filled.
+    let mut dropped: Vec<String> = Vec::new();
+    for (key, value) in json.iter_mut() {
+        if matches!(key.as_str(), "token" | "expires_in" | "streamUrl") {
+            continue;
+        }
+        if needles.contains_any(key.as_bytes()) {
+            dropped.push(key.clone());
+            continue;
+        }
+        match value {
+            Value::String(text) => {
+                if let Cow::Owned(clean) = needles.scrub_str(text) {
+                    *text = clean;
+                    scrubbed = true;
+                }
+            }
+            Value::Array(_) | Value::Object(_) => {
+                let text = value.to_string();
+                if needles.contains_any(text.as_bytes()) {
+                    scrubbed = true;
+                    match serde_json::from_slice(&needles.scrub(text.as_bytes())) {
+                        Ok(clean) => *value = clean,
+                        Err(_) => dropped.push(key.clone()),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for key in &dropped {
+        json.remove(key);
+        scrubbed = true;
+    }
+    if scrubbed {
+        gw.metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&["success_scrubbed", &ctx.bot.name])
+            .inc();
+    }
+}
+
+/// An upstream answer: still streaming, or already read (when the gateway had to look
+/// inside), or an error body past `limits.upstream_error_body` (left unread).
 pub enum Answer {
     Live(Response<Incoming>),
     Read(http::response::Parts, Bytes),
+    Oversized(http::response::Parts),
 }
 
 impl From<Response<Incoming>> for Answer {
@@ -628,7 +729,11 @@ async fn send_with_token_fallback(
     if response.status() != StatusCode::BAD_REQUEST {
         return Ok((Answer::Live(response), false));
     }
-    let (parts, bytes) = upstream::read_body(response, timeout).await?;
+    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+    let (parts, bytes) = match upstream::read_body_within(response, timeout, cap).await? {
+        (parts, Some(bytes)) => (parts, bytes),
+        (parts, None) => return Ok((Answer::Oversized(parts), false)),
+    };
     if upstream::error_code(&bytes).as_deref() != Some("MissingProperty") {
         return Ok((Answer::Read(parts, bytes), false));
     }
@@ -667,17 +772,36 @@ async fn send(
 }
 
 /// Reads a JSON object from a successful upstream answer, or turns an upstream error
-/// into the response the client gets (Direct Line error bodies pass through, spec §10.8).
+/// into the response the client gets ([`error_passthrough`]).
 async fn read_json_or_error(
+    gw: &Gateway,
+    ctx: &RequestContext,
     answer: impl Into<Answer>,
     timeout: Duration,
+    upstream_token: &str,
 ) -> Result<Result<(StatusCode, Map<String, Value>), Response<Body>>, GatewayError> {
+    // The needles are made only for an error: a success is parsed, and what of it is passed
+    // on is checked where it is (`scrub_passed_fields`).
+    let needles = || credential_needles(ctx, upstream_token.to_owned());
     let (parts, bytes) = match answer.into() {
+        Answer::Live(response) if !response.status().is_success() => {
+            return Ok(Err(read_error(gw, ctx, response, timeout, needles()).await?));
+        }
         Answer::Live(response) => upstream::read_body(response, timeout).await?,
         Answer::Read(parts, bytes) => (parts, bytes),
+        Answer::Oversized(parts) => {
+            return Ok(Err(error_passthrough(gw, ctx, parts, None, &needles())));
+        }
     };
     if !parts.status.is_success() {
-        return Ok(Err(error_passthrough(parts, bytes)));
+        let needles = with_upstream_host(ctx, needles());
+        return Ok(Err(error_passthrough(
+            gw,
+            ctx,
+            parts,
+            Some(bytes),
+            &needles,
+        )));
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(Ok((parts.status, map))),
@@ -685,84 +809,221 @@ async fn read_json_or_error(
     }
 }
 
-/// An upstream error answer, passed on: Direct Line-shaped bodies as they are, anything
-/// else (an HTML error page from a load balancer) replaced by our own error body.
-fn error_passthrough(parts: http::response::Parts, bytes: Bytes) -> Response<Body> {
-    if upstream::error_code(&bytes).is_none() {
-        let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
-            GatewayError::UpstreamTimeout
-        } else if parts.status.is_server_error() {
-            GatewayError::UpstreamInvalid
-        } else {
-            let mut response = crate::error::error_response(
-                parts.status,
-                "BadArgument",
-                "Request refused by Direct Line",
-            );
-            copy_passed_headers(&parts.headers, response.headers_mut(), false);
-            return response;
-        };
-        let mut response = error.into_response();
-        *response.status_mut() = parts.status;
-        copy_passed_headers(&parts.headers, response.headers_mut(), false);
+/// What a client must never see in an answer from `ctx`'s bot: the bot's secret and the
+/// caller's upstream conversation token (moved in, not copied; empty when there is none).
+fn credential_needles(ctx: &RequestContext, upstream_token: String) -> Needles {
+    let mut needles = Needles::default();
+    needles.push(ctx.bot.secret.shared());
+    needles.push(upstream_token);
+    needles
+}
+
+/// `needles` and the upstream host, with and without its port: error pages name it, while
+/// success bodies may rightly hold upstream URLs (attachments).
+fn with_upstream_host(ctx: &RequestContext, mut needles: Needles) -> Needles {
+    let (authority, host) = ctx.bot.upstream.host_names();
+    needles.push(authority);
+    needles.push(host);
+    needles
+}
+
+/// An upstream error answer, read up to `limits.upstream_error_body`.
+async fn read_error(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    response: Response<Incoming>,
+    timeout: Duration,
+    needles: Needles,
+) -> Result<Response<Body>, GatewayError> {
+    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+    let (parts, bytes) = upstream::read_body_within(response, timeout, cap).await?;
+    let needles = with_upstream_host(ctx, needles);
+    Ok(error_passthrough(gw, ctx, parts, bytes, &needles))
+}
+
+/// An upstream error answer as the client gets it. Only a Direct Line error's `code` and
+/// `message` pass (spec §10.8), rebuilt from their decoded text, so an escaped credential
+/// cannot hide in them and nothing else of the body (extra fields) passes; a message naming
+/// a needle is scrubbed, a code naming one is not Direct Line's. Anything else (HTML from a
+/// load balancer, other JSON, a body past the limit: `None`) is replaced by our own error.
+fn error_passthrough(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    parts: http::response::Parts,
+    body: Option<Bytes>,
+    needles: &Needles,
+) -> Response<Body> {
+    let scrubbed = |kind: &str| {
+        gw.metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&[kind, &ctx.bot.name])
+            .inc();
+    };
+    let direct_line = body
+        .as_deref()
+        .and_then(direct_line_error)
+        .filter(|(code, _)| !needles.contains_any(code.as_bytes()));
+    if let Some((code, message)) = direct_line {
+        let message = needles.scrub_str(&message);
+        if matches!(message, Cow::Owned(_)) {
+            scrubbed("error_scrubbed");
+        }
+        let mut response = crate::error::error_response(parts.status, &code, &message);
+        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
         return response;
     }
-    let mut response = Response::new(body::full(bytes));
+    scrubbed("error_replaced");
+    let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
+        GatewayError::UpstreamTimeout
+    } else if parts.status.is_server_error() {
+        GatewayError::UpstreamInvalid
+    } else {
+        let mut response = crate::error::error_response(
+            parts.status,
+            "BadArgument",
+            "Request refused by Direct Line",
+        );
+        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
+        return response;
+    };
+    let mut response = error.into_response();
     *response.status_mut() = parts.status;
-    copy_passed_headers(&parts.headers, response.headers_mut(), true);
+    copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
     response
 }
 
-/// Streams an upstream answer to the client with only the allow-listed headers. A gzip
-/// body goes through as it is when the caller accepts gzip; otherwise it is decoded here
-/// (bounded), since the caller never asked for an encoding.
+/// `error.code` and `error.message` of a Direct Line error body. Codes are stable
+/// identifiers (spec §1.5); anything else in `code` is not a Direct Line error.
+fn direct_line_error(body: &[u8]) -> Option<(String, String)> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let code = error.get("code")?.as_str()?;
+    let plausible = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if !plausible {
+        return None;
+    }
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("Request refused by Direct Line");
+    Some((code.to_owned(), message.to_owned()))
+}
+
+/// Streams an upstream answer to the client with only the allow-listed headers, scrubbed of
+/// `needles` on the way ([`crate::scrub`]; errors are read and checked whole). A gzip body
+/// is decoded (bounded) to be checked, then goes out as it came when it was clean and the
+/// caller accepts gzip, otherwise decoded and scrubbed.
 async fn passthrough(
+    gw: &Gateway,
     answer: impl Into<Answer>,
     ctx: &RequestContext,
     timeout: Duration,
+    needles: Needles,
 ) -> Result<Response<Body>, GatewayError> {
-    let answer = match answer.into() {
-        Answer::Live(response) if !ctx.accepts_gzip && is_gzip(response.headers()) => {
-            let (parts, bytes) = upstream::read_body(response, timeout).await?;
-            Answer::Read(parts, bytes)
+    let response = match answer.into() {
+        Answer::Read(parts, bytes) if parts.status.is_success() => {
+            return Ok(scrubbed_read(gw, ctx, parts, bytes, &needles));
         }
-        other => other,
-    };
-    Ok(match answer {
         Answer::Read(parts, bytes) => {
-            if parts.status.is_success() {
-                let mut response = Response::new(body::full(bytes));
-                *response.status_mut() = parts.status;
-                copy_passed_headers(&parts.headers, response.headers_mut(), true);
-                response
-            } else {
-                error_passthrough(parts, bytes)
-            }
+            let needles = with_upstream_host(ctx, needles);
+            return Ok(error_passthrough(gw, ctx, parts, Some(bytes), &needles));
         }
-        Answer::Live(response) => {
-            let (parts, incoming) = response.into_parts();
-            let mut response = Response::new(body::stream(incoming));
+        Answer::Oversized(parts) => {
+            let needles = with_upstream_host(ctx, needles);
+            return Ok(error_passthrough(gw, ctx, parts, None, &needles));
+        }
+        Answer::Live(response) => response,
+    };
+    if !response.status().is_success() {
+        return read_error(gw, ctx, response, timeout, needles).await;
+    }
+    if upstream::is_gzip(response.headers()) {
+        let (mut parts, raw) =
+            upstream::read_raw(response, timeout, upstream::MAX_UPSTREAM_JSON).await?;
+        let raw = raw.ok_or(GatewayError::UpstreamInvalid)?;
+        let decoded = upstream::gunzip(&raw, upstream::MAX_UPSTREAM_JSON)?
+            .ok_or(GatewayError::UpstreamInvalid)?;
+        if ctx.accepts_gzip && !needles.contains_any(&decoded) {
+            let mut response = Response::new(body::full(raw));
             *response.status_mut() = parts.status;
-            copy_passed_headers(&parts.headers, response.headers_mut(), true);
-            response
+            copy_passed_headers(&parts.headers, response.headers_mut(), true, &needles);
+            return Ok(response);
         }
-    })
+        parts.headers.remove(header::CONTENT_ENCODING);
+        return Ok(scrubbed_read(gw, ctx, parts, decoded, &needles));
+    }
+    let (parts, incoming) = response.into_parts();
+    let mut headers = http::HeaderMap::new();
+    copy_passed_headers(&parts.headers, &mut headers, true, &needles);
+    let metrics = gw.metrics.clone();
+    let bot = ctx.bot.name.clone();
+    let count = move || {
+        metrics
+            .upstream_bodies_scrubbed
+            .with_label_values(&["success_scrubbed", &bot])
+            .inc();
+    };
+    // A body that declares itself shorter than every needle cannot hold one (Direct Line's
+    // POST answer, `{"id":…}`, is shorter than a secret or a token): no scrubbing then.
+    let too_short = http_body::Body::size_hint(&incoming)
+        .exact()
+        .is_some_and(|len| len < needles.shortest() as u64);
+    let body = if too_short || needles.is_empty() {
+        body::stream(incoming)
+    } else {
+        body::stream(ScrubbedBody::new(incoming, needles, count))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
-fn is_gzip(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+/// A success body already read whole, scrubbed.
+fn scrubbed_read(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    parts: http::response::Parts,
+    bytes: Bytes,
+    needles: &Needles,
+) -> Response<Body> {
+    let bytes = match needles.scrub(&bytes) {
+        Cow::Borrowed(_) => bytes,
+        Cow::Owned(clean) => {
+            gw.metrics
+                .upstream_bodies_scrubbed
+                .with_label_values(&["success_scrubbed", &ctx.bot.name])
+                .inc();
+            Bytes::from(clean)
+        }
+    };
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = parts.status;
+    copy_passed_headers(&parts.headers, response.headers_mut(), true, needles);
+    response
 }
 
-fn copy_passed_headers(from: &http::HeaderMap, to: &mut http::HeaderMap, with_content: bool) {
+/// Copies the allow-listed upstream headers; a value holding a needle is dropped (an echo
+/// can land in `Retry-After` or `Expires` as well as in a body).
+fn copy_passed_headers(
+    from: &http::HeaderMap,
+    to: &mut http::HeaderMap,
+    with_content: bool,
+    needles: &Needles,
+) {
     for name in PASSED_RESPONSE_HEADERS {
         let is_content = name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING;
         if is_content && !with_content {
             continue;
         }
         for value in from.get_all(&name) {
-            to.append(name.clone(), value.clone());
+            if !needles.contains_any(value.as_bytes()) {
+                to.append(name.clone(), value.clone());
+            }
         }
     }
 }
@@ -808,12 +1069,36 @@ fn json_str<'a>(json: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     json.get(key).and_then(Value::as_str)
 }
 
-/// `expires_in` from an upstream answer; Direct Line tokens really live 3600 s (spec §0.4).
-fn expires_in(json: &Map<String, Value>) -> u64 {
-    json.get("expires_in")
-        .and_then(Value::as_u64)
-        .filter(|&s| s > 0)
-        .unwrap_or(3600)
+/// The longest life the gateway believes of a Direct Line token: what the service issues
+/// (spec §0.4), and tokens cannot be given a longer one (spec §1.3). A gateway token never
+/// claims to outlive the Direct Line token it wraps.
+pub const MAX_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
+
+/// The life assumed when upstream gives no usable `expires_in`: the real one (spec §0.4).
+pub const DEFAULT_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
+
+/// `expires_in` of an upstream token answer, within 1..=[`MAX_UPSTREAM_TOKEN_LIFETIME`];
+/// every value that was not already there is counted.
+fn upstream_lifetime(gw: &Gateway, ctx: &RequestContext, json: &Map<String, Value>) -> u64 {
+    let (seconds, clamped) = clamp_lifetime(json.get("expires_in"));
+    if clamped {
+        gw.metrics
+            .lifetimes_clamped
+            .with_label_values(&[&ctx.bot.name])
+            .inc();
+    }
+    seconds
+}
+
+/// An upstream `expires_in` clamped to Direct Line's range: above the maximum → the
+/// maximum; missing, zero, negative, fractional or not a number → the default. The flag
+/// says whether the value was changed.
+fn clamp_lifetime(value: Option<&Value>) -> (u64, bool) {
+    match value.and_then(Value::as_u64) {
+        Some(seconds @ 1..=MAX_UPSTREAM_TOKEN_LIFETIME) => (seconds, false),
+        Some(0) | None => (DEFAULT_UPSTREAM_TOKEN_LIFETIME, true),
+        Some(_) => (MAX_UPSTREAM_TOKEN_LIFETIME, true),
+    }
 }
 
 /// Property names in TokenParameters match case-insensitively (spec §1.2).
@@ -931,6 +1216,27 @@ fn strip_cookie_domain(value: &HeaderValue) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_lifetimes_are_clamped_to_direct_lines_range() {
+        for (value, expected) in [
+            (json!(3600), (3600, false)),
+            (json!(1), (1, false)),
+            (json!(1_000_000_000_000u64), (3600, true)),
+            (json!(u64::MAX), (3600, true)),
+            (json!(-5), (3600, true)),
+            (json!(i64::MIN), (3600, true)),
+            (json!(3599.5), (3600, true)),
+            (json!(1e300), (3600, true)),
+            (json!("3600"), (3600, true)),
+            (Value::Null, (3600, true)),
+        ] {
+            assert_eq!(clamp_lifetime(Some(&value)), expected, "{value}");
+        }
+        // Zero is not a life: the default, like a missing value.
+        assert_eq!(clamp_lifetime(Some(&json!(0))), (3600, true));
+        assert_eq!(clamp_lifetime(None), (3600, true));
+    }
 
     #[test]
     fn minted_user_ids_are_dl_prefixed_and_distinct() {

@@ -134,17 +134,134 @@ pub struct UpstreamStreamUrl {
 /// The watermark comes from the `http::Uri`'s query; for a URL both parsers accept, that is
 /// the query the WHATWG parser reads (it only percent-encodes what `http::Uri` refuses).
 pub fn read_upstream_stream_url(stream_url: &str) -> Option<UpstreamStreamUrl> {
+    parse_stream_url(stream_url).map(|(_, read)| read)
+}
+
+fn parse_stream_url(stream_url: &str) -> Option<(http::Uri, UpstreamStreamUrl)> {
     let uri = stream_url.parse::<http::Uri>().ok()?;
     let valid = matches!(uri.scheme_str(), Some("ws" | "wss"))
         && uri.host().is_some_and(|host| !host.is_empty())
         && Url::parse(stream_url).is_ok();
-    valid.then(|| UpstreamStreamUrl {
-        watermark: uri.query().and_then(|query| {
-            form_urlencoded::parse(query.as_bytes())
-                .find(|(k, _)| k == "watermark")
-                .and_then(|(_, value)| normalize_watermark(&value))
-        }),
-    })
+    if !valid {
+        return None;
+    }
+    let watermark = uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "watermark")
+            .and_then(|(_, value)| normalize_watermark(&value))
+    });
+    Some((uri, UpstreamStreamUrl { watermark }))
+}
+
+/// Where a bot's upstream stream URLs may point (DESIGN §13): the configured upstream's
+/// host and port, `wss` for an `https` upstream and `ws` only for an `http` one, and the
+/// upstream's own stream path. An upstream (or whatever answers in its name) that hands out
+/// another URL would otherwise have the gateway dial anywhere, carrying the upstream ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUrlPin {
+    scheme: &'static str,
+    /// As the WHATWG parser gives it: lower case, IPv6 in brackets.
+    host: String,
+    port: u16,
+    /// `{base path}/v3/directline/conversations/`.
+    conversations: String,
+}
+
+/// Why an upstream stream URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamUrlRefused {
+    /// Not a URL the dial can read.
+    Invalid,
+    /// Dialable, but not the bot's upstream: `host` (only the host, never the query with its
+    /// ticket) is what the log line may show.
+    Foreign { host: String },
+}
+
+impl StreamUrlRefused {
+    pub fn host(&self) -> &str {
+        match self {
+            StreamUrlRefused::Invalid => "",
+            StreamUrlRefused::Foreign { host } => host,
+        }
+    }
+}
+
+impl StreamUrlPin {
+    /// The pin of an upstream base URL (`https://directline.botframework.com`,
+    /// `https://host/.bot`, `http://127.0.0.1:PORT`); `None` for other schemes.
+    pub fn new(base: &Url) -> Option<Self> {
+        let scheme = match base.scheme() {
+            "https" => "wss",
+            "http" => "ws",
+            _ => return None,
+        };
+        Some(Self {
+            scheme,
+            host: base.host_str()?.to_ascii_lowercase(),
+            port: base.port_or_known_default()?,
+            conversations: format!(
+                "{}/v3/directline/conversations/",
+                base.path().trim_end_matches('/')
+            ),
+        })
+    }
+
+    /// Reads the stream URL of a start or reconnect answer for `conversation`: dialable, on
+    /// the pinned origin, at exactly `…/conversations/{conversation}/stream`.
+    pub fn read(
+        &self,
+        stream_url: &str,
+        conversation: &ConversationId,
+    ) -> Result<UpstreamStreamUrl, StreamUrlRefused> {
+        let (uri, read) = parse_stream_url(stream_url).ok_or(StreamUrlRefused::Invalid)?;
+        let own_path = uri
+            .path()
+            .strip_prefix(self.conversations.as_str())
+            .and_then(|rest| rest.strip_prefix(conversation.as_str()))
+            == Some("/stream");
+        if self.same_origin(&uri) && own_path {
+            Ok(read)
+        } else {
+            Err(foreign(&uri))
+        }
+    }
+
+    /// The check before a dial: the pinned origin and a path among the upstream's
+    /// conversations (the dial also opens `…/stream/multimodal`). Tickets sealed before a
+    /// reload, or by an older replica, are checked again here.
+    pub fn check_dial(&self, uri: &http::Uri) -> Result<(), StreamUrlRefused> {
+        let path = uri.path();
+        let own_path = path.starts_with(self.conversations.as_str())
+            && !path
+                .split('/')
+                .any(|segment| segment == "." || segment == "..");
+        if self.same_origin(uri) && own_path {
+            Ok(())
+        } else {
+            Err(foreign(uri))
+        }
+    }
+
+    fn same_origin(&self, uri: &http::Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let default_port = if self.scheme == "wss" { 443 } else { 80 };
+        uri.scheme_str() == Some(self.scheme)
+            // `user@host`: refused outright rather than trusting every parser to agree.
+            && !authority.as_str().contains('@')
+            && authority.host().eq_ignore_ascii_case(&self.host)
+            && uri.port_u16().unwrap_or(default_port) == self.port
+    }
+}
+
+fn foreign(uri: &http::Uri) -> StreamUrlRefused {
+    let host = uri.host().unwrap_or("");
+    // Bounded: the host goes into a log line.
+    let host = host.get(..host.len().min(255)).unwrap_or("");
+    StreamUrlRefused::Foreign {
+        host: host.to_owned(),
+    }
 }
 
 /// Watermarks are opaque strings (spec §4.1): copied verbatim; `-` and empty mean "none".
@@ -247,6 +364,82 @@ mod tests {
             assert_eq!(query[0], ("watermark".into(), want.unwrap_or("-").into()));
             assert_eq!(query[1], ("t".into(), "dlgw1.TICKET".into()));
         }
+    }
+
+    #[test]
+    fn stream_urls_are_pinned_to_the_upstream() {
+        let c = conv();
+        let pin = |base: &str| StreamUrlPin::new(&Url::parse(base).unwrap()).unwrap();
+        let global = pin("https://directline.botframework.com");
+        let ok = "wss://directline.botframework.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?watermark=4&t=x";
+        assert_eq!(global.read(ok, &c).unwrap().watermark.as_deref(), Some("4"));
+        let upper = ok.replace("directline.botframework", "DirectLine.BotFramework");
+        assert!(global.read(&upper, &c).is_ok());
+        let with_port = ok.replace(".com/", ".com:443/");
+        assert!(global.read(&with_port, &c).is_ok());
+        let path = "/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?t=x";
+        for foreign in [
+            format!("ws://directline.botframework.com{path}"),
+            format!("wss://directline.botframework.com:8443{path}"),
+            format!("wss://evil.example{path}"),
+            format!("wss://directline.botframework.com.evil.example{path}"),
+            format!("wss://x@directline.botframework.com{path}"),
+            format!("wss://directline.botframework.com@evil.example{path}"),
+            "wss://directline.botframework.com/anything?t=x".to_owned(),
+            "wss://directline.botframework.com/v3/directline/conversations/other/stream?t=x"
+                .to_owned(),
+            "wss://directline.botframework.com/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream/../../x?t=x".to_owned(),
+            "wss://directline.botframework.com/.bot/v3/directline/conversations/FBfSqjVTqId8YuZUagotOF-us/stream?t=x".to_owned(),
+        ] {
+            let refused = global.read(&foreign, &c).unwrap_err();
+            assert!(matches!(refused, StreamUrlRefused::Foreign { .. }), "{foreign}");
+            assert!(!refused.host().contains("t=x"), "{foreign}");
+        }
+        assert_eq!(global.read("not a url", &c), Err(StreamUrlRefused::Invalid));
+
+        // An http (loopback, test) upstream: ws, its own port; an app path is kept.
+        let local = pin("http://127.0.0.1:3978/");
+        assert!(
+            local
+                .read(&format!("ws://127.0.0.1:3978{path}"), &c)
+                .is_ok()
+        );
+        assert!(
+            local
+                .read(&format!("wss://127.0.0.1:3978{path}"), &c)
+                .is_err()
+        );
+        assert!(
+            local
+                .read(&format!("ws://127.0.0.2:3978{path}"), &c)
+                .is_err()
+        );
+        assert!(
+            local
+                .read(&format!("ws://127.0.0.1:3979{path}"), &c)
+                .is_err()
+        );
+        let app = pin("https://myapp.azurewebsites.net/.bot/");
+        assert!(
+            app.read(&format!("wss://myapp.azurewebsites.net/.bot{path}"), &c)
+                .is_ok()
+        );
+        assert!(
+            app.read(&format!("wss://myapp.azurewebsites.net{path}"), &c)
+                .is_err()
+        );
+        let v6 = pin("http://[::1]:9000");
+        assert!(v6.read(&format!("ws://[::1]:9000{path}"), &c).is_ok());
+
+        // The dial's check: the origin, and a path among the conversations (multimodal too).
+        let dial = |url: &str| global.check_dial(&url.parse::<http::Uri>().unwrap());
+        assert!(dial(&ok.replace("/stream?", "/stream/multimodal?")).is_ok());
+        assert!(dial("wss://evil.example/v3/directline/conversations/c/stream").is_err());
+        assert!(
+            dial("wss://directline.botframework.com/v3/directline/conversations/../x").is_err()
+        );
+        assert!(dial("wss://directline.botframework.com/other").is_err());
+        assert!(StreamUrlPin::new(&Url::parse("ftp://h").unwrap()).is_none());
     }
 
     #[test]
@@ -355,6 +548,9 @@ mod tests {
                     conv()
                 );
                 prop_assert!(is_upstream_stream_url(&upstream), "{upstream}");
+                let base = format!("{}://{host}{port}{app_path}", if secure { "https" } else { "http" });
+                let pin = StreamUrlPin::new(&Url::parse(&base).unwrap()).unwrap();
+                prop_assert!(pin.read(&upstream, &conv()).is_ok(), "{} refused for {}", upstream, base);
                 let read = stream_url_watermark(&upstream);
                 let expected = watermark.as_deref().and_then(normalize_watermark);
                 prop_assert_eq!(&read, &expected);

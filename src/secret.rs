@@ -1,17 +1,25 @@
 //! The Direct Line secret: held only by the gateway, never printed.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A Direct Line secret (or any credential that must never be shown).
 ///
 /// `Debug` prints `Secret(..)` and there is deliberately no `Display`, so the value
 /// cannot reach a log line or an error body through formatting.
+///
+/// Shared (`Arc`) so the scrubber can hold it for a whole response without copying it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Box<str>);
+pub struct Secret(Arc<str>);
 
 impl Secret {
-    pub fn new(value: impl Into<Box<str>>) -> Self {
+    pub fn new(value: impl Into<Arc<str>>) -> Self {
         Self(value.into())
+    }
+
+    /// The value, shared, for [`crate::scrub::Needles`]: what must never reach a client.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 
     /// The raw value, for the one place that builds an upstream `Authorization` header.

@@ -19,6 +19,8 @@ use url::Url;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
 
 /// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
 pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
@@ -31,6 +33,7 @@ pub struct Upstream {
     host: HeaderValue,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     tls: Arc<rustls::ClientConfig>,
+    stream_pin: StreamUrlPin,
 }
 
 /// rustls client configuration with the ring provider, the webpki roots and, for private
@@ -92,7 +95,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::Internal)?;
         Ok(Self {
+            stream_pin,
             scheme,
             host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
             authority,
@@ -105,6 +110,16 @@ impl Upstream {
     /// The TLS configuration upstream WebSockets are dialled with (same roots as REST).
     pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls
+    }
+
+    /// The upstream's `host:port` (as sent in `Host`) and its bare host.
+    pub fn host_names(&self) -> (&str, &str) {
+        (self.host.to_str().unwrap_or(""), self.authority.host())
+    }
+
+    /// Where this upstream's stream URLs may point.
+    pub fn stream_pin(&self) -> &StreamUrlPin {
+        &self.stream_pin
     }
 
     /// `path_and_query` starts with `/v3/directline/`.
@@ -159,6 +174,23 @@ impl Upstream {
     }
 }
 
+/// Counts and logs an upstream stream URL that was refused, with its host only: the query
+/// holds the upstream's stream ticket.
+pub fn stream_url_refused(metrics: &Metrics, bot: &str, refused: &StreamUrlRefused, at: &str) {
+    metrics.stream_urls_refused.with_label_values(&[bot]).inc();
+    tracing::warn!(
+        bot,
+        at,
+        host = refused.host(),
+        reason = match refused {
+            StreamUrlRefused::Invalid => "not a ws/wss URL the gateway can dial",
+            StreamUrlRefused::Foreign { .. } =>
+                "not on the bot's upstream host, port, scheme and path",
+        },
+        "upstream stream URL refused"
+    );
+}
+
 /// Whether a request failed because our own request body ended it (a limit, a deadline).
 fn has_cause<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
@@ -176,32 +208,67 @@ pub async fn read_body(
     response: Response<Incoming>,
     timeout: Duration,
 ) -> Result<(http::response::Parts, Bytes), GatewayError> {
-    let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_UPSTREAM_JSON).collect())
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout)?
-        .map_err(|_| GatewayError::UpstreamInvalid)?
-        .to_bytes();
-    let gzip = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    if !gzip {
-        return Ok((parts, collected));
+    match read_body_within(response, timeout, MAX_UPSTREAM_JSON).await? {
+        (parts, Some(bytes)) => Ok((parts, bytes)),
+        (_, None) => Err(GatewayError::UpstreamInvalid),
     }
-    let mut decoded = Vec::with_capacity(collected.len() * 4);
-    let reader = flate2::read::GzDecoder::new(&collected[..]);
+}
+
+/// [`read_body`] up to `limit` bytes, before and after decoding; `None` past it.
+pub async fn read_body_within(
+    response: Response<Incoming>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
+    // Collected here rather than through `read_raw`: one async frame less on every
+    // start and token call.
+    let (mut parts, body) = response.into_parts();
+    let raw = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Ok((parts, None));
+        }
+        Ok(Err(_)) => return Err(GatewayError::UpstreamInvalid),
+    };
+    if !is_gzip(&parts.headers) {
+        return Ok((parts, Some(raw)));
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Ok((parts, gunzip(&raw, limit)?))
+}
+
+/// The body as it came (still encoded), up to `limit` bytes; `None` past it.
+pub async fn read_raw(
+    response: Response<Incoming>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
+    let (parts, body) = response.into_parts();
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+        Ok(Ok(collected)) => Ok((parts, Some(collected.to_bytes()))),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Ok((parts, None)),
+        Ok(Err(_)) => Err(GatewayError::UpstreamInvalid),
+    }
+}
+
+/// A gzip body decoded, up to `limit` bytes; `None` past it.
+pub fn gunzip(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, GatewayError> {
+    let mut decoded = Vec::with_capacity((bytes.len() * 4).min(limit + 1));
+    let reader = flate2::read::GzDecoder::new(bytes);
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(reader, MAX_UPSTREAM_JSON as u64 + 1),
+        &mut std::io::Read::take(reader, limit as u64 + 1),
         &mut decoded,
     )
     .map_err(|_| GatewayError::UpstreamInvalid)?;
-    if decoded.len() > MAX_UPSTREAM_JSON {
-        return Err(GatewayError::UpstreamInvalid);
-    }
-    let mut parts = parts;
-    parts.headers.remove(header::CONTENT_ENCODING);
-    Ok((parts, Bytes::from(decoded)))
+    Ok((decoded.len() <= limit).then(|| Bytes::from(decoded)))
+}
+
+pub fn is_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
 }
 
 /// The Direct Line `error.code` of an upstream error body, if it has one.

@@ -107,7 +107,9 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
         "[".repeat(5000),
         "]".repeat(5000)
     );
-    let forged = format!("{}A", &token[..token.len() - 1]);
+    // One character changed: 'A' unless it already was one (then this was the real token).
+    let changed = if token.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{changed}", &token[..token.len() - 1]);
     let truncated = &token[..token.len() / 2];
     let foreign_key =
         directline_gateway::seal::Sealer::new("a-key-this-gateway-never-had-0123456789", &[])

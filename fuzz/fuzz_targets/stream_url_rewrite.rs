@@ -23,6 +23,10 @@
 //! - `is_upstream_stream_url` accepts only ws/wss URLs with a host, stays accepting after a
 //!   parse/serialise round, and whatever it accepts can be dialed as it is (the hub hands the
 //!   same string to tungstenite, which parses it as an `http::Uri`).
+//! - `StreamUrlPin::read` (the pin to the bot's upstream) admits only what
+//!   `is_upstream_stream_url` accepts, with the same watermark, on the pinned host and port
+//!   as both the dial's parser and the WHATWG parser read it, and what it admits also passes
+//!   the dial's own check (`check_dial`).
 
 #![no_main]
 
@@ -33,8 +37,9 @@ use directline_gateway::config::{Config, Env, Overrides};
 use directline_gateway::endpoint::ConversationId;
 use directline_gateway::error::GatewayError;
 use directline_gateway::rewrite::{
-    MAX_WATERMARK_LEN, gateway_stream_url, is_upstream_stream_url, normalize_watermark,
-    query_watermark, read_upstream_stream_url, stream_url_watermark, watermark_query,
+    MAX_WATERMARK_LEN, StreamUrlPin, gateway_stream_url, is_upstream_stream_url,
+    normalize_watermark, query_watermark, read_upstream_stream_url, stream_url_watermark,
+    watermark_query,
 };
 use libfuzzer_sys::fuzz_target;
 use tungstenite::client::IntoClientRequest;
@@ -118,6 +123,59 @@ fn check_client_query(query: &str) {
                 "{query:?} refused without cause"
             );
         }
+    }
+}
+
+/// Upstream bases the pin is checked against: global Direct Line, a loopback test upstream,
+/// an App Service extension with its `/.bot` path.
+const PIN_BASES: [&str; 3] = [
+    "https://directline.botframework.com",
+    "http://127.0.0.1:3978",
+    "https://myapp.azurewebsites.net/.bot",
+];
+
+fn check_pin(raw: &str, conversation: &ConversationId) {
+    for base in PIN_BASES {
+        let base = Url::parse(base).unwrap();
+        let pin = StreamUrlPin::new(&base).unwrap();
+        let Ok(read) = pin.read(raw, conversation) else {
+            continue;
+        };
+        assert!(
+            is_upstream_stream_url(raw),
+            "pinned but not dialable: {raw:?}"
+        );
+        assert_eq!(read.watermark, stream_url_watermark(raw), "{raw:?}");
+        let host = base.host_str().unwrap();
+        let port = base.port_or_known_default().unwrap();
+        let uri: http::Uri = raw.parse().unwrap();
+        assert!(
+            uri.host().unwrap().eq_ignore_ascii_case(host),
+            "{raw:?} for {base}"
+        );
+        let default = if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        };
+        assert_eq!(
+            uri.port_u16().unwrap_or(default),
+            port,
+            "{raw:?} for {base}"
+        );
+        // The other parser reads the same origin: no differential between the check and
+        // a client of the URL.
+        let whatwg = Url::parse(raw).unwrap();
+        assert!(
+            whatwg.host_str().unwrap().eq_ignore_ascii_case(host),
+            "{raw:?} for {base}"
+        );
+        assert_eq!(
+            whatwg.port_or_known_default(),
+            Some(port),
+            "{raw:?} for {base}"
+        );
+        assert!(pin.check_dial(&uri).is_ok(), "{raw:?} for {base}");
     }
 }
 
@@ -270,6 +328,7 @@ fuzz_target!(|data: &[u8]| {
     // The gateway URL, with a real or fuzzed id, prefix and host.
     let conversation = ConversationId::parse(conversation)
         .unwrap_or_else(|_| ConversationId::parse("FBfSqjVTqId8YuZUagotOF-us").unwrap());
+    check_pin(upstream, &conversation);
     let prefix = accepted_prefix(prefix);
     let prefix = prefix.as_str();
     let ticket = ticket_from(query);

@@ -1,5 +1,7 @@
 //! The upstream side of a hub: fetching stream URLs, dialling them, and REST catch-up.
 
+use std::borrow::Cow;
+
 use http::{Method, StatusCode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -13,6 +15,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::status_class;
 use crate::rewrite;
+use crate::scrub::Needles;
 use crate::secret;
 use crate::upstream;
 
@@ -99,12 +102,18 @@ pub async fn fetch_stream_url(
         if with_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
             *upstream_token = fresh.to_owned();
         }
-        return json
+        let url = json
             .get("streamUrl")
             .and_then(|u| u.as_str())
-            .filter(|u| rewrite::is_upstream_stream_url(u))
-            .map(str::to_owned)
-            .ok_or(FetchError::Retry);
+            .ok_or(FetchError::Retry)?;
+        // A refused URL is a failed attempt: the resume loop backs off and spends its budget.
+        return match bot.upstream.stream_pin().read(url, conversation) {
+            Ok(_) => Ok(url.to_owned()),
+            Err(refused) => {
+                upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "resume");
+                Err(FetchError::Retry)
+            }
+        };
     }
 }
 
@@ -114,6 +123,10 @@ pub async fn dial(gw: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, 
     let (ws_config, tls, timeout) = {
         let live = gw.live();
         let bot = live.bot(bot).ok_or(DialError::Failed)?;
+        if let Err(refused) = bot.upstream.stream_pin().check_dial(request.uri()) {
+            upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "dial");
+            return Err(DialError::Failed);
+        }
         (
             super::ws_config(&live.config.stream),
             bot.upstream.tls().clone(),
@@ -161,6 +174,10 @@ pub async fn catch_up(
     let live = gw.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
+    // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
+    let needles = Needles::default()
+        .with(bot.secret.shared())
+        .with(upstream_token.to_owned());
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
             "/v3/directline/conversations/{conversation}/activities{}",
@@ -215,7 +232,17 @@ pub async fn catch_up(
             .get("watermark")
             .and_then(|w| w.as_str())
             .map(str::to_owned);
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| FetchError::Retry)?;
+        let page = match needles.scrub(&bytes) {
+            Cow::Borrowed(clean) => clean.to_vec(),
+            Cow::Owned(scrubbed) => {
+                gw.metrics
+                    .upstream_bodies_scrubbed
+                    .with_label_values(&["success_scrubbed", &bot.name])
+                    .inc();
+                scrubbed
+            }
+        };
+        let text = String::from_utf8(page).map_err(|_| FetchError::Retry)?;
         frames.push(Utf8Bytes::from(text));
         match next {
             Some(next) if watermark.as_deref() != Some(next.as_str()) => watermark = Some(next),

@@ -2,6 +2,7 @@
 //! WebSocket client, and bounded waits. Reads like the scenario: `Harness::builder().faults(…).start()`.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod process;
 
 use std::collections::HashSet;
