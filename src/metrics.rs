@@ -56,6 +56,8 @@ pub const STREAM_DROP_REASONS: [&str; 6] = [
 ];
 /// `token_resumes_total`'s results.
 pub const TOKEN_RESUME_RESULTS: [&str; 5] = ["ok", "past_window", "gone", "unavailable", "error"];
+/// `upstream_bodies_scrubbed_total`'s kinds (`rest`, `scrub`).
+pub const SCRUB_KINDS: [&str; 3] = ["error_replaced", "error_scrubbed", "success_scrubbed"];
 /// `client_timeouts_total`'s phases.
 pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"];
 /// `stream_buffer_evictions_total`'s reasons (`stream::hub::Eviction`).
@@ -537,6 +539,11 @@ impl Metrics {
             for result in TOKEN_RESUME_RESULTS {
                 self.token_resumes.with_label_values(&[result, bot]);
             }
+            for kind in SCRUB_KINDS {
+                self.upstream_bodies_scrubbed.with_label_values(&[kind, bot]);
+            }
+            self.stream_urls_refused.with_label_values(&[bot]);
+            self.lifetimes_clamped.with_label_values(&[bot]);
             self.client_sockets.with_label_values(&[bot]);
             self.upstream_sockets.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
