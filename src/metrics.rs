@@ -540,7 +540,8 @@ impl Metrics {
                 self.token_resumes.with_label_values(&[result, bot]);
             }
             for kind in SCRUB_KINDS {
-                self.upstream_bodies_scrubbed.with_label_values(&[kind, bot]);
+                self.upstream_bodies_scrubbed
+                    .with_label_values(&[kind, bot]);
             }
             self.stream_urls_refused.with_label_values(&[bot]);
             self.lifetimes_clamped.with_label_values(&[bot]);

@@ -6,13 +6,19 @@ mod support;
 
 use directline_gateway::emulator::EmulatorConfig;
 use directline_gateway::secret::Secret;
-use support::process::GatewayProcess;
+use support::process::{self, GatewayProcess};
 use support::*;
 
 const SHARED_KEY: &str = "scale-out-shared-token-key-0123456789abcdef";
 
-fn replica(upstream: &str) -> GatewayProcess {
-    GatewayProcess::in_front_of(upstream, SHARED_KEY, &[], &[])
+/// A replica whose drain closes its remaining sockets after one second (the default keeps
+/// serving them for 20 s; tests/drain.rs covers that).
+fn replica(upstream: &str, dir: &process::TempDir) -> GatewayProcess {
+    let config = dir.write(
+        "gateway.toml",
+        "[stream]\ndrain_period = \"1s\"\ndrain_spread = \"100ms\"\n",
+    );
+    GatewayProcess::in_front_of(upstream, SHARED_KEY, &["--config", &config], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,9 +29,10 @@ async fn a_conversation_moves_between_replicas_and_survives_a_drained_one() {
     })
     .await;
     let upstream = emulator.base_url();
-    let mut a = replica(&upstream);
-    let b = replica(&upstream);
-    let c = replica(&upstream);
+    let dir = process::TempDir::new("scale-out");
+    let mut a = replica(&upstream, &dir);
+    let b = replica(&upstream, &dir);
+    let c = replica(&upstream, &dir);
     let via_a = Harness::attach(emulator.clone(), &a);
     let via_b = Harness::attach(emulator.clone(), &b);
     let via_c = Harness::attach(emulator.clone(), &c);
