@@ -395,7 +395,7 @@ impl Metrics {
             config_reloads: IntCounterVec::new(
                 Opts::new(
                     "config_reloads_total",
-                    "Configuration reloads (SIGHUP) by result (ok, error; on error the previous configuration keeps serving).",
+                    "Configuration reloads (SIGHUP or a changed configuration, secret or key file) by result (ok, error; on error the previous configuration keeps serving).",
                 ),
                 &["result"],
             )

@@ -4,7 +4,7 @@
 # against the real binary. Installs what it needs itself: the pinned npm packages
 # (tests/clients/package-lock.json) and, when missing, Debian's chromium and prometheus
 # (promtool), so a fresh machine
-# needs nothing else. Screenshots land in tests/clients/artifacts/.
+# needs nothing else. The README walkthrough needs curl, jq and npm (the ws package). Screenshots land in tests/clients/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
 missing=()
 [[ -x "$CHROMIUM_BIN" ]] || missing+=(chromium)         # WebChat and the demo page
 command -v promtool >/dev/null || missing+=(prometheus)  # promtool check metrics
+command -v jq >/dev/null || missing+=(jq)                # the README walkthrough
+command -v curl >/dev/null || missing+=(curl)
 if (( ${#missing[@]} )); then
   echo "== installing ${missing[*]} (Debian packages) for the tests"
   SUDO=""
@@ -24,5 +26,7 @@ export REQUIRE_PROMTOOL=1
 
 cargo test --locked
 cargo build --locked
+# The README's walkthrough, its shell blocks run as written against the no-argument gateway.
+bash tests/walkthrough.sh "$PWD/target/debug/directline-gateway"
 npm --prefix tests/clients ci --no-audit --no-fund --loglevel=error
 GATEWAY_BIN="$PWD/target/debug/directline-gateway" CHROMIUM_BIN="$CHROMIUM_BIN" npm --prefix tests/clients test
