@@ -115,6 +115,50 @@ test('WebChat in Chromium: upstream dropped after every frame, still sent and ne
   assert.deepEqual(r.pageErrors, []);
 });
 
+test('WebChat in Chromium reloaded after its tokens expired keeps its conversation and history', { timeout: 120000 }, async () => {
+  // Direct Line tokens of 2 s, so the page's token is dead when it reloads.
+  const env = await gatewayWithEmulator(['--token-ttl-secs', '2']);
+  const server = await servePage();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 720, height: 640 } });
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(String(error)));
+    const { port } = server.address();
+    await page.goto(`http://127.0.0.1:${port}/?domain=${encodeURIComponent(env.domain)}`);
+    const input = page.locator('[data-id="webchat-sendbox-input"]');
+    await input.waitFor({ timeout: 30000 });
+    await input.fill('before the reload');
+    await input.press('Enter');
+    await bubble(page, 'echo: before the reload').first().waitFor({ timeout: 30000 });
+    const saved = await page.evaluate(() => JSON.parse(sessionStorage.getItem('chat')));
+    await until('the stored token expired', async () => {
+      const reply = await fetch(`${env.domain}/conversations/${saved.conversationId}/activities`, {
+        headers: { authorization: `Bearer ${saved.token}` },
+      });
+      return reply.status === 403;
+    });
+    await page.reload();
+    await input.waitFor({ timeout: 30000 });
+    // The history is back, once, and the conversation carries on.
+    await bubble(page, 'echo: before the reload').first().waitFor({ timeout: 30000 });
+    await input.fill('after the reload');
+    await input.press('Enter');
+    await bubble(page, 'echo: after the reload').first().waitFor({ timeout: 30000 });
+    for (const text of ['before the reload', 'echo: before the reload', 'after the reload', 'echo: after the reload']) {
+      assert.equal(await bubble(page, text).count(), 1, `"${text}" shown once`);
+    }
+    assert.equal(await page.evaluate(() => window.directLine.conversationId), saved.conversationId);
+    assert.equal(metric(await env.metrics(), 'directline_gateway_token_resumes_total{bot="default",result="ok"}'), 1);
+    assert.equal(await page.evaluate(() => window.startError), undefined);
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await browser.close();
+    server.close();
+    env.stop();
+  }
+});
+
 test('the demo page on / of the no-argument run chats with the echo bot', { timeout: 120000 }, async () => {
   // The no-argument run, as the README's first command starts it (ports aside).
   const env = { ...process.env };
