@@ -599,7 +599,11 @@ async fn the_no_argument_run_serves_two_demo_bots_on_their_own_emulators() {
         let page = client.call(Method::GET, "/", None, None).await;
         assert_eq!(page.status, StatusCode::OK, "demo page at {prefix}/");
         // Each page names its bot.
-        let name = if prefix.is_empty() { "default" } else { "second" };
+        let name = if prefix.is_empty() {
+            "default"
+        } else {
+            "second"
+        };
         assert!(
             page.text().contains(&format!("<q id=\"bot\">{name}</q>")),
             "{prefix}/ names bot {name}"
