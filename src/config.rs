@@ -1673,6 +1673,20 @@ activities_burst = 5
             ("[stream]\nbuffer_frames = 0", "stream.buffer_frames"),
             ("[stream]\ndrain_period = \"soon\"", "stream.drain_period"),
             ("[stream]\ndrain_spread = \"-1s\"", "stream.drain_spread"),
+            ("[stream]\npong_timeout = \"0s\"", "stream.pong_timeout"),
+            (
+                "[stream]\nbuffer_bytes = \"2MiB\"\nbuffer_total_bytes = \"1MiB\"",
+                "stream.buffer_total_bytes",
+            ),
+            (
+                "[limits]\nbody_read_timeout = \"0s\"",
+                "limits.body_read_timeout",
+            ),
+            (
+                "[limits]\nupload_read_timeout = \"x\"",
+                "limits.upload_read_timeout",
+            ),
+            ("resume_window = \"a day\"", "resume_window"),
         ];
         for (text, key) in cases {
             match load_str(text, &[]) {

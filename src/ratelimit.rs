@@ -34,15 +34,24 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
     /// Takes one token from `key`'s bucket, or says how long until one is there. The rate
     /// is passed in (not stored) so a reload applies to buckets already in the map.
     pub fn check(&self, key: K, rate: Rate, now: Instant) -> Result<(), Duration> {
+        self.check_key(&key, rate, now)
+    }
+
+    /// [`Limiter::check`] for a key the caller keeps: cloned only when its bucket is new, so
+    /// a stream charging every frame to one conversation allocates nothing per frame.
+    pub fn check_key(&self, key: &K, rate: Rate, now: Instant) -> Result<(), Duration> {
         if rate.is_unlimited() {
             return Ok(());
         }
         let burst = f64::from(rate.burst);
         let per_second = rate.per_second();
-        let mut bucket = self.buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
+        let mut bucket = match self.buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => self.buckets.entry(key.clone()).or_insert(Bucket {
+                tokens: burst,
+                updated: now,
+            }),
+        };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
         bucket.updated = now;

@@ -102,7 +102,7 @@ pub async fn bridge(
                         }
                         if gw
                             .activity_limits
-                            .check(rate_key.clone(), rate, Instant::now())
+                            .check_key(&rate_key, rate, Instant::now())
                             .is_err()
                         {
                             gw.metrics

@@ -56,6 +56,16 @@ function post(directLine, text) {
   });
 }
 
+/** A message sent through the gateway's REST route while no client is connected. */
+async function postWhileAway(env, conversationId, token) {
+  const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'while away' }),
+  });
+  assert.equal(sent.status, 200);
+}
+
 async function converse(faults, count) {
   const env = await gatewayWithEmulator(faults);
   sockets.opened = 0;
@@ -120,13 +130,7 @@ test('resume with conversationId + watermark: only later activities arrive', { t
     const { conversationId, token, watermark } = first.directLine;
     assert.ok(watermark, 'DLJS tracked a watermark from the gateway stream');
     first.end();
-    // Sent while no client is connected, through the gateway's REST route.
-    const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'while away' }),
-    });
-    assert.equal(sent.status, 200);
+    await postWhileAway(env, conversationId, token);
     const resumed = client({ token, conversationId, watermark, domain: env.domain });
     await until('the missed messages', () => resumed.texts().length >= 2);
     await post(resumed.directLine, 'after');
@@ -151,12 +155,7 @@ test('a page reloaded after its tokens expired: refresh through the gateway, the
     // What the page keeps in sessionStorage.
     const { conversationId, token, watermark } = first.directLine;
     first.end();
-    const sent = await fetch(`${env.domain}/conversations/${conversationId}/activities`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'while away' }),
-    });
-    assert.equal(sent.status, 200);
+    await postWhileAway(env, conversationId, token);
     const activities = () => fetch(`${env.domain}/conversations/${conversationId}/activities`, {
       headers: { authorization: `Bearer ${token}` },
     });
