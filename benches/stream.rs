@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults};
 use directline_gateway::config::{Config, UpstreamTarget};
-use directline_gateway::emulator::{self, EmulatorConfig, EmulatorHandle, Faults};
 use directline_gateway::secret::Secret;
 use directline_gateway::server;
 use futures_util::StreamExt;
@@ -78,7 +78,7 @@ async fn resume_gap(conversations: usize, rounds: usize) {
     let emulator = emulator::spawn(
         listener,
         EmulatorConfig {
-            secret: Secret::new(SECRET),
+            secret: emulator::Secret::new(SECRET),
             faults: Faults {
                 drop_after_frames: Some(1),
                 ..Faults::default()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::Overrides;
-use crate::emulator::EmulatorArgs;
 use crate::logging::LogFormat;
+use directline_emulator::EmulatorArgs;
 
 /// What `--help` adds after the flags: the settings that are not flags.
 const AFTER_HELP: &str = "\

@@ -16,7 +16,6 @@
 //! - [`scrub`]: upstream bodies cleaned of the secret, tokens and host before a client sees them.
 //! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
 //! - [`demo`]: the chat page on `/` in embedded-emulator mode.
-//! - [`emulator`]: an embedded Direct Line 3.0 server with an echo bot and fault knobs.
 //! - [`error`]: blame and the one place errors become Direct Line error bodies.
 //! - [`tls`]: TLS on the client listener, with certificate reload.
 //! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
@@ -30,7 +29,6 @@ pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod demo;
-pub mod emulator;
 pub mod endpoint;
 pub mod error;
 pub mod gateway;

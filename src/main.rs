@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use directline_emulator::EmulatorArgs;
 use directline_gateway::cli::{self, Cli, Command};
 use directline_gateway::config::{Config, ConfigError, ProcessEnv, UpstreamTarget};
-use directline_gateway::{emulator, logging, server, signals};
+use directline_gateway::{logging, server, signals};
 
 /// sysexits EX_CONFIG-ish "usage/config error" code the operator interface promises.
 const EXIT_CONFIG: u8 = 64;
@@ -154,33 +155,9 @@ fn config_error(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn run_emulator(args: &emulator::EmulatorArgs, mut shutdown: signals::Shutdown) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(args.listen()).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "directline-gateway emulator: cannot listen on {}: {error}",
-                args.listen()
-            );
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    println!("Direct Line emulator listening on http://{addr}");
-    match emulator::run(
-        listener,
-        args.config(),
-        async move { shutdown.recv().await },
-    )
+async fn run_emulator(args: &EmulatorArgs, mut shutdown: signals::Shutdown) -> ExitCode {
+    directline_emulator::run_cli("directline-gateway emulator", args, async move {
+        shutdown.recv().await
+    })
     .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("directline-gateway emulator: {error}");
-            ExitCode::FAILURE
-        }
-    }
 }

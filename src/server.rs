@@ -18,7 +18,6 @@ use tokio::task::JoinHandle;
 use crate::admission::{FirstRequest, PerIp, within_first_request};
 use crate::body::{self, Body};
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
-use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
 use crate::gateway::{Bot, Connection, Gateway, Live};
 use crate::metrics::Metrics;
 use crate::rewrite::is_trusted;
@@ -26,6 +25,7 @@ use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
+use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -109,7 +109,7 @@ pub async fn start_on(
         let handle = emulator::spawn(
             listener,
             EmulatorConfig {
-                secret,
+                secret: emulator::Secret::new(secret.expose()),
                 ..EmulatorConfig::default()
             },
         );
@@ -268,7 +268,7 @@ fn build_bot(
                 .ok_or_else(|| format!("bot {}: no embedded emulator running", settings.name))?;
             (
                 url::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?,
-                emulator.secret(),
+                Secret::new(emulator.secret().expose()),
             )
         }
     };

@@ -6,8 +6,10 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use directline_emulator::{
+    self as emulator, EmulatorConfig, EmulatorHandle, Faults, SeenCredential,
+};
 use directline_gateway::config::{BotConfig, Config, RateLimits, UpstreamTarget, UserIdPolicy};
-use directline_gateway::emulator::{EmulatorConfig, EmulatorHandle, Faults, SeenCredential};
 use directline_gateway::secret::Secret;
 use futures_util::StreamExt;
 use http::{Method, Request, StatusCode};
@@ -67,14 +69,14 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
 
 async fn emulators() -> (EmulatorHandle, EmulatorHandle) {
     let a = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(A_FIRST),
-        second_secret: Some(Secret::new(A_SECOND)),
+        secret: emulator::Secret::new(A_FIRST),
+        second_secret: Some(emulator::Secret::new(A_SECOND)),
         ..EmulatorConfig::default()
     })
     .await;
     let b = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(B_FIRST),
-        second_secret: Some(Secret::new(B_SECOND)),
+        secret: emulator::Secret::new(B_FIRST),
+        second_secret: Some(emulator::Secret::new(B_SECOND)),
         faults: Faults {
             enhanced_auth: true,
             ..Faults::default()

@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use directline_gateway::emulator::Faults;
+use directline_emulator::Faults;
 use directline_gateway::seal::{ClientToken, Purpose, Sealer};
 use http::Method;
 use serde_json::json;

@@ -3,9 +3,8 @@
 
 mod support;
 
-use directline_gateway::emulator::{EmulatorConfig, SeenCredential};
+use directline_emulator::{EmulatorConfig, SeenCredential};
 use directline_gateway::seal::{ClientToken, Purpose, Sealer};
-use directline_gateway::secret::Secret;
 use http::{Method, StatusCode};
 use support::process::{GatewayProcess, TempDir};
 use support::*;
@@ -33,10 +32,10 @@ fn config_file(dir: &TempDir, upstream: &str, extra: &str) -> String {
 }
 
 /// The emulator with the test secret (and optionally the site's second one).
-async fn emulator(second_secret: Option<&str>) -> directline_gateway::emulator::EmulatorHandle {
+async fn emulator(second_secret: Option<&str>) -> directline_emulator::EmulatorHandle {
     Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
-        second_secret: second_secret.map(Secret::new),
+        secret: directline_emulator::Secret::new(SECRET),
+        second_secret: second_secret.map(directline_emulator::Secret::new),
         ..EmulatorConfig::default()
     })
     .await

@@ -3,9 +3,9 @@
 mod support;
 
 use bytes::Bytes;
+use directline_emulator::{Faults, SeenCredential};
 use directline_gateway::clock;
 use directline_gateway::config::Config;
-use directline_gateway::emulator::{Faults, SeenCredential};
 use directline_gateway::seal::{ClientToken, Purpose, Sealer};
 use directline_gateway::secret::Secret;
 use http::{Method, Request, StatusCode};

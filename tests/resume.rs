@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use directline_gateway::emulator::Faults;
+use directline_emulator::Faults;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::process::GatewayProcess;

@@ -4,8 +4,7 @@
 
 mod support;
 
-use directline_gateway::emulator::EmulatorConfig;
-use directline_gateway::secret::Secret;
+use directline_emulator::EmulatorConfig;
 use support::process::{self, GatewayProcess};
 use support::*;
 
@@ -24,7 +23,7 @@ fn replica(upstream: &str, dir: &process::TempDir) -> GatewayProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_moves_between_replicas_and_survives_a_drained_one() {
     let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
+        secret: directline_emulator::Secret::new(SECRET),
         ..EmulatorConfig::default()
     })
     .await;

@@ -9,8 +9,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use directline_gateway::emulator::EmulatorConfig;
-use directline_gateway::secret::Secret;
+use directline_emulator::EmulatorConfig;
 use futures_util::StreamExt;
 use support::process::{GatewayProcess, TempDir};
 use support::*;
@@ -108,7 +107,7 @@ async fn no_activity_lost_or_duplicated_under_random_faults_and_nothing_leaks() 
     let conversations = env_or("SOAK_CONVERSATIONS", 200) as usize;
     let seconds = env_or("SOAK_SECONDS", 20);
     let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(SECRET),
+        secret: directline_emulator::Secret::new(SECRET),
         keepalive_interval: Duration::from_millis(500),
         ..EmulatorConfig::default()
     })

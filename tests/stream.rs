@@ -4,8 +4,8 @@ mod support;
 
 use std::time::Duration;
 
+use directline_emulator::Faults;
 use directline_gateway::clock;
-use directline_gateway::emulator::Faults;
 use directline_gateway::seal::{Purpose, Sealer, StreamTicket};
 use http::Method;
 use support::*;

@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use directline_gateway::emulator::{EmulatorConfig, Faults};
-use directline_gateway::secret::Secret;
+use directline_emulator::{EmulatorConfig, Faults};
 
 fn multimodal(stream_url: &str) -> String {
     let (path, query) = stream_url.split_once('?').unwrap();
@@ -418,7 +417,7 @@ async fn ring_memory_is_bounded_by_bytes_under_large_activities() {
     let posts = env_or("MEMORY_POSTS", 60);
     let kb = env_or("MEMORY_KB", 200);
     let emulator = Harness::emulator(EmulatorConfig {
-        secret: Secret::new(support::SECRET),
+        secret: directline_emulator::Secret::new(support::SECRET),
         ..EmulatorConfig::default()
     })
     .await;

@@ -141,8 +141,8 @@ async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_negotiates_h2_and_http1_streams_over_wss_and_reloads_its_certificate() {
-    let emulator = Harness::emulator(directline_gateway::emulator::EmulatorConfig {
-        secret: directline_gateway::secret::Secret::new(SECRET),
+    let emulator = Harness::emulator(directline_emulator::EmulatorConfig {
+        secret: directline_emulator::Secret::new(SECRET),
         ..Default::default()
     })
     .await;
@@ -304,8 +304,8 @@ async fn a_private_upstream_is_trusted_through_upstream_ca_file() {
         rustls::pki_types::PrivateKeyDer::from_pem_slice(private.key_pem.as_bytes()).unwrap(),
     )
     .unwrap();
-    let emulator = Harness::emulator(directline_gateway::emulator::EmulatorConfig {
-        secret: directline_gateway::secret::Secret::new(SECRET),
+    let emulator = Harness::emulator(directline_emulator::EmulatorConfig {
+        secret: directline_emulator::Secret::new(SECRET),
         tls: Some(Arc::new(server_tls)),
         ..Default::default()
     })

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use directline_gateway::emulator::{self, EmulatorConfig, EmulatorHandle};
-use directline_gateway::secret::Secret;
+use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -71,7 +70,7 @@ impl Stack {
         let emulator = emulator::spawn(
             deep_listener(),
             EmulatorConfig {
-                secret: Secret::new(SECRET),
+                secret: emulator::Secret::new(SECRET),
                 ..EmulatorConfig::default()
             },
         );
@@ -1260,7 +1259,7 @@ pub async fn profile(options: &Options) {
     let emulator = emulator::spawn(
         deep_listener(),
         EmulatorConfig {
-            secret: Secret::new(SECRET),
+            secret: emulator::Secret::new(SECRET),
             ..EmulatorConfig::default()
         },
     );

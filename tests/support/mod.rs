@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults};
 use directline_gateway::config::{Config, UpstreamTarget};
-use directline_gateway::emulator::{self, EmulatorConfig, EmulatorHandle, Faults};
 use directline_gateway::secret::Secret;
 use directline_gateway::server::{self, Running};
 use futures_util::{SinkExt, StreamExt};
@@ -254,7 +254,7 @@ impl Builder {
         let emulator = emulator::spawn(
             listener,
             EmulatorConfig {
-                secret: Secret::new(SECRET),
+                secret: emulator::Secret::new(SECRET),
                 faults: self.faults,
                 keepalive_interval: self.emulator_keepalive,
                 token_ttl: self.emulator_token_ttl,

@@ -22,13 +22,11 @@ mod bot;
 mod credential;
 mod faults;
 mod http;
+mod secret;
 mod server;
 mod state;
 mod stream;
 mod upload;
-
-#[cfg(test)]
-mod tests;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -38,7 +36,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::secret::Secret;
+pub use secret::Secret;
 use state::State;
 
 pub use bot::{BOT_ID, BOT_NAME};
@@ -79,7 +77,7 @@ impl Default for EmulatorConfig {
 
 const DEFAULT_SECRET: &str = "emulator-secret";
 
-/// Flags of `directline-gateway emulator`.
+/// Flags of `directline-emulator` (and of `directline-gateway emulator`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct EmulatorArgs {
     /// Address to listen on.
@@ -185,6 +183,35 @@ pub async fn run(
     }
     handle.shutdown();
     Ok(())
+}
+
+/// What both command lines (`directline-emulator` and `directline-gateway emulator`) do:
+/// listen, print the address, serve until `shutdown`. `program` prefixes error lines.
+/// Exit codes: 64 when the address cannot be bound (a usage error), 1 when serving fails.
+pub async fn run_cli(
+    program: &str,
+    args: &EmulatorArgs,
+    shutdown: impl Future<Output = ()>,
+) -> std::process::ExitCode {
+    let listener = match TcpListener::bind(args.listen()).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("{program}: cannot listen on {}: {error}", args.listen());
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!("Direct Line emulator listening on http://{addr}");
+    match run(listener, args.config(), shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn start(

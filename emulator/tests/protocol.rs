@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::*;
+use directline_emulator::*;
 
 /// Upper bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(5);
