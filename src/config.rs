@@ -893,7 +893,8 @@ impl Config {
             "limits.upstream_error_body",
             l.upstream_error_body,
         )?;
-        if !(1024..=crate::upstream::MAX_UPSTREAM_JSON).contains(&limits.upstream_error_body_bytes)
+        if !(1024..=crate::upstream::body::MAX_UPSTREAM_JSON)
+            .contains(&limits.upstream_error_body_bytes)
         {
             return Err(invalid(
                 "limits.upstream_error_body",

@@ -14,6 +14,43 @@ pub enum Blame {
     Gateway,
 }
 
+/// The error behind an upstream failure, shared so [`GatewayError`] stays cheap to clone.
+/// Two causes are equal only when they are the same error (tests compare variants).
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Cause {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
+
 /// Every failure the gateway answers itself. Messages are fixed strings: details
 /// (which may contain upstream text) go to the log, never to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,10 +103,14 @@ pub enum GatewayError {
     RateLimited { retry_after_secs: u64 },
     #[error("WebSocket upgrade required")]
     UpgradeRequired,
-    /// `cause` is the transport's error chain (`tcp connect error: Connection refused`,
-    /// `dns error: …`, `invalid peer certificate: …`) for the log line, never for the client.
-    #[error("upstream could not be reached: {cause}")]
-    UpstreamUnreachable { cause: Arc<str> },
+    /// `cause` is the transport's error, kept whole with its sources (`tcp connect error:
+    /// Connection refused`, `dns error: …`, `invalid peer certificate: …`) for the log
+    /// line ([`GatewayError::log_line`]), never for the client.
+    #[error("upstream could not be reached")]
+    UpstreamUnreachable {
+        #[source]
+        cause: Cause,
+    },
     #[error("upstream answered something the gateway cannot use")]
     UpstreamInvalid,
     #[error("upstream timeout: no answer in time")]
@@ -80,127 +121,91 @@ pub enum GatewayError {
     Internal,
 }
 
+/// One row of the error table: everything the gateway says and records about a variant.
+struct Row {
+    status: StatusCode,
+    /// The stable `error.code`; Direct Line's own codes where one exists (spec §1.5).
+    code: &'static str,
+    /// The client's `error.message`: fixed text, never a detail.
+    message: &'static str,
+    blame: Blame,
+    /// The `auth_refusals_total{reason}` label for refused credentials.
+    refusal: Option<&'static str>,
+}
+
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    /// The table: one row per variant and no wildcard, so a new variant cannot compile
+    /// without saying its status, code, message, blame and refusal reason.
+    fn row(&self) -> Row {
+        use Blame::{Client, Gateway, Upstream};
         use GatewayError::*;
-        match self {
-            MissingCredential => StatusCode::UNAUTHORIZED,
-            InvalidToken | TokenExpired | ResumeUnavailable | WrongConversation | WrongBot
-            | InvalidTicket | OriginNotAllowed => StatusCode::FORBIDDEN,
-            InvalidConversationId
-            | MalformedJson
-            | InvalidActivity
-            | InvalidQuery
-            | BodyRead
-            | BadHost => StatusCode::BAD_REQUEST,
-            NotFound => StatusCode::NOT_FOUND,
-            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UrlTooLong => StatusCode::URI_TOO_LONG,
-            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            UpstreamUnreachable { .. } | UpstreamInvalid => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        #[rustfmt::skip]
+        let (status, code, message, blame, refusal) = match self {
+            MissingCredential => (StatusCode::UNAUTHORIZED, "BadArgument", "Missing token", Client, Some("missing")),
+            InvalidToken => (StatusCode::FORBIDDEN, "BadArgument", "Invalid token", Client, Some("invalid")),
+            TokenExpired => (StatusCode::FORBIDDEN, "TokenExpired", "Token expired", Client, Some("expired")),
+            ResumeUnavailable => (StatusCode::FORBIDDEN, "TokenExpired", "Token expired; this bot cannot resume a conversation after its token expired (enhanced authentication), start a new one", Client, Some("expired")),
+            WrongConversation => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this conversation", Client, Some("wrong_conversation")),
+            WrongBot => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this bot", Client, Some("wrong_bot")),
+            InvalidTicket => (StatusCode::FORBIDDEN, "BadArgument", "Invalid or expired stream URL", Client, Some("invalid_ticket")),
+            InvalidConversationId => (StatusCode::BAD_REQUEST, "BadArgument", "Invalid conversation id", Client, None),
+            NotFound => (StatusCode::NOT_FOUND, "NotFound", "Not found", Client, None),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed", Client, None),
+            BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "MessageSizeTooBig", "Request body too large", Client, None),
+            UrlTooLong => (StatusCode::URI_TOO_LONG, "UriTooLong", "Request URL too long", Client, None),
+            HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HeadersTooLarge", "Request headers too large", Client, None),
+            BadHost => (StatusCode::BAD_REQUEST, "BadArgument", "An HTTP/1.1 request needs exactly one Host header", Client, None),
+            MalformedJson => (StatusCode::BAD_REQUEST, "BadArgument", "Malformed JSON body", Client, None),
+            InvalidActivity => (StatusCode::BAD_REQUEST, "BadArgument", "Activity must be a JSON object", Client, None),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", "Content-Type must be application/json", Client, None),
+            InvalidQuery => (StatusCode::BAD_REQUEST, "BadArgument", "Invalid query parameter", Client, None),
+            BodyRead => (StatusCode::BAD_REQUEST, "BadArgument", "Request body could not be read", Client, None),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "Request body not received in time", Client, None),
+            OriginNotAllowed => (StatusCode::FORBIDDEN, "BadArgument", "Origin not allowed", Client, None),
+            TooManySockets => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many connections for this conversation", Client, None),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry after the time in Retry-After", Client, None),
+            UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "UpgradeRequired", "WebSocket upgrade required", Client, None),
+            UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
+            UpstreamInvalid => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
+            UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
+            Draining => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Gateway is shutting down", Gateway, None),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceError", "Internal gateway error", Gateway, None),
+        };
+        Row {
+            status,
+            code,
+            message,
+            blame,
+            refusal,
         }
     }
 
-    /// The stable `error.code`; Direct Line's own codes where one exists (spec §1.5).
+    pub fn status(&self) -> StatusCode {
+        self.row().status
+    }
+
+    /// The stable `error.code`.
     pub fn code(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            TokenExpired | ResumeUnavailable => "TokenExpired",
-            MissingCredential
-            | InvalidToken
-            | WrongConversation
-            | WrongBot
-            | InvalidTicket
-            | InvalidConversationId
-            | MalformedJson
-            | InvalidActivity
-            | InvalidQuery
-            | BodyRead
-            | BadHost
-            | OriginNotAllowed => "BadArgument",
-            NotFound => "NotFound",
-            BodyTimeout => "RequestTimeout",
-            MethodNotAllowed => "MethodNotAllowed",
-            BodyTooLarge { .. } => "MessageSizeTooBig",
-            UrlTooLong => "UriTooLong",
-            HeadersTooLarge => "HeadersTooLarge",
-            UnsupportedMediaType => "UnsupportedMediaType",
-            TooManySockets | RateLimited { .. } => "TooManyRequests",
-            UpgradeRequired => "UpgradeRequired",
-            UpstreamUnreachable { .. } => "UpstreamUnavailable",
-            UpstreamInvalid => "UpstreamError",
-            UpstreamTimeout => "UpstreamTimeout",
-            Draining => "ServiceUnavailable",
-            Internal => "ServiceError",
-        }
+        self.row().code
     }
 
     pub fn message(&self) -> &'static str {
-        use GatewayError::*;
-        match self {
-            MissingCredential => "Missing token",
-            InvalidToken => "Invalid token",
-            TokenExpired => "Token expired",
-            ResumeUnavailable => {
-                "Token expired; this bot cannot resume a conversation after its token expired (enhanced authentication), start a new one"
-            }
-            WrongConversation => "Token is not valid for this conversation",
-            WrongBot => "Token is not valid for this bot",
-            InvalidTicket => "Invalid or expired stream URL",
-            InvalidConversationId => "Invalid conversation id",
-            NotFound => "Not found",
-            MethodNotAllowed => "Method not allowed",
-            BodyTooLarge { .. } => "Request body too large",
-            UrlTooLong => "Request URL too long",
-            HeadersTooLarge => "Request headers too large",
-            BadHost => "An HTTP/1.1 request needs exactly one Host header",
-            MalformedJson => "Malformed JSON body",
-            InvalidActivity => "Activity must be a JSON object",
-            UnsupportedMediaType => "Content-Type must be application/json",
-            InvalidQuery => "Invalid query parameter",
-            BodyRead => "Request body could not be read",
-            BodyTimeout => "Request body not received in time",
-            OriginNotAllowed => "Origin not allowed",
-            TooManySockets => "Too many connections for this conversation",
-            RateLimited { .. } => "Too many requests; retry after the time in Retry-After",
-            UpgradeRequired => "WebSocket upgrade required",
-            UpstreamUnreachable { .. } => "Direct Line could not be reached",
-            UpstreamInvalid => "Direct Line returned an invalid response",
-            UpstreamTimeout => "Direct Line did not respond in time",
-            Draining => "Gateway is shutting down",
-            Internal => "Internal gateway error",
-        }
+        self.row().message
     }
 
     pub fn blame(&self) -> Blame {
-        use GatewayError::*;
-        match self {
-            UpstreamUnreachable { .. } | UpstreamInvalid | UpstreamTimeout => Blame::Upstream,
-            Internal | Draining => Blame::Gateway,
-            _ => Blame::Client,
-        }
+        self.row().blame
     }
 
     /// Metric label for refusals of credentials; `None` for everything else.
     pub fn auth_refusal_reason(&self) -> Option<&'static str> {
-        use GatewayError::*;
-        match self {
-            MissingCredential => Some("missing"),
-            InvalidToken => Some("invalid"),
-            TokenExpired | ResumeUnavailable => Some("expired"),
-            WrongConversation => Some("wrong_conversation"),
-            WrongBot => Some("wrong_bot"),
-            InvalidTicket => Some("invalid_ticket"),
-            _ => None,
-        }
+        self.row().refusal
+    }
+
+    /// The error and its causes as one log line (`upstream could not be reached: client
+    /// error (Connect): tcp connect error: Connection refused`).
+    pub fn log_line(&self) -> String {
+        cause_chain(self)
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -325,7 +330,7 @@ mod tests {
             ),
             (
                 UpstreamUnreachable {
-                    cause: Arc::from("tcp connect error: Connection refused"),
+                    cause: Cause::new(std::io::Error::other("Connection refused")),
                 },
                 502,
                 "UpstreamUnavailable",
@@ -337,6 +342,7 @@ mod tests {
             (Internal, 500, "ServiceError", Blame::Gateway),
         ];
         for (error, status, code, blame) in table {
+            assert!(!error.message().is_empty());
             assert_eq!(error.status().as_u16(), *status, "{error:?}");
             assert_eq!(error.code(), *code, "{error:?}");
             assert_eq!(error.blame(), *blame, "{error:?}");
@@ -354,13 +360,16 @@ mod tests {
             cause_chain(&Outer(refused)),
             "client error (Connect): Connection refused"
         );
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         let unreachable = GatewayError::UpstreamUnreachable {
-            cause: Arc::from("client error (Connect): Connection refused"),
+            cause: Cause::new(Outer(refused)),
         };
         assert_eq!(
-            unreachable.to_string(),
+            unreachable.log_line(),
             "upstream could not be reached: client error (Connect): Connection refused"
         );
+        assert!(std::error::Error::source(&unreachable).is_some());
         // The client never sees the cause.
         assert_eq!(unreachable.message(), "Direct Line could not be reached");
     }

@@ -18,13 +18,14 @@ use tokio::task::JoinHandle;
 use crate::admission::{FirstRequest, PerIp, within_first_request};
 use crate::body::{self, Body};
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
-use crate::gateway::{Bot, Connection, Gateway, Live};
+use crate::gateway::{Bot, Gateway, Live};
 use crate::metrics::Metrics;
+use crate::pipeline::{self, Connection};
 use crate::rewrite::is_trusted;
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
-use crate::upstream::Upstream;
+use crate::upstream::client::Upstream;
 use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +283,9 @@ fn build_bot(
     let upstream = match reusable {
         Some(previous) => previous.upstream.clone(),
         None => {
-            let tls = crate::upstream::tls_client_config(settings.upstream_ca_file.as_deref())
-                .map_err(|e| format!("bot {}: upstream_ca_file: {e}", settings.name))?;
+            let tls =
+                crate::upstream::client::tls_client_config(settings.upstream_ca_file.as_deref())
+                    .map_err(|e| format!("bot {}: upstream_ca_file: {e}", settings.name))?;
             Arc::new(
                 Upstream::new(&upstream_url, config.timeouts.connect, tls)
                     .map_err(|_| format!("bot {}: upstream URL", settings.name))?,
@@ -518,7 +520,7 @@ async fn serve_client(
                     }
                     let gateway = for_requests.clone();
                     let connection = connection.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(request, &connection).await) }
+                    async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &connection).await) }
                 });
                 let timeouts = gateway.metrics.client_timeouts.with_label_values(&["first_request"]);
                 let Some(tls) = &tls else {

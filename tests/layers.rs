@@ -155,6 +155,9 @@ impl<'ast> Visit<'ast> for Paths<'_> {
         }
     }
 
+    /// `pub(crate)` and `pub(super)` name who may see an item, not what it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
     fn visit_path(&mut self, path: &'ast syn::Path) {
         self.resolve(path.segments.iter().map(|s| s.ident.to_string()).collect());
         syn::visit::visit_path(self, path);
@@ -299,6 +302,13 @@ fn the_checker_sees_a_cycle_through_a_third_file() {
     .unwrap();
     let found = cycles(&edges(&Crate::load(&dir)));
     assert_eq!(found, vec!["b → b::c → b".to_owned()]);
+    // Visibility is not an edge.
+    std::fs::write(
+        dir.join("b/c.rs"),
+        "pub(super) struct Thing;\npub(crate) fn g() {}\n",
+    )
+    .unwrap();
+    assert!(cycles(&edges(&Crate::load(&dir))).is_empty());
     // Unit tests inside a file are not edges.
     std::fs::write(
         dir.join("b/c.rs"),

@@ -19,9 +19,10 @@ use tokio::time::Instant;
 
 use super::activity::{self, Watermark};
 use super::bot;
-use super::credential;
+use super::config::EmulatorConfig;
 use super::faults::FaultControl;
-use super::{EmulatorConfig, RecordedRequest};
+use super::random;
+use super::record::RecordedRequest;
 use crate::secret::Secret;
 
 /// Most recent requests kept for [`super::EmulatorHandle::requests`]; older ones are
@@ -64,8 +65,8 @@ pub(super) struct ConversationId(Arc<str>);
 
 impl ConversationId {
     fn generate() -> Self {
-        let random: [u8; 16] = credential::random_bytes();
-        Self(format!("{}-us", credential::base64url(&random)).into())
+        let random: [u8; 16] = random::random_bytes();
+        Self(format!("{}-us", random::base64url(&random)).into())
     }
 
     /// Accepts only the characters the service uses, so a path can never smuggle
@@ -168,7 +169,7 @@ impl State {
         conversation: &ConversationId,
         user: Option<Arc<str>>,
     ) -> String {
-        let token = credential::random_token(self.secret.expose());
+        let token = random::random_token(self.secret.expose());
         self.tokens.insert(
             token.clone().into(),
             TokenGrant {
@@ -195,7 +196,7 @@ impl State {
             Watermark::None => conversation.history_len(),
             after => after.next_index(),
         };
-        let token = credential::random_token(self.secret.expose());
+        let token = random::random_token(self.secret.expose());
         self.stream_tokens.insert(
             token.clone().into(),
             StreamGrant {
@@ -319,7 +320,7 @@ fn deadline(ttl: Duration) -> Instant {
 
 /// A random id shaped like a UUID: `2ea0374a-461a-2b59-b42a-b1c985b149a3`.
 fn uuid_like() -> String {
-    let hex: String = credential::random_bytes::<16>()
+    let hex: String = random::random_bytes::<16>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::credential::Credential;
+use super::exchange::{Body, DlError, Exchange, query_parameter};
 use super::faults::AfterFrame;
-use super::http::{Body, DlError, Exchange, query_parameter};
 use super::state::{Conversation, Cursor, Outgoing, State, StreamGrant};
 
 /// Close reason for a second socket on one conversation (spec §0.3).

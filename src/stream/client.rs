@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::hub::{Cursor, Event, Hub, Pending, filtered_text};
-use super::relay::close_frame;
+use super::websocket::close_frame;
 use crate::gateway::Gateway;
 
 pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;

@@ -9,15 +9,12 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::ids::{ActivityKey, KeySet};
-use crate::body;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
-use crate::gateway::Gateway;
-use crate::metrics::status_class;
+use crate::gateway::{Bot, Gateway, Live};
 use crate::rewrite;
 use crate::scrub::Needles;
-use crate::secret;
-use crate::upstream;
+use crate::upstream::call::{Credential, UpstreamCall};
+use crate::upstream::client::stream_url_refused;
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -56,65 +53,62 @@ pub async fn fetch_stream_url(
     let live = gw.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
-    let mut with_token = false;
-    loop {
-        let credential = if with_token {
-            secret::bearer(upstream_token)
-        } else {
-            bot.secret.bearer_header()
-        };
-        let request = bot
-            .upstream
-            .request(Method::GET, &path, credential)
-            .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
-            .map_err(|_| FetchError::Retry)?;
-        let response = bot.upstream.send(request, timeout).await;
-        let status_label = match &response {
-            Ok(r) => status_class(r.status().as_u16()),
-            Err(GatewayError::UpstreamTimeout) => "timeout",
-            Err(_) => "error",
-        };
-        gw.metrics
-            .upstream_requests
-            .with_label_values(&["stream_resume", status_label, &bot.name])
-            .inc();
-        let response = response.map_err(|_| FetchError::Retry)?;
-        let status = response.status();
-        let (_, bytes) = upstream::read_body(response, timeout)
-            .await
-            .map_err(|_| FetchError::Retry)?;
-        if status == StatusCode::NOT_FOUND {
-            return Err(FetchError::Gone);
-        }
-        if status == StatusCode::BAD_REQUEST
-            && !with_token
-            && upstream::error_code(&bytes).as_deref() == Some("MissingProperty")
-        {
-            with_token = true;
-            continue;
-        }
-        if !status.is_success() {
-            tracing::debug!(conversation = %conversation, status = status.as_u16(), "reconnect refused upstream");
-            return Err(FetchError::Retry);
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
-        if with_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
-            *upstream_token = fresh.to_owned();
-        }
-        let url = json
-            .get("streamUrl")
-            .and_then(|u| u.as_str())
-            .ok_or(FetchError::Retry)?;
-        // A refused URL is a failed attempt: the resume loop backs off and spends its budget.
-        return match bot.upstream.stream_pin().read(url, conversation) {
-            Ok(_) => Ok(url.to_owned()),
-            Err(refused) => {
-                upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "resume");
-                Err(FetchError::Retry)
-            }
-        };
+    let reply = upstream_get(&live, bot, &path, upstream_token, "stream_resume")
+        .send(&gw.metrics)
+        .await
+        .map_err(|error| {
+            tracing::debug!(conversation = %conversation, error = %error.log_line(), "reconnect GET failed");
+            FetchError::Retry
+        })?;
+    let via_token = reply.via_token;
+    let (parts, bytes) = reply
+        .answer
+        .read(timeout)
+        .await
+        .map_err(|_| FetchError::Retry)?;
+    if parts.status == StatusCode::NOT_FOUND {
+        return Err(FetchError::Gone);
     }
+    if !parts.status.is_success() {
+        tracing::debug!(conversation = %conversation, status = parts.status.as_u16(), "reconnect refused upstream");
+        return Err(FetchError::Retry);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
+    if via_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
+        *upstream_token = fresh.to_owned();
+    }
+    let url = json
+        .get("streamUrl")
+        .and_then(|u| u.as_str())
+        .ok_or(FetchError::Retry)?;
+    // A refused URL is a failed attempt: the resume loop backs off and spends its budget.
+    match bot.upstream.stream_pin().read(url, conversation) {
+        Ok(_) => Ok(url.to_owned()),
+        Err(refused) => {
+            stream_url_refused(&gw.metrics, &bot.name, &refused, "resume");
+            Err(FetchError::Retry)
+        }
+    }
+}
+
+/// A GET of the stream side, with the secret and the enhanced-auth fallback to the
+/// conversation token (spec §0.5), labelled `label` in the upstream metrics.
+fn upstream_get<'a>(
+    live: &Live,
+    bot: &'a Bot,
+    path: &'a str,
+    upstream_token: &'a str,
+    label: &'static str,
+) -> UpstreamCall<'a> {
+    UpstreamCall::new(
+        bot,
+        Method::GET,
+        path,
+        Credential::SecretThenToken(upstream_token),
+        label,
+        live.config.timeouts.default,
+        live.config.limits.upstream_error_body_bytes,
+    )
 }
 
 /// Opens an upstream stream URL (ws or wss) within the connect timeout.
@@ -124,11 +118,11 @@ pub async fn dial(gw: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, 
         let live = gw.live();
         let bot = live.bot(bot).ok_or(DialError::Failed)?;
         if let Err(refused) = bot.upstream.stream_pin().check_dial(request.uri()) {
-            upstream::stream_url_refused(&gw.metrics, &bot.name, &refused, "dial");
+            stream_url_refused(&gw.metrics, &bot.name, &refused, "dial");
             return Err(DialError::Failed);
         }
         (
-            super::ws_config(&live.config.stream),
+            super::websocket::ws_config(&live.config.stream),
             bot.upstream.tls().clone(),
             live.config.timeouts.connect * 2,
         )
@@ -183,36 +177,24 @@ pub async fn catch_up(
             "/v3/directline/conversations/{conversation}/activities{}",
             rewrite::watermark_query(watermark.as_deref())
         );
-        let mut bytes = None;
-        for credential in [bot.secret.bearer_header(), secret::bearer(upstream_token)] {
-            let request = bot
-                .upstream
-                .request(Method::GET, &path, credential)
-                .and_then(|b| b.body(body::empty()).map_err(|_| GatewayError::Internal))
-                .map_err(|_| FetchError::Retry)?;
-            let response = bot
-                .upstream
-                .send(request, timeout)
-                .await
-                .map_err(|_| FetchError::Retry)?;
-            let status = response.status();
-            let (_, body) = upstream::read_body(response, timeout)
-                .await
-                .map_err(|_| FetchError::Retry)?;
-            if status.is_success() {
-                bytes = Some(body);
-                break;
-            }
-            if status == StatusCode::NOT_FOUND {
-                return Err(FetchError::Gone);
-            }
-            if !(status == StatusCode::BAD_REQUEST
-                && upstream::error_code(&body).as_deref() == Some("MissingProperty"))
-            {
-                return Err(FetchError::Retry);
-            }
+        let reply = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up")
+            .send(&gw.metrics)
+            .await
+            .map_err(|error| {
+                tracing::debug!(conversation = %conversation, error = %error.log_line(), "catch-up GET failed");
+                FetchError::Retry
+            })?;
+        let (parts, bytes) = reply
+            .answer
+            .read(timeout)
+            .await
+            .map_err(|_| FetchError::Retry)?;
+        if parts.status == StatusCode::NOT_FOUND {
+            return Err(FetchError::Gone);
         }
-        let bytes = bytes.ok_or(FetchError::Retry)?;
+        if !parts.status.is_success() {
+            return Err(FetchError::Retry);
+        }
         let set: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
         let activities = set

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use url::Url;
 
 use super::client::{CLOSE_GRACE, ClientSocket, Refusal};
-use super::relay::close_frame;
+use super::websocket::close_frame;
 use crate::activity_body;
 use crate::endpoint::ConversationId;
 use crate::gateway::Gateway;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::websocket::close_frame;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
@@ -439,12 +439,5 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker, run: &mut FailureRun
                 reconnects("retry");
             }
         }
-    }
-}
-
-pub fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
     }
 }

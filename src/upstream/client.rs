@@ -1,13 +1,12 @@
 //! The HTTP client to Direct Line: URL building, upstream `Host`, TLS with the ring provider.
+//! It sends once and maps transport failures; [`super::call`] is the one path that uses it.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -21,9 +20,6 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
-
-/// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
-pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
 
 pub struct Upstream {
     scheme: Scheme,
@@ -166,7 +162,7 @@ impl Upstream {
                 // Kept whole for the warn line: "client error (Connect)" alone does not
                 // tell a refused port from a DNS failure or a bad certificate.
                 Err(GatewayError::UpstreamUnreachable {
-                    cause: Arc::from(crate::error::cause_chain(&error)),
+                    cause: crate::error::Cause::new(error),
                 })
             }
             Ok(Ok(response)) => Ok(response),
@@ -201,78 +197,4 @@ fn has_cause<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         source = e.source();
     }
     false
-}
-
-/// Reads a small upstream body whole, decompressing gzip (spec §0.10), within `timeout`.
-pub async fn read_body(
-    response: Response<Incoming>,
-    timeout: Duration,
-) -> Result<(http::response::Parts, Bytes), GatewayError> {
-    match read_body_within(response, timeout, MAX_UPSTREAM_JSON).await? {
-        (parts, Some(bytes)) => Ok((parts, bytes)),
-        (_, None) => Err(GatewayError::UpstreamInvalid),
-    }
-}
-
-/// [`read_body`] up to `limit` bytes, before and after decoding; `None` past it.
-pub async fn read_body_within(
-    response: Response<Incoming>,
-    timeout: Duration,
-    limit: usize,
-) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
-    // Collected here rather than through `read_raw`: one async frame less on every
-    // start and token call.
-    let (mut parts, body) = response.into_parts();
-    let raw = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            return Ok((parts, None));
-        }
-        Ok(Err(_)) => return Err(GatewayError::UpstreamInvalid),
-    };
-    if !is_gzip(&parts.headers) {
-        return Ok((parts, Some(raw)));
-    }
-    parts.headers.remove(header::CONTENT_ENCODING);
-    Ok((parts, gunzip(&raw, limit)?))
-}
-
-/// The body as it came (still encoded), up to `limit` bytes; `None` past it.
-pub async fn read_raw(
-    response: Response<Incoming>,
-    timeout: Duration,
-    limit: usize,
-) -> Result<(http::response::Parts, Option<Bytes>), GatewayError> {
-    let (parts, body) = response.into_parts();
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err(GatewayError::UpstreamTimeout),
-        Ok(Ok(collected)) => Ok((parts, Some(collected.to_bytes()))),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Ok((parts, None)),
-        Ok(Err(_)) => Err(GatewayError::UpstreamInvalid),
-    }
-}
-
-/// A gzip body decoded, up to `limit` bytes; `None` past it.
-pub fn gunzip(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, GatewayError> {
-    let mut decoded = Vec::with_capacity((bytes.len() * 4).min(limit + 1));
-    let reader = flate2::read::GzDecoder::new(bytes);
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(reader, limit as u64 + 1),
-        &mut decoded,
-    )
-    .map_err(|_| GatewayError::UpstreamInvalid)?;
-    Ok((decoded.len() <= limit).then(|| Bytes::from(decoded)))
-}
-
-pub fn is_gzip(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
-}
-
-/// The Direct Line `error.code` of an upstream error body, if it has one.
-pub fn error_code(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("error")?.get("code")?.as_str().map(str::to_owned)
 }

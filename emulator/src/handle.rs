@@ -1,0 +1,181 @@
+//! Starting the emulator, and the handle a test or the gateway holds to a running one.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::config::{EmulatorArgs, EmulatorConfig};
+use crate::faults::FaultControl;
+use crate::record::RecordedRequest;
+use crate::secret::Secret;
+use crate::server;
+use crate::state::State;
+
+/// Starts serving on `listener` in a background task; returns at once.
+pub fn spawn(listener: TcpListener, config: EmulatorConfig) -> EmulatorHandle {
+    let local_addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    start(listener, config, local_addr).0
+}
+
+/// Serves until `shutdown` completes (for the CLI), then closes every stream and
+/// connection.
+pub async fn run(
+    listener: TcpListener,
+    config: EmulatorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local_addr = listener.local_addr()?;
+    let (handle, accepting) = start(listener, config, local_addr);
+    tokio::select! {
+        () = shutdown => {}
+        // The accept loop only ends through shutdown; treat a panic there as one.
+        _ = accepting => {}
+    }
+    handle.shutdown();
+    Ok(())
+}
+
+/// What both command lines (`directline-emulator` and `directline-gateway emulator`) do:
+/// listen, print the address, serve until `shutdown`. `program` prefixes error lines.
+/// Exit codes: 64 when the address cannot be bound (a usage error), 1 when serving fails.
+pub async fn run_cli(
+    program: &str,
+    args: &EmulatorArgs,
+    shutdown: impl Future<Output = ()>,
+) -> std::process::ExitCode {
+    let listener = match TcpListener::bind(args.listen()).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("{program}: cannot listen on {}: {error}", args.listen());
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!("Direct Line emulator listening on http://{addr}");
+    match run(listener, args.config(), shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(
+    listener: TcpListener,
+    config: EmulatorConfig,
+    local_addr: SocketAddr,
+) -> (EmulatorHandle, tokio::task::JoinHandle<()>) {
+    let state = Arc::new(State::new(config, local_addr));
+    tokio::spawn(server::sweep(state.clone()));
+    let accepting = tokio::spawn(server::accept(listener, state.clone()));
+    (EmulatorHandle { state }, accepting)
+}
+
+/// A running emulator: its address, its record, and its run-time controls.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for EmulatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorHandle")
+            .field("local_addr", &self.state.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmulatorHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.local_addr
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), without `/v3/directline` (a wildcard listen address is
+    /// reported as loopback).
+    /// The secret the emulator accepts first (the gateway injects it in embedded mode).
+    pub fn secret(&self) -> Secret {
+        self.state.secret.clone()
+    }
+
+    pub fn base_url(&self) -> String {
+        let mut addr = self.state.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if self.state.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    }
+
+    /// Every REST request and stream upgrade attempt, in arrival order (the most recent
+    /// 16384).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests()
+    }
+
+    /// Run-time fault switches.
+    pub fn faults(&self) -> FaultControl {
+        self.state.faults.clone()
+    }
+
+    /// A proactive bot message; the new activity id, or `None` for an unknown conversation.
+    pub fn send_bot_message(&self, conversation_id: &str, text: &str) -> Option<String> {
+        let conversation = self.state.conversation(conversation_id)?;
+        Some(self.state.proactive(&conversation, text))
+    }
+
+    /// Forgets the conversation (Direct Line drops them after 15–20 days idle, spec §3):
+    /// reconnects and REST calls for it answer 404 from now on. False if unknown.
+    pub fn end_conversation(&self, conversation_id: &str) -> bool {
+        self.state.forget_conversation(conversation_id)
+    }
+
+    /// The stored history (typing activities are never stored).
+    pub fn activities(&self, conversation_id: &str) -> Vec<Value> {
+        self.state
+            .conversation(conversation_id)
+            .map(|conversation| conversation.history())
+            .unwrap_or_default()
+    }
+
+    /// Open stream sockets of the conversation: 0 or 1 (a collision closes the newcomer;
+    /// a stalled socket no longer counts).
+    pub fn live_streams(&self, conversation_id: &str) -> usize {
+        self.state
+            .conversation(conversation_id)
+            .map_or(0, |conversation| conversation.live_streams())
+    }
+
+    /// Successful upgrades so far, including ones then closed for `collision`.
+    pub fn stream_connects(&self) -> u64 {
+        self.state.stream_connects()
+    }
+
+    /// Cuts every stream open right now at once, without a close frame (as a Direct Line
+    /// front end failing over does), and frees their slots; streams opened afterwards are
+    /// untouched. For the drop-storm benchmark (`benches/compare.rs`): the proxy in front
+    /// must notice the drop and resume each conversation from its watermark.
+    pub fn drop_all_streams(&self) {
+        self.state.drop_all_streams();
+    }
+
+    /// Stops accepting, closes streams with 1001 and lets connections drain.
+    pub fn shutdown(&self) {
+        self.state.shut_down();
+    }
+}

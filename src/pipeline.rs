@@ -1,0 +1,615 @@
+//! A client request in named phases (DESIGN §9): **admit** (URL and header sizes, Host,
+//! draining) → **select bot** (host, prefix) → **parse** (typed endpoint) → **check origin**
+//! → **authorize** (token, ownership) → **rate-limit** → **dispatch** (the route) →
+//! **respond** (CORS, errors as Direct Line bodies) → **log** (access line, metrics). What
+//! each route needs is declared once in [`crate::routes::needs`]; the phases do it.
+//!
+//! Hand-written rather than a stack of tower layers: the phases share one context (bot,
+//! route, client IP) that each later phase reads, and the measured hot path has no boxing
+//! or per-layer future (docs/DESIGN-NOTES.md, "tower").
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
+use crate::cors;
+use crate::endpoint::{Endpoint, Route};
+use crate::error::{Blame, GatewayError};
+use crate::gateway::{Bot, Gateway};
+use crate::metrics::status_class;
+use crate::ratelimit::client_ip;
+use crate::routes::context::RequestContext;
+use crate::routes::needs::{self, Bucket, Credential, Needs};
+use crate::routes::{activities, conversations, session, stream, tokens, upload};
+use crate::seal::ClientToken;
+
+/// Facts of one client connection, shared by every request on it.
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The peer's address as the `x-forwarded-for` value upstream requests carry: formatted
+    /// once per connection rather than once per request.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            peer,
+            local,
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// What the authorize phase opened for the route.
+enum Authorized {
+    Nothing,
+    Token(ClientToken),
+    /// A token for `tokens/refresh`, and whether it had expired (a durable resume).
+    Refresh(ClientToken, bool),
+}
+
+impl Authorized {
+    /// The token a route declared it needs; the table guarantees there is one.
+    fn token(self) -> Result<ClientToken, GatewayError> {
+        match self {
+            Authorized::Token(token) | Authorized::Refresh(token, _) => Ok(token),
+            Authorized::Nothing => Err(GatewayError::Internal),
+        }
+    }
+}
+
+/// Serves one client request through every phase; never fails (errors are responses).
+pub async fn handle(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    connection: &Connection,
+) -> Response<Body> {
+    let started = Instant::now();
+    let _in_flight = InFlight::enter(&gateway.metrics.http_in_flight);
+    let method = request.method().clone();
+    let live = gateway.live_owned();
+    let client_ip = client_ip(
+        connection.peer,
+        request.headers(),
+        &live.config.trusted_proxies,
+    );
+    let request_id = request_id(request.headers());
+    let Some(bot) = select_bot(&live, &request) else {
+        let response = GatewayError::NotFound.into_response();
+        return log(
+            gateway,
+            response,
+            Finished {
+                method: &method,
+                route: Route::Unknown,
+                bot: NO_BOT,
+                started,
+                request_id,
+                upstream_status: None,
+                client_ip,
+            },
+        );
+    };
+    let origin = cors::allowed_origin(&bot.settings.allowed_origins, request.headers()).cloned();
+    let mut ctx = RequestContext {
+        route: Route::Unknown,
+        peer: connection.peer,
+        forwarded_for: connection.forwarded_for.clone(),
+        client_ip,
+        local: connection.local,
+        request_id,
+        upstream_status: None,
+        accepts_gzip: accepts_gzip(request.headers()),
+        live,
+        bot,
+    };
+    let result = run(gateway, request, &mut ctx).await;
+    let response = respond(gateway, result, &ctx, origin.as_ref());
+    let RequestContext {
+        route,
+        request_id,
+        upstream_status,
+        client_ip,
+        bot,
+        ..
+    } = ctx;
+    log(
+        gateway,
+        response,
+        Finished {
+            method: &method,
+            route,
+            bot: &bot.name,
+            started,
+            request_id,
+            upstream_status,
+            client_ip,
+        },
+    )
+}
+
+/// The phases between choosing the bot and answering.
+async fn run(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    admit(&request, &ctx.live.config)?;
+    let bot = ctx.bot.clone();
+    if serves_demo(&bot.settings, request.method(), request.uri().path()) {
+        ctx.route = Route::Demo;
+        return Ok(crate::demo::page(&bot.name));
+    }
+    let endpoint = Endpoint::parse(
+        request.method(),
+        request.uri().path(),
+        &bot.settings.path_prefix,
+    )?;
+    ctx.route = endpoint.route();
+    let needs = needs::of(&endpoint);
+    if gateway.is_draining() && !needs.while_draining {
+        return Err(GatewayError::Draining);
+    }
+    if needs.origin_checked {
+        check_origin(&bot.settings, request.headers())?;
+    }
+    let authorized = authorize(&endpoint, needs, request.headers(), ctx)?;
+    rate_limit(gateway, &endpoint, needs, ctx)?;
+    dispatch(gateway, endpoint, authorized, request, ctx).await
+}
+
+/// Admit: what every request must satisfy before anything reads it further.
+fn admit(request: &Request<Incoming>, config: &Config) -> Result<(), GatewayError> {
+    let uri = request.uri();
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > config.limits.max_url_bytes {
+        return Err(GatewayError::UrlTooLong);
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    // HTTP/1.1's parser counts fields itself; HTTP/2 has only a byte limit in hyper.
+    if header_bytes > config.limits.max_header_bytes
+        || request.headers().len() > config.limits.max_header_count
+    {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without a Host, or
+    // with more than one; two would also let a proxy in front and this gateway disagree
+    // about which bot (host binding) a request is for.
+    if request.version() == http::Version::HTTP_11
+        && request.headers().get_all(http::header::HOST).iter().count() != 1
+    {
+        return Err(GatewayError::BadHost);
+    }
+    Ok(())
+}
+
+/// Select bot: the one bound to the request's host, then the longest path prefix.
+fn select_bot(live: &crate::gateway::Live, request: &Request<Incoming>) -> Option<Arc<Bot>> {
+    live.bot_for(request_host(request), request.uri().path())
+        .cloned()
+}
+
+/// Check origin: a browser on another site must not mint tokens for this bot; callers
+/// without an Origin (a server fetching tokens for its page) are not browsers.
+fn check_origin(settings: &BotConfig, headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    if !settings.allowed_origins.is_empty()
+        && headers.contains_key(http::header::ORIGIN)
+        && cors::allowed_origin(&settings.allowed_origins, headers).is_none()
+    {
+        return Err(GatewayError::OriginNotAllowed);
+    }
+    Ok(())
+}
+
+/// Authorize: opens the credential the route declared, for this bot (and conversation).
+fn authorize(
+    endpoint: &Endpoint,
+    needs: Needs,
+    headers: &http::HeaderMap,
+    ctx: &RequestContext,
+) -> Result<Authorized, GatewayError> {
+    Ok(match needs.credential {
+        Credential::None => Authorized::Nothing,
+        Credential::Token => Authorized::Token(ctx.authorize(headers, None)?),
+        Credential::ConversationToken => {
+            Authorized::Token(ctx.authorize(headers, endpoint.conversation())?)
+        }
+        Credential::RefreshableToken => {
+            let (token, expired) = crate::auth::authorize_refresh(
+                &ctx.live.sealer,
+                &ctx.bot.name,
+                headers,
+                ctx.bot.settings.resume_window,
+            )?;
+            Authorized::Refresh(token, expired)
+        }
+    })
+}
+
+/// Rate-limit: one token from the route's bucket, or 429 with a whole-second Retry-After.
+fn rate_limit(
+    gateway: &Gateway,
+    endpoint: &Endpoint,
+    needs: Needs,
+    ctx: &RequestContext,
+) -> Result<(), GatewayError> {
+    let rates = &ctx.bot.settings.rate_limits;
+    let now = Instant::now();
+    let refused = match (needs.bucket, endpoint.conversation()) {
+        (Bucket::None, _) => return Ok(()),
+        (Bucket::Sessions, _) => {
+            gateway
+                .session_limits
+                .check((ctx.bot.name.clone(), ctx.client_ip), rates.sessions, now)
+        }
+        (Bucket::Activities, Some(conversation)) => gateway.activity_limits.check_key(
+            &(ctx.bot.name.clone(), conversation.clone()),
+            rates.activities,
+            now,
+        ),
+        (Bucket::Activities, None) => return Err(GatewayError::Internal),
+    };
+    refused.map_err(|wait| {
+        gateway
+            .metrics
+            .rate_limited
+            .with_label_values(&[ctx.route.as_str(), &ctx.bot.name])
+            .inc();
+        GatewayError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })
+}
+
+/// Dispatch: the route's handler, with what the earlier phases opened.
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    endpoint: Endpoint,
+    authorized: Authorized,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    match endpoint {
+        Endpoint::Preflight(_) => Ok(cors::preflight(
+            &ctx.bot.settings.allowed_origins,
+            request.headers(),
+        )),
+        Endpoint::TokensGenerate => tokens::generate_token(gateway, request, ctx).await,
+        Endpoint::TokensRefresh => {
+            let Authorized::Refresh(token, expired) = authorized else {
+                return Err(GatewayError::Internal);
+            };
+            tokens::refresh_token(gateway, ctx, token, expired).await
+        }
+        Endpoint::StartConversation => {
+            conversations::start_conversation(gateway, request, ctx, authorized.token()?).await
+        }
+        Endpoint::Reconnect(id) => {
+            conversations::reconnect(gateway, &id, request, ctx, authorized.token()?).await
+        }
+        Endpoint::GetActivities(id) => {
+            activities::get_activities(gateway, &id, request, ctx, authorized.token()?).await
+        }
+        Endpoint::PostActivity(id) => {
+            activities::post_activity(gateway, &id, request, ctx, authorized.token()?).await
+        }
+        Endpoint::Upload(id) => {
+            upload::upload(gateway, &id, request, ctx, authorized.token()?).await
+        }
+        Endpoint::SessionId => {
+            session::session_id(gateway, request, ctx, authorized.token()?).await
+        }
+        Endpoint::Stream {
+            conversation,
+            multimodal,
+        } => stream::accept(gateway, conversation, multimodal, request, ctx),
+    }
+}
+
+/// Respond: an error becomes its Direct Line body (counted and logged by blame), and a
+/// browser on an allowed origin gets the CORS headers.
+fn respond(
+    gateway: &Gateway,
+    result: Result<Response<Body>, GatewayError>,
+    ctx: &RequestContext,
+    origin: Option<&HeaderValue>,
+) -> Response<Body> {
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            record_refusal(gateway, &error, ctx);
+            error.into_response()
+        }
+    };
+    if let Some(origin) = origin
+        && ctx.route != Route::Preflight
+    {
+        cors::decorate(response.headers_mut(), origin);
+    }
+    response
+}
+
+/// What the access log and request metrics need once a response exists.
+struct Finished<'a> {
+    method: &'a Method,
+    route: Route,
+    bot: &'a str,
+    started: Instant,
+    request_id: HeaderValue,
+    upstream_status: Option<u16>,
+    client_ip: IpAddr,
+}
+
+/// Log: the request id header, the request metrics and the access-log line.
+fn log(gateway: &Gateway, mut response: Response<Body>, done: Finished<'_>) -> Response<Body> {
+    let status = response.status().as_u16();
+    let elapsed = done.started.elapsed();
+    let route = done.route.as_str();
+    gateway
+        .metrics
+        .http_requests
+        .with_label_values(&[
+            route,
+            method_label(done.method),
+            status_class(status),
+            done.bot,
+        ])
+        .inc();
+    gateway
+        .metrics
+        .http_duration
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "access",
+        route,
+        bot = done.bot,
+        method = %done.method,
+        status,
+        upstream_status = done.upstream_status,
+        // To 10 µs: `0.04`, not `0.041387999999999994`, in both formats.
+        duration_ms = (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
+        request_id = done.request_id.to_str().unwrap_or(""),
+        client_ip = %done.client_ip,
+    );
+    response
+        .headers_mut()
+        .insert("x-request-id", done.request_id);
+    response
+}
+
+fn record_refusal(gateway: &Gateway, error: &GatewayError, ctx: &RequestContext) {
+    if *error == GatewayError::BodyTimeout {
+        let phase = if ctx.route == Route::Upload {
+            "upload"
+        } else {
+            "body"
+        };
+        gateway
+            .metrics
+            .client_timeouts
+            .with_label_values(&[phase])
+            .inc();
+    }
+    if let Some(reason) = error.auth_refusal_reason() {
+        gateway
+            .metrics
+            .auth_refusals
+            .with_label_values(&[reason, &ctx.bot.name])
+            .inc();
+    }
+    // A refresh past `resume_window` is refused by the authorize phase; it is a resume that
+    // could not be, and counted as one (`token_resumes_total{result="past_window"}`).
+    if ctx.route == Route::TokensRefresh && *error == GatewayError::TokenExpired {
+        gateway
+            .metrics
+            .token_resumes
+            .with_label_values(&["past_window", &ctx.bot.name])
+            .inc();
+    }
+    let request_id = ctx.request_id.to_str().unwrap_or("");
+    match error.blame() {
+        Blame::Client => {
+            tracing::debug!(route = ctx.route.as_str(), request_id, error = %error, "refused")
+        }
+        Blame::Upstream => {
+            tracing::warn!(route = ctx.route.as_str(), request_id, error = %error.log_line(), "upstream failure")
+        }
+        Blame::Gateway => {
+            tracing::error!(route = ctx.route.as_str(), request_id, error = %error.log_line(), "gateway failure")
+        }
+    }
+}
+
+/// Counts a request as in flight until dropped, also when the client goes away mid-request
+/// and hyper drops the handler's future.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The request's host without the port: the URI's authority (HTTP/2, absolute form), else `Host`.
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(host_of(authority))
+}
+
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => host,
+        None => authority,
+    };
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.split(':').next().unwrap_or(host)
+}
+
+fn serves_demo(config: &BotConfig, method: &Method, path: &str) -> bool {
+    config.upstream == UpstreamTarget::Embedded
+        && *method == Method::GET
+        && path
+            .strip_prefix(config.path_prefix.as_str())
+            .is_some_and(|rest| rest == "/" || rest.is_empty())
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Whether the caller accepts a gzip body (RFC 9110 §12.5.3): `gzip` or `*` with a q-value
+/// above zero; an explicit `gzip;q=0` refuses it whatever `*` says.
+fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for coding in headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let acceptable = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+            .next_back()
+            .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(acceptable);
+        } else if name == "*" {
+            any = Some(acceptable);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
+/// Keeps a caller's `x-request-id` when it is short and printable, else mints one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get("x-request-id")
+        && value.len() <= 128
+        && !value.is_empty()
+        && value.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return value.clone();
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let random = fastrand::u128(..);
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(random >> (124 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_unless_the_caller_sent_a_sane_one() {
+        let empty = http::HeaderMap::new();
+        let a = request_id(&empty);
+        let b = request_id(&empty);
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        let mut sent = http::HeaderMap::new();
+        sent.insert("x-request-id", HeaderValue::from_static("trace-7"));
+        assert_eq!(request_id(&sent), "trace-7");
+        sent.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&sent).len(), 32);
+    }
+
+    #[test]
+    fn forwarded_for_is_the_peer_ip_without_its_port() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for (peer, expected) in [
+            ("192.0.2.7:50123", "192.0.2.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            (
+                "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+        ] {
+            let connection = Connection::new(peer.parse().unwrap(), local);
+            assert_eq!(connection.forwarded_for, expected);
+        }
+    }
+
+    #[test]
+    fn accept_encoding_q_values_are_honoured() {
+        for (value, gzip) in [
+            ("gzip", true),
+            ("gzip, deflate, br", true),
+            ("deflate, GZIP;q=0.5", true),
+            ("gzip;q=0", false),
+            ("gzip; q=0.000", false),
+            ("*", true),
+            ("*;q=0", false),
+            ("*, gzip;q=0", false),
+            ("identity", false),
+            ("br;q=1, *;q=0.1", true),
+            ("gzip;q=abc", false),
+            ("", false),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static(value),
+            );
+            assert_eq!(accepts_gzip(&headers), gzip, "{value:?}");
+        }
+        assert!(!accepts_gzip(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn hosts_lose_their_port_and_credentials() {
+        for (authority, host) in [
+            ("chat.contoso.com", "chat.contoso.com"),
+            ("chat.contoso.com:8443", "chat.contoso.com"),
+            ("user:pw@chat.contoso.com:80", "chat.contoso.com"),
+            ("[::1]:8080", "[::1]"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+        ] {
+            assert_eq!(host_of(authority), host, "{authority}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `GET` and `POST …/activities`: history pages passed through scrubbed, posted activities
+//! with `from` bound to the token's user.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::answer::{credential_needles, passthrough};
+use super::context::RequestContext;
+use super::request_body::{read_limited, require_json_content_type};
+use crate::activity_body;
+use crate::body::Body;
+use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::rewrite;
+use crate::seal::ClientToken;
+use crate::upstream::call::Credential;
+
+pub async fn get_activities(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+    token: ClientToken,
+) -> Result<Response<Body>, GatewayError> {
+    let watermark = rewrite::query_watermark(request.uri().query())?;
+    let path = format!(
+        "/v3/directline/conversations/{conversation}/activities{}",
+        rewrite::watermark_query(watermark.as_deref())
+    );
+    let timeout = ctx.live.config.timeouts.default;
+    let reply = ctx
+        .upstream(
+            Method::GET,
+            &path,
+            Credential::SecretThenToken(&token.upstream_token),
+            timeout,
+        )
+        .send(&gw.metrics)
+        .await?;
+    ctx.saw(&reply);
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(
+        gw,
+        reply.answer,
+        ctx,
+        ctx.live.config.timeouts.default,
+        needles,
+    )
+    .await
+}
+
+pub async fn post_activity(
+    gw: &Arc<Gateway>,
+    conversation: &ConversationId,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+    token: ClientToken,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    require_json_content_type(&parts.headers)?;
+    let bytes = read_limited(
+        body,
+        &parts.headers,
+        ctx.live.config.limits.activity_body_bytes,
+        ctx,
+    )
+    .await?;
+    let body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    let path = format!("/v3/directline/conversations/{conversation}/activities");
+    let reply = ctx
+        .upstream(
+            Method::POST,
+            &path,
+            Credential::SecretThenToken(&token.upstream_token),
+            ctx.live.config.timeouts.activities,
+        )
+        .json(body)
+        .send(&gw.metrics)
+        .await?;
+    ctx.saw(&reply);
+    let needles = credential_needles(ctx, token.upstream_token);
+    passthrough(
+        gw,
+        reply.answer,
+        ctx,
+        ctx.live.config.timeouts.default,
+        needles,
+    )
+    .await
+}

@@ -1,0 +1,266 @@
+//! `tokens/generate` and `tokens/refresh`: the gateway's own sealed tokens, and the durable
+//! resume of a conversation whose token expired (DESIGN §12).
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use super::answer::{json_response, json_str, read_json_or_error};
+use super::context::RequestContext;
+use super::lifetime::upstream_lifetime;
+use super::request_body::read_optional_json;
+use crate::body::Body;
+use crate::clock;
+use crate::config::UserIdPolicy;
+use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::seal::{ClientToken, Purpose};
+use crate::upstream::call::{Answer, Credential};
+
+pub async fn generate_token(
+    gw: &Arc<Gateway>,
+    request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let params = read_optional_json(
+        body,
+        &parts.headers,
+        ctx.live.config.limits.token_body_bytes,
+        ctx,
+    )
+    .await?;
+    let caller_user = params.as_ref().and_then(|p| field(p, "user"));
+    // Only a display name is taken from the caller, unless the bot's policy lets the
+    // (trusted, server-side) caller choose the id.
+    let user_id = match ctx.bot.settings.user_ids {
+        UserIdPolicy::Caller => caller_user
+            .and_then(|u| field(u, "id"))
+            .and_then(Value::as_str)
+            .filter(|id| is_caller_user_id(id))
+            .map_or_else(mint_user_id, str::to_owned),
+        UserIdPolicy::Minted => mint_user_id(),
+    };
+    let mut user = Map::new();
+    user.insert("id".into(), Value::String(user_id.clone()));
+    if let Some(name) = caller_user
+        .and_then(|u| field(u, "name"))
+        .and_then(Value::as_str)
+    {
+        user.insert("name".into(), Value::String(name.to_owned()));
+    }
+    let mut upstream_body = Map::new();
+    upstream_body.insert("user".into(), Value::Object(user));
+    if !ctx.bot.settings.trusted_origins.is_empty() {
+        upstream_body.insert(
+            "trustedOrigins".into(),
+            json!(ctx.bot.settings.trusted_origins),
+        );
+    }
+    let timeout = ctx.live.config.timeouts.default;
+    let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
+    let reply = ctx
+        .upstream(
+            Method::POST,
+            "/v3/directline/tokens/generate",
+            Credential::Secret,
+            timeout,
+        )
+        .json(body)
+        .send(&gw.metrics)
+        .await?;
+    ctx.saw(&reply);
+    let (status, json) = match read_json_or_error(gw, ctx, reply.answer, timeout, "").await? {
+        Ok(ok) => ok,
+        Err(error_response) => return Ok(error_response),
+    };
+    let conversation_id = json_str(&json, "conversationId")
+        .and_then(|c| ConversationId::parse(c).ok())
+        .ok_or(GatewayError::UpstreamInvalid)?;
+    let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    let expires_in = upstream_lifetime(gw, ctx, &json);
+    let token = ClientToken {
+        bot: ctx.bot.name.to_string(),
+        conversation_id: conversation_id.to_string(),
+        user_id,
+        upstream_token: upstream_token.to_owned(),
+        expires_at: clock::unix_seconds().saturating_add(expires_in),
+    };
+    gw.metrics
+        .tokens
+        .with_label_values(&["generated", &ctx.bot.name])
+        .inc();
+    let body = json!({
+        "conversationId": conversation_id.as_str(),
+        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
+        "expires_in": expires_in,
+    });
+    Ok(json_response(status, &body))
+}
+
+pub async fn refresh_token(
+    gw: &Arc<Gateway>,
+    ctx: &mut RequestContext,
+    mut token: ClientToken,
+    expired: bool,
+) -> Result<Response<Body>, GatewayError> {
+    let resumes = |result: &str, ctx: &RequestContext| {
+        gw.metrics
+            .token_resumes
+            .with_label_values(&[result, &ctx.bot.name])
+            .inc();
+    };
+    let now = clock::unix_seconds();
+    if expired {
+        // The Direct Line token inside expired with it; the conversation lives on upstream,
+        // and the secret can reconnect to it (spec §3). The sealed token is the proof that
+        // the caller owned it.
+        match resume_expired(gw, &mut token, ctx).await {
+            Ok(Ok(())) => resumes("ok", ctx),
+            Ok(Err(refused)) => {
+                resumes(
+                    if refused.status() == StatusCode::NOT_FOUND {
+                        "gone"
+                    } else {
+                        "error"
+                    },
+                    ctx,
+                );
+                return Ok(refused);
+            }
+            Err(error) => {
+                resumes(
+                    if error == GatewayError::ResumeUnavailable {
+                        "unavailable"
+                    } else {
+                        "error"
+                    },
+                    ctx,
+                );
+                return Err(error);
+            }
+        }
+    } else if token.expires_at.saturating_sub(now)
+        < ctx.live.config.upstream_refresh_before.as_secs()
+    {
+        let timeout = ctx.live.config.timeouts.default;
+        let reply = ctx
+            .upstream(
+                Method::POST,
+                "/v3/directline/tokens/refresh",
+                Credential::Token(&token.upstream_token),
+                timeout,
+            )
+            .send(&gw.metrics)
+            .await?;
+        ctx.saw(&reply);
+        let sent = &token.upstream_token;
+        let json = match read_json_or_error(gw, ctx, reply.answer, timeout, sent).await? {
+            Ok((_, json)) => json,
+            Err(error_response) => return Ok(error_response),
+        };
+        let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+        token.upstream_token = fresh.to_owned();
+        token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
+        if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
+            gw.hubs
+                .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
+        }
+    }
+    gw.metrics
+        .tokens
+        .with_label_values(&["refreshed", &ctx.bot.name])
+        .inc();
+    let body = json!({
+        "conversationId": token.conversation_id,
+        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
+        "expires_in": token.expires_at.saturating_sub(now),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A fresh upstream token for an expired gateway token's conversation, from a reconnect
+/// GET with the secret. Under enhanced authentication that GET needs a live conversation
+/// token, which an expired one is not: nothing can resume then. Direct Line's refusals
+/// (404 for a conversation it no longer knows) come back as the client's answer.
+async fn resume_expired(
+    gw: &Gateway,
+    token: &mut ClientToken,
+    ctx: &mut RequestContext,
+) -> Result<Result<(), Response<Body>>, GatewayError> {
+    let conversation =
+        ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
+    let timeout = ctx.live.config.timeouts.default;
+    let path = format!("/v3/directline/conversations/{conversation}");
+    let reply = ctx
+        .upstream(Method::GET, &path, Credential::Secret, timeout)
+        .send(&gw.metrics)
+        .await?;
+    ctx.saw(&reply);
+    let (parts, bytes) = reply.answer.read(timeout).await?;
+    if parts.status == StatusCode::BAD_REQUEST
+        && crate::upstream::body::error_code(&bytes).as_deref() == Some("MissingProperty")
+    {
+        return Err(GatewayError::ResumeUnavailable);
+    }
+    let sent = token.upstream_token.clone();
+    let answer = Answer::Read(parts, bytes);
+    let json = match read_json_or_error(gw, ctx, answer, timeout, &sent).await? {
+        Ok((_, json)) => json,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
+        return Err(GatewayError::UpstreamInvalid);
+    }
+    let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    token.upstream_token = fresh.to_owned();
+    token.expires_at = clock::unix_seconds().saturating_add(upstream_lifetime(gw, ctx, &json));
+    gw.hubs
+        .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
+    Ok(Ok(()))
+}
+
+/// Property names in TokenParameters match case-insensitively (spec §1.2).
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// A caller-chosen id the `caller` policy accepts: `dl_` (Direct Line binds only such ids
+/// into tokens, spec §1.1) and a short run of URL-safe characters.
+fn is_caller_user_id(id: &str) -> bool {
+    id.len() > 3
+        && id.len() <= 128
+        && id.starts_with("dl_")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+/// `dl_` + 128 random bits: the prefix Direct Line reserves for server-bound user ids (spec §1.1).
+fn mint_user_id() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("OS random source unavailable");
+    format!("dl_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_user_ids_are_dl_prefixed_and_distinct() {
+        let a = mint_user_id();
+        assert!(a.starts_with("dl_") && a.len() == 25);
+        assert_ne!(a, mint_user_id());
+    }
+}

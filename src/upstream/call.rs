@@ -1,0 +1,271 @@
+//! The one path every upstream HTTP call takes (DESIGN §9): REST routes, the stream's
+//! reconnect and catch-up, and the durable resume. It holds the credential policy (secret,
+//! conversation token, or the secret with the enhanced-authentication fallback), the
+//! request id and forwarding headers, the timeout, and the upstream metrics of every
+//! attempt, so none of that is written twice.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::body::{error_code, read_body, read_body_within};
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+use crate::gateway::Bot;
+use crate::metrics::{Metrics, status_class};
+use crate::secret;
+
+/// Which Direct Line credential a call carries.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// The bot's secret.
+    Secret,
+    /// A conversation's Direct Line token.
+    Token(&'a str),
+    /// The secret; when Direct Line answers `400 MissingProperty` (enhanced
+    /// authentication, spec §0.5, refused before reaching the bot), once more with the
+    /// conversation token. Only for bodies that can be sent twice.
+    SecretThenToken(&'a str),
+}
+
+/// An upstream answer: still streaming, or already read (when the call had to look inside),
+/// or an error body past the error-body limit (left unread).
+pub enum Answer {
+    Streaming(Response<Incoming>),
+    Read(http::response::Parts, Bytes),
+    Oversized(http::response::Parts),
+}
+
+impl Answer {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Answer::Streaming(response) => response.status(),
+            Answer::Read(parts, _) | Answer::Oversized(parts) => parts.status,
+        }
+    }
+
+    /// The whole answer, read within `timeout` (bounded, gzip decoded); an oversized error
+    /// body is the upstream's failure.
+    pub async fn read(
+        self,
+        timeout: Duration,
+    ) -> Result<(http::response::Parts, Bytes), GatewayError> {
+        match self {
+            Answer::Streaming(response) => read_body(response, timeout).await,
+            Answer::Read(parts, bytes) => Ok((parts, bytes)),
+            Answer::Oversized(_) => Err(GatewayError::UpstreamInvalid),
+        }
+    }
+}
+
+/// What a call came back with, and whether the conversation token was the credential that
+/// answered (its answer then carries the user claim and a fresh token, spec §0.5).
+pub struct Reply {
+    pub answer: Answer,
+    pub via_token: bool,
+}
+
+/// The request id and client address a client request carries upstream.
+pub struct Forwarding<'a> {
+    pub request_id: &'a HeaderValue,
+    pub forwarded_for: &'a HeaderValue,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_MS_BOT_AGENT: HeaderName = HeaderName::from_static("x-ms-bot-agent");
+static BOT_AGENT: HeaderValue = HeaderValue::from_static("DirectLine/3.0 (directline-gateway)");
+
+enum CallBody {
+    /// Sent as often as the credential policy needs (cheap clones of shared bytes).
+    Replayable(Bytes),
+    /// Sent once (uploads, streamed as they arrive).
+    Once(Body),
+}
+
+/// One upstream call, built then [`send`](UpstreamCall::send)ed.
+pub struct UpstreamCall<'a> {
+    bot: &'a Bot,
+    method: Method,
+    path: &'a str,
+    credential: Credential<'a>,
+    /// The `route` label of the upstream metrics (the client route, or `stream_resume`,
+    /// `stream_catch_up`).
+    label: &'static str,
+    timeout: Duration,
+    error_body_limit: usize,
+    json: bool,
+    /// `x-request-id` and `x-forwarded-for` of the client request.
+    forwarding: Option<(HeaderValue, HeaderValue)>,
+    /// Anything else the route passes on (cookies, an upload's content headers); empty
+    /// (no allocation) for most calls.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: CallBody,
+}
+
+impl<'a> UpstreamCall<'a> {
+    /// A call to `path` (starting `/v3/directline/`) of `bot`'s upstream, with no body.
+    /// `error_body_limit` bounds the 400 body read to look for `MissingProperty`.
+    pub fn new(
+        bot: &'a Bot,
+        method: Method,
+        path: &'a str,
+        credential: Credential<'a>,
+        label: &'static str,
+        timeout: Duration,
+        error_body_limit: usize,
+    ) -> Self {
+        Self {
+            bot,
+            method,
+            path,
+            credential,
+            label,
+            timeout,
+            error_body_limit,
+            json: false,
+            forwarding: None,
+            headers: Vec::new(),
+            body: CallBody::Replayable(Bytes::new()),
+        }
+    }
+
+    /// A JSON body (`Content-Type: application/json`).
+    pub fn json(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.json = true;
+        self.body = CallBody::Replayable(bytes.into());
+        self
+    }
+
+    /// A body streamed once; the credential must not be [`Credential::SecretThenToken`].
+    pub fn streamed(mut self, body: Body) -> Self {
+        self.body = CallBody::Once(body);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The client request's id and address, and the gateway's bot agent.
+    pub fn forwarding(mut self, forwarding: Forwarding<'_>) -> Self {
+        self.forwarding = Some((
+            forwarding.request_id.clone(),
+            forwarding.forwarded_for.clone(),
+        ));
+        self
+    }
+
+    /// Sends the call by its credential policy; never retries otherwise (POST activities
+    /// and uploads must not be repeated, spec §4.2). Each attempt is measured.
+    pub async fn send(self, metrics: &Metrics) -> Result<Reply, GatewayError> {
+        let (first, fallback) = match self.credential {
+            Credential::Secret => (self.bot.secret.bearer_header(), None),
+            Credential::Token(token) => (secret::bearer(token), None),
+            Credential::SecretThenToken(token) => (self.bot.secret.bearer_header(), Some(token)),
+        };
+        let streaming = |response| Reply {
+            answer: Answer::Streaming(response),
+            via_token: false,
+        };
+        let bytes = match &self.body {
+            CallBody::Replayable(bytes) => bytes.clone(),
+            CallBody::Once(_) => Bytes::new(),
+        };
+        let (request, this) = self.build(first)?;
+        let response = attempt(this.bot, metrics, this.label, request, this.timeout).await?;
+        let Some(token) = fallback else {
+            return Ok(streaming(response));
+        };
+        if response.status() != StatusCode::BAD_REQUEST {
+            return Ok(streaming(response));
+        }
+        let (parts, read) = read_body_within(response, this.timeout, this.error_body_limit).await?;
+        let Some(read) = read else {
+            return Ok(Reply {
+                answer: Answer::Oversized(parts),
+                via_token: false,
+            });
+        };
+        if error_code(&read).as_deref() != Some("MissingProperty") {
+            return Ok(Reply {
+                answer: Answer::Read(parts, read),
+                via_token: false,
+            });
+        }
+        let again = UpstreamCall {
+            body: CallBody::Replayable(bytes),
+            ..this
+        };
+        let (request, this) = again.build(secret::bearer(token))?;
+        let response = attempt(this.bot, metrics, this.label, request, this.timeout).await?;
+        Ok(Reply {
+            answer: Answer::Streaming(response),
+            via_token: true,
+        })
+    }
+
+    /// The request with `credential`; the call is given back (its body spent) for a retry.
+    fn build(
+        mut self,
+        credential: HeaderValue,
+    ) -> Result<(http::Request<Body>, Self), GatewayError> {
+        let mut builder = self
+            .bot
+            .upstream
+            .request(self.method.clone(), self.path, credential)?;
+        if let Some(headers) = builder.headers_mut() {
+            if self.json {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            if let Some((request_id, forwarded_for)) = &self.forwarding {
+                headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+                headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
+                headers.insert(X_MS_BOT_AGENT.clone(), BOT_AGENT.clone());
+            }
+            for (name, value) in &self.headers {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let body = match std::mem::replace(&mut self.body, CallBody::Replayable(Bytes::new())) {
+            CallBody::Replayable(bytes) if bytes.is_empty() => body::empty(),
+            CallBody::Replayable(bytes) => body::full(bytes),
+            CallBody::Once(body) => body,
+        };
+        let request = builder.body(body).map_err(|_| GatewayError::Internal)?;
+        Ok((request, self))
+    }
+}
+
+/// One request on the wire, with `upstream_request_duration_seconds{route}` and
+/// `upstream_requests_total{route,status,bot}`.
+async fn attempt(
+    bot: &Bot,
+    metrics: &Metrics,
+    label: &'static str,
+    request: http::Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, GatewayError> {
+    let started = Instant::now();
+    let result = bot.upstream.send(request, timeout).await;
+    metrics
+        .upstream_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    let status = match &result {
+        Ok(response) => status_class(response.status().as_u16()),
+        Err(GatewayError::UpstreamTimeout) => "timeout",
+        Err(_) => "error",
+    };
+    metrics
+        .upstream_requests
+        .with_label_values(&[label, status, &bot.name])
+        .inc();
+    result
+}
