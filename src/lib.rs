@@ -37,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod rewrite;
 pub mod routes;
 pub mod scrub;

@@ -17,15 +17,14 @@ use tokio::task::JoinHandle;
 
 use crate::admission::{FirstRequest, PerIp, within_first_request};
 use crate::body::{self, Body};
-use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
-use crate::gateway::{Bot, Gateway, Live};
+use crate::config::{Config, ConfigError, UpstreamTarget};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Connection};
+use crate::reload::{BuildError, ReloadError, bot_names, build_live, check_reloadable};
 use crate::rewrite::is_trusted;
-use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
-use crate::upstream::client::Upstream;
 use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +38,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Build(#[from] BuildError),
+    /// The certificate or key of `tls` could not be loaded (the text names the file).
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A running gateway: its addresses, its state, and the handle that stops it.
@@ -116,7 +118,7 @@ pub async fn start_on(
         );
         emulators.push((bot.name, handle));
     }
-    let live = build_live(config, &emulators, None).map_err(StartError::Config)?;
+    let live = build_live(config, &emulators, None)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
         listener: "listen",
         addr: live.config.listen,
@@ -128,9 +130,7 @@ pub async fn start_on(
         source,
     })?;
     let listener_tls = match &live.config.tls {
-        Some(files) => Some(Arc::new(
-            ListenerTls::new(files).map_err(|e| StartError::Config(format!("tls: {e}")))?,
-        )),
+        Some(files) => Some(Arc::new(ListenerTls::new(files).map_err(StartError::Tls)?)),
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
@@ -163,143 +163,6 @@ pub async fn start_on(
     })
 }
 
-/// Why a reload was refused; the settings in force keep serving.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0} cannot change without a restart")]
-    NeedsRestart(&'static str),
-}
-
-/// Turns a validated configuration into the settings a gateway serves with. On a reload
-/// `previous` carries over what must survive: the upstream client (and its pool) when the
-/// upstream is unchanged, and the token keys retired within their overlap.
-fn build_live(
-    config: Config,
-    emulators: &[(String, EmulatorHandle)],
-    previous: Option<&Live>,
-) -> Result<Live, String> {
-    let mut bots = config
-        .bot_configs()
-        .into_iter()
-        .map(|settings| build_bot(settings, &config, emulators, previous))
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::gateway::most_specific_first(&mut bots);
-    let now = crate::clock::unix_seconds();
-    let mut retired_keys: Vec<(Secret, u64)> = previous
-        .map(|p| {
-            p.retired_keys
-                .iter()
-                .filter(|(_, until)| *until > now)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(previous) = previous
-        && let Some(old) = &previous.config.token_key
-        && config.token_key.as_ref().map(Secret::expose) != Some(old.expose())
-    {
-        retired_keys.push((old.clone(), now + config.token_key_overlap.as_secs()));
-    }
-    let sealer = match &config.token_key {
-        Some(key) => {
-            let previous_keys: Vec<String> = config
-                .previous_token_keys
-                .iter()
-                .map(|k| k.expose().to_owned())
-                .collect();
-            let mut sealer =
-                Sealer::new(key.expose(), &previous_keys).map_err(|e| e.to_string())?;
-            for (key, until) in &retired_keys {
-                sealer = sealer.with_retired(key.expose(), *until);
-            }
-            Arc::new(sealer)
-        }
-        None => match previous {
-            // Keep the per-process key: a reload must not invalidate every token.
-            Some(previous) if previous.config.token_key.is_none() => previous.sealer.clone(),
-            _ => {
-                // A first run on the embedded emulator needs no key yet: say so once, as
-                // information. In front of a real Direct Line it is a deployment mistake.
-                let embedded_only = config
-                    .bot_configs()
-                    .iter()
-                    .all(|bot| bot.upstream == UpstreamTarget::Embedded);
-                if embedded_only {
-                    tracing::info!(
-                        "no token key configured: a random one per process (set DIRECTLINE_GATEWAY_TOKEN_KEY or token_key_file before running several replicas)"
-                    );
-                } else {
-                    tracing::warn!(
-                        "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
-                    );
-                }
-                Arc::new(Sealer::ephemeral())
-            }
-        },
-    };
-    Ok(Live {
-        config,
-        sealer,
-        retired_keys,
-        bots,
-    })
-}
-
-/// One bot's secret and upstream client; an unchanged upstream keeps its connection pool.
-fn build_bot(
-    settings: BotConfig,
-    config: &Config,
-    emulators: &[(String, EmulatorHandle)],
-    previous: Option<&Live>,
-) -> Result<Arc<Bot>, String> {
-    let (upstream_url, secret) = match &settings.upstream {
-        UpstreamTarget::Url(url) => (
-            url.clone(),
-            settings
-                .secret
-                .clone()
-                .ok_or_else(|| format!("bot {}: no Direct Line secret", settings.name))?,
-        ),
-        UpstreamTarget::Embedded => {
-            let (_, emulator) = emulators
-                .iter()
-                .find(|(name, _)| *name == settings.name)
-                .ok_or_else(|| format!("bot {}: no embedded emulator running", settings.name))?;
-            (
-                url::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?,
-                Secret::new(emulator.secret().expose()),
-            )
-        }
-    };
-    let reusable = previous
-        .filter(|p| p.config.timeouts.connect == config.timeouts.connect)
-        .and_then(|p| p.bot(&settings.name))
-        .filter(|p| {
-            p.settings.upstream == settings.upstream
-                && p.settings.upstream_ca_file == settings.upstream_ca_file
-        });
-    let upstream = match reusable {
-        Some(previous) => previous.upstream.clone(),
-        None => {
-            let tls =
-                crate::upstream::client::tls_client_config(settings.upstream_ca_file.as_deref())
-                    .map_err(|e| format!("bot {}: upstream_ca_file: {e}", settings.name))?;
-            Arc::new(
-                Upstream::new(&upstream_url, config.timeouts.connect, tls)
-                    .map_err(|_| format!("bot {}: upstream URL", settings.name))?,
-            )
-        }
-    };
-    Ok(Arc::new(Bot {
-        name: Arc::from(settings.name.as_str()),
-        settings,
-        secret,
-        upstream,
-    }))
-}
-
 impl Running {
     /// Applies a new configuration without dropping a socket: new requests and upstream
     /// reconnects use the new secret and keys at once; the replaced token key keeps opening
@@ -308,12 +171,10 @@ impl Running {
     /// parses is refused like any other invalid configuration.
     pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), ReloadError> {
         let current = self.gateway.live_owned();
-        let result = loaded
-            .map_err(|e| ReloadError::Invalid(e.to_string()))
-            .and_then(|config| {
-                check_reloadable(&current.config, &config)?;
-                build_live(config, &self.emulators, Some(&current)).map_err(ReloadError::Invalid)
-            });
+        let result = loaded.map_err(ReloadError::from).and_then(|config| {
+            check_reloadable(&current.config, &config)?;
+            Ok(build_live(config, &self.emulators, Some(&current))?)
+        });
         let outcome = match result {
             Ok(live) => {
                 let names: Vec<Arc<str>> = live.bots.iter().map(|b| b.name.clone()).collect();
@@ -357,50 +218,6 @@ impl Running {
             emulator.shutdown();
         }
     }
-}
-
-fn bot_names(live: &Live) -> Vec<&str> {
-    live.bots.iter().map(|bot| &*bot.name).collect()
-}
-
-fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> {
-    if current.listen != next.listen {
-        return Err(ReloadError::NeedsRestart("listen"));
-    }
-    if current.admin_listen != next.admin_listen {
-        return Err(ReloadError::NeedsRestart("admin_listen"));
-    }
-    // Embedded emulators are started with the process, one per embedded bot.
-    if embedded_bots(current) != embedded_bots(next) {
-        return Err(ReloadError::NeedsRestart(
-            "the set of bots with upstream = \"embedded\"",
-        ));
-    }
-    // The certificate watcher follows the files it started with.
-    if current.tls != next.tls {
-        return Err(ReloadError::NeedsRestart("tls"));
-    }
-    // These are baked into the HTTP connection builder when the listener starts.
-    let (now, then) = (&current.limits, &next.limits);
-    if now.header_read_timeout != then.header_read_timeout
-        || now.max_header_count != then.max_header_count
-        || now.max_header_bytes != then.max_header_bytes
-        || now.max_url_bytes != then.max_url_bytes
-    {
-        return Err(ReloadError::NeedsRestart(
-            "limits.header_read_timeout, max_header_count, max_headers or max_url",
-        ));
-    }
-    Ok(())
-}
-
-fn embedded_bots(config: &Config) -> Vec<String> {
-    config
-        .bot_configs()
-        .into_iter()
-        .filter(|bot| bot.upstream == UpstreamTarget::Embedded)
-        .map(|bot| bot.name)
-        .collect()
 }
 
 /// Rate buckets that refilled are dropped every half minute, so the maps hold only callers

@@ -19,7 +19,7 @@ use crate::seal::ClientToken;
 use crate::upstream::call::Credential;
 
 pub async fn get_activities(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     conversation: &ConversationId,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
@@ -38,12 +38,12 @@ pub async fn get_activities(
             Credential::SecretThenToken(&token.upstream_token),
             timeout,
         )
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
     let needles = credential_needles(ctx, token.upstream_token);
     passthrough(
-        gw,
+        gateway,
         reply.answer,
         ctx,
         ctx.live.config.timeouts.default,
@@ -53,7 +53,7 @@ pub async fn get_activities(
 }
 
 pub async fn post_activity(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     conversation: &ConversationId,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
@@ -78,12 +78,12 @@ pub async fn post_activity(
             ctx.live.config.timeouts.activities,
         )
         .json(body)
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
     let needles = credential_needles(ctx, token.upstream_token);
     passthrough(
-        gw,
+        gateway,
         reply.answer,
         ctx,
         ctx.live.config.timeouts.default,

@@ -35,7 +35,7 @@ pub(crate) const JSON: &str = "application/json; charset=utf-8";
 /// Reads a JSON object from a successful upstream answer, or turns an upstream error
 /// into the response the client gets ([`error_passthrough`]).
 pub(crate) async fn read_json_or_error(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     answer: Answer,
     timeout: Duration,
@@ -46,18 +46,26 @@ pub(crate) async fn read_json_or_error(
     let needles = || credential_needles(ctx, upstream_token.to_owned());
     let (parts, bytes) = match answer {
         Answer::Streaming(response) if !response.status().is_success() => {
-            return Ok(Err(read_error(gw, ctx, response, timeout, needles()).await?));
+            return Ok(Err(
+                read_error(gateway, ctx, response, timeout, needles()).await?
+            ));
         }
         Answer::Streaming(response) => read_body(response, timeout).await?,
         Answer::Read(parts, bytes) => (parts, bytes),
         Answer::Oversized(parts) => {
-            return Ok(Err(error_passthrough(gw, ctx, parts, None, &needles())));
+            return Ok(Err(error_passthrough(
+                gateway,
+                ctx,
+                parts,
+                None,
+                &needles(),
+            )));
         }
     };
     if !parts.status.is_success() {
         let needles = with_upstream_host(ctx, needles());
         return Ok(Err(error_passthrough(
-            gw,
+            gateway,
             ctx,
             parts,
             Some(bytes),
@@ -90,7 +98,7 @@ pub(crate) fn with_upstream_host(ctx: &RequestContext, mut needles: Needles) -> 
 
 /// An upstream error answer, read up to `limits.upstream_error_body`.
 async fn read_error(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     response: Response<Incoming>,
     timeout: Duration,
@@ -99,7 +107,7 @@ async fn read_error(
     let cap = ctx.live.config.limits.upstream_error_body_bytes;
     let (parts, bytes) = read_body_within(response, timeout, cap).await?;
     let needles = with_upstream_host(ctx, needles);
-    Ok(error_passthrough(gw, ctx, parts, bytes, &needles))
+    Ok(error_passthrough(gateway, ctx, parts, bytes, &needles))
 }
 
 /// An upstream error answer as the client gets it. Only a Direct Line error's `code` and
@@ -108,14 +116,15 @@ async fn read_error(
 /// a needle is scrubbed, a code naming one is not Direct Line's. Anything else (HTML from a
 /// load balancer, other JSON, a body past the limit: `None`) is replaced by our own error.
 fn error_passthrough(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     parts: http::response::Parts,
     body: Option<Bytes>,
     needles: &Needles,
 ) -> Response<Body> {
     let scrubbed = |kind: &str| {
-        gw.metrics
+        gateway
+            .metrics
             .upstream_bodies_scrubbed
             .with_label_values(&[kind, &ctx.bot.name])
             .inc();
@@ -179,7 +188,7 @@ fn direct_line_error(body: &[u8]) -> Option<(String, String)> {
 /// is decoded (bounded) to be checked, then goes out as it came when it was clean and the
 /// caller accepts gzip, otherwise decoded and scrubbed.
 pub(crate) async fn passthrough(
-    gw: &Gateway,
+    gateway: &Gateway,
     answer: Answer,
     ctx: &RequestContext,
     timeout: Duration,
@@ -187,20 +196,26 @@ pub(crate) async fn passthrough(
 ) -> Result<Response<Body>, GatewayError> {
     let response = match answer {
         Answer::Read(parts, bytes) if parts.status.is_success() => {
-            return Ok(scrubbed_read(gw, ctx, parts, bytes, &needles));
+            return Ok(scrubbed_read(gateway, ctx, parts, bytes, &needles));
         }
         Answer::Read(parts, bytes) => {
             let needles = with_upstream_host(ctx, needles);
-            return Ok(error_passthrough(gw, ctx, parts, Some(bytes), &needles));
+            return Ok(error_passthrough(
+                gateway,
+                ctx,
+                parts,
+                Some(bytes),
+                &needles,
+            ));
         }
         Answer::Oversized(parts) => {
             let needles = with_upstream_host(ctx, needles);
-            return Ok(error_passthrough(gw, ctx, parts, None, &needles));
+            return Ok(error_passthrough(gateway, ctx, parts, None, &needles));
         }
         Answer::Streaming(response) => response,
     };
     if !response.status().is_success() {
-        return read_error(gw, ctx, response, timeout, needles).await;
+        return read_error(gateway, ctx, response, timeout, needles).await;
     }
     if is_gzip(response.headers()) {
         let (mut parts, raw) = read_raw(response, timeout, MAX_UPSTREAM_JSON).await?;
@@ -213,12 +228,12 @@ pub(crate) async fn passthrough(
             return Ok(response);
         }
         parts.headers.remove(header::CONTENT_ENCODING);
-        return Ok(scrubbed_read(gw, ctx, parts, decoded, &needles));
+        return Ok(scrubbed_read(gateway, ctx, parts, decoded, &needles));
     }
     let (parts, incoming) = response.into_parts();
     let mut headers = http::HeaderMap::new();
     copy_passed_headers(&parts.headers, &mut headers, true, &needles);
-    let metrics = gw.metrics.clone();
+    let metrics = gateway.metrics.clone();
     let bot = ctx.bot.name.clone();
     let count = move || {
         metrics
@@ -244,7 +259,7 @@ pub(crate) async fn passthrough(
 
 /// A success body already read whole, scrubbed.
 fn scrubbed_read(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     parts: http::response::Parts,
     bytes: Bytes,
@@ -253,7 +268,8 @@ fn scrubbed_read(
     let bytes = match needles.scrub(&bytes) {
         Cow::Borrowed(_) => bytes,
         Cow::Owned(clean) => {
-            gw.metrics
+            gateway
+                .metrics
                 .upstream_bodies_scrubbed
                 .with_label_values(&["success_scrubbed", &ctx.bot.name])
                 .inc();

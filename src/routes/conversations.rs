@@ -23,7 +23,7 @@ use crate::upstream::call::Credential;
 use crate::upstream::client::stream_url_refused;
 
 pub async fn start_conversation(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
@@ -56,11 +56,12 @@ pub async fn start_conversation(
             timeout,
         )
         .json(body)
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
     let sent = &token.upstream_token;
-    let (status, json) = match read_json_or_error(gw, ctx, reply.answer, timeout, sent).await? {
+    let (status, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await?
+    {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -73,8 +74,17 @@ pub async fn start_conversation(
         );
         return Err(GatewayError::UpstreamInvalid);
     }
-    let body = conversation_response(gw, ctx, json, token, Minted::Start, &ws_base, &conversation)?;
-    gw.metrics
+    let body = conversation_response(
+        gateway,
+        ctx,
+        json,
+        token,
+        Minted::Start,
+        &ws_base,
+        &conversation,
+    )?;
+    gateway
+        .metrics
         .tokens
         .with_label_values(&["conversation", &ctx.bot.name])
         .inc();
@@ -82,7 +92,7 @@ pub async fn start_conversation(
 }
 
 pub async fn reconnect(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     conversation: &ConversationId,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
@@ -102,12 +112,12 @@ pub async fn reconnect(
             Credential::SecretThenToken(&token.upstream_token),
             timeout,
         )
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
     let via_token = reply.via_token;
     let sent = &token.upstream_token;
-    let (_, json) = match read_json_or_error(gw, ctx, reply.answer, timeout, sent).await? {
+    let (_, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -118,7 +128,7 @@ pub async fn reconnect(
         via_token,
         watermark,
     };
-    let body = conversation_response(gw, ctx, json, token, minted, &ws_base, conversation)?;
+    let body = conversation_response(gateway, ctx, json, token, minted, &ws_base, conversation)?;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -135,7 +145,7 @@ enum Minted {
 /// Builds the start/reconnect answer: the caller gets a fresh gateway token and a gateway
 /// stream URL; the upstream token and stream URL are sealed, never shown.
 fn conversation_response(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     mut json: Map<String, Value>,
     mut token: ClientToken,
@@ -145,7 +155,7 @@ fn conversation_response(
 ) -> Result<Map<String, Value>, GatewayError> {
     let live = &ctx.live;
     let now = clock::unix_seconds();
-    scrub_passed_fields(gw, ctx, &mut json, &token);
+    scrub_passed_fields(gateway, ctx, &mut json, &token);
     // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
     let (adopt_upstream_token, watermark, from_start) = match minted {
         Minted::Start => (true, None, true),
@@ -157,7 +167,7 @@ fn conversation_response(
     if adopt_upstream_token && let Some(fresh) = json_str(&json, "token") {
         token.upstream_token = fresh.to_owned();
         if json.contains_key("expires_in") {
-            token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
+            token.expires_at = now.saturating_add(upstream_lifetime(gateway, ctx, &json));
         }
     }
     let upstream_stream_url = match json.remove("streamUrl") {
@@ -165,7 +175,7 @@ fn conversation_response(
             Ok(read) => Some((url, read.watermark)),
             Err(refused) => {
                 let at = if from_start { "start" } else { "reconnect" };
-                stream_url_refused(&gw.metrics, &ctx.bot.name, &refused, at);
+                stream_url_refused(&gateway.metrics, &ctx.bot.name, &refused, at);
                 return Err(GatewayError::UpstreamInvalid);
             }
         },
@@ -217,7 +227,7 @@ fn conversation_response(
 /// costs next to nothing, where scrubbing the whole answer (sealed token and ticket
 /// included) was 12 k instructions per start.
 fn scrub_passed_fields(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     json: &mut Map<String, Value>,
     token: &ClientToken,
@@ -282,7 +292,8 @@ fn scrub_passed_fields(
         scrubbed = true;
     }
     if scrubbed {
-        gw.metrics
+        gateway
+            .metrics
             .upstream_bodies_scrubbed
             .with_label_values(&["success_scrubbed", &ctx.bot.name])
             .inc();

@@ -16,13 +16,14 @@ pub const DEFAULT_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
 /// `expires_in` of an upstream token answer, within 1..=[`MAX_UPSTREAM_TOKEN_LIFETIME`];
 /// every value that was not already there is counted.
 pub(crate) fn upstream_lifetime(
-    gw: &Gateway,
+    gateway: &Gateway,
     ctx: &RequestContext,
     json: &Map<String, Value>,
 ) -> u64 {
     let (seconds, clamped) = clamp_lifetime(json.get("expires_in"));
     if clamped {
-        gw.metrics
+        gateway
+            .metrics
             .lifetimes_clamped
             .with_label_values(&[&ctx.bot.name])
             .inc();

@@ -14,7 +14,7 @@ use crate::seal::ClientToken;
 use crate::upstream::call::{Answer, Credential};
 
 pub async fn session_id(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
@@ -29,7 +29,7 @@ pub async fn session_id(
     if let Some(cookie) = request.headers().get(header::COOKIE) {
         call = call.header(header::COOKIE, cookie.clone());
     }
-    let reply = call.send(&gw.metrics).await?;
+    let reply = call.send(&gateway.metrics).await?;
     ctx.saw(&reply);
     let Answer::Streaming(response) = reply.answer else {
         return Err(GatewayError::Internal);
@@ -41,7 +41,8 @@ pub async fn session_id(
         .filter_map(strip_cookie_domain)
         .collect();
     let needles = credential_needles(ctx, token.upstream_token);
-    let mut response = passthrough(gw, Answer::Streaming(response), ctx, timeout, needles).await?;
+    let mut response =
+        passthrough(gateway, Answer::Streaming(response), ctx, timeout, needles).await?;
     for cookie in cookies {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }

@@ -25,7 +25,7 @@ use crate::stream::{client, link, multimodal, relay};
 
 /// Authorises a stream upgrade and answers 101; the socket is served in its own task.
 pub fn accept(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     conversation: ConversationId,
     multimodal: bool,
     mut request: Request<Incoming>,
@@ -43,7 +43,7 @@ pub fn accept(
     let ticket = auth::open_ticket(&ctx.live.sealer, &ctx.bot.name, &ticket_text, &conversation)?;
     let key = websocket_key(request.headers()).ok_or(GatewayError::UpgradeRequired)?;
     // Both routes hold a slot: a multimodal socket dials upstream too.
-    let slot = gw.hubs.reserve_socket(
+    let slot = gateway.hubs.reserve_socket(
         &ctx.bot.name,
         &conversation,
         ctx.live.config.stream.max_sockets_per_conversation,
@@ -55,7 +55,7 @@ pub fn accept(
     let ip_slot = request
         .extensions_mut()
         .remove::<Arc<crate::admission::IpSlot>>();
-    let gw = gw.clone();
+    let gateway = gateway.clone();
     let bot = ctx.bot.name.clone();
     tokio::spawn(async move {
         let _slot = slot;
@@ -76,9 +76,9 @@ pub fn accept(
         // Boxed so the resting state of this task is the client loop, not the largest
         // future any branch could hold (see BENCHMARKS.md, idle memory).
         if multimodal {
-            Box::pin(multimodal::bridge(gw, conversation, ticket, socket)).await;
+            Box::pin(multimodal::bridge(gateway, conversation, ticket, socket)).await;
         } else {
-            Box::pin(session(gw, bot, conversation, ticket, socket)).await;
+            Box::pin(session(gateway, bot, conversation, ticket, socket)).await;
         }
     });
     let mut response = Response::new(body::empty());
@@ -115,7 +115,7 @@ fn websocket_key(headers: &http::HeaderMap) -> Option<&HeaderValue> {
 
 /// Attaches a classic stream socket to its conversation's hub and serves it.
 async fn session(
-    gw: Arc<Gateway>,
+    gateway: Arc<Gateway>,
     bot: Arc<str>,
     conversation: ConversationId,
     ticket: StreamTicket,
@@ -127,7 +127,7 @@ async fn session(
     };
     let mut socket = socket;
     for _ in 0..3 {
-        let (hub, created) = hub_for(&gw, &bot, &conversation, &ticket);
+        let (hub, created) = hub_for(&gateway, &bot, &conversation, &ticket);
         let attached = if created {
             hub.attach(&ResumeFrom::Start)
         } else {
@@ -135,11 +135,12 @@ async fn session(
         };
         match attached {
             Ok(cursor) => {
-                gw.metrics
+                gateway
+                    .metrics
                     .client_replays
                     .with_label_values(&[if created { "upstream" } else { "buffer" }])
                     .inc();
-                client::serve(gw, hub, socket, cursor, Vec::new()).await;
+                client::serve(gateway, hub, socket, cursor, Vec::new()).await;
                 return;
             }
             Err(AttachError::Retired) => continue,
@@ -148,7 +149,7 @@ async fn session(
                     continue;
                 };
                 match Box::pin(link::catch_up(
-                    &gw,
+                    &gateway,
                     &bot,
                     &conversation,
                     Some(watermark),
@@ -158,11 +159,12 @@ async fn session(
                 {
                     Ok((frames, ids)) => match hub.attach_after_catch_up(ids) {
                         Ok(cursor) => {
-                            gw.metrics
+                            gateway
+                                .metrics
                                 .client_replays
                                 .with_label_values(&["catch_up"])
                                 .inc();
-                            client::serve(gw, hub, socket, cursor, frames).await;
+                            client::serve(gateway, hub, socket, cursor, frames).await;
                             return;
                         }
                         Err(_) => continue,
@@ -182,15 +184,15 @@ async fn session(
 /// The conversation's hub on this replica; a new one gets its upstream task, started from
 /// the ticket's upstream stream URL.
 fn hub_for(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     bot: &Arc<str>,
     conversation: &ConversationId,
     ticket: &StreamTicket,
 ) -> (Arc<crate::stream::hub::Hub>, bool) {
     let watermark: Option<Arc<str>> = ticket.watermark.as_deref().map(Arc::from);
-    let (hub, created) = gw.hubs.get_or_create(
-        &gw.metrics,
-        &gw.live().config.stream,
+    let (hub, created) = gateway.hubs.get_or_create(
+        &gateway.metrics,
+        &gateway.live().config.stream,
         bot,
         conversation,
         watermark.as_ref(),
@@ -202,7 +204,7 @@ fn hub_for(
             watermark,
             from_start: ticket.from_start,
         };
-        tokio::spawn(relay::run(gw.clone(), hub.clone(), first));
+        tokio::spawn(relay::run(gateway.clone(), hub.clone(), first));
     }
     (hub, created)
 }

@@ -23,7 +23,7 @@ use crate::seal::{ClientToken, Purpose};
 use crate::upstream::call::{Answer, Credential};
 
 pub async fn generate_token(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
@@ -72,10 +72,10 @@ pub async fn generate_token(
             timeout,
         )
         .json(body)
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
-    let (status, json) = match read_json_or_error(gw, ctx, reply.answer, timeout, "").await? {
+    let (status, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, "").await? {
         Ok(ok) => ok,
         Err(error_response) => return Ok(error_response),
     };
@@ -83,7 +83,7 @@ pub async fn generate_token(
         .and_then(|c| ConversationId::parse(c).ok())
         .ok_or(GatewayError::UpstreamInvalid)?;
     let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
-    let expires_in = upstream_lifetime(gw, ctx, &json);
+    let expires_in = upstream_lifetime(gateway, ctx, &json);
     let token = ClientToken {
         bot: ctx.bot.name.to_string(),
         conversation_id: conversation_id.to_string(),
@@ -91,7 +91,8 @@ pub async fn generate_token(
         upstream_token: upstream_token.to_owned(),
         expires_at: clock::unix_seconds().saturating_add(expires_in),
     };
-    gw.metrics
+    gateway
+        .metrics
         .tokens
         .with_label_values(&["generated", &ctx.bot.name])
         .inc();
@@ -104,13 +105,14 @@ pub async fn generate_token(
 }
 
 pub async fn refresh_token(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     ctx: &mut RequestContext,
     mut token: ClientToken,
     expired: bool,
 ) -> Result<Response<Body>, GatewayError> {
     let resumes = |result: &str, ctx: &RequestContext| {
-        gw.metrics
+        gateway
+            .metrics
             .token_resumes
             .with_label_values(&[result, &ctx.bot.name])
             .inc();
@@ -120,7 +122,7 @@ pub async fn refresh_token(
         // The Direct Line token inside expired with it; the conversation lives on upstream,
         // and the secret can reconnect to it (spec §3). The sealed token is the proof that
         // the caller owned it.
-        match resume_expired(gw, &mut token, ctx).await {
+        match resume_expired(gateway, &mut token, ctx).await {
             Ok(Ok(())) => resumes("ok", ctx),
             Ok(Err(refused)) => {
                 resumes(
@@ -156,23 +158,25 @@ pub async fn refresh_token(
                 Credential::Token(&token.upstream_token),
                 timeout,
             )
-            .send(&gw.metrics)
+            .send(&gateway.metrics)
             .await?;
         ctx.saw(&reply);
         let sent = &token.upstream_token;
-        let json = match read_json_or_error(gw, ctx, reply.answer, timeout, sent).await? {
+        let json = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
             Ok((_, json)) => json,
             Err(error_response) => return Ok(error_response),
         };
         let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
         token.upstream_token = fresh.to_owned();
-        token.expires_at = now.saturating_add(upstream_lifetime(gw, ctx, &json));
+        token.expires_at = now.saturating_add(upstream_lifetime(gateway, ctx, &json));
         if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
-            gw.hubs
+            gateway
+                .hubs
                 .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
         }
     }
-    gw.metrics
+    gateway
+        .metrics
         .tokens
         .with_label_values(&["refreshed", &ctx.bot.name])
         .inc();
@@ -189,7 +193,7 @@ pub async fn refresh_token(
 /// token, which an expired one is not: nothing can resume then. Direct Line's refusals
 /// (404 for a conversation it no longer knows) come back as the client's answer.
 async fn resume_expired(
-    gw: &Gateway,
+    gateway: &Gateway,
     token: &mut ClientToken,
     ctx: &mut RequestContext,
 ) -> Result<Result<(), Response<Body>>, GatewayError> {
@@ -199,7 +203,7 @@ async fn resume_expired(
     let path = format!("/v3/directline/conversations/{conversation}");
     let reply = ctx
         .upstream(Method::GET, &path, Credential::Secret, timeout)
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
     let (parts, bytes) = reply.answer.read(timeout).await?;
@@ -210,7 +214,7 @@ async fn resume_expired(
     }
     let sent = token.upstream_token.clone();
     let answer = Answer::Read(parts, bytes);
-    let json = match read_json_or_error(gw, ctx, answer, timeout, &sent).await? {
+    let json = match read_json_or_error(gateway, ctx, answer, timeout, &sent).await? {
         Ok((_, json)) => json,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -219,8 +223,9 @@ async fn resume_expired(
     }
     let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
     token.upstream_token = fresh.to_owned();
-    token.expires_at = clock::unix_seconds().saturating_add(upstream_lifetime(gw, ctx, &json));
-    gw.hubs
+    token.expires_at = clock::unix_seconds().saturating_add(upstream_lifetime(gateway, ctx, &json));
+    gateway
+        .hubs
         .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
     Ok(Ok(()))
 }

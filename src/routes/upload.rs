@@ -17,7 +17,7 @@ use crate::seal::ClientToken;
 use crate::upstream::call::Credential;
 
 pub async fn upload(
-    gw: &Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     conversation: &ConversationId,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
@@ -53,7 +53,7 @@ pub async fn upload(
             Limited::new(body, limit as usize),
             ctx.live.config.limits.upload_read_timeout,
         )))
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await
         .map_err(|e| match e {
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
@@ -62,7 +62,7 @@ pub async fn upload(
     ctx.saw(&reply);
     let needles = credential_needles(ctx, token.upstream_token);
     passthrough(
-        gw,
+        gateway,
         reply.answer,
         ctx,
         ctx.live.config.timeouts.default,

@@ -62,11 +62,12 @@ impl Refusal {
     }
 
     /// Counts the refusal and tries, briefly, to tell the client.
-    pub async fn close<S>(self, gw: &Gateway, bot: &str, sink: &mut S)
+    pub async fn close<S>(self, gateway: &Gateway, bot: &str, sink: &mut S)
     where
         S: futures_util::Sink<Message> + Unpin,
     {
-        gw.metrics
+        gateway
+            .metrics
             .client_frames_refused
             .with_label_values(&[self.metric, bot])
             .inc();
@@ -126,7 +127,7 @@ enum End {
 }
 
 pub async fn serve(
-    gw: Arc<Gateway>,
+    gateway: Arc<Gateway>,
     hub: Arc<Hub>,
     socket: ClientSocket,
     mut cursor: Cursor,
@@ -134,10 +135,10 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let resumes_at_start = hub.resumes.load(std::sync::atomic::Ordering::Relaxed);
-    let _open = gw.metrics.client_socket_opened(&hub.bot);
+    let _open = gateway.metrics.client_socket_opened(&hub.bot);
     // Copied out so the task holds no settings handle: a reload applies to the next session.
     let (keepalive_interval, write_timeout, lag_frames) = {
-        let live = gw.live();
+        let live = gateway.live();
         let s = &live.config.stream;
         (
             s.keepalive_interval,
@@ -145,7 +146,10 @@ pub async fn serve(
             s.client_lag_frames,
         )
     };
-    let upstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["upstream"]);
+    let upstream_bytes = gateway
+        .metrics
+        .bytes_relayed
+        .with_label_values(&["upstream"]);
     let (mut sink, mut incoming) = socket.split();
     let mut published = hub.subscribe();
     let mut batch: Vec<Arc<Event>> = Vec::new();
@@ -205,7 +209,7 @@ pub async fn serve(
             match state {
                 Pending::Frames => {}
                 Pending::Lagged => {
-                    gw.metrics.slow_clients_closed.inc();
+                    gateway.metrics.slow_clients_closed.inc();
                     let frame = close_frame(
                         CloseCode::Again,
                         "client too slow; reconnect with your watermark",
@@ -236,7 +240,7 @@ pub async fn serve(
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
                         if let Some(refusal) = Refusal::of(&error) {
-                            refusal.close(&gw, &hub.bot, &mut sink).await;
+                            refusal.close(&gateway, &hub.bot, &mut sink).await;
                         }
                         break 'session End::ClientError;
                     }

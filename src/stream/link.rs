@@ -40,7 +40,7 @@ pub enum DialError {
 /// under enhanced authentication (400 MissingProperty). A token answer is adopted, since
 /// it carries the user claim and a fresh lifetime.
 pub async fn fetch_stream_url(
-    gw: &Gateway,
+    gateway: &Gateway,
     bot: &str,
     conversation: &ConversationId,
     watermark: Option<&str>,
@@ -50,11 +50,11 @@ pub async fn fetch_stream_url(
         "/v3/directline/conversations/{conversation}{}",
         rewrite::watermark_query(watermark)
     );
-    let live = gw.live_owned();
+    let live = gateway.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
     let reply = upstream_get(&live, bot, &path, upstream_token, "stream_resume")
-        .send(&gw.metrics)
+        .send(&gateway.metrics)
         .await
         .map_err(|error| {
             tracing::debug!(conversation = %conversation, error = %error.log_line(), "reconnect GET failed");
@@ -85,7 +85,7 @@ pub async fn fetch_stream_url(
     match bot.upstream.stream_pin().read(url, conversation) {
         Ok(_) => Ok(url.to_owned()),
         Err(refused) => {
-            stream_url_refused(&gw.metrics, &bot.name, &refused, "resume");
+            stream_url_refused(&gateway.metrics, &bot.name, &refused, "resume");
             Err(FetchError::Retry)
         }
     }
@@ -112,13 +112,13 @@ fn upstream_get<'a>(
 }
 
 /// Opens an upstream stream URL (ws or wss) within the connect timeout.
-pub async fn dial(gw: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, DialError> {
+pub async fn dial(gateway: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, DialError> {
     let request = url.into_client_request().map_err(|_| DialError::Failed)?;
     let (ws_config, tls, timeout) = {
-        let live = gw.live();
+        let live = gateway.live();
         let bot = live.bot(bot).ok_or(DialError::Failed)?;
         if let Err(refused) = bot.upstream.stream_pin().check_dial(request.uri()) {
-            stream_url_refused(&gw.metrics, &bot.name, &refused, "dial");
+            stream_url_refused(&gateway.metrics, &bot.name, &refused, "dial");
             return Err(DialError::Failed);
         }
         (
@@ -156,7 +156,7 @@ const MAX_CATCH_UP_PAGES: usize = 50;
 /// conversation whose first stream URL was refused. Each page is sent as it came (an ActivitySet); the ids
 /// returned let the client skip the same activities when they arrive on the stream.
 pub async fn catch_up(
-    gw: &Gateway,
+    gateway: &Gateway,
     bot: &str,
     conversation: &ConversationId,
     watermark: Option<&str>,
@@ -165,7 +165,7 @@ pub async fn catch_up(
     let mut frames = Vec::new();
     let mut ids = KeySet::default();
     let mut watermark = watermark.map(str::to_owned);
-    let live = gw.live_owned();
+    let live = gateway.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
     // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
@@ -178,7 +178,7 @@ pub async fn catch_up(
             rewrite::watermark_query(watermark.as_deref())
         );
         let reply = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up")
-            .send(&gw.metrics)
+            .send(&gateway.metrics)
             .await
             .map_err(|error| {
                 tracing::debug!(conversation = %conversation, error = %error.log_line(), "catch-up GET failed");
@@ -217,7 +217,8 @@ pub async fn catch_up(
         let page = match needles.scrub(&bytes) {
             Cow::Borrowed(clean) => clean.to_vec(),
             Cow::Owned(scrubbed) => {
-                gw.metrics
+                gateway
+                    .metrics
                     .upstream_bodies_scrubbed
                     .with_label_values(&["success_scrubbed", &bot.name])
                     .inc();

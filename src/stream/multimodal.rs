@@ -41,7 +41,7 @@ const RATE_LIMITED: Refusal = Refusal {
 };
 
 pub async fn bridge(
-    gw: Arc<Gateway>,
+    gateway: Arc<Gateway>,
     conversation: ConversationId,
     ticket: StreamTicket,
     mut client: ClientSocket,
@@ -51,7 +51,7 @@ pub async fn bridge(
         .as_deref()
         .and_then(multimodal_url);
     let upstream = match upstream_url {
-        Some(url) => super::link::dial(&gw, &ticket.bot, &url).await.ok(),
+        Some(url) => super::link::dial(&gateway, &ticket.bot, &url).await.ok(),
         None => None,
     };
     let Some(upstream) = upstream else {
@@ -65,7 +65,7 @@ pub async fn bridge(
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
     let Some((max_activity, rate)) = ({
-        let live = gw.live();
+        let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
                 live.config.limits.activity_body_bytes,
@@ -79,10 +79,13 @@ pub async fn bridge(
         return;
     };
     let bot: Arc<str> = Arc::from(ticket.bot.as_str());
-    let _open = gw.metrics.client_socket_opened(&bot);
-    let upstream_sockets = gw.metrics.upstream_sockets.with_label_values(&[&bot]);
+    let _open = gateway.metrics.client_socket_opened(&bot);
+    let upstream_sockets = gateway.metrics.upstream_sockets.with_label_values(&[&bot]);
     upstream_sockets.inc();
-    let upstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["upstream"]);
+    let upstream_bytes = gateway
+        .metrics
+        .bytes_relayed
+        .with_label_values(&["upstream"]);
     let (mut client_sink, mut client_stream) = client.split();
     let (mut upstream_sink, mut upstream_stream) = upstream.split();
     let rate_key = (bot.clone(), conversation);
@@ -100,12 +103,13 @@ pub async fn bridge(
                         if text.len() as u64 > max_activity {
                             break Some(Refusal::TOO_LARGE);
                         }
-                        if gw
+                        if gateway
                             .activity_limits
                             .check_key(&rate_key, rate, Instant::now())
                             .is_err()
                         {
-                            gw.metrics
+                            gateway
+                                .metrics
                                 .rate_limited
                                 .with_label_values(&["stream", &bot])
                                 .inc();
@@ -150,7 +154,7 @@ pub async fn bridge(
     };
     if let Some(refusal) = client_ended {
         if let Some(refusal) = refusal {
-            refusal.close(&gw, &bot, &mut client_sink).await;
+            refusal.close(&gateway, &bot, &mut client_sink).await;
         }
         // A close handshake, not a dropped connection: closing a socket with unread data
         // resets it, and Direct Line could lose the frames this client sent just before.

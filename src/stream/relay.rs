@@ -71,34 +71,34 @@ enum ResumeEnd {
     Stopped,
 }
 
-pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
-    let delivered_ids = gw.live().config.stream.delivered_ids;
+pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
+    let delivered_ids = gateway.live().config.stream.delivered_ids;
     let mut tracker = Tracker::new(delivered_ids, first.watermark.clone());
     let mut pending_url = first.stream_url.clone();
     let mut dropped_at: Option<Instant> = None;
     let mut run = FailureRun::new();
     // Learnt from the first pong: only an upstream known to answer pings is judged by them.
     let mut answers_pings = false;
-    gw.metrics.hubs.inc();
+    gateway.metrics.hubs.inc();
     if !first.from_start
         && let Some(watermark) = first.watermark.as_deref()
-        && gw.live().config.stream.guard_against_replays
+        && gateway.live().config.stream.guard_against_replays
     {
-        Box::pin(seed_history(&gw, &hub, &mut tracker, watermark)).await;
+        Box::pin(seed_history(&gateway, &hub, &mut tracker, watermark)).await;
     }
     loop {
         // Cold paths (dial, resume) are boxed: inline they would make every idle hub's
         // task as large as a TLS handshake future (about 12 KiB, measured with massif).
         let first_try = match pending_url.take() {
             Some(url) => {
-                let socket = Box::pin(link::dial(&gw, &hub.bot, &url))
+                let socket = Box::pin(link::dial(&gateway, &hub.bot, &url))
                     .await
                     .ok()
                     .map(Box::new);
                 if socket.is_none() && first.from_start && tracker.watermark().is_none() {
                     // A reconnect without a watermark would replay only what comes after it,
                     // losing what was sent between start and now: fetch the history first.
-                    Box::pin(backfill(&gw, &hub, &mut tracker)).await;
+                    Box::pin(backfill(&gateway, &hub, &mut tracker)).await;
                 }
                 socket
             }
@@ -106,7 +106,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         };
         let socket = match first_try {
             Some(socket) => socket,
-            None => match Box::pin(resume(&gw, &hub, &tracker, &mut run)).await {
+            None => match Box::pin(resume(&gateway, &hub, &tracker, &mut run)).await {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
                     tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
@@ -114,7 +114,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                     break;
                 }
                 ResumeEnd::Exhausted => {
-                    tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, budget = ?gw.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
+                    tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, budget = ?gateway.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
                     hub.close(close_frame(
                         CloseCode::Error,
                         "upstream unavailable; reconnect",
@@ -129,19 +129,24 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             },
         };
         if let Some(since) = dropped_at.take() {
-            gw.metrics
+            gateway
+                .metrics
                 .resume_duration
                 .observe(since.elapsed().as_secs_f64());
             hub.resumes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let upstream_sockets = gw.metrics.upstream_sockets.with_label_values(&[&hub.bot]);
+        let upstream_sockets = gateway
+            .metrics
+            .upstream_sockets
+            .with_label_values(&[&hub.bot]);
         upstream_sockets.inc();
-        let end = pump(&gw, &hub, &mut tracker, socket, &mut answers_pings).await;
+        let end = pump(&gateway, &hub, &mut tracker, socket, &mut answers_pings).await;
         upstream_sockets.dec();
         match end {
             PumpEnd::Dropped { why, healthy } => {
-                gw.metrics
+                gateway
+                    .metrics
                     .upstream_stream_drops
                     .with_label_values(&[why, &hub.bot])
                     .inc();
@@ -151,7 +156,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                 if why == DROP_TOO_LARGE {
                     run.too_large += 1;
                     if run.too_large >= POISON_DROPS {
-                        tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, max_frame = gw.live().config.stream.max_frame_bytes, "upstream keeps sending a frame over stream.max_frame; closing client sockets with 1009");
+                        tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, max_frame = gateway.live().config.stream.max_frame_bytes, "upstream keeps sending a frame over stream.max_frame; closing client sockets with 1009");
                         hub.close(close_frame(
                             CloseCode::Size,
                             "upstream frame larger than the gateway accepts",
@@ -166,16 +171,16 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         }
     }
     hub.retire();
-    gw.hubs.remove(&hub);
-    gw.metrics.hubs.dec();
+    gateway.hubs.remove(&hub);
+    gateway.metrics.hubs.dec();
 }
 
 const DROP_TOO_LARGE: &str = "frame_too_large";
 
 /// How often the pump checks liveness and idleness: fine enough for the configured
 /// times, coarse enough that ten thousand idle hubs cost few wakeups.
-fn check_period(gw: &Gateway) -> Duration {
-    let live = gw.live();
+fn check_period(gateway: &Gateway) -> Duration {
+    let live = gateway.live();
     let s = &live.config.stream;
     (s.linger / 2)
         .min(s.liveness_timeout / 4)
@@ -185,7 +190,7 @@ fn check_period(gw: &Gateway) -> Duration {
 
 /// The socket stays boxed: inline it is 1.4 KB (the rustls variant) in every idle hub's task.
 async fn pump(
-    gw: &Gateway,
+    gateway: &Gateway,
     hub: &Hub,
     tracker: &mut Tracker,
     mut socket: Box<UpstreamSocket>,
@@ -193,7 +198,7 @@ async fn pump(
 ) -> PumpEnd {
     // Copied out: the pump holds no settings handle across its awaits.
     let (keepalive_interval, liveness_timeout, pong_timeout, linger) = {
-        let live = gw.live();
+        let live = gateway.live();
         let s = &live.config.stream;
         (
             s.keepalive_interval,
@@ -217,7 +222,7 @@ async fn pump(
         tokio::time::Instant::now() + keepalive_interval,
         keepalive_interval,
     );
-    let mut check = tokio::time::interval(check_period(gw));
+    let mut check = tokio::time::interval(check_period(gateway));
     let mut last_frame = Instant::now();
     // A ping at once: its pong tells whether this upstream answers pings before a stall
     // would need to be judged by them.
@@ -229,7 +234,10 @@ async fn pump(
         return dropped("keepalive_failed", relayed_any);
     }
     let mut ping_unanswered_since: Option<Instant> = Some(Instant::now());
-    let downstream_bytes = gw.metrics.bytes_relayed.with_label_values(&["downstream"]);
+    let downstream_bytes = gateway
+        .metrics
+        .bytes_relayed
+        .with_label_values(&["downstream"]);
     loop {
         tokio::select! {
             message = socket.next() => {
@@ -238,7 +246,7 @@ async fn pump(
                     Some(Ok(Message::Text(text))) => {
                         downstream_bytes.inc_by(text.len() as u64);
                         relayed_any |= !text.is_empty();
-                        relay_text(gw, hub, tracker, text);
+                        relay_text(gateway, hub, tracker, text);
                     }
                     Some(Ok(Message::Pong(_))) => {
                         *answers_pings = true;
@@ -297,11 +305,11 @@ async fn pump(
 /// REST: the whole history first, then what comes after the watermark; the difference is
 /// what the client already has. In that order a new activity arriving between the two reads
 /// is never mistaken for an old one.
-async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark: &str) {
+async fn seed_history(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark: &str) {
     let upstream_token = hub.upstream_token();
-    let all = link::catch_up(gw, &hub.bot, &hub.conversation, None, &upstream_token).await;
+    let all = link::catch_up(gateway, &hub.bot, &hub.conversation, None, &upstream_token).await;
     let after = link::catch_up(
-        gw,
+        gateway,
         &hub.bot,
         &hub.conversation,
         Some(watermark),
@@ -320,12 +328,12 @@ async fn seed_history(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark:
     }
 }
 
-async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
+async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     let upstream_token = hub.upstream_token();
-    match link::catch_up(gw, &hub.bot, &hub.conversation, None, &upstream_token).await {
+    match link::catch_up(gateway, &hub.bot, &hub.conversation, None, &upstream_token).await {
         Ok((pages, _)) => {
             for page in pages {
-                relay_text(gw, hub, tracker, page);
+                relay_text(gateway, hub, tracker, page);
             }
         }
         Err(error) => {
@@ -334,15 +342,18 @@ async fn backfill(gw: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     }
 }
 
-fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
+fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
     match tracker.observe(text.as_str()) {
         Observed::Keepalive => {}
         Observed::AllDuplicates { dropped } => {
-            gw.metrics.duplicates_dropped.inc_by(dropped as u64);
+            gateway.metrics.duplicates_dropped.inc_by(dropped as u64);
             hub.advance_watermark(tracker.watermark());
         }
         Observed::Forward(forward) => {
-            gw.metrics.duplicates_dropped.inc_by(forward.dropped as u64);
+            gateway
+                .metrics
+                .duplicates_dropped
+                .inc_by(forward.dropped as u64);
             hub.relayed.inc_by(forward.activities.len() as u64);
             let text = match forward.rebuilt {
                 Some(rebuilt) => Utf8Bytes::from(rebuilt),
@@ -361,16 +372,22 @@ fn relay_text(gw: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
 }
 
 /// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
-async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker, run: &mut FailureRun) -> ResumeEnd {
+async fn resume(
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &Tracker,
+    run: &mut FailureRun,
+) -> ResumeEnd {
     // Loaded once per resume: a reload during a drop storm applies from the next one.
-    let live = gw.live_owned();
+    let live = gateway.live_owned();
     let config = &live.config.stream;
     let started = run.started;
     let mut stop = hub.stop_signal();
     let attempt = &mut run.attempt;
     let mut refetched_stale_url = false;
     let reconnects = |result: &str| {
-        gw.metrics
+        gateway
+            .metrics
             .upstream_reconnects
             .with_label_values(&[result, &hub.bot])
             .inc();
@@ -403,7 +420,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker, run: &mut FailureRun
         // Read per attempt: a client's tokens/refresh may have brought a fresher token.
         let mut upstream_token = hub.upstream_token().to_string();
         let fetched = link::fetch_stream_url(
-            gw,
+            gateway,
             &hub.bot,
             &hub.conversation,
             watermark,
@@ -423,7 +440,7 @@ async fn resume(gw: &Gateway, hub: &Hub, tracker: &Tracker, run: &mut FailureRun
                 continue;
             }
         };
-        match link::dial(gw, &hub.bot, &url).await {
+        match link::dial(gateway, &hub.bot, &url).await {
             Ok(socket) => {
                 reconnects("ok");
                 return ResumeEnd::Connected(Box::new(socket));

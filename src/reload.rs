@@ -1,0 +1,232 @@
+//! Turning a validated configuration into the settings a gateway serves with ([`Live`]), at
+//! start and on every reload (SIGHUP, a watched file): bots with their secrets and upstream
+//! clients, the token keys and the keys a reload retired. Part of the app state: it knows
+//! nothing of listeners or requests.
+
+use std::sync::Arc;
+
+use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
+use crate::gateway::{Bot, Live};
+use crate::seal::{KeyError, Sealer};
+use crate::secret::Secret;
+use crate::upstream::client::Upstream;
+use directline_emulator::EmulatorHandle;
+
+/// Why settings could not be built from a configuration that parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("bot {bot}: no Direct Line secret")]
+    NoSecret { bot: String },
+    #[error("bot {bot}: no embedded emulator running")]
+    NoEmulator { bot: String },
+    #[error("bot {bot}: the embedded emulator's address {url} is no URL")]
+    EmulatorUrl {
+        bot: String,
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("bot {bot}: upstream_ca_file: {message}")]
+    UpstreamCa { bot: String, message: String },
+    #[error("bot {bot}: the upstream URL cannot be used")]
+    UpstreamUrl { bot: String },
+    #[error("token key: {0}")]
+    TokenKey(#[from] KeyError),
+}
+
+/// Why a reload was refused; the settings in force keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("{0} cannot change without a restart")]
+    NeedsRestart(&'static str),
+}
+
+/// Turns a validated configuration into the settings a gateway serves with. On a reload
+/// `previous` carries over what must survive: the upstream client (and its pool) when the
+/// upstream is unchanged, and the token keys retired within their overlap.
+pub fn build_live(
+    config: Config,
+    emulators: &[(String, EmulatorHandle)],
+    previous: Option<&Live>,
+) -> Result<Live, BuildError> {
+    let mut bots = config
+        .bot_configs()
+        .into_iter()
+        .map(|settings| build_bot(settings, &config, emulators, previous))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::gateway::most_specific_first(&mut bots);
+    let now = crate::clock::unix_seconds();
+    let mut retired_keys: Vec<(Secret, u64)> = previous
+        .map(|p| {
+            p.retired_keys
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(previous) = previous
+        && let Some(old) = &previous.config.token_key
+        && config.token_key.as_ref().map(Secret::expose) != Some(old.expose())
+    {
+        retired_keys.push((old.clone(), now + config.token_key_overlap.as_secs()));
+    }
+    let sealer = match &config.token_key {
+        Some(key) => {
+            let previous_keys: Vec<String> = config
+                .previous_token_keys
+                .iter()
+                .map(|k| k.expose().to_owned())
+                .collect();
+            let mut sealer = Sealer::new(key.expose(), &previous_keys)?;
+            for (key, until) in &retired_keys {
+                sealer = sealer.with_retired(key.expose(), *until);
+            }
+            Arc::new(sealer)
+        }
+        None => match previous {
+            // Keep the per-process key: a reload must not invalidate every token.
+            Some(previous) if previous.config.token_key.is_none() => previous.sealer.clone(),
+            _ => {
+                // A first run on the embedded emulator needs no key yet: say so once, as
+                // information. In front of a real Direct Line it is a deployment mistake.
+                let embedded_only = config
+                    .bot_configs()
+                    .iter()
+                    .all(|bot| bot.upstream == UpstreamTarget::Embedded);
+                if embedded_only {
+                    tracing::info!(
+                        "no token key configured: a random one per process (set DIRECTLINE_GATEWAY_TOKEN_KEY or token_key_file before running several replicas)"
+                    );
+                } else {
+                    tracing::warn!(
+                        "no token key configured: tokens are sealed with a random per-process key, so other replicas and restarts cannot open them"
+                    );
+                }
+                Arc::new(Sealer::ephemeral())
+            }
+        },
+    };
+    Ok(Live {
+        config,
+        sealer,
+        retired_keys,
+        bots,
+    })
+}
+
+/// One bot's secret and upstream client; an unchanged upstream keeps its connection pool.
+fn build_bot(
+    settings: BotConfig,
+    config: &Config,
+    emulators: &[(String, EmulatorHandle)],
+    previous: Option<&Live>,
+) -> Result<Arc<Bot>, BuildError> {
+    let (upstream_url, secret) = match &settings.upstream {
+        UpstreamTarget::Url(url) => (
+            url.clone(),
+            settings
+                .secret
+                .clone()
+                .ok_or_else(|| BuildError::NoSecret {
+                    bot: settings.name.clone(),
+                })?,
+        ),
+        UpstreamTarget::Embedded => {
+            let (_, emulator) = emulators
+                .iter()
+                .find(|(name, _)| *name == settings.name)
+                .ok_or_else(|| BuildError::NoEmulator {
+                    bot: settings.name.clone(),
+                })?;
+            let url = emulator.base_url();
+            (
+                url::Url::parse(&url).map_err(|source| BuildError::EmulatorUrl {
+                    bot: settings.name.clone(),
+                    url,
+                    source,
+                })?,
+                Secret::new(emulator.secret().expose()),
+            )
+        }
+    };
+    let reusable = previous
+        .filter(|p| p.config.timeouts.connect == config.timeouts.connect)
+        .and_then(|p| p.bot(&settings.name))
+        .filter(|p| {
+            p.settings.upstream == settings.upstream
+                && p.settings.upstream_ca_file == settings.upstream_ca_file
+        });
+    let upstream = match reusable {
+        Some(previous) => previous.upstream.clone(),
+        None => {
+            let tls =
+                crate::upstream::client::tls_client_config(settings.upstream_ca_file.as_deref())
+                    .map_err(|message| BuildError::UpstreamCa {
+                        bot: settings.name.clone(),
+                        message,
+                    })?;
+            Arc::new(
+                Upstream::new(&upstream_url, config.timeouts.connect, tls).map_err(|_| {
+                    BuildError::UpstreamUrl {
+                        bot: settings.name.clone(),
+                    }
+                })?,
+            )
+        }
+    };
+    Ok(Arc::new(Bot {
+        name: Arc::from(settings.name.as_str()),
+        settings,
+        secret,
+        upstream,
+    }))
+}
+
+pub fn bot_names(live: &Live) -> Vec<&str> {
+    live.bots.iter().map(|bot| &*bot.name).collect()
+}
+
+pub fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadError> {
+    if current.listen != next.listen {
+        return Err(ReloadError::NeedsRestart("listen"));
+    }
+    if current.admin_listen != next.admin_listen {
+        return Err(ReloadError::NeedsRestart("admin_listen"));
+    }
+    // Embedded emulators are started with the process, one per embedded bot.
+    if embedded_bots(current) != embedded_bots(next) {
+        return Err(ReloadError::NeedsRestart(
+            "the set of bots with upstream = \"embedded\"",
+        ));
+    }
+    // The certificate watcher follows the files it started with.
+    if current.tls != next.tls {
+        return Err(ReloadError::NeedsRestart("tls"));
+    }
+    // These are baked into the HTTP connection builder when the listener starts.
+    let (now, then) = (&current.limits, &next.limits);
+    if now.header_read_timeout != then.header_read_timeout
+        || now.max_header_count != then.max_header_count
+        || now.max_header_bytes != then.max_header_bytes
+        || now.max_url_bytes != then.max_url_bytes
+    {
+        return Err(ReloadError::NeedsRestart(
+            "limits.header_read_timeout, max_header_count, max_headers or max_url",
+        ));
+    }
+    Ok(())
+}
+
+fn embedded_bots(config: &Config) -> Vec<String> {
+    config
+        .bot_configs()
+        .into_iter()
+        .filter(|bot| bot.upstream == UpstreamTarget::Embedded)
+        .map(|bot| bot.name)
+        .collect()
+}
