@@ -1,50 +1,53 @@
 //! directline-gateway: a reverse proxy for Bot Framework Direct Line 3.0.
 //!
-//! Map of the crate:
-//! - [`config`]: the TOML file, environment and flags, parsed once into typed values.
-//! - [`signals`]: SIGTERM/SIGINT (drain) and SIGHUP (reload), registered at start-up.
-//! - [`admission`]: what a connection may hold before its first request (per-IP cap, deadline).
-//! - [`server`]: listeners, connections, the admin endpoints, and the whole-process [`server::run`].
-//! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
-//! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
-//! - [`auth`], [`seal`]: sealed client tokens and stream tickets, and the ownership check.
-//! - [`ratelimit`]: token buckets per client IP and per conversation, and the client IP.
-//! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
-//! - [`activity_body`]: a posted activity with `from.id` bound to the token's user.
-//! - [`jsonscan`]: one-pass reads of already valid JSON text (activity ids, nesting depth).
-//! - [`rewrite`]: streamUrl rewriting and pinning; [`cors`]: browser preflight and headers.
-//! - [`scrub`]: upstream bodies cleaned of the secret, tokens and host before a client sees them.
-//! - [`stream`]: the WebSocket bridge (hubs, watermark tracker, resume).
-//! - [`demo`]: the chat page on `/` in embedded-emulator mode.
-//! - [`error`]: blame and the one place errors become Direct Line error bodies.
-//! - [`tls`]: TLS on the client listener, with certificate reload.
-//! - [`metrics`], [`logging`]: Prometheus registry and tracing setup.
+//! Layers, each importing only from the ones below it (DESIGN §9; `tests/layers.rs` fails
+//! on any import cycle between files):
+//! 1. **server**: [`server`] (listeners, connections, admin, [`server::start`]), [`signals`],
+//!    `admission` (per-IP cap, first-request deadline), `tls`, [`cli`], [`logging`].
+//! 2. **pipeline**: `pipeline`, a request in named phases (admit → select bot → parse →
+//!    check origin → authorize → rate-limit → dispatch → respond → log).
+//! 3. **routes**: `routes`, one file per Direct Line concern (tokens, conversations,
+//!    activities, upload, session, stream), what each needs (`routes::needs`), and the
+//!    respond phase (`routes::answer`).
+//! 4. **stream**: [`stream`], the WebSocket bridge (registry of hubs, hub, relay, link,
+//!    client, tracker).
+//! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`).
+//! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`.
+//! 7. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
+//!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
+//!    `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
+//!
+//! The public surface is what the binary, the integration tests, the benches and the fuzz
+//! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
+//! [`secret`], [`endpoint`], [`error`], [`clock`], [`rewrite`], [`scrub`],
+//! [`activity_body`] and [`stream::tracker`]. Everything else is `pub(crate)`.
+//! The Direct Line emulator is its own crate, `directline-emulator` (`emulator/`).
 
 pub mod activity_body;
-pub mod admission;
-pub mod auth;
-pub mod body;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod cors;
-pub mod demo;
+pub(crate) mod cors;
+pub(crate) mod demo;
 pub mod endpoint;
 pub mod error;
-pub mod gateway;
-pub mod jsonscan;
+pub(crate) mod gateway;
+pub(crate) mod jsonscan;
 pub mod logging;
-pub mod metrics;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod reload;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
+pub(crate) mod ratelimit;
+pub(crate) mod reload;
 pub mod rewrite;
-pub mod routes;
+pub(crate) mod routes;
 pub mod scrub;
 pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod stream;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;
