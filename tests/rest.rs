@@ -91,14 +91,7 @@ async fn token_start_post_get_reconnect_refresh() {
     );
     assert!(resumed["token"].as_str().unwrap().starts_with("dlgw1."));
 
-    let refresh = h
-        .request(
-            Method::POST,
-            "/v3/directline/tokens/refresh",
-            Some(&conversation.token),
-            None,
-        )
-        .await;
+    let refresh = h.refresh(&conversation.token).await;
     assert_eq!(refresh.status, StatusCode::OK, "{}", refresh.text());
     let refreshed = refresh.json();
     assert_eq!(refreshed["conversationId"], id.as_str());
@@ -169,31 +162,20 @@ async fn refusals_never_reach_upstream() {
     let h = Harness::start().await;
     let conversation = h.conversation().await;
     let other = h.conversation().await;
-    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
-    let expired = sealer.seal(
-        Purpose::ClientToken,
-        &ClientToken {
-            bot: "default".into(),
-            conversation_id: conversation.id.clone(),
-            user_id: "dl_x".into(),
-            upstream_token: "x".into(),
-            // Past the default resume_window too, so even tokens/refresh refuses it
-            // (tests/resume.rs covers refreshes inside the window).
-            expires_at: clock::unix_seconds() - 25 * 3600,
-        },
+    let forged = |expires_at: u64| ClientToken {
+        bot: "default".into(),
+        conversation_id: conversation.id.clone(),
+        user_id: "dl_x".into(),
+        upstream_token: "x".into(),
+        expires_at,
+    };
+    // Past the default resume_window too, so even tokens/refresh refuses it
+    // (tests/resume.rs covers refreshes inside the window).
+    let expired = support::sealed_token(TOKEN_KEY, &forged(clock::unix_seconds() - 25 * 3600));
+    let foreign_key = support::sealed_token(
+        "another-key-that-this-gateway-never-had-0000",
+        &forged(clock::unix_seconds() + 600),
     );
-    let foreign_key = Sealer::new("another-key-that-this-gateway-never-had-0000", &[])
-        .unwrap()
-        .seal(
-            Purpose::ClientToken,
-            &ClientToken {
-                bot: "default".into(),
-                conversation_id: conversation.id.clone(),
-                user_id: "dl_x".into(),
-                upstream_token: "x".into(),
-                expires_at: clock::unix_seconds() + 600,
-            },
-        );
     let mut truncated = conversation.token.clone();
     truncated.truncate(truncated.len() - 5);
     let before = h.emulator.requests().len();
@@ -661,14 +643,7 @@ async fn refresh_renews_the_upstream_token_when_it_nears_its_end() {
         .start()
         .await;
     let conversation = h.conversation().await;
-    let reply = h
-        .request(
-            Method::POST,
-            "/v3/directline/tokens/refresh",
-            Some(&conversation.token),
-            None,
-        )
-        .await;
+    let reply = h.refresh(&conversation.token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let refreshed = reply.json()["token"].as_str().unwrap().to_owned();
     let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();

@@ -33,18 +33,12 @@ async fn refresh(base: &str, h: &Harness, token: &str) -> support::Reply {
         .await
 }
 
-async fn activities(h: &Harness, conversation: &Conversation, token: &str) -> support::Reply {
-    let path = format!(
-        "/v3/directline/conversations/{}/activities",
-        conversation.id
-    );
-    h.request(Method::GET, &path, Some(token), None).await
-}
-
 /// Waits until `conversation.token` is refused as expired, as a page reloaded late finds it.
 async fn wait_until_expired(h: &Harness, conversation: &Conversation) {
     eventually("the gateway token expired", async || {
-        let reply = activities(h, conversation, &conversation.token).await;
+        let reply = h
+            .activities(&conversation.id, None, &conversation.token)
+            .await;
         reply.status == StatusCode::FORBIDDEN && reply.error_code() == "TokenExpired"
     })
     .await;
@@ -165,7 +159,7 @@ async fn a_resume_is_for_the_owner_only_and_only_inside_the_window() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["conversationId"], theirs.id.as_str());
     let theirs_fresh = reply.json()["token"].as_str().unwrap().to_owned();
-    let crossed = activities(&h, &ours, &theirs_fresh).await;
+    let crossed = h.activities(&ours.id, None, &theirs_fresh).await;
     assert_eq!(crossed.status, StatusCode::FORBIDDEN);
     // A forged token gets nothing.
     let mut forged = ours.token.clone();
@@ -200,7 +194,7 @@ async fn any_replica_sharing_the_token_key_resumes_it() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let token = reply.json()["token"].as_str().unwrap().to_owned();
     // The fresh token works on the first replica as well.
-    let reply = activities(&h, &conversation, &token).await;
+    let reply = h.activities(&conversation.id, None, &token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 

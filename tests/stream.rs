@@ -624,14 +624,7 @@ async fn a_refreshed_upstream_token_reaches_the_hub() {
             .as_deref(),
         Some(before.upstream_token.as_str())
     );
-    let reply = h
-        .request(
-            Method::POST,
-            "/v3/directline/tokens/refresh",
-            Some(&conversation.token),
-            None,
-        )
-        .await;
+    let reply = h.refresh(&conversation.token).await;
     let after: ClientToken = sealer
         .open(
             Purpose::ClientToken,

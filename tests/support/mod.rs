@@ -138,19 +138,50 @@ impl Harness {
         }
     }
 
+    /// A GET on the admin listener, with the same bounded wait as [`Harness::send`].
     pub async fn admin_get(&self, path: &str) -> Reply {
         let request = Request::get(format!("{}{}", self.admin, path))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let response = self.http.request(request).await.expect("admin reachable");
+        let response = tokio::time::timeout(WAIT, self.http.request(request))
+            .await
+            .expect("admin answered in time")
+            .expect("admin reachable");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let bytes = tokio::time::timeout(WAIT, response.into_body().collect())
+            .await
+            .expect("admin body in time")
+            .unwrap()
+            .to_bytes();
         Reply {
             status,
             headers,
             bytes,
         }
+    }
+
+    /// `POST tokens/refresh` with `token`.
+    pub async fn refresh(&self, token: &str) -> Reply {
+        self.request(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// `GET …/activities` of `conversation` (from `watermark`) with `token`.
+    pub async fn activities(
+        &self,
+        conversation: &str,
+        watermark: Option<&str>,
+        token: &str,
+    ) -> Reply {
+        let query = watermark.map_or(String::new(), |w| format!("?watermark={w}"));
+        let path = format!("/v3/directline/conversations/{conversation}/activities{query}");
+        self.request(Method::GET, &path, Some(token), None).await
     }
 
     /// tokens/generate → the gateway token and conversation id.
@@ -420,11 +451,54 @@ pub fn absorb(seen: &mut Seen, text: &str) {
     }
 }
 
-/// The value of one series (name with its labels) in a Prometheus exposition; 0 when absent.
+/// The value of one series in a Prometheus exposition, written as it would be exposed
+/// (`name{a="1",b="2"}` or `name`); labels match in any order, and every label of the
+/// series must be given. 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
+    let wanted = parse_series(series);
     text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name_labels, value) = line.rsplit_once(' ')?;
+            (parse_series(name_labels) == wanted).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A series' name and its labels, sorted. Label values in these tests hold no `,` or `"`.
+fn parse_series(series: &str) -> (String, Vec<(String, String)>) {
+    let Some((name, labels)) = series.split_once('{') else {
+        return (series.to_owned(), Vec::new());
+    };
+    let mut labels: Vec<(String, String)> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            Some((key.to_owned(), value.trim_matches('"').to_owned()))
+        })
+        .collect();
+    labels.sort();
+    (name.to_owned(), labels)
+}
+
+/// A gateway token sealed with `key`, as a forger holding that key (or the gateway itself)
+/// would make it: for tests of expired, foreign-bot and foreign-key tokens.
+pub fn sealed_token(key: &str, token: &directline_gateway::seal::ClientToken) -> String {
+    directline_gateway::seal::Sealer::new(key, &[])
+        .expect("key long enough")
+        .seal(directline_gateway::seal::Purpose::ClientToken, token)
+}
+
+#[test]
+fn metric_matches_labels_in_any_order() {
+    let text = "# HELP x y\nx_total{b=\"2\",a=\"1\"} 7\nx_total{a=\"1\"} 3\nplain 4\n";
+    assert_eq!(metric(text, r#"x_total{a="1",b="2"}"#), 7.0);
+    assert_eq!(metric(text, r#"x_total{b="2",a="1"}"#), 7.0);
+    assert_eq!(metric(text, r#"x_total{a="1"}"#), 3.0);
+    assert_eq!(metric(text, "plain"), 4.0);
+    assert_eq!(metric(text, r#"x_total{a="9"}"#), 0.0);
 }
 
 /// Sends an empty keepalive like DLJS does, to prove the gateway absorbs it.
