@@ -13,6 +13,7 @@ use super::values::{
     parse_size, parse_upstream, parse_user_ids,
 };
 use super::{BotConfig, Config, NO_BOT, RateLimits, TlsFiles};
+use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
 
 impl Config {
@@ -135,11 +136,11 @@ impl Config {
                 .map(Secret::new),
         };
         if let Some(key) = &config.token_key
-            && key.expose().chars().count() < crate::seal::MIN_KEY_LEN
+            && seal::check_key(key.expose()).is_err()
         {
             return Err(invalid(
                 "token key",
-                format!("must be at least {} characters", crate::seal::MIN_KEY_LEN),
+                format!("must be at least {MIN_KEY_LEN} characters"),
             ));
         }
         config.previous_token_keys = file
@@ -150,7 +151,7 @@ impl Config {
         if config
             .previous_token_keys
             .iter()
-            .any(|k| k.expose().chars().count() < crate::seal::MIN_KEY_LEN)
+            .any(|k| seal::check_key(k.expose()).is_err())
         {
             return Err(invalid("previous_token_key_files", "a key is too short"));
         }

@@ -25,6 +25,7 @@ use url::Url;
 
 use crate::secret::Secret;
 
+pub use crate::seal::DEFAULT_BOT;
 pub use errors::ConfigError;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -81,10 +82,6 @@ pub struct Config {
     /// the top-level `upstream`, secret, `path_prefix`, origins, rate limits and user ids.
     pub bots: Vec<BotConfig>,
 }
-
-/// The bot a token was sealed for when the token predates multi-bot support, and the name
-/// of the bot a single-bot configuration describes.
-pub const DEFAULT_BOT: &str = "default";
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
 /// bring back a conversation but not its history, so the window stops there. See
