@@ -1,5 +1,6 @@
 //! Loading: the file, then the environment, then the flags, into one validated [`Config`].
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ use super::values::{
 use super::{BotConfig, Config, NO_BOT, RateLimits, TlsFiles};
 use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
+
+/// What `limits.upstream_error_body` may be. The top is the ceiling on any upstream JSON
+/// answer (`upstream::body::MAX_UPSTREAM_JSON`), stated here and pinned by a test rather than
+/// imported: the configuration sits below the upstream client, which reads it.
+const UPSTREAM_ERROR_BODY: RangeInclusive<usize> = 1024..=1024 * 1024;
 
 impl Config {
     /// Loads `file` (if any), then the environment, then `overrides`, and validates the result.
@@ -224,9 +230,7 @@ impl Config {
             "limits.upstream_error_body",
             l.upstream_error_body,
         )?;
-        if !(1024..=crate::upstream::body::MAX_UPSTREAM_JSON)
-            .contains(&limits.upstream_error_body_bytes)
-        {
+        if !UPSTREAM_ERROR_BODY.contains(&limits.upstream_error_body_bytes) {
             return Err(invalid(
                 "limits.upstream_error_body",
                 "must be 1KiB to 1MiB",
@@ -785,6 +789,10 @@ activities_burst = 5
 
     #[test]
     fn upstream_error_body_limit_is_bounded() {
+        assert_eq!(
+            *UPSTREAM_ERROR_BODY.end(),
+            crate::upstream::body::MAX_UPSTREAM_JSON
+        );
         let config = load_str("[limits]\nupstream_error_body = \"4KiB\"", &[]).unwrap();
         assert_eq!(config.limits.upstream_error_body_bytes, 4096);
         for bad in ["\"100\"", "\"2MiB\"", "\"lots\""] {
