@@ -69,6 +69,9 @@ impl Config {
                 .collect(),
             ..Config::default()
         };
+        // The single-bot form's top-level keys: the bot named `default`, or with [[bots]]
+        // the defaults each bot starts from.
+        let mut top = BotConfig::default();
         let several_bots = !file.bots.is_empty();
         if several_bots {
             // One place per fact: with [[bots]], these belong to each bot.
@@ -114,22 +117,22 @@ impl Config {
             ));
         }
         if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
-            config.upstream = parse_upstream(upstream)?;
+            top.upstream = parse_upstream(upstream)?;
         }
         if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
-            config.public_url = Some(parse_public_url(public)?);
+            top.public_url = Some(parse_public_url(public)?);
         }
         if let Some(prefix) = file.path_prefix {
-            config.path_prefix = parse_prefix(&prefix)?;
+            top.path_prefix = parse_prefix(&prefix)?;
         }
-        config.secret = match env.var(ENV_SECRET) {
+        top.secret = match env.var(ENV_SECRET) {
             Some(secret) => Some(Secret::new(secret)),
             None => match &file.secret_file {
                 Some(path) => Some(Secret::new(read_trimmed(path)?)),
                 None => None,
             },
         };
-        if !several_bots && config.secret.is_none() && config.upstream != UpstreamTarget::Embedded {
+        if !several_bots && top.secret.is_none() && top.upstream != UpstreamTarget::Embedded {
             return Err(ConfigError::MissingSecret);
         }
         config.token_key = match env.var(ENV_TOKEN_KEY) {
@@ -166,7 +169,7 @@ impl Config {
             "token_key_overlap",
             file.token_key_overlap,
         )?;
-        config.upstream_ca_file = file.upstream_ca_file;
+        top.upstream_ca_file = file.upstream_ca_file;
         if let Some(tls) = file.tls {
             let mut watch_interval = Duration::from_secs(10);
             set_duration(
@@ -185,13 +188,9 @@ impl Config {
             .iter()
             .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
             .collect::<Result<_, _>>()?;
-        (config.allowed_origins, config.trusted_origins) =
+        (top.allowed_origins, top.trusted_origins) =
             parse_origins(file.allowed_origins, file.trusted_origins)?;
-        set_duration(
-            &mut config.resume_window,
-            "resume_window",
-            file.resume_window,
-        )?;
+        set_duration(&mut top.resume_window, "resume_window", file.resume_window)?;
         set_duration(
             &mut config.upstream_refresh_before,
             "upstream_refresh_before",
@@ -280,9 +279,9 @@ impl Config {
             }
             limits.max_header_count = count;
         }
-        config.rate_limits = parse_rates(config.rate_limits, &file.rate_limits)?;
+        top.rate_limits = parse_rates(top.rate_limits, &file.rate_limits)?;
         if let Some(policy) = &file.user_ids {
-            config.user_ids = parse_user_ids(policy)?;
+            top.user_ids = parse_user_ids(policy)?;
         }
 
         let t = file.timeouts;
@@ -384,11 +383,14 @@ impl Config {
                 *slot = value;
             }
         }
-        config.bots = file
-            .bots
-            .into_iter()
-            .map(|bot| parse_bot(bot, &config, env))
-            .collect::<Result<_, _>>()?;
+        config.bots = if several_bots {
+            file.bots
+                .into_iter()
+                .map(|bot| parse_bot(bot, &top, env))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![top]
+        };
         config.validate()?;
         Ok(config)
     }
@@ -505,7 +507,7 @@ fn valid_bot_name(name: &str) -> bool {
         && name != NO_BOT
 }
 
-fn parse_bot(file: FileBot, top: &Config, env: &dyn Env) -> Result<BotConfig, ConfigError> {
+fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig, ConfigError> {
     if !valid_bot_name(&file.name) {
         return Err(invalid(
             "bots.name",
@@ -689,7 +691,7 @@ activities_burst = 5
     #[test]
     fn bots_take_their_own_settings_and_the_top_level_defaults() {
         let config = load_str(TWO_BOTS, &[("SUPPORT_SECRET", "s3cret")]).unwrap();
-        let [support, sales] = &config.bot_configs()[..] else {
+        let [support, sales] = &config.bots[..] else {
             panic!("two bots");
         };
         assert_eq!(support.name, "support");
@@ -722,7 +724,7 @@ activities_burst = 5
         );
         // Without [[bots]] the top level is one bot named "default".
         let single = load_str("user_ids = \"caller\"", &[]).unwrap();
-        let [default] = &single.bot_configs()[..] else {
+        let [default] = &single.bots[..] else {
             panic!("one bot");
         };
         assert_eq!(default.name, DEFAULT_BOT);
@@ -782,7 +784,7 @@ activities_burst = 5
         let config = load_str("", &[]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9464");
-        assert_eq!(config.upstream, UpstreamTarget::Embedded);
+        assert_eq!(config.bots[0].upstream, UpstreamTarget::Embedded);
         assert_eq!(config.limits.activity_body_bytes, 262_144);
         assert_eq!(config.limits.upstream_error_body_bytes, 65_536);
     }
@@ -813,7 +815,7 @@ activities_burst = 5
             &[(ENV_SECRET, "s")],
         )
         .unwrap();
-        assert!(matches!(ok.upstream, UpstreamTarget::Url(_)));
+        assert!(matches!(ok.bots[0].upstream, UpstreamTarget::Url(_)));
     }
 
     #[test]

@@ -34,31 +34,16 @@ pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, pars
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub upstream: UpstreamTarget,
-    /// How clients reach the gateway (`https://chat.contoso.com`); rewritten stream URLs start here.
-    pub public_url: Option<Url>,
-    /// A path the gateway serves Direct Line under, e.g. `/bots/support` (empty: none).
-    pub path_prefix: String,
-    /// `None` only with the embedded emulator, which then gets a random secret.
-    pub secret: Option<Secret>,
     /// `None`: a random per-process key (tokens then do not survive restarts or cross replicas).
     pub token_key: Option<Secret>,
     pub previous_token_keys: Vec<Secret>,
     /// After a reload replaces the token key, the replaced key still opens tokens this long.
     pub token_key_overlap: Duration,
-    /// PEM CA certificates trusted for the upstream besides the webpki roots (private
-    /// upstreams: the App Service extension, private link).
-    pub upstream_ca_file: Option<PathBuf>,
     /// TLS on the client listener; `None` serves plain HTTP (TLS ends at a proxy).
     pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// Browser origins allowed by CORS; empty allows any.
-    pub allowed_origins: Vec<String>,
-    /// Sent upstream as `trustedOrigins` on tokens/generate.
-    pub trusted_origins: Vec<String>,
     pub limits: Limits,
-    pub rate_limits: RateLimits,
     pub timeouts: Timeouts,
     pub stream: StreamConfig,
     /// Refresh the upstream token on `tokens/refresh` when it has less than this left.
@@ -73,13 +58,9 @@ pub struct Config {
     /// The secret and key files this configuration was read from (what the watch checks
     /// besides the configuration file itself).
     pub watched_files: Vec<PathBuf>,
-    /// How the conversation's user id is chosen (single-bot configuration).
-    pub user_ids: UserIdPolicy,
-    /// How long after its expiry a gateway token can still be refreshed (and nothing else);
-    /// zero turns durable resume off (single-bot configuration, default for `[[bots]]`).
-    pub resume_window: Duration,
-    /// Several bots behind this gateway (`[[bots]]`). Empty: one bot, named `default`, from
-    /// the top-level `upstream`, secret, `path_prefix`, origins, rate limits and user ids.
+    /// Every bot behind this gateway, at least one: the `[[bots]]` of the file, or the bot
+    /// named `default` that the single-bot form's top-level keys describe (loading turns one
+    /// form into the other; nothing else needs to know there are two).
     pub bots: Vec<BotConfig>,
 }
 
@@ -104,13 +85,20 @@ pub struct BotConfig {
     pub upstream: UpstreamTarget,
     /// `None` only for an embedded upstream, which then gets a random secret.
     pub secret: Option<Secret>,
+    /// How clients reach the gateway (`https://chat.contoso.com`); rewritten stream URLs start here.
     pub public_url: Option<Url>,
+    /// Browser origins allowed by CORS; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Sent upstream as `trustedOrigins` on tokens/generate.
     pub trusted_origins: Vec<String>,
     pub rate_limits: RateLimits,
+    /// How the conversation's user id is chosen.
     pub user_ids: UserIdPolicy,
+    /// PEM CA certificates trusted for the upstream besides the webpki roots (private
+    /// upstreams: the App Service extension, private link).
     pub upstream_ca_file: Option<PathBuf>,
-    /// See [`Config::resume_window`].
+    /// How long after its expiry a gateway token can still be refreshed (and nothing else);
+    /// zero turns durable resume off.
     pub resume_window: Duration,
 }
 
@@ -228,29 +216,39 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            upstream: UpstreamTarget::Embedded,
-            public_url: None,
-            path_prefix: String::new(),
-            secret: None,
             token_key: None,
             previous_token_keys: Vec::new(),
             token_key_overlap: Duration::from_secs(3600),
-            upstream_ca_file: None,
             tls: None,
             trusted_proxies: Vec::new(),
-            allowed_origins: Vec::new(),
-            trusted_origins: Vec::new(),
             limits: Limits::default(),
-            rate_limits: RateLimits::default(),
             timeouts: Timeouts::default(),
             stream: StreamConfig::default(),
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
             file_watch_interval: Duration::from_secs(10),
             watched_files: Vec::new(),
+            bots: vec![BotConfig::default()],
+        }
+    }
+}
+
+/// The bot of the no-argument run: `default`, at the root, on the embedded emulator.
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_BOT.to_owned(),
+            host: None,
+            path_prefix: String::new(),
+            upstream: UpstreamTarget::Embedded,
+            secret: None,
+            public_url: None,
+            allowed_origins: Vec::new(),
+            trusted_origins: Vec::new(),
+            rate_limits: RateLimits::default(),
             user_ids: UserIdPolicy::Minted,
+            upstream_ca_file: None,
             resume_window: DEFAULT_RESUME_WINDOW,
-            bots: Vec::new(),
         }
     }
 }
@@ -318,11 +316,29 @@ impl Default for StreamConfig {
 }
 
 impl Config {
+    /// The defaults with `bot` as the only bot: `Config { token_key, ..Config::single(bot) }`.
+    pub fn single(bot: BotConfig) -> Self {
+        Self {
+            bots: vec![bot],
+            ..Self::default()
+        }
+    }
+
+    /// The first bot, the only one in a single-bot configuration: what a test or an embedder
+    /// that serves one bot sets (`config.bot_mut().secret = …`). A configuration without
+    /// bots gets the default one first.
+    pub fn bot_mut(&mut self) -> &mut BotConfig {
+        if self.bots.is_empty() {
+            self.bots.push(BotConfig::default());
+        }
+        &mut self.bots[0]
+    }
+
     /// The no-argument run: the default echo bot at the root and a second one under
     /// `/bots/second`, each behind its own embedded emulator with its own secret, so routing
     /// between bots can be tried with nothing configured.
     pub fn with_demo_bots(mut self) -> Self {
-        let mut default = self.bot_configs().remove(0);
+        let mut default = self.bots.into_iter().next().unwrap_or_default();
         default.upstream = UpstreamTarget::Embedded;
         let second = BotConfig {
             name: "second".to_owned(),
@@ -331,26 +347,5 @@ impl Config {
         };
         self.bots = vec![default, second];
         self
-    }
-
-    /// The bots this configuration describes: `[[bots]]`, or the one top-level bot.
-    pub fn bot_configs(&self) -> Vec<BotConfig> {
-        if !self.bots.is_empty() {
-            return self.bots.clone();
-        }
-        vec![BotConfig {
-            name: DEFAULT_BOT.to_owned(),
-            host: None,
-            path_prefix: self.path_prefix.clone(),
-            upstream: self.upstream.clone(),
-            secret: self.secret.clone(),
-            public_url: self.public_url.clone(),
-            allowed_origins: self.allowed_origins.clone(),
-            trusted_origins: self.trusted_origins.clone(),
-            rate_limits: self.rate_limits.clone(),
-            user_ids: self.user_ids,
-            upstream_ca_file: self.upstream_ca_file.clone(),
-            resume_window: self.resume_window,
-        }]
     }
 }
