@@ -1,19 +1,22 @@
 //! Loading: the file, then the environment, then the flags, into one validated [`Config`].
 
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
 
 use super::errors::{ConfigError, invalid, key_path_at, line_column, parse_message};
-use super::file::{FileBot, FileConfig, FileRateLimits};
+use super::file::{
+    FileBot, FileConfig, FileLimits, FileRateLimits, FileStream, FileTimeouts, FileTls,
+};
 use super::sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides};
 use super::values::{
     IpNet, UpstreamTarget, parse_addr, parse_duration, parse_host, parse_prefix, parse_public_url,
     parse_size, parse_upstream, parse_user_ids,
 };
-use super::{BotConfig, Config, NO_BOT, RateLimits, TlsFiles};
+use super::{BotConfig, Config, Limits, NO_BOT, RateLimits, StreamConfig, Timeouts, TlsFiles};
 use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
 
@@ -53,343 +56,50 @@ impl Config {
         Self::from_parts(parsed, overrides, env)
     }
 
+    /// The file's sections, one function each, in the order their mistakes are reported;
+    /// then the checks that span sections.
     fn from_parts(
         file: FileConfig,
         overrides: &Overrides,
         env: &dyn Env,
     ) -> Result<Self, ConfigError> {
-        let mut config = Config {
-            watched_files: file
-                .secret_file
-                .iter()
-                .chain(&file.token_key_file)
-                .chain(&file.previous_token_key_files)
-                .chain(file.bots.iter().filter_map(|bot| bot.secret_file.as_ref()))
-                .cloned()
-                .collect(),
-            ..Config::default()
-        };
-        // The single-bot form's top-level keys: the bot named `default`, or with [[bots]]
-        // the defaults each bot starts from.
-        let mut top = BotConfig::default();
-        let several_bots = !file.bots.is_empty();
-        if several_bots {
-            // One place per fact: with [[bots]], these belong to each bot.
-            let stray = [
-                (
-                    "upstream",
-                    file.upstream.is_some() || overrides.upstream.is_some(),
-                ),
-                ("secret_file", file.secret_file.is_some()),
-                (ENV_SECRET, env.var(ENV_SECRET).is_some()),
-                ("path_prefix", file.path_prefix.is_some()),
-                (
-                    "public_url",
-                    file.public_url.is_some() || overrides.public_url.is_some(),
-                ),
-                ("allowed_origins", !file.allowed_origins.is_empty()),
-                ("trusted_origins", !file.trusted_origins.is_empty()),
-            ];
-            if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
-                return Err(invalid(
-                    "bots",
-                    format!("{key} is set at the top level; with [[bots]] give it to each bot"),
-                ));
-            }
+        let defaults = Config::default();
+        let watched_files = watched_files(&file);
+        if !file.bots.is_empty() {
+            refuse_top_level_bot_keys(&file, overrides, env)?;
         }
-        if let Some(listen) = overrides.listen.as_ref().or(file.listen.as_ref()) {
-            config.listen = parse_addr("listen", listen)?;
-        }
-        if let Some(admin) = overrides
-            .admin_listen
-            .as_ref()
-            .or(file.admin_listen.as_ref())
-        {
-            config.admin_listen = parse_addr("admin_listen", admin)?;
-        }
-        if config.listen == config.admin_listen && config.listen.port() != 0 {
-            return Err(invalid(
-                "admin_listen",
-                format!(
-                    "{} is also the client listener's address (listen); give each its own port",
-                    config.admin_listen
-                ),
-            ));
-        }
-        if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
-            top.upstream = parse_upstream(upstream)?;
-        }
-        if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
-            top.public_url = Some(parse_public_url(public)?);
-        }
-        if let Some(prefix) = file.path_prefix {
-            top.path_prefix = parse_prefix(&prefix)?;
-        }
-        top.secret = match env.var(ENV_SECRET) {
-            Some(secret) => Some(Secret::new(secret)),
-            None => match &file.secret_file {
-                Some(path) => Some(Secret::new(read_trimmed(path)?)),
-                None => None,
-            },
-        };
-        if !several_bots && top.secret.is_none() && top.upstream != UpstreamTarget::Embedded {
-            return Err(ConfigError::MissingSecret);
-        }
-        config.token_key = match env.var(ENV_TOKEN_KEY) {
-            Some(key) => Some(Secret::new(key)),
-            None => file
-                .token_key_file
-                .as_deref()
-                .map(read_trimmed)
-                .transpose()?
-                .map(Secret::new),
-        };
-        if let Some(key) = &config.token_key
-            && seal::check_key(key.expose()).is_err()
-        {
-            return Err(invalid(
-                "token key",
-                format!("must be at least {MIN_KEY_LEN} characters"),
-            ));
-        }
-        config.previous_token_keys = file
-            .previous_token_key_files
-            .iter()
-            .map(|p| read_trimmed(p).map(Secret::new))
-            .collect::<Result<_, _>>()?;
-        if config
-            .previous_token_keys
-            .iter()
-            .any(|k| seal::check_key(k.expose()).is_err())
-        {
-            return Err(invalid("previous_token_key_files", "a key is too short"));
-        }
-        set_duration(
-            &mut config.token_key_overlap,
-            "token_key_overlap",
-            file.token_key_overlap,
-        )?;
-        top.upstream_ca_file = file.upstream_ca_file;
-        if let Some(tls) = file.tls {
-            let mut watch_interval = Duration::from_secs(10);
-            set_duration(
-                &mut watch_interval,
-                "tls.watch_interval",
-                tls.watch_interval,
-            )?;
-            config.tls = Some(TlsFiles {
-                cert_file: tls.cert_file,
-                key_file: tls.key_file,
-                watch_interval,
-            });
-        }
-        config.trusted_proxies = file
-            .trusted_proxies
-            .iter()
-            .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
-            .collect::<Result<_, _>>()?;
-        (top.allowed_origins, top.trusted_origins) =
-            parse_origins(file.allowed_origins, file.trusted_origins)?;
-        set_duration(&mut top.resume_window, "resume_window", file.resume_window)?;
-        set_duration(
-            &mut config.upstream_refresh_before,
-            "upstream_refresh_before",
-            file.upstream_refresh_before,
-        )?;
-        set_duration(
-            &mut config.shutdown_grace,
-            "shutdown_grace",
-            file.shutdown_grace,
-        )?;
-        set_duration(
-            &mut config.file_watch_interval,
-            "file_watch_interval",
-            file.file_watch_interval,
-        )?;
-
-        let l = file.limits;
-        let limits = &mut config.limits;
-        set_size(
-            &mut limits.activity_body_bytes,
-            "limits.activity_body",
-            l.activity_body,
-        )?;
-        set_size(
-            &mut limits.upload_body_bytes,
-            "limits.upload_body",
-            l.upload_body,
-        )?;
-        set_size(
-            &mut limits.token_body_bytes,
-            "limits.token_body",
-            l.token_body,
-        )?;
-        set_usize(
-            &mut limits.upstream_error_body_bytes,
-            "limits.upstream_error_body",
-            l.upstream_error_body,
-        )?;
-        if !UPSTREAM_ERROR_BODY.contains(&limits.upstream_error_body_bytes) {
-            return Err(invalid(
-                "limits.upstream_error_body",
-                "must be 1KiB to 1MiB",
-            ));
-        }
-        set_usize(&mut limits.max_url_bytes, "limits.max_url", l.max_url)?;
-        set_usize(
-            &mut limits.max_header_bytes,
-            "limits.max_headers",
-            l.max_headers,
-        )?;
-        set_duration(
-            &mut limits.header_read_timeout,
-            "limits.header_read_timeout",
-            l.header_read_timeout,
-        )?;
-
-        if let Some(max) = l.max_connections {
-            if max == 0 {
-                return Err(invalid("limits.max_connections", "must be at least 1"));
-            }
-            limits.max_connections = max;
-        }
-        if let Some(max) = l.max_connections_per_ip {
-            limits.max_connections_per_ip = max;
-        }
-        for (slot, key, value) in [
-            (
-                &mut limits.body_read_timeout,
-                "limits.body_read_timeout",
-                l.body_read_timeout,
-            ),
-            (
-                &mut limits.upload_read_timeout,
-                "limits.upload_read_timeout",
-                l.upload_read_timeout,
-            ),
-        ] {
-            set_duration(slot, key, value)?;
-            if slot.is_zero() {
-                return Err(invalid(key, "must be above 0"));
-            }
-        }
-        if let Some(count) = l.max_header_count {
-            if !(8..=1000).contains(&count) {
-                return Err(invalid("limits.max_header_count", "must be 8 to 1000"));
-            }
-            limits.max_header_count = count;
-        }
-        top.rate_limits = parse_rates(top.rate_limits, &file.rate_limits)?;
-        if let Some(policy) = &file.user_ids {
-            top.user_ids = parse_user_ids(policy)?;
-        }
-
-        let t = file.timeouts;
-        let timeouts = &mut config.timeouts;
-        set_duration(&mut timeouts.connect, "timeouts.connect", t.connect)?;
-        set_duration(&mut timeouts.default, "timeouts.default", t.default)?;
-        set_duration(
-            &mut timeouts.activities,
-            "timeouts.activities",
-            t.activities,
-        )?;
-        set_duration(&mut timeouts.upload, "timeouts.upload", t.upload)?;
-
-        let s = file.stream;
-        let stream = &mut config.stream;
-        set_duration(
-            &mut stream.keepalive_interval,
-            "stream.keepalive_interval",
-            s.keepalive_interval,
-        )?;
-        set_duration(
-            &mut stream.liveness_timeout,
-            "stream.liveness_timeout",
-            s.liveness_timeout,
-        )?;
-        set_duration(
-            &mut stream.resume_budget,
-            "stream.resume_budget",
-            s.resume_budget,
-        )?;
-        set_duration(
-            &mut stream.backoff_base,
-            "stream.backoff_base",
-            s.backoff_base,
-        )?;
-        set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
-        set_duration(&mut stream.linger, "stream.linger", s.linger)?;
-        set_duration(
-            &mut stream.pong_timeout,
-            "stream.pong_timeout",
-            s.pong_timeout,
-        )?;
-        set_duration(
-            &mut stream.drain_period,
-            "stream.drain_period",
-            s.drain_period,
-        )?;
-        set_duration(
-            &mut stream.drain_spread,
-            "stream.drain_spread",
-            s.drain_spread,
-        )?;
-        set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
-        set_usize(
-            &mut stream.buffer_bytes,
-            "stream.buffer_bytes",
-            s.buffer_bytes,
-        )?;
-        set_usize(
-            &mut stream.buffer_total_bytes,
-            "stream.buffer_total_bytes",
-            s.buffer_total_bytes,
-        )?;
-        set_usize(
-            &mut stream.ws_read_buffer_bytes,
-            "stream.ws_read_buffer",
-            s.ws_read_buffer,
-        )?;
-        if let Some(guard) = s.guard_against_replays {
-            stream.guard_against_replays = guard;
-        }
-        let counts = [
-            (
-                &mut stream.buffer_frames,
-                s.buffer_frames,
-                "stream.buffer_frames",
-            ),
-            (
-                &mut stream.delivered_ids,
-                s.delivered_ids,
-                "stream.delivered_ids",
-            ),
-            (
-                &mut stream.client_lag_frames,
-                s.client_lag_frames,
-                "stream.client_lag_frames",
-            ),
-            (
-                &mut stream.max_sockets_per_conversation,
-                s.max_sockets_per_conversation,
-                "stream.max_sockets_per_conversation",
-            ),
-        ];
-        for (slot, value, key) in counts {
-            if let Some(value) = value {
-                if value == 0 {
-                    return Err(invalid(key, "must be at least 1"));
-                }
-                *slot = value;
-            }
-        }
-        config.bots = if several_bots {
-            file.bots
-                .into_iter()
-                .map(|bot| parse_bot(bot, &top, env))
-                .collect::<Result<_, _>>()?
-        } else {
-            vec![top]
+        let (listen, admin_listen) = listeners(&file, overrides, &defaults)?;
+        let top = top_level_bot(&file, overrides, env)?;
+        let (token_key, previous_token_keys, token_key_overlap) =
+            token_keys(&file, env, defaults.token_key_overlap)?;
+        let config = Config {
+            listen,
+            admin_listen,
+            token_key,
+            previous_token_keys,
+            token_key_overlap,
+            tls: tls(file.tls)?,
+            trusted_proxies: trusted_proxies(&file.trusted_proxies)?,
+            upstream_refresh_before: duration_or(
+                defaults.upstream_refresh_before,
+                "upstream_refresh_before",
+                file.upstream_refresh_before,
+            )?,
+            shutdown_grace: duration_or(
+                defaults.shutdown_grace,
+                "shutdown_grace",
+                file.shutdown_grace,
+            )?,
+            file_watch_interval: duration_or(
+                defaults.file_watch_interval,
+                "file_watch_interval",
+                file.file_watch_interval,
+            )?,
+            limits: limits(file.limits)?,
+            timeouts: timeouts(file.timeouts)?,
+            stream: stream(file.stream)?,
+            bots: bots(file.bots, top, env)?,
+            watched_files,
         };
         config.validate()?;
         Ok(config)
@@ -448,6 +158,383 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The secret and key files the configuration names: a change to one reloads it.
+fn watched_files(file: &FileConfig) -> Vec<PathBuf> {
+    file.secret_file
+        .iter()
+        .chain(&file.token_key_file)
+        .chain(&file.previous_token_key_files)
+        .chain(file.bots.iter().filter_map(|bot| bot.secret_file.as_ref()))
+        .cloned()
+        .collect()
+}
+
+/// One place per fact: with [[bots]], what the single-bot form sets at the top level
+/// belongs to each bot.
+fn refuse_top_level_bot_keys(
+    file: &FileConfig,
+    overrides: &Overrides,
+    env: &dyn Env,
+) -> Result<(), ConfigError> {
+    let stray = [
+        (
+            "upstream",
+            file.upstream.is_some() || overrides.upstream.is_some(),
+        ),
+        ("secret_file", file.secret_file.is_some()),
+        (ENV_SECRET, env.var(ENV_SECRET).is_some()),
+        ("path_prefix", file.path_prefix.is_some()),
+        (
+            "public_url",
+            file.public_url.is_some() || overrides.public_url.is_some(),
+        ),
+        ("allowed_origins", !file.allowed_origins.is_empty()),
+        ("trusted_origins", !file.trusted_origins.is_empty()),
+    ];
+    match stray.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(invalid(
+            "bots",
+            format!("{key} is set at the top level; with [[bots]] give it to each bot"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `listen` and `admin_listen`, flags first; two listeners cannot share an address.
+fn listeners(
+    file: &FileConfig,
+    overrides: &Overrides,
+    defaults: &Config,
+) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+    let listen = match overrides.listen.as_ref().or(file.listen.as_ref()) {
+        Some(listen) => parse_addr("listen", listen)?,
+        None => defaults.listen,
+    };
+    let admin_listen = match overrides
+        .admin_listen
+        .as_ref()
+        .or(file.admin_listen.as_ref())
+    {
+        Some(admin) => parse_addr("admin_listen", admin)?,
+        None => defaults.admin_listen,
+    };
+    if listen == admin_listen && listen.port() != 0 {
+        return Err(invalid(
+            "admin_listen",
+            format!(
+                "{admin_listen} is also the client listener's address (listen); give each its own port"
+            ),
+        ));
+    }
+    Ok((listen, admin_listen))
+}
+
+/// The bot the top-level keys describe: the single-bot form's `default` bot, and with
+/// [[bots]] the rate limits, user ids, resume window and CA file each bot starts from.
+fn top_level_bot(
+    file: &FileConfig,
+    overrides: &Overrides,
+    env: &dyn Env,
+) -> Result<BotConfig, ConfigError> {
+    let mut top = BotConfig::default();
+    if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
+        top.upstream = parse_upstream(upstream)?;
+    }
+    if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
+        top.public_url = Some(parse_public_url(public)?);
+    }
+    if let Some(prefix) = &file.path_prefix {
+        top.path_prefix = parse_prefix(prefix)?;
+    }
+    top.secret = match env.var(ENV_SECRET) {
+        Some(secret) => Some(Secret::new(secret)),
+        None => match &file.secret_file {
+            Some(path) => Some(Secret::new(read_trimmed(path)?)),
+            None => None,
+        },
+    };
+    if file.bots.is_empty() && top.secret.is_none() && top.upstream != UpstreamTarget::Embedded {
+        return Err(ConfigError::MissingSecret);
+    }
+    top.upstream_ca_file = file.upstream_ca_file.clone();
+    (top.allowed_origins, top.trusted_origins) =
+        parse_origins(file.allowed_origins.clone(), file.trusted_origins.clone())?;
+    set_duration(
+        &mut top.resume_window,
+        "resume_window",
+        file.resume_window.clone(),
+    )?;
+    top.rate_limits = parse_rates(top.rate_limits, &file.rate_limits)?;
+    if let Some(policy) = &file.user_ids {
+        top.user_ids = parse_user_ids(policy)?;
+    }
+    Ok(top)
+}
+
+/// The sealing key (environment first), the keys still opened after a rotation, and how
+/// long a key replaced by a reload keeps opening tokens.
+fn token_keys(
+    file: &FileConfig,
+    env: &dyn Env,
+    default_overlap: Duration,
+) -> Result<(Option<Secret>, Vec<Secret>, Duration), ConfigError> {
+    let current = match env.var(ENV_TOKEN_KEY) {
+        Some(key) => Some(Secret::new(key)),
+        None => file
+            .token_key_file
+            .as_deref()
+            .map(read_trimmed)
+            .transpose()?
+            .map(Secret::new),
+    };
+    if let Some(key) = &current
+        && seal::check_key(key.expose()).is_err()
+    {
+        return Err(invalid(
+            "token key",
+            format!("must be at least {MIN_KEY_LEN} characters"),
+        ));
+    }
+    let previous: Vec<Secret> = file
+        .previous_token_key_files
+        .iter()
+        .map(|p| read_trimmed(p).map(Secret::new))
+        .collect::<Result<_, _>>()?;
+    if previous
+        .iter()
+        .any(|k| seal::check_key(k.expose()).is_err())
+    {
+        return Err(invalid("previous_token_key_files", "a key is too short"));
+    }
+    let overlap = duration_or(
+        default_overlap,
+        "token_key_overlap",
+        file.token_key_overlap.clone(),
+    )?;
+    Ok((current, previous, overlap))
+}
+
+fn tls(file: Option<FileTls>) -> Result<Option<TlsFiles>, ConfigError> {
+    let Some(tls) = file else {
+        return Ok(None);
+    };
+    Ok(Some(TlsFiles {
+        watch_interval: duration_or(
+            Duration::from_secs(10),
+            "tls.watch_interval",
+            tls.watch_interval,
+        )?,
+        cert_file: tls.cert_file,
+        key_file: tls.key_file,
+    }))
+}
+
+fn trusted_proxies(file: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    file.iter()
+        .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
+        .collect()
+}
+
+fn limits(l: FileLimits) -> Result<Limits, ConfigError> {
+    let mut limits = Limits::default();
+    set_size(
+        &mut limits.activity_body_bytes,
+        "limits.activity_body",
+        l.activity_body,
+    )?;
+    set_size(
+        &mut limits.upload_body_bytes,
+        "limits.upload_body",
+        l.upload_body,
+    )?;
+    set_size(
+        &mut limits.token_body_bytes,
+        "limits.token_body",
+        l.token_body,
+    )?;
+    set_usize(
+        &mut limits.upstream_error_body_bytes,
+        "limits.upstream_error_body",
+        l.upstream_error_body,
+    )?;
+    if !UPSTREAM_ERROR_BODY.contains(&limits.upstream_error_body_bytes) {
+        return Err(invalid(
+            "limits.upstream_error_body",
+            "must be 1KiB to 1MiB",
+        ));
+    }
+    set_usize(&mut limits.max_url_bytes, "limits.max_url", l.max_url)?;
+    set_usize(
+        &mut limits.max_header_bytes,
+        "limits.max_headers",
+        l.max_headers,
+    )?;
+    set_duration(
+        &mut limits.header_read_timeout,
+        "limits.header_read_timeout",
+        l.header_read_timeout,
+    )?;
+
+    if let Some(max) = l.max_connections {
+        if max == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        limits.max_connections = max;
+    }
+    if let Some(max) = l.max_connections_per_ip {
+        limits.max_connections_per_ip = max;
+    }
+    for (slot, key, value) in [
+        (
+            &mut limits.body_read_timeout,
+            "limits.body_read_timeout",
+            l.body_read_timeout,
+        ),
+        (
+            &mut limits.upload_read_timeout,
+            "limits.upload_read_timeout",
+            l.upload_read_timeout,
+        ),
+    ] {
+        set_duration(slot, key, value)?;
+        if slot.is_zero() {
+            return Err(invalid(key, "must be above 0"));
+        }
+    }
+    if let Some(count) = l.max_header_count {
+        if !(8..=1000).contains(&count) {
+            return Err(invalid("limits.max_header_count", "must be 8 to 1000"));
+        }
+        limits.max_header_count = count;
+    }
+    Ok(limits)
+}
+
+fn timeouts(t: FileTimeouts) -> Result<Timeouts, ConfigError> {
+    let mut timeouts = Timeouts::default();
+    set_duration(&mut timeouts.connect, "timeouts.connect", t.connect)?;
+    set_duration(&mut timeouts.default, "timeouts.default", t.default)?;
+    set_duration(
+        &mut timeouts.activities,
+        "timeouts.activities",
+        t.activities,
+    )?;
+    set_duration(&mut timeouts.upload, "timeouts.upload", t.upload)?;
+    Ok(timeouts)
+}
+
+fn stream(s: FileStream) -> Result<StreamConfig, ConfigError> {
+    let mut stream = StreamConfig::default();
+    set_duration(
+        &mut stream.keepalive_interval,
+        "stream.keepalive_interval",
+        s.keepalive_interval,
+    )?;
+    set_duration(
+        &mut stream.liveness_timeout,
+        "stream.liveness_timeout",
+        s.liveness_timeout,
+    )?;
+    set_duration(
+        &mut stream.resume_budget,
+        "stream.resume_budget",
+        s.resume_budget,
+    )?;
+    set_duration(
+        &mut stream.backoff_base,
+        "stream.backoff_base",
+        s.backoff_base,
+    )?;
+    set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
+    set_duration(&mut stream.linger, "stream.linger", s.linger)?;
+    set_duration(
+        &mut stream.pong_timeout,
+        "stream.pong_timeout",
+        s.pong_timeout,
+    )?;
+    set_duration(
+        &mut stream.drain_period,
+        "stream.drain_period",
+        s.drain_period,
+    )?;
+    set_duration(
+        &mut stream.drain_spread,
+        "stream.drain_spread",
+        s.drain_spread,
+    )?;
+    set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
+    set_usize(
+        &mut stream.buffer_bytes,
+        "stream.buffer_bytes",
+        s.buffer_bytes,
+    )?;
+    set_usize(
+        &mut stream.buffer_total_bytes,
+        "stream.buffer_total_bytes",
+        s.buffer_total_bytes,
+    )?;
+    set_usize(
+        &mut stream.ws_read_buffer_bytes,
+        "stream.ws_read_buffer",
+        s.ws_read_buffer,
+    )?;
+    if let Some(guard) = s.guard_against_replays {
+        stream.guard_against_replays = guard;
+    }
+    let counts = [
+        (
+            &mut stream.buffer_frames,
+            s.buffer_frames,
+            "stream.buffer_frames",
+        ),
+        (
+            &mut stream.delivered_ids,
+            s.delivered_ids,
+            "stream.delivered_ids",
+        ),
+        (
+            &mut stream.client_lag_frames,
+            s.client_lag_frames,
+            "stream.client_lag_frames",
+        ),
+        (
+            &mut stream.max_sockets_per_conversation,
+            s.max_sockets_per_conversation,
+            "stream.max_sockets_per_conversation",
+        ),
+    ];
+    for (slot, value, key) in counts {
+        if let Some(value) = value {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+            *slot = value;
+        }
+    }
+    Ok(stream)
+}
+
+/// `[[bots]]`, each starting from the top-level defaults; without them the top-level bot.
+fn bots(file: Vec<FileBot>, top: BotConfig, env: &dyn Env) -> Result<Vec<BotConfig>, ConfigError> {
+    if file.is_empty() {
+        return Ok(vec![top]);
+    }
+    file.into_iter()
+        .map(|bot| parse_bot(bot, &top, env))
+        .collect()
+}
+
+/// `default` with what `value` says, or the error naming `key`.
+fn duration_or(
+    default: Duration,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<Duration, ConfigError> {
+    let mut slot = default;
+    set_duration(&mut slot, key, value)?;
+    Ok(slot)
 }
 
 fn parse_origins(
