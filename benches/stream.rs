@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults};
-use directline_gateway::config::{Config, UpstreamTarget};
+use directline_gateway::config::{BotConfig, Config, UpstreamTarget};
 use directline_gateway::secret::Secret;
 use directline_gateway::server;
 use futures_util::StreamExt;
@@ -87,14 +87,16 @@ async fn resume_gap(conversations: usize, rounds: usize) {
         },
     );
     let mut config = Config {
-        upstream: UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap()),
-        secret: Some(Secret::new(SECRET)),
         token_key: Some(Secret::new(TOKEN_KEY)),
-        ..Config::default()
+        ..Config::single(BotConfig {
+            upstream: UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap()),
+            secret: Some(Secret::new(SECRET)),
+            ..BotConfig::default()
+        })
     };
     // Every conversation comes from one loopback address: the per-IP limit would be the
     // figure measured otherwise.
-    config.rate_limits.sessions.per_minute = 0;
+    config.bot_mut().rate_limits.sessions.per_minute = 0;
     let gateway = server::start_on(
         config,
         TcpListener::bind("127.0.0.1:0").await.unwrap(),

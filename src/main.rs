@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
             running.client_addr.port()
         );
     }
-    for bot in running.gateway.live().config.bot_configs() {
+    for bot in &running.gateway.live().config.bots {
         let authority = match &bot.host {
             Some(host) => format!("{host}:{}", running.client_addr.port()),
             None if all_interfaces => format!("<this host>:{}", running.client_addr.port()),
@@ -129,8 +129,10 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     let config = Config::load(cli.config.as_deref(), &overrides, &ProcessEnv)?;
     let nothing_configured = cli.config.is_none()
         && overrides.upstream.is_none()
-        && config.secret.is_none()
-        && config.upstream == UpstreamTarget::Embedded;
+        && config
+            .bots
+            .iter()
+            .all(|bot| bot.secret.is_none() && bot.upstream == UpstreamTarget::Embedded);
     Ok(if nothing_configured {
         config.with_demo_bots()
     } else {

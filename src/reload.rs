@@ -54,7 +54,8 @@ pub fn build_live(
     previous: Option<&Live>,
 ) -> Result<Live, BuildError> {
     let mut bots = config
-        .bot_configs()
+        .bots
+        .clone()
         .into_iter()
         .map(|settings| build_bot(settings, &config, emulators, previous))
         .collect::<Result<Vec<_>, _>>()?;
@@ -95,7 +96,7 @@ pub fn build_live(
                 // A first run on the embedded emulator needs no key yet: say so once, as
                 // information. In front of a real Direct Line it is a deployment mistake.
                 let embedded_only = config
-                    .bot_configs()
+                    .bots
                     .iter()
                     .all(|bot| bot.upstream == UpstreamTarget::Embedded);
                 if embedded_only {
@@ -224,9 +225,9 @@ pub fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadErr
 
 fn embedded_bots(config: &Config) -> Vec<String> {
     config
-        .bot_configs()
-        .into_iter()
+        .bots
+        .iter()
         .filter(|bot| bot.upstream == UpstreamTarget::Embedded)
-        .map(|bot| bot.name)
+        .map(|bot| bot.name.clone())
         .collect()
 }

@@ -22,6 +22,9 @@ const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
 /// Shorter operator keys are refused at start (DESIGN §6).
 pub const MIN_KEY_LEN: usize = 32;
+/// The bot a token was sealed for when the token predates multi-bot support, and so the
+/// name of the one bot a single-bot configuration describes.
+pub const DEFAULT_BOT: &str = "default";
 /// Sealed strings longer than this are refused before any decoding work.
 const MAX_SEALED_LEN: usize = 8 * 1024;
 
@@ -78,14 +81,21 @@ impl fmt::Debug for Sealer {
     }
 }
 
+/// The one statement of the key-length rule: the sealer applies it, and the configuration
+/// applies it at load so a short key is refused by the name of the setting that holds it.
+pub fn check_key(material: &str) -> Result<(), KeyError> {
+    if material.chars().count() < MIN_KEY_LEN {
+        return Err(KeyError::TooShort);
+    }
+    Ok(())
+}
+
 impl Sealer {
     /// `current` seals new values; `previous` keys still open values sealed before a rotation.
     pub fn new(current: &str, previous: &[String]) -> Result<Self, KeyError> {
         let mut keys = Vec::with_capacity(1 + previous.len());
         for material in std::iter::once(current).chain(previous.iter().map(String::as_str)) {
-            if material.chars().count() < MIN_KEY_LEN {
-                return Err(KeyError::TooShort);
-            }
+            check_key(material)?;
             keys.push(derive_key(material.as_bytes()));
         }
         Ok(Self {
@@ -207,7 +217,7 @@ fn derive_key(material: &[u8]) -> SealingKey {
 }
 
 fn default_bot() -> String {
-    crate::config::DEFAULT_BOT.to_owned()
+    DEFAULT_BOT.to_owned()
 }
 
 /// What a gateway client token holds (DESIGN §2). Short field names keep tokens small.
@@ -316,7 +326,7 @@ mod tests {
             },
         );
         let opened: ClientToken = sealer.open(Purpose::ClientToken, &sealed).unwrap();
-        assert_eq!(opened.bot, crate::config::DEFAULT_BOT);
+        assert_eq!(opened.bot, DEFAULT_BOT);
         assert_eq!(opened.conversation_id, "conv-us");
     }
 

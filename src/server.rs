@@ -96,7 +96,7 @@ pub async fn start_on(
 ) -> Result<Running, StartError> {
     install_crypto_provider();
     let mut emulators = Vec::new();
-    for bot in config.bot_configs() {
+    for bot in &config.bots {
         if bot.upstream != UpstreamTarget::Embedded {
             continue;
         }
@@ -116,7 +116,7 @@ pub async fn start_on(
                 ..EmulatorConfig::default()
             },
         );
-        emulators.push((bot.name, handle));
+        emulators.push((bot.name.clone(), handle));
     }
     let live = build_live(config, &emulators, None)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
@@ -460,7 +460,7 @@ mod tests {
         let mut next = Config::default();
         next.limits.activity_body_bytes = 1024;
         next.limits.max_connections = 10;
-        next.rate_limits.sessions.per_minute = 1;
+        next.bot_mut().rate_limits.sessions.per_minute = 1;
         assert!(check_reloadable(&current, &next).is_ok());
         for change in [
             (|c: &mut Config| c.limits.header_read_timeout = Duration::from_secs(1))

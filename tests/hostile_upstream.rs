@@ -31,8 +31,8 @@ impl Gateway {
         let mut config = config_with_upstream(&hostile.base);
         // Every refresh goes upstream, so the refresh route meets the hostile answers too.
         config.upstream_refresh_before = Duration::from_secs(7200);
-        config.rate_limits.activities.per_minute = 0;
-        config.rate_limits.sessions.per_minute = 0;
+        config.bot_mut().rate_limits.activities.per_minute = 0;
+        config.bot_mut().rate_limits.sessions.per_minute = 0;
         edit(&mut config);
         let running = start_gateway(config).await;
         Gateway {

@@ -31,7 +31,7 @@ async fn generate_from(h: &Harness, forwarded_for: Option<&str>) -> Reply {
 async fn sessions_are_limited_per_client_ip() {
     let h = Harness::builder()
         .config(|c| {
-            c.rate_limits.sessions = Rate {
+            c.bot_mut().rate_limits.sessions = Rate {
                 per_minute: 1,
                 burst: 3,
             };
@@ -80,7 +80,7 @@ async fn sessions_are_limited_per_client_ip() {
 async fn forwarded_for_from_an_untrusted_peer_does_not_buy_a_new_bucket() {
     let h = Harness::builder()
         .config(|c| {
-            c.rate_limits.sessions = Rate {
+            c.bot_mut().rate_limits.sessions = Rate {
                 per_minute: 1,
                 burst: 2,
             }
@@ -100,7 +100,7 @@ async fn forwarded_for_from_an_untrusted_peer_does_not_buy_a_new_bucket() {
 async fn activities_are_limited_per_conversation() {
     let h = Harness::builder()
         .config(|c| {
-            c.rate_limits.activities = Rate {
+            c.bot_mut().rate_limits.activities = Rate {
                 per_minute: 1,
                 burst: 2,
             }
@@ -149,7 +149,7 @@ async fn activities_are_limited_per_conversation() {
 #[tokio::test]
 async fn tokens_are_not_minted_for_other_origins() {
     let h = Harness::builder()
-        .config(|c| c.allowed_origins = vec!["https://chat.contoso.com".into()])
+        .config(|c| c.bot_mut().allowed_origins = vec!["https://chat.contoso.com".into()])
         .start()
         .await;
     let from = |origin: Option<&'static str>| {

@@ -679,7 +679,7 @@ async fn refresh_renews_the_upstream_token_when_it_nears_its_end() {
 #[tokio::test]
 async fn disallowed_origins_get_no_cors() {
     let h = Harness::builder()
-        .config(|c| c.allowed_origins = vec!["https://chat.contoso.com".into()])
+        .config(|c| c.bot_mut().allowed_origins = vec!["https://chat.contoso.com".into()])
         .start()
         .await;
     let preflight = |origin: &'static str| {

@@ -60,7 +60,7 @@ async fn chatted(h: &Harness) -> (Conversation, String) {
 
 #[tokio::test]
 async fn a_page_reloaded_after_its_tokens_expired_gets_exactly_what_it_missed() {
-    let h = short_lived(|c| c.resume_window = Duration::from_secs(600)).await;
+    let h = short_lived(|c| c.bot_mut().resume_window = Duration::from_secs(600)).await;
     let (conversation, watermark) = chatted(&h).await;
     // While the page is closed, the bot speaks.
     let missed = h
@@ -149,7 +149,7 @@ async fn a_page_reloaded_after_its_tokens_expired_gets_exactly_what_it_missed() 
 
 #[tokio::test]
 async fn a_resume_is_for_the_owner_only_and_only_inside_the_window() {
-    let h = short_lived(|c| c.resume_window = Duration::from_secs(3)).await;
+    let h = short_lived(|c| c.bot_mut().resume_window = Duration::from_secs(3)).await;
     let (ours, _) = chatted(&h).await;
     let (theirs, _) = chatted(&h).await;
     wait_until_expired(&h, &ours).await;
@@ -186,7 +186,7 @@ async fn a_resume_is_for_the_owner_only_and_only_inside_the_window() {
 
 #[tokio::test]
 async fn any_replica_sharing_the_token_key_resumes_it() {
-    let h = short_lived(|c| c.resume_window = Duration::from_secs(600)).await;
+    let h = short_lived(|c| c.bot_mut().resume_window = Duration::from_secs(600)).await;
     let (conversation, _) = chatted(&h).await;
     wait_until_expired(&h, &conversation).await;
     let other = GatewayProcess::in_front_of(&h.emulator.base_url(), TOKEN_KEY, &[], &[]);
@@ -201,7 +201,7 @@ async fn any_replica_sharing_the_token_key_resumes_it() {
 #[tokio::test]
 async fn off_gone_and_enhanced_authentication_answer_clearly() {
     // resume_window = 0: off, as before.
-    let h = short_lived(|c| c.resume_window = Duration::ZERO).await;
+    let h = short_lived(|c| c.bot_mut().resume_window = Duration::ZERO).await;
     let (conversation, _) = chatted(&h).await;
     wait_until_expired(&h, &conversation).await;
     let reply = refresh(&h.base, &h, &conversation.token).await;
@@ -209,7 +209,7 @@ async fn off_gone_and_enhanced_authentication_answer_clearly() {
     assert_eq!(reply.error_code(), "TokenExpired");
 
     // A conversation Direct Line no longer knows: 404 as Direct Line says it.
-    let h = short_lived(|c| c.resume_window = Duration::from_secs(600)).await;
+    let h = short_lived(|c| c.bot_mut().resume_window = Duration::from_secs(600)).await;
     let (conversation, _) = chatted(&h).await;
     assert!(h.emulator.end_conversation(&conversation.id));
     wait_until_expired(&h, &conversation).await;
@@ -223,7 +223,7 @@ async fn off_gone_and_enhanced_authentication_answer_clearly() {
             enhanced_auth: true,
             ..Faults::default()
         })
-        .config(|c| c.resume_window = Duration::from_secs(600))
+        .config(|c| c.bot_mut().resume_window = Duration::from_secs(600))
         .start()
         .await;
     let (conversation, _) = chatted(&h).await;

@@ -128,8 +128,8 @@ async fn multimodal_sockets_count_against_the_per_conversation_cap() {
 async fn multimodal_frames_spend_the_conversation_activity_rate() {
     let h = Harness::builder()
         .config(|c| {
-            c.rate_limits.activities.per_minute = 1;
-            c.rate_limits.activities.burst = 3;
+            c.bot_mut().rate_limits.activities.per_minute = 1;
+            c.bot_mut().rate_limits.activities.burst = 3;
         })
         .start()
         .await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use directline_gateway::config::{Config, TlsFiles};
+use directline_gateway::config::TlsFiles;
 use futures_util::StreamExt;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -313,11 +313,9 @@ async fn a_private_upstream_is_trusted_through_upstream_ca_file() {
     assert!(emulator.base_url().starts_with("https://"));
     let dir = TempDir::new("upstream-ca");
 
-    let trusting = start_gateway(Config {
-        upstream_ca_file: Some(dir.write("upstream-ca.pem", &private.pem).into()),
-        ..config_with_upstream(&emulator.base_url())
-    })
-    .await;
+    let mut trusting = config_with_upstream(&emulator.base_url());
+    trusting.bot_mut().upstream_ca_file = Some(dir.write("upstream-ca.pem", &private.pem).into());
+    let trusting = start_gateway(trusting).await;
     let h = Harness::attach_in_process(emulator.clone(), &trusting);
     let conversation = h.conversation().await;
     let mut ws = open_stream(&conversation.stream_url).await;

@@ -245,7 +245,9 @@ fn accepted_prefix(raw: &str) -> String {
     );
     std::fs::write(&path, toml).unwrap();
     let accepted = Config::load(Some(&path), &Overrides::default(), &NoEnv)
-        .map(|c| c.path_prefix)
+        .ok()
+        .and_then(|c| c.bots.into_iter().next())
+        .map(|bot| bot.path_prefix)
         .unwrap_or_default();
     if cache.len() > 100_000 {
         cache.clear();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle, Faults};
-use directline_gateway::config::{Config, UpstreamTarget};
+use directline_gateway::config::{BotConfig, Config, UpstreamTarget};
 use directline_gateway::secret::Secret;
 use directline_gateway::server::{self, Running};
 use futures_util::{SinkExt, StreamExt};
@@ -48,8 +48,10 @@ impl Harness {
     pub fn builder() -> Builder {
         let mut config = Config {
             token_key: Some(Secret::new(TOKEN_KEY)),
-            secret: Some(Secret::new(SECRET)),
-            ..Config::default()
+            ..Config::single(BotConfig {
+                secret: Some(Secret::new(SECRET)),
+                ..BotConfig::default()
+            })
         };
         // Short stream timings so drop/idle paths run in test time; values stay ordered as in production.
         config.stream.keepalive_interval = Duration::from_millis(500);
@@ -63,7 +65,7 @@ impl Harness {
         config.stream.drain_spread = Duration::from_millis(200);
         // Throughput scenarios post faster than the default per-conversation rate allows;
         // tests/limits.rs covers the limits themselves.
-        config.rate_limits.activities.per_minute = 0;
+        config.bot_mut().rate_limits.activities.per_minute = 0;
         Builder {
             faults: Faults::default(),
             config,
@@ -293,7 +295,8 @@ impl Builder {
             },
         );
         let mut config = self.config;
-        config.upstream = UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap());
+        config.bot_mut().upstream =
+            UpstreamTarget::Url(url::Url::parse(&emulator.base_url()).unwrap());
         let running = start_gateway(config).await;
         let base = format!("http://{}", running.client_addr);
         let admin = format!("http://{}", running.admin_addr);
@@ -525,9 +528,11 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// for tests that put something other than the plain emulator upstream.
 pub fn config_with_upstream(upstream: &str) -> Config {
     Config {
-        upstream: UpstreamTarget::Url(url::Url::parse(upstream).unwrap()),
-        secret: Some(Secret::new(SECRET)),
         token_key: Some(Secret::new(TOKEN_KEY)),
-        ..Config::default()
+        ..Config::single(BotConfig {
+            upstream: UpstreamTarget::Url(url::Url::parse(upstream).unwrap()),
+            secret: Some(Secret::new(SECRET)),
+            ..BotConfig::default()
+        })
     }
 }

@@ -1,0 +1,130 @@
+//! The TOML file's schema as serde reads it: every key the gateway knows, none it does not.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub upstream: Option<String>,
+    pub public_url: Option<String>,
+    pub path_prefix: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub token_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub previous_token_key_files: Vec<PathBuf>,
+    pub token_key_overlap: Option<String>,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub tls: Option<FileTls>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
+    pub upstream_refresh_before: Option<String>,
+    pub resume_window: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub file_watch_interval: Option<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub rate_limits: FileRateLimits,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    #[serde(default)]
+    pub stream: FileStream,
+    pub user_ids: Option<String>,
+    #[serde(default)]
+    pub bots: Vec<FileBot>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBot {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    pub secret_file: Option<PathBuf>,
+    /// The name of the environment variable holding this bot's secret.
+    pub secret_env: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
+    pub rate_limits: Option<FileRateLimits>,
+    pub user_ids: Option<String>,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub resume_window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub watch_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimits {
+    pub sessions_per_minute: Option<u32>,
+    pub sessions_burst: Option<u32>,
+    pub activities_per_minute: Option<u32>,
+    pub activities_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub activity_body: Option<String>,
+    pub upload_body: Option<String>,
+    pub token_body: Option<String>,
+    pub upstream_error_body: Option<String>,
+    pub max_url: Option<String>,
+    pub max_headers: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_header_count: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub body_read_timeout: Option<String>,
+    pub upload_read_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub connect: Option<String>,
+    pub default: Option<String>,
+    pub activities: Option<String>,
+    pub upload: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStream {
+    pub keepalive_interval: Option<String>,
+    pub liveness_timeout: Option<String>,
+    pub pong_timeout: Option<String>,
+    pub resume_budget: Option<String>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub linger: Option<String>,
+    pub buffer_frames: Option<usize>,
+    pub buffer_bytes: Option<String>,
+    pub buffer_total_bytes: Option<String>,
+    pub delivered_ids: Option<usize>,
+    pub client_lag_frames: Option<usize>,
+    pub max_sockets_per_conversation: Option<usize>,
+    pub max_frame: Option<String>,
+    pub ws_read_buffer: Option<String>,
+    pub guard_against_replays: Option<bool>,
+    pub drain_period: Option<String>,
+    pub drain_spread: Option<String>,
+}
