@@ -171,19 +171,22 @@ impl<'a> UpstreamCall<'a> {
             answer: Answer::Streaming(response),
             via_token: false,
         };
-        let bytes = match &self.body {
-            CallBody::Replayable(bytes) => bytes.clone(),
-            CallBody::Once(_) => Bytes::new(),
+        // Kept for the fallback only: the first clone of a `Bytes` made from a `Vec`
+        // allocates its shared header, which a call without a fallback need not pay.
+        let bytes = match (&self.body, fallback) {
+            (CallBody::Replayable(bytes), Some(_)) => bytes.clone(),
+            _ => Bytes::new(),
         };
-        let (request, this) = self.build(first)?;
-        let response = attempt(this.bot, metrics, this.label, request, this.timeout).await?;
+        let mut call = self;
+        let request = call.build(first)?;
+        let response = attempt(call.bot, metrics, call.label, request, call.timeout).await?;
         let Some(token) = fallback else {
             return Ok(streaming(response));
         };
         if response.status() != StatusCode::BAD_REQUEST {
             return Ok(streaming(response));
         }
-        let (parts, read) = read_body_within(response, this.timeout, this.error_body_limit).await?;
+        let (parts, read) = read_body_within(response, call.timeout, call.error_body_limit).await?;
         let Some(read) = read else {
             return Ok(Reply {
                 answer: Answer::Oversized(parts),
@@ -196,23 +199,17 @@ impl<'a> UpstreamCall<'a> {
                 via_token: false,
             });
         }
-        let again = UpstreamCall {
-            body: CallBody::Replayable(bytes),
-            ..this
-        };
-        let (request, this) = again.build(secret::bearer(token))?;
-        let response = attempt(this.bot, metrics, this.label, request, this.timeout).await?;
+        call.body = CallBody::Replayable(bytes);
+        let request = call.build(secret::bearer(token))?;
+        let response = attempt(call.bot, metrics, call.label, request, call.timeout).await?;
         Ok(Reply {
             answer: Answer::Streaming(response),
             via_token: true,
         })
     }
 
-    /// The request with `credential`; the call is given back (its body spent) for a retry.
-    fn build(
-        mut self,
-        credential: HeaderValue,
-    ) -> Result<(http::Request<Body>, Self), GatewayError> {
+    /// The request with `credential`; the body is taken (a retry puts it back first).
+    fn build(&mut self, credential: HeaderValue) -> Result<http::Request<Body>, GatewayError> {
         let mut builder = self
             .bot
             .upstream
@@ -238,8 +235,7 @@ impl<'a> UpstreamCall<'a> {
             CallBody::Replayable(bytes) => body::full(bytes),
             CallBody::Once(body) => body,
         };
-        let request = builder.body(body).map_err(|_| GatewayError::Internal)?;
-        Ok((request, self))
+        builder.body(body).map_err(|_| GatewayError::Internal)
     }
 }
 
