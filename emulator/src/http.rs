@@ -160,6 +160,7 @@ pub(super) struct Exchange {
     request_id: Option<String>,
     pub credential: SeenCredential,
     body: Option<Value>,
+    headers: Vec<(String, String)>,
 }
 
 impl Exchange {
@@ -176,6 +177,14 @@ impl Exchange {
                 .map(str::to_owned),
             credential: SeenCredential::Missing,
             body: None,
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect(),
         }
     }
 
@@ -188,6 +197,7 @@ impl Exchange {
             host: self.host,
             request_id: self.request_id,
             body: self.body,
+            headers: self.headers,
             status: status.as_u16(),
         }
     }

@@ -8,7 +8,8 @@
 //! Map: `state` (conversations, histories, tokens, request log), `credential` (tokens,
 //! `Authorization`), `http` (REST routes and error bodies), `stream` (WebSocket
 //! delivery), `bot` (the echo bot), `faults` (misbehaviour on purpose), `upload`
-//! (upload bodies), `activity` (ids, timestamps), `server` (listener).
+//! (upload bodies), `activity` (ids, timestamps), `server` (listener); `oidc` is a separate
+//! OpenID Connect issuer for tests of signed-in users.
 //!
 //! A stream URL's replay position travels with its `t` token (set when the URL was minted
 //! from the reconnect watermark, or "now" for `-`); the `watermark` in the URL is only
@@ -22,6 +23,7 @@ mod bot;
 mod credential;
 mod faults;
 mod http;
+pub mod oidc;
 mod secret;
 mod server;
 mod state;
@@ -41,6 +43,7 @@ use state::State;
 
 pub use bot::{BOT_ID, BOT_NAME};
 pub use faults::{FaultControl, Faults};
+pub use oidc::OidcIssuer;
 pub use stream::{COLLISION_REASON, DROP_REASON, SHUTDOWN_REASON};
 
 /// Everything the emulator needs to start.
@@ -339,6 +342,9 @@ pub struct RecordedRequest {
     pub request_id: Option<String>,
     /// The parsed JSON body, when there was one.
     pub body: Option<Value>,
+    /// Every header as received (values lossily as text), so a test can assert that
+    /// nothing it did not mean to send reached Direct Line.
+    pub headers: Vec<(String, String)>,
     /// What the emulator answered (101 for accepted upgrades).
     pub status: u16,
 }
