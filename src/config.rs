@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::identity::settings::Table;
 use crate::secret::Secret;
 
 pub const ENV_SECRET: &str = "DIRECTLINE_SECRET";
@@ -234,6 +235,8 @@ pub struct Config {
     /// How long after its expiry a gateway token can still be refreshed (and nothing else);
     /// zero turns durable resume off (single-bot configuration, default for `[[bots]]`).
     pub resume_window: Duration,
+    /// Signed-in mode (`[auth]`, DESIGN §11), single-bot configuration.
+    pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
     /// Several bots behind this gateway (`[[bots]]`). Empty: one bot, named `default`, from
     /// the top-level `upstream`, secret, `path_prefix`, origins, rate limits and user ids.
     pub bots: Vec<BotConfig>,
@@ -272,6 +275,8 @@ pub struct BotConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// See [`Config::resume_window`].
     pub resume_window: Duration,
+    /// Signed-in mode (`[bots.auth]`); see [`Config::auth`].
+    pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
 }
 
 /// Who chooses the user id bound into a conversation's token.
@@ -439,6 +444,7 @@ impl Default for Config {
             watched_files: Vec::new(),
             user_ids: UserIdPolicy::Minted,
             resume_window: DEFAULT_RESUME_WINDOW,
+            auth: None,
             bots: Vec::new(),
         }
     }
@@ -581,6 +587,7 @@ struct FileConfig {
     #[serde(default)]
     stream: FileStream,
     user_ids: Option<String>,
+    auth: Option<crate::identity::settings::FileAuth>,
     #[serde(default)]
     bots: Vec<FileBot>,
 }
@@ -604,6 +611,7 @@ struct FileBot {
     user_ids: Option<String>,
     upstream_ca_file: Option<PathBuf>,
     resume_window: Option<String>,
+    auth: Option<crate::identity::settings::FileAuth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -749,6 +757,7 @@ impl Config {
                 ),
                 ("allowed_origins", !file.allowed_origins.is_empty()),
                 ("trusted_origins", !file.trusted_origins.is_empty()),
+                ("[auth]", file.auth.is_some()),
             ];
             if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
                 return Err(invalid(
@@ -948,6 +957,13 @@ impl Config {
         if let Some(policy) = &file.user_ids {
             config.user_ids = parse_user_ids(policy)?;
         }
+        config.auth = parse_auth(file.auth, Table::Top, env)?;
+        if config.auth.is_some() && config.user_ids == UserIdPolicy::Caller {
+            return Err(invalid(
+                "user_ids",
+                "\"caller\" and [auth] exclude each other: signed-in users get the pseudonym",
+            ));
+        }
 
         let t = file.timeouts;
         let timeouts = &mut config.timeouts;
@@ -1090,6 +1106,7 @@ impl Config {
             user_ids: self.user_ids,
             upstream_ca_file: self.upstream_ca_file.clone(),
             resume_window: self.resume_window,
+            auth: self.auth.clone(),
         }]
     }
 
@@ -1303,7 +1320,15 @@ fn parse_bot(file: FileBot, top: &Config, env: &dyn Env) -> Result<BotConfig, Co
     };
     let mut resume_window = top.resume_window;
     set_duration(&mut resume_window, "bots.resume_window", file.resume_window).map_err(within)?;
+    let auth = parse_auth(file.auth, Table::Bot, env).map_err(within)?;
+    if auth.is_some() && user_ids == UserIdPolicy::Caller {
+        return Err(within(invalid(
+            "bots.user_ids",
+            "\"caller\" and [bots.auth] exclude each other: signed-in users get the pseudonym",
+        )));
+    }
     Ok(BotConfig {
+        auth,
         resume_window,
         host,
         path_prefix,
@@ -1319,6 +1344,26 @@ fn parse_bot(file: FileBot, top: &Config, env: &dyn Env) -> Result<BotConfig, Co
             .or_else(|| top.upstream_ca_file.clone()),
         name,
     })
+}
+
+/// `[auth]` through [`crate::identity::settings::parse`], with this file's duration syntax.
+fn parse_auth(
+    file: Option<crate::identity::settings::FileAuth>,
+    table: Table,
+    env: &dyn Env,
+) -> Result<Option<std::sync::Arc<crate::identity::settings::AuthSettings>>, ConfigError> {
+    use crate::identity::settings::{self, AuthConfigError};
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let key = env.var(settings::ENV_PSEUDONYM_KEY);
+    match settings::parse(file, table, key, parse_duration) {
+        Ok(auth) => Ok(Some(std::sync::Arc::new(auth))),
+        Err(AuthConfigError::Invalid { key, message }) => {
+            Err(ConfigError::Invalid { key, message })
+        }
+        Err(AuthConfigError::Read { path, source }) => Err(ConfigError::Read { path, source }),
+    }
 }
 
 fn read_trimmed(path: &Path) -> Result<String, ConfigError> {

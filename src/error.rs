@@ -32,6 +32,15 @@ pub enum GatewayError {
     WrongBot,
     #[error("the stream ticket is invalid, expired or for another conversation")]
     InvalidTicket,
+    /// Signed-in mode: no identity token, or one that failed `reason`'s check.
+    #[error("sign-in refused ({reason})")]
+    SignInRefused { reason: &'static str },
+    /// Signed-in mode: a valid sign-in of another person than the token's user.
+    #[error("the sign-in is of another user than the token's")]
+    SignInMismatch,
+    /// Signed-in mode: the identity provider's keys could not be fetched and none are cached.
+    #[error("the identity provider's keys are unavailable")]
+    IdentityUnavailable,
     #[error("the conversation id is not valid")]
     InvalidConversationId,
     #[error("no such route")]
@@ -84,7 +93,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            MissingCredential => StatusCode::UNAUTHORIZED,
+            MissingCredential | SignInRefused { .. } => StatusCode::UNAUTHORIZED,
+            SignInMismatch => StatusCode::FORBIDDEN,
+            IdentityUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InvalidToken | TokenExpired | ResumeUnavailable | WrongConversation | WrongBot
             | InvalidTicket | OriginNotAllowed => StatusCode::FORBIDDEN,
             InvalidConversationId
@@ -125,7 +136,10 @@ impl GatewayError {
             | InvalidQuery
             | BodyRead
             | BadHost
-            | OriginNotAllowed => "BadArgument",
+            | OriginNotAllowed
+            | SignInRefused { .. }
+            | SignInMismatch => "BadArgument",
+            IdentityUnavailable => "ServiceUnavailable",
             NotFound => "NotFound",
             BodyTimeout => "RequestTimeout",
             MethodNotAllowed => "MethodNotAllowed",
@@ -155,6 +169,11 @@ impl GatewayError {
             WrongConversation => "Token is not valid for this conversation",
             WrongBot => "Token is not valid for this bot",
             InvalidTicket => "Invalid or expired stream URL",
+            SignInRefused { .. } => {
+                "Sign-in required: a valid identity token from the configured issuer"
+            }
+            SignInMismatch => "The sign-in is of another user than the token's",
+            IdentityUnavailable => "The identity provider cannot be reached; retry later",
             InvalidConversationId => "Invalid conversation id",
             NotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
@@ -183,7 +202,10 @@ impl GatewayError {
     pub fn blame(&self) -> Blame {
         use GatewayError::*;
         match self {
-            UpstreamUnreachable { .. } | UpstreamInvalid | UpstreamTimeout => Blame::Upstream,
+            UpstreamUnreachable { .. }
+            | UpstreamInvalid
+            | UpstreamTimeout
+            | IdentityUnavailable => Blame::Upstream,
             Internal | Draining => Blame::Gateway,
             _ => Blame::Client,
         }
@@ -199,6 +221,9 @@ impl GatewayError {
             WrongConversation => Some("wrong_conversation"),
             WrongBot => Some("wrong_bot"),
             InvalidTicket => Some("invalid_ticket"),
+            SignInRefused { reason } => Some(reason),
+            SignInMismatch => Some("idp_other_user"),
+            IdentityUnavailable => Some("idp_unavailable"),
             _ => None,
         }
     }
@@ -210,11 +235,23 @@ impl GatewayError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, GatewayError::SignInRefused { .. }) {
+            // RFC 6750 §3: the token given (if any) is not acceptable.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         match self {
             GatewayError::TooManySockets | GatewayError::Draining => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::IdentityUnavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::RateLimited { retry_after_secs } => {
                 response
@@ -293,6 +330,21 @@ mod tests {
             (ResumeUnavailable, 403, "TokenExpired", Blame::Client),
             (WrongConversation, 403, "BadArgument", Blame::Client),
             (InvalidTicket, 403, "BadArgument", Blame::Client),
+            (
+                SignInRefused {
+                    reason: "idp_expired",
+                },
+                401,
+                "BadArgument",
+                Blame::Client,
+            ),
+            (SignInMismatch, 403, "BadArgument", Blame::Client),
+            (
+                IdentityUnavailable,
+                503,
+                "ServiceUnavailable",
+                Blame::Upstream,
+            ),
             (InvalidConversationId, 400, "BadArgument", Blame::Client),
             (NotFound, 404, "NotFound", Blame::Client),
             (BodyTimeout, 408, "RequestTimeout", Blame::Client),

@@ -8,6 +8,7 @@
 //! - [`gateway`]: shared state and the request pipeline (parse → authorize → upstream → rewrite → respond).
 //! - [`endpoint`]: typed Direct Line routes and strict conversation ids.
 //! - [`auth`], [`seal`]: sealed client tokens and stream tickets, and the ownership check.
+//! - [`identity`]: signed-in users: the identity provider's JWT, its keys, the pseudonym.
 //! - [`ratelimit`]: token buckets per client IP and per conversation, and the client IP.
 //! - [`rest`]: the REST routes; [`upstream`]: the HTTP client to Direct Line.
 //! - [`activity_body`]: a posted activity with `from.id` bound to the token's user.
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod error;
 pub mod gateway;
+pub mod identity;
 pub mod jsonscan;
 pub mod logging;
 pub mod metrics;

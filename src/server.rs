@@ -115,7 +115,8 @@ pub async fn start_on(
         );
         emulators.push((bot.name, handle));
     }
-    let live = build_live(config, &emulators, None).map_err(StartError::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    let live = build_live(config, &emulators, None, &metrics).map_err(StartError::Config)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
         listener: "listen",
         addr: live.config.listen,
@@ -132,7 +133,6 @@ pub async fn start_on(
         )),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
@@ -178,11 +178,12 @@ fn build_live(
     config: Config,
     emulators: &[(String, EmulatorHandle)],
     previous: Option<&Live>,
+    metrics: &Metrics,
 ) -> Result<Live, String> {
     let mut bots = config
         .bot_configs()
         .into_iter()
-        .map(|settings| build_bot(settings, &config, emulators, previous))
+        .map(|settings| build_bot(settings, &config, emulators, previous, metrics))
         .collect::<Result<Vec<_>, _>>()?;
     crate::gateway::most_specific_first(&mut bots);
     let now = crate::clock::unix_seconds();
@@ -252,6 +253,7 @@ fn build_bot(
     config: &Config,
     emulators: &[(String, EmulatorHandle)],
     previous: Option<&Live>,
+    metrics: &Metrics,
 ) -> Result<Arc<Bot>, String> {
     let (upstream_url, secret) = match &settings.upstream {
         UpstreamTarget::Url(url) => (
@@ -290,12 +292,45 @@ fn build_bot(
             )
         }
     };
+    let identity = build_identity(&settings, config, previous, metrics)?;
     Ok(Arc::new(Bot {
         name: Arc::from(settings.name.as_str()),
         settings,
         secret,
         upstream,
+        identity,
     }))
+}
+
+/// A bot's signed-in mode; an unchanged `[auth]` keeps the previous one and its cached keys.
+fn build_identity(
+    settings: &BotConfig,
+    config: &Config,
+    previous: Option<&Live>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::identity::Identity>>, String> {
+    let Some(auth) = &settings.auth else {
+        return Ok(None);
+    };
+    let ca_file = settings.upstream_ca_file.as_deref();
+    let kept = previous
+        .and_then(|p| p.bot(&settings.name))
+        .and_then(|bot| bot.identity.clone())
+        .filter(|identity| identity.serves(auth, ca_file));
+    if let Some(identity) = kept {
+        return Ok(Some(identity));
+    }
+    // The issuer is reached like the upstream: ring, the webpki roots and upstream_ca_file.
+    let tls = crate::upstream::tls_client_config(ca_file)
+        .map_err(|e| format!("bot {}: upstream_ca_file: {e}", settings.name))?;
+    Ok(Some(Arc::new(crate::identity::Identity::new(
+        &settings.name,
+        auth.clone(),
+        &tls,
+        ca_file,
+        config.timeouts.connect,
+        metrics.jwks_fetches.clone(),
+    ))))
 }
 
 impl Running {
@@ -310,7 +345,13 @@ impl Running {
             .map_err(|e| ReloadError::Invalid(e.to_string()))
             .and_then(|config| {
                 check_reloadable(&current.config, &config)?;
-                build_live(config, &self.emulators, Some(&current)).map_err(ReloadError::Invalid)
+                build_live(
+                    config,
+                    &self.emulators,
+                    Some(&current),
+                    &self.gateway.metrics,
+                )
+                .map_err(ReloadError::Invalid)
             });
         let outcome = match result {
             Ok(live) => {
