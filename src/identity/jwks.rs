@@ -234,6 +234,10 @@ impl KeySet {
         }
         if self.may_fetch(now) {
             self.refresh().await;
+        } else if self.fetching.try_lock().is_err() {
+            // Another caller's fetch is running: its answer decides this kid too (without
+            // waiting, a caller arriving mid-fetch would find no keys and answer 503).
+            drop(self.fetching.lock().await);
         }
         let cache = self.cache();
         match cache.keys.get(kid) {
