@@ -186,6 +186,17 @@ impl OidcIssuer {
         }
     }
 
+    /// The JWKS as served now (`{"keys": [...]}`), for benchmarks that verify offline.
+    pub fn jwks(&self) -> Value {
+        let keys: Vec<Value> = self
+            .inner
+            .keys()
+            .published()
+            .map(|key| key.jwk.clone())
+            .collect();
+        json!({ "keys": keys })
+    }
+
     /// Every `kid` the JWKS lists now.
     pub fn published_kids(&self) -> Vec<String> {
         self.inner
