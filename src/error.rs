@@ -69,6 +69,15 @@ pub enum GatewayError {
     WrongBot,
     #[error("the stream ticket is invalid, expired or for another conversation")]
     InvalidTicket,
+    /// Signed-in mode: no identity token, or one that failed `reason`'s check.
+    #[error("sign-in refused ({reason})")]
+    SignInRefused { reason: &'static str },
+    /// Signed-in mode: a valid sign-in of another person than the token's user.
+    #[error("the sign-in is of another user than the token's")]
+    SignInMismatch,
+    /// Signed-in mode: the identity provider's keys could not be fetched and none are cached.
+    #[error("the identity provider's keys are unavailable")]
+    IdentityUnavailable,
     #[error("the conversation id is not valid")]
     InvalidConversationId,
     #[error("no such route")]
@@ -148,6 +157,9 @@ impl GatewayError {
             WrongConversation => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this conversation", Client, Some("wrong_conversation")),
             WrongBot => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this bot", Client, Some("wrong_bot")),
             InvalidTicket => (StatusCode::FORBIDDEN, "BadArgument", "Invalid or expired stream URL", Client, Some("invalid_ticket")),
+            SignInRefused { reason } => (StatusCode::UNAUTHORIZED, "BadArgument", "Sign-in required: a valid identity token from the configured issuer", Client, Some(*reason)),
+            SignInMismatch => (StatusCode::FORBIDDEN, "BadArgument", "The sign-in is of another user than the token's", Client, Some("idp_other_user")),
+            IdentityUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The identity provider cannot be reached; retry later", Upstream, Some("idp_unavailable")),
             InvalidConversationId => (StatusCode::BAD_REQUEST, "BadArgument", "Invalid conversation id", Client, None),
             NotFound => (StatusCode::NOT_FOUND, "NotFound", "Not found", Client, None),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed", Client, None),
@@ -215,7 +227,19 @@ impl GatewayError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, GatewayError::SignInRefused { .. }) {
+            // RFC 6750 §3: the token given (if any) is not acceptable.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         match self {
+            GatewayError::IdentityUnavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             GatewayError::TooManySockets | GatewayError::Draining => {
                 response
                     .headers_mut()
@@ -298,6 +322,21 @@ mod tests {
             (ResumeUnavailable, 403, "TokenExpired", Blame::Client),
             (WrongConversation, 403, "BadArgument", Blame::Client),
             (InvalidTicket, 403, "BadArgument", Blame::Client),
+            (
+                SignInRefused {
+                    reason: "idp_expired",
+                },
+                401,
+                "BadArgument",
+                Blame::Client,
+            ),
+            (SignInMismatch, 403, "BadArgument", Blame::Client),
+            (
+                IdentityUnavailable,
+                503,
+                "ServiceUnavailable",
+                Blame::Upstream,
+            ),
             (InvalidConversationId, 400, "BadArgument", Blame::Client),
             (NotFound, 404, "NotFound", Blame::Client),
             (BodyTimeout, 408, "RequestTimeout", Blame::Client),

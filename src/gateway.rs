@@ -49,6 +49,9 @@ pub struct Bot {
     pub secret: Secret,
     /// Kept across reloads that do not change the upstream, so its connection pool survives.
     pub upstream: Arc<Upstream>,
+    /// Signed-in mode (`[auth]`); kept across reloads that leave it unchanged, so its
+    /// cached keys survive.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Live {

@@ -13,14 +13,16 @@
 //!    client, tracker).
 //! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`).
 //! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`.
-//! 7. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
+//! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
+//!    (fetched and cached), the pseudonym.
+//! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
 //!    `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
 //!
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
 //! [`secret`], [`endpoint`], [`error`], [`clock`], [`rewrite`], [`scrub`],
-//! [`activity_body`] and [`stream::tracker`]. Everything else is `pub(crate)`.
+//! [`activity_body`], [`identity`] and [`stream::tracker`]. Everything else is `pub(crate)`.
 //! The Direct Line emulator is its own crate, `directline-emulator` (`emulator/`).
 
 pub mod activity_body;
@@ -35,6 +37,7 @@ pub(crate) mod demo;
 pub mod endpoint;
 pub mod error;
 pub(crate) mod gateway;
+pub mod identity;
 pub(crate) mod jsonscan;
 pub mod logging;
 pub(crate) mod metrics;

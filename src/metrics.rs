@@ -21,6 +21,26 @@ pub const AUTH_REFUSAL_REASONS: [&str; 6] = [
     "wrong_bot",
     "invalid_ticket",
 ];
+/// `auth_refusals_total`'s reasons in signed-in mode (`identity::refusal::Refusal`): which
+/// check of the identity provider's token failed.
+pub const SIGN_IN_REFUSAL_REASONS: [&str; 14] = [
+    "idp_missing",
+    "idp_too_large",
+    "idp_malformed",
+    "idp_algorithm",
+    "idp_unknown_kid",
+    "idp_signature",
+    "idp_expired",
+    "idp_not_yet_valid",
+    "idp_issuer",
+    "idp_audience",
+    "idp_claims",
+    "idp_unavailable",
+    "idp_proof_missing",
+    "idp_other_user",
+];
+/// `jwks_fetches_total`'s results (`identity::jwks`).
+pub const JWKS_FETCH_RESULTS: [&str; 3] = ["ok", "unreachable", "invalid"];
 pub const TOKEN_KINDS: [&str; 3] = ["generated", "refreshed", "conversation"];
 pub const RECONNECT_RESULTS: [&str; 4] = ["ok", "retry", "gone", "exhausted"];
 pub const RESUME_SOURCES: [&str; 3] = ["upstream", "buffer", "catch_up"];
@@ -104,6 +124,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub auth_refusals: IntCounterVec,
+    /// Signed-in mode: fetches of an identity provider's discovery document and JWKS.
+    pub jwks_fetches: IntCounterVec,
     pub tokens: IntCounterVec,
     pub client_sockets: IntGaugeVec,
     /// Client WebSockets of all bots: what the connection cap counts. Not exported (the
@@ -231,6 +253,14 @@ impl Metrics {
                     "Requests refused before reaching upstream, by reason and bot.",
                 ),
                 &["reason", "bot"],
+            )
+            .expect("valid metric"),
+            jwks_fetches: IntCounterVec::new(
+                Opts::new(
+                    "jwks_fetches_total",
+                    "Signed-in mode: fetches of the identity provider's keys (discovery and JWKS), by result (ok, unreachable, invalid) and bot.",
+                ),
+                &["result", "bot"],
             )
             .expect("valid metric"),
             tokens: IntCounterVec::new(
@@ -448,6 +478,7 @@ impl Metrics {
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_duration.clone()),
             Box::new(self.auth_refusals.clone()),
+            Box::new(self.jwks_fetches.clone()),
             Box::new(self.tokens.clone()),
             Box::new(self.client_sockets.clone()),
             Box::new(self.upstream_sockets.clone()),
@@ -506,8 +537,11 @@ impl Metrics {
     /// series that exists already changes nothing.
     pub fn initialise(&self, bots: &[&str]) {
         for bot in bots {
-            for reason in AUTH_REFUSAL_REASONS {
+            for reason in AUTH_REFUSAL_REASONS.iter().chain(&SIGN_IN_REFUSAL_REASONS) {
                 self.auth_refusals.with_label_values(&[reason, bot]);
+            }
+            for result in JWKS_FETCH_RESULTS {
+                self.jwks_fetches.with_label_values(&[result, bot]);
             }
             for kind in TOKEN_KINDS {
                 self.tokens.with_label_values(&[kind, bot]);

@@ -21,6 +21,7 @@ use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError};
 use crate::gateway::{Bot, Gateway};
+use crate::identity::SignedIn;
 use crate::metrics::status_class;
 use crate::ratelimit::client_ip;
 use crate::routes::context::RequestContext;
@@ -51,6 +52,8 @@ impl Connection {
 /// What the authorize phase opened for the route.
 enum Authorized {
     Nothing,
+    /// `tokens/generate`: who the identity provider signed in (signed-in mode only).
+    SignIn(Option<SignedIn>),
     Token(ClientToken),
     /// A token for `tokens/refresh`, and whether it had expired (a durable resume).
     Refresh(ClientToken, bool),
@@ -61,7 +64,7 @@ impl Authorized {
     fn token(self) -> Result<ClientToken, GatewayError> {
         match self {
             Authorized::Token(token) | Authorized::Refresh(token, _) => Ok(token),
-            Authorized::Nothing => Err(GatewayError::Internal),
+            Authorized::Nothing | Authorized::SignIn(_) => Err(GatewayError::Internal),
         }
     }
 }
@@ -161,8 +164,16 @@ async fn run(
     if needs.origin_checked {
         check_origin(&bot.settings, request.headers())?;
     }
-    let authorized = authorize(&endpoint, needs, request.headers(), ctx)?;
-    rate_limit(gateway, &endpoint, needs, ctx)?;
+    // A sign-in is checked after its bucket (see `Credential::SignIn`), every other
+    // credential before, so forged tokens cannot spend a real caller's rate.
+    let authorized = if needs.credential == Credential::SignIn {
+        rate_limit(gateway, &endpoint, needs, ctx)?;
+        authorize(&endpoint, needs, request.headers(), ctx).await?
+    } else {
+        let authorized = authorize(&endpoint, needs, request.headers(), ctx).await?;
+        rate_limit(gateway, &endpoint, needs, ctx)?;
+        authorized
+    };
     dispatch(gateway, endpoint, authorized, request, ctx).await
 }
 
@@ -213,7 +224,7 @@ fn check_origin(settings: &BotConfig, headers: &http::HeaderMap) -> Result<(), G
 }
 
 /// Authorize: opens the credential the route declared, for this bot (and conversation).
-fn authorize(
+async fn authorize(
     endpoint: &Endpoint,
     needs: Needs,
     headers: &http::HeaderMap,
@@ -221,6 +232,10 @@ fn authorize(
 ) -> Result<Authorized, GatewayError> {
     Ok(match needs.credential {
         Credential::None => Authorized::Nothing,
+        Credential::SignIn => match &ctx.bot.identity {
+            Some(identity) => Authorized::SignIn(Some(identity.sign_in(headers).await?)),
+            None => Authorized::SignIn(None),
+        },
         Credential::Token => Authorized::Token(ctx.authorize(headers, None)?),
         Credential::ConversationToken => {
             Authorized::Token(ctx.authorize(headers, endpoint.conversation())?)
@@ -232,6 +247,11 @@ fn authorize(
                 headers,
                 ctx.bot.settings.resume_window,
             )?;
+            if expired && let Some(identity) = &ctx.bot.identity {
+                // Signed-in mode (DESIGN §12): the expired token proves ownership of the
+                // conversation, a current sign-in proves the person is still its owner.
+                identity.prove(headers, &token.user_id).await?;
+            }
             Authorized::Refresh(token, expired)
         }
     })
@@ -285,7 +305,12 @@ async fn dispatch(
             &ctx.bot.settings.allowed_origins,
             request.headers(),
         )),
-        Endpoint::TokensGenerate => tokens::generate_token(gateway, request, ctx).await,
+        Endpoint::TokensGenerate => {
+            let Authorized::SignIn(signed_in) = authorized else {
+                return Err(GatewayError::Internal);
+            };
+            tokens::generate_token(gateway, request, ctx, signed_in).await
+        }
         Endpoint::TokensRefresh => {
             let Authorized::Refresh(token, expired) = authorized else {
                 return Err(GatewayError::Internal);

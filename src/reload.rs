@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
 use crate::gateway::{Bot, Live};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::seal::{KeyError, Sealer};
 use crate::secret::Secret;
 use crate::upstream::client::Upstream;
@@ -52,12 +54,13 @@ pub fn build_live(
     config: Config,
     emulators: &[(String, EmulatorHandle)],
     previous: Option<&Live>,
+    metrics: &Metrics,
 ) -> Result<Live, BuildError> {
     let mut bots = config
         .bots
         .clone()
         .into_iter()
-        .map(|settings| build_bot(settings, &config, emulators, previous))
+        .map(|settings| build_bot(settings, &config, emulators, previous, metrics))
         .collect::<Result<Vec<_>, _>>()?;
     crate::gateway::most_specific_first(&mut bots);
     let now = crate::clock::unix_seconds();
@@ -126,6 +129,7 @@ fn build_bot(
     config: &Config,
     emulators: &[(String, EmulatorHandle)],
     previous: Option<&Live>,
+    metrics: &Metrics,
 ) -> Result<Arc<Bot>, BuildError> {
     let (upstream_url, secret) = match &settings.upstream {
         UpstreamTarget::Url(url) => (
@@ -180,12 +184,49 @@ fn build_bot(
             )
         }
     };
+    let identity = build_identity(&settings, config, previous, metrics)?;
     Ok(Arc::new(Bot {
         name: Arc::from(settings.name.as_str()),
         settings,
         secret,
         upstream,
+        identity,
     }))
+}
+
+/// A bot's signed-in mode; an unchanged `[auth]` keeps the previous one and its cached keys.
+fn build_identity(
+    settings: &BotConfig,
+    config: &Config,
+    previous: Option<&Live>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<Identity>>, BuildError> {
+    let Some(auth) = &settings.auth else {
+        return Ok(None);
+    };
+    let ca_file = settings.upstream_ca_file.as_deref();
+    let kept = previous
+        .and_then(|p| p.bot(&settings.name))
+        .and_then(|bot| bot.identity.clone())
+        .filter(|identity| identity.serves(auth, ca_file));
+    if let Some(identity) = kept {
+        return Ok(Some(identity));
+    }
+    // The issuer is reached like the upstream: ring, the webpki roots and upstream_ca_file.
+    let tls = crate::upstream::client::tls_client_config(ca_file).map_err(|message| {
+        BuildError::UpstreamCa {
+            bot: settings.name.clone(),
+            message,
+        }
+    })?;
+    Ok(Some(Arc::new(Identity::new(
+        &settings.name,
+        auth.clone(),
+        &tls,
+        ca_file,
+        config.timeouts.connect,
+        metrics.jwks_fetches.clone(),
+    ))))
 }
 
 pub fn bot_names(live: &Live) -> Vec<&str> {

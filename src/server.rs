@@ -118,7 +118,9 @@ pub async fn start_on(
         );
         emulators.push((bot.name.clone(), handle));
     }
-    let live = build_live(config, &emulators, None)?;
+    // Before the settings: a bot's signed-in mode counts its key fetches from the start.
+    let metrics = Arc::new(Metrics::new());
+    let live = build_live(config, &emulators, None, &metrics)?;
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
         listener: "listen",
         addr: live.config.listen,
@@ -133,7 +135,6 @@ pub async fn start_on(
         Some(files) => Some(Arc::new(ListenerTls::new(files).map_err(StartError::Tls)?)),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
     let (stop, stopped) = watch::channel(false);
@@ -173,7 +174,12 @@ impl Running {
         let current = self.gateway.live_owned();
         let result = loaded.map_err(ReloadError::from).and_then(|config| {
             check_reloadable(&current.config, &config)?;
-            Ok(build_live(config, &self.emulators, Some(&current))?)
+            Ok(build_live(
+                config,
+                &self.emulators,
+                Some(&current),
+                &self.gateway.metrics,
+            )?)
         });
         let outcome = match result {
             Ok(live) => {

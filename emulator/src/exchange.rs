@@ -142,6 +142,7 @@ pub(super) struct Exchange {
     request_id: Option<String>,
     pub credential: SeenCredential,
     pub(super) body: Option<Value>,
+    headers: Vec<(String, String)>,
 }
 
 impl Exchange {
@@ -157,6 +158,14 @@ impl Exchange {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             credential: SeenCredential::Missing,
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value)
+                })
+                .collect(),
             body: None,
         }
     }
@@ -167,6 +176,7 @@ impl Exchange {
             path: self.path,
             query: self.query,
             credential: self.credential,
+            headers: self.headers,
             host: self.host,
             request_id: self.request_id,
             body: self.body,

@@ -141,6 +141,17 @@ impl EmulatorHandle {
 
     /// Forgets the conversation (Direct Line drops them after 15–20 days idle, spec §3):
     /// reconnects and REST calls for it answer 404 from now on. False if unknown.
+    /// A proactive bot activity of any shape (an OAuthCard, an event), as a bot would send
+    /// through the Bot Connector; `from` is set to the bot. The new activity id, or `None`
+    /// for an unknown conversation or an `activity` that is not a JSON object.
+    pub fn send_bot_activity(&self, conversation_id: &str, activity: Value) -> Option<String> {
+        let conversation = self.state.conversation(conversation_id)?;
+        let Value::Object(activity) = activity else {
+            return None;
+        };
+        Some(self.state.proactive_activity(&conversation, activity))
+    }
+
     pub fn end_conversation(&self, conversation_id: &str) -> bool {
         self.state.forget_conversation(conversation_id)
     }

@@ -10,7 +10,8 @@
 //! `credential` (what an `Authorization` header is), `random` (tokens and ids), `http`
 //! (REST routes), `exchange` (error bodies, JSON answers, one request's record),
 //! `stream` (WebSocket delivery), `bot` (the echo bot), `faults` (misbehaviour on
-//! purpose), `upload` (upload bodies), `activity` (ids, timestamps), `server` (listener).
+//! purpose), `upload` (upload bodies), `activity` (ids, timestamps), `server` (listener);
+//! `oidc` is a separate OpenID Connect issuer for tests of signed-in users.
 //!
 //! A stream URL's replay position travels with its `t` token (set when the URL was minted
 //! from the reconnect watermark, or "now" for `-`); the `watermark` in the URL is only
@@ -27,6 +28,7 @@ mod exchange;
 mod faults;
 mod handle;
 mod http;
+pub mod oidc;
 mod random;
 mod record;
 mod secret;
@@ -39,6 +41,7 @@ pub use bot::{BOT_ID, BOT_NAME};
 pub use config::{EmulatorArgs, EmulatorConfig};
 pub use faults::{FaultControl, Faults};
 pub use handle::{EmulatorHandle, run, run_cli, spawn};
+pub use oidc::OidcIssuer;
 pub use record::{RecordedRequest, SeenCredential};
 pub use secret::Secret;
 pub use stream::{COLLISION_REASON, DROP_REASON, SHUTDOWN_REASON};

@@ -16,6 +16,9 @@ pub struct RecordedRequest {
     pub request_id: Option<String>,
     /// The parsed JSON body, when there was one.
     pub body: Option<Value>,
+    /// Every header as received (values lossily as text), so a test can assert that
+    /// nothing it did not mean to send reached Direct Line.
+    pub headers: Vec<(String, String)>,
     /// What the emulator answered (101 for accepted upgrades).
     pub status: u16,
 }

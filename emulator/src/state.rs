@@ -259,6 +259,17 @@ impl State {
         id
     }
 
+    /// A bot activity of any shape (a card, an event); `from` is always the bot.
+    pub(super) fn proactive_activity(
+        &self,
+        conversation: &Conversation,
+        mut activity: serde_json::Map<String, Value>,
+    ) -> String {
+        activity.insert("from".into(), bot::account());
+        let (id, _) = conversation.append(activity);
+        id
+    }
+
     pub(super) fn record(&self, arrival: u64, request: RecordedRequest) {
         self.log.push(arrival, request);
     }

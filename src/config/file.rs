@@ -1,5 +1,6 @@
 //! The TOML file's schema as serde reads it: every key the gateway knows, none it does not.
 
+use crate::identity::settings::FileAuth;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -38,6 +39,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub stream: FileStream,
     pub user_ids: Option<String>,
+    /// Signed-in mode, single-bot form (`[auth]`).
+    pub auth: Option<FileAuth>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
 }
@@ -61,6 +64,8 @@ pub struct FileBot {
     pub user_ids: Option<String>,
     pub upstream_ca_file: Option<PathBuf>,
     pub resume_window: Option<String>,
+    /// Signed-in mode of this bot (`[bots.auth]`).
+    pub auth: Option<FileAuth>,
 }
 
 #[derive(Debug, Deserialize)]

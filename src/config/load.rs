@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -13,10 +14,11 @@ use super::file::{
 };
 use super::sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides};
 use super::values::{
-    IpNet, UpstreamTarget, parse_addr, parse_duration, parse_host, parse_prefix, parse_public_url,
-    parse_size, parse_upstream, parse_user_ids,
+    IpNet, UpstreamTarget, UserIdPolicy, parse_addr, parse_duration, parse_host, parse_prefix,
+    parse_public_url, parse_size, parse_upstream, parse_user_ids,
 };
 use super::{BotConfig, Config, Limits, NO_BOT, RateLimits, StreamConfig, Timeouts, TlsFiles};
+use crate::identity::settings::{self, AuthConfigError, AuthSettings, FileAuth, Table};
 use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
 
@@ -59,17 +61,31 @@ impl Config {
     /// The file's sections, one function each, in the order their mistakes are reported;
     /// then the checks that span sections.
     fn from_parts(
-        file: FileConfig,
+        mut file: FileConfig,
         overrides: &Overrides,
         env: &dyn Env,
     ) -> Result<Self, ConfigError> {
         let defaults = Config::default();
+        let top_auth = file.auth.take();
         let watched_files = watched_files(&file);
         if !file.bots.is_empty() {
             refuse_top_level_bot_keys(&file, overrides, env)?;
+            if top_auth.is_some() {
+                return Err(invalid(
+                    "bots",
+                    "[auth] is set at the top level; with [[bots]] give it to each bot",
+                ));
+            }
         }
         let (listen, admin_listen) = listeners(&file, overrides, &defaults)?;
-        let top = top_level_bot(&file, overrides, env)?;
+        let mut top = top_level_bot(&file, overrides, env)?;
+        top.auth = parse_auth(top_auth, Table::Top, env)?;
+        if top.auth.is_some() && top.user_ids == UserIdPolicy::Caller {
+            return Err(invalid(
+                "user_ids",
+                "\"caller\" and [auth] exclude each other: signed-in users get the pseudonym",
+            ));
+        }
         let (token_key, previous_token_keys, token_key_overlap) =
             token_keys(&file, env, defaults.token_key_overlap)?;
         let config = Config {
@@ -663,7 +679,15 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
     };
     let mut resume_window = top.resume_window;
     set_duration(&mut resume_window, "bots.resume_window", file.resume_window).map_err(within)?;
+    let auth = parse_auth(file.auth, Table::Bot, env).map_err(within)?;
+    if auth.is_some() && user_ids == UserIdPolicy::Caller {
+        return Err(within(invalid(
+            "bots.user_ids",
+            "\"caller\" and [bots.auth] exclude each other: signed-in users get the pseudonym",
+        )));
+    }
     Ok(BotConfig {
+        auth,
         resume_window,
         host,
         path_prefix,
@@ -679,6 +703,25 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
             .or_else(|| top.upstream_ca_file.clone()),
         name,
     })
+}
+
+/// `[auth]` through [`crate::identity::settings::parse`], with this file's duration syntax.
+fn parse_auth(
+    file: Option<FileAuth>,
+    table: Table,
+    env: &dyn Env,
+) -> Result<Option<Arc<AuthSettings>>, ConfigError> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let key = env.var(settings::ENV_PSEUDONYM_KEY);
+    match settings::parse(file, table, key, parse_duration) {
+        Ok(auth) => Ok(Some(Arc::new(auth))),
+        Err(AuthConfigError::Invalid { key, message }) => {
+            Err(ConfigError::Invalid { key, message })
+        }
+        Err(AuthConfigError::Read { path, source }) => Err(ConfigError::Read { path, source }),
+    }
 }
 
 fn read_trimmed(path: &Path) -> Result<String, ConfigError> {

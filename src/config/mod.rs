@@ -100,6 +100,9 @@ pub struct BotConfig {
     /// How long after its expiry a gateway token can still be refreshed (and nothing else);
     /// zero turns durable resume off.
     pub resume_window: Duration,
+    /// Signed-in mode (`[auth]`, `[bots.auth]`, DESIGN §11): `tokens/generate` needs the
+    /// identity provider's JWT.
+    pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -249,6 +252,7 @@ impl Default for BotConfig {
             user_ids: UserIdPolicy::Minted,
             upstream_ca_file: None,
             resume_window: DEFAULT_RESUME_WINDOW,
+            auth: None,
         }
     }
 }

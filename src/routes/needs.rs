@@ -6,14 +6,20 @@ use crate::endpoint::Endpoint;
 /// The credential a route requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
-    /// None: preflight, the demo page, `tokens/generate` (anyone may ask, rate-limited per
-    /// IP), and the stream routes (their sealed ticket is in the URL; the route opens it).
+    /// None: preflight, the demo page, and the stream routes (their sealed ticket is in the
+    /// URL; the route opens it).
     None,
+    /// `tokens/generate`: the identity provider's JWT when the bot is in signed-in mode
+    /// (`[auth]`), nothing otherwise (anyone may ask, rate-limited per IP). Its bucket is
+    /// charged *before* the check: a signature verification is the costliest thing an
+    /// anonymous caller can ask for.
+    SignIn,
     /// A live gateway token of the request's bot.
     Token,
     /// A live gateway token of the request's bot for the endpoint's conversation.
     ConversationToken,
-    /// A gateway token of the bot, also one expired less than `resume_window` ago.
+    /// A gateway token of the bot, also one expired less than `resume_window` ago; in
+    /// signed-in mode an expired one also needs a current sign-in of the same person.
     RefreshableToken,
 }
 
@@ -60,7 +66,7 @@ pub fn of(endpoint: &Endpoint) -> Needs {
         },
         Endpoint::TokensGenerate => Needs {
             origin_checked: true,
-            ..Needs::new(Credential::None, Sessions)
+            ..Needs::new(Credential::SignIn, Sessions)
         },
         Endpoint::StartConversation => Needs {
             origin_checked: true,

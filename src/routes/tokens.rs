@@ -19,6 +19,7 @@ use crate::config::UserIdPolicy;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::identity::SignedIn;
 use crate::seal::{ClientToken, Purpose};
 use crate::upstream::call::{Answer, Credential};
 
@@ -26,6 +27,7 @@ pub async fn generate_token(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
+    signed_in: Option<SignedIn>,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
     let params = read_optional_json(
@@ -38,20 +40,25 @@ pub async fn generate_token(
     let caller_user = params.as_ref().and_then(|p| field(p, "user"));
     // Only a display name is taken from the caller, unless the bot's policy lets the
     // (trusted, server-side) caller choose the id.
-    let user_id = match ctx.bot.settings.user_ids {
-        UserIdPolicy::Caller => caller_user
+    let user_id = match (&signed_in, ctx.bot.settings.user_ids) {
+        (Some(signed_in), _) => signed_in.user_id.clone(),
+        (None, UserIdPolicy::Caller) => caller_user
             .and_then(|u| field(u, "id"))
             .and_then(Value::as_str)
             .filter(|id| is_caller_user_id(id))
             .map_or_else(mint_user_id, str::to_owned),
-        UserIdPolicy::Minted => mint_user_id(),
+        (None, UserIdPolicy::Minted) => mint_user_id(),
     };
     let mut user = Map::new();
     user.insert("id".into(), Value::String(user_id.clone()));
-    if let Some(name) = caller_user
-        .and_then(|u| field(u, "name"))
-        .and_then(Value::as_str)
-    {
+    // A signed-in user's name is the issuer's (`name_claim`), never the caller's say-so.
+    let name = match &signed_in {
+        Some(signed_in) => signed_in.name.as_deref(),
+        None => caller_user
+            .and_then(|u| field(u, "name"))
+            .and_then(Value::as_str),
+    };
+    if let Some(name) = name {
         user.insert("name".into(), Value::String(name.to_owned()));
     }
     let mut upstream_body = Map::new();
