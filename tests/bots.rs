@@ -64,6 +64,7 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         user_ids: UserIdPolicy::Minted,
         upstream_ca_file: None,
         resume_window: directline_gateway::config::DEFAULT_RESUME_WINDOW,
+        token_endpoint: None,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::copilot::TokenEndpoint;
 use super::errors::{ConfigError, invalid, key_path_at, line_column, parse_message};
 use super::file::{
     FileBot, FileConfig, FileLimits, FileRateLimits, FileStream, FileTimeouts, FileTls,
@@ -184,6 +185,10 @@ fn refuse_top_level_bot_keys(
             file.upstream.is_some() || overrides.upstream.is_some(),
         ),
         ("secret_file", file.secret_file.is_some()),
+        (
+            "token_endpoint",
+            file.token_endpoint.is_some() || overrides.token_endpoint.is_some(),
+        ),
         (ENV_SECRET, env.var(ENV_SECRET).is_some()),
         ("path_prefix", file.path_prefix.is_some()),
         (
@@ -239,8 +244,17 @@ fn top_level_bot(
     env: &dyn Env,
 ) -> Result<BotConfig, ConfigError> {
     let mut top = BotConfig::default();
-    if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
+    let upstream = overrides.upstream.as_ref().or(file.upstream.as_ref());
+    if let Some(upstream) = upstream {
         top.upstream = parse_upstream(upstream)?;
+    }
+    if let Some(endpoint) = overrides
+        .token_endpoint
+        .as_ref()
+        .or(file.token_endpoint.as_ref())
+    {
+        top.token_endpoint = Some(parse_token_endpoint("token_endpoint", endpoint)?);
+        top.upstream = copilot_upstream(top.upstream, upstream.is_some(), "token_endpoint")?;
     }
     if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
         top.public_url = Some(parse_public_url(public)?);
@@ -255,7 +269,13 @@ fn top_level_bot(
             None => None,
         },
     };
-    if file.bots.is_empty() && top.secret.is_none() && top.upstream != UpstreamTarget::Embedded {
+    // A Copilot Studio agent without web channel security needs no secret: its token
+    // endpoint hands out tokens.
+    if file.bots.is_empty()
+        && top.secret.is_none()
+        && top.upstream != UpstreamTarget::Embedded
+        && top.token_endpoint.is_none()
+    {
         return Err(ConfigError::MissingSecret);
     }
     top.upstream_ca_file = file.upstream_ca_file.clone();
@@ -612,7 +632,28 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         },
         other => other,
     };
-    let upstream = parse_upstream(&file.upstream).map_err(within)?;
+    let token_endpoint = file
+        .token_endpoint
+        .as_deref()
+        .map(|text| parse_token_endpoint("bots.token_endpoint", text))
+        .transpose()
+        .map_err(within)?;
+    let upstream = match (&file.upstream, &token_endpoint) {
+        (Some(upstream), None) => parse_upstream(upstream).map_err(within)?,
+        (given, Some(_)) => {
+            let parsed = match given {
+                Some(upstream) => parse_upstream(upstream).map_err(within)?,
+                None => UpstreamTarget::Embedded,
+            };
+            copilot_upstream(parsed, given.is_some(), "bots.token_endpoint").map_err(within)?
+        }
+        (None, None) => {
+            return Err(within(invalid(
+                "bots.upstream",
+                "give upstream, or token_endpoint for a Copilot Studio agent",
+            )));
+        }
+    };
     let secret = match (&file.secret_env, &file.secret_file) {
         (Some(_), Some(_)) => {
             return Err(within(invalid(
@@ -629,10 +670,10 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         (None, Some(path)) => Some(Secret::new(read_trimmed(path)?)),
         (None, None) => None,
     };
-    if secret.is_none() && upstream != UpstreamTarget::Embedded {
+    if secret.is_none() && upstream != UpstreamTarget::Embedded && token_endpoint.is_none() {
         return Err(within(invalid(
             "bots.secret_file",
-            "a bot with a real upstream needs secret_env or secret_file",
+            "a bot with a real upstream needs secret_env or secret_file (or a Copilot Studio token_endpoint)",
         )));
     }
     let host = file
@@ -677,8 +718,31 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         upstream_ca_file: file
             .upstream_ca_file
             .or_else(|| top.upstream_ca_file.clone()),
+        token_endpoint,
         name,
     })
+}
+
+fn parse_token_endpoint(key: &'static str, text: &str) -> Result<TokenEndpoint, ConfigError> {
+    TokenEndpoint::parse(text).map_err(|message| invalid(key, message))
+}
+
+/// With a token endpoint, no `upstream` means "discovered from the environment"; an
+/// explicit URL overrides discovery. The embedded emulator knows nothing of the agent's
+/// tokens, so the two do not mix.
+fn copilot_upstream(
+    upstream: UpstreamTarget,
+    given: bool,
+    key: &'static str,
+) -> Result<UpstreamTarget, ConfigError> {
+    match upstream {
+        _ if !given => Ok(UpstreamTarget::Discovered),
+        UpstreamTarget::Embedded => Err(invalid(
+            key,
+            "a token endpoint needs a real upstream: leave upstream out to discover it, or give its URL",
+        )),
+        other => Ok(other),
+    }
 }
 
 fn read_trimmed(path: &Path) -> Result<String, ConfigError> {

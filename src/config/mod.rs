@@ -9,8 +9,10 @@
 //! - `values`: value types and their parsers ([`IpNet`], [`Rate`], [`UpstreamTarget`],
 //!   durations, sizes, URLs);
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
-//! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column).
+//! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
+//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10).
 
+mod copilot;
 mod errors;
 mod file;
 mod load;
@@ -26,6 +28,7 @@ use url::Url;
 use crate::secret::Secret;
 
 pub use crate::seal::DEFAULT_BOT;
+pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -100,6 +103,10 @@ pub struct BotConfig {
     /// How long after its expiry a gateway token can still be refreshed (and nothing else);
     /// zero turns durable resume off.
     pub resume_window: Duration,
+    /// A Copilot Studio agent's token endpoint (DESIGN §10): without a secret, tokens come
+    /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
+    /// discovered from its environment.
+    pub token_endpoint: Option<TokenEndpoint>,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -249,6 +256,7 @@ impl Default for BotConfig {
             user_ids: UserIdPolicy::Minted,
             upstream_ca_file: None,
             resume_window: DEFAULT_RESUME_WINDOW,
+            token_endpoint: None,
         }
     }
 }
