@@ -580,3 +580,40 @@ fn the_token_endpoint_flag_loads_as_a_discovered_secretless_bot() {
     let error = Config::load(None, &plain_http, &NoEnv).unwrap_err();
     assert!(error.to_string().contains("token_endpoint"), "{error}");
 }
+
+/// With web channel security, the agent's two secrets rotate as any bot's do; a reload
+/// that keeps the token endpoint keeps the discovered host (no new discovery).
+#[tokio::test]
+async fn secured_agents_rotate_their_two_secrets_and_keep_the_discovered_host() {
+    const SECOND: &str = "second-directline-secret-value-9876543210";
+    let emulator = environment(|c| {
+        c.web_channel_security = true;
+        c.second_secret = Some(directline_emulator::Secret::new(SECOND));
+    })
+    .await;
+    let h = gateway(emulator.clone(), agent_config(&emulator, Some(SECRET))).await;
+    h.conversation().await;
+    let discoveries = |emulator: &EmulatorHandle| {
+        emulator
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/regionalchannelsettings"))
+            .count()
+    };
+    let before = discoveries(&emulator);
+    h.gateway()
+        .reload(Ok(agent_config(&emulator, Some(SECOND))))
+        .expect("reload accepted");
+    h.conversation().await;
+    let generates: Vec<SeenCredential> = emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v3/directline/tokens/generate")
+        .map(|r| r.credential)
+        .collect();
+    assert_eq!(
+        generates,
+        [SeenCredential::Secret, SeenCredential::SecondSecret]
+    );
+    assert_eq!(discoveries(&emulator), before, "the host was kept");
+}

@@ -929,6 +929,49 @@ activities_burst = 5
         ));
     }
 
+    #[test]
+    fn a_token_endpoint_stands_in_for_upstream_and_secret() {
+        const ENDPOINT: &str = "https://contoso.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr_a/directline/token?api-version=2022-03-01-preview";
+        let single = load_str(&format!("token_endpoint = \"{ENDPOINT}\""), &[]).unwrap();
+        assert_eq!(single.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(single.bots[0].secret.is_none());
+        // The shipped file's `upstream = "embedded"` left in place is a mistake, named.
+        let embedded = format!("upstream = \"embedded\"\ntoken_endpoint = \"{ENDPOINT}\"");
+        assert!(matches!(
+            load_str(&embedded, &[]),
+            Err(ConfigError::Invalid { key: "token_endpoint", .. })
+        ));
+        let explicit = format!(
+            "upstream = \"https://europe.directline.botframework.com\"\ntoken_endpoint = \"{ENDPOINT}\""
+        );
+        assert!(matches!(
+            load_str(&explicit, &[]).unwrap().bots[0].upstream,
+            UpstreamTarget::Url(_)
+        ));
+        let bots = format!(
+            "[[bots]]\nname = \"agent\"\ntoken_endpoint = \"{ENDPOINT}\"\nsecret_env = \"AGENT_SECRET\"\n"
+        );
+        let config = load_str(&bots, &[("AGENT_SECRET", "s")]).unwrap();
+        assert_eq!(config.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(config.bots[0].secret.is_some());
+        for (text, key) in [
+            ("[[bots]]\nname = \"a\"\n".to_owned(), "bots.upstream"),
+            (
+                "[[bots]]\nname = \"a\"\ntoken_endpoint = \"http://example.com/powervirtualagents/botsbyschema/a/directline/token?api-version=1\"\n".to_owned(),
+                "bots.token_endpoint",
+            ),
+            (
+                format!("token_endpoint = \"{ENDPOINT}\"\n[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n"),
+                "bots",
+            ),
+        ] {
+            match load_str(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
     /// Segments a URL parser would normalise away are refused (regression found by fuzzing).
     #[test]
     fn defaults_are_the_no_argument_run() {
