@@ -1444,7 +1444,10 @@ async fn copilot_studio_environment() {
     let minted = client.get(TOKEN, None).await;
     assert_eq!(minted.status, 200, "{:?}", minted.body);
     let token = minted.body["token"].as_str().expect("token").to_owned();
-    let conversation = minted.body["conversationId"].as_str().expect("id").to_owned();
+    let conversation = minted.body["conversationId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     assert_eq!(minted.body["expires_in"], 3600);
     let started = client
         .post("/v3/directline/conversations", Some(&token), &json!({}))

@@ -939,7 +939,10 @@ activities_burst = 5
         let embedded = format!("upstream = \"embedded\"\ntoken_endpoint = \"{ENDPOINT}\"");
         assert!(matches!(
             load_str(&embedded, &[]),
-            Err(ConfigError::Invalid { key: "token_endpoint", .. })
+            Err(ConfigError::Invalid {
+                key: "token_endpoint",
+                ..
+            })
         ));
         let explicit = format!(
             "upstream = \"https://europe.directline.botframework.com\"\ntoken_endpoint = \"{ENDPOINT}\""
