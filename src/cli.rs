@@ -47,6 +47,11 @@ pub struct Cli {
     /// How clients reach the gateway, e.g. https://chat.contoso.com.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// A Copilot Studio agent's token endpoint (its Mobile app channel page); without
+    /// --upstream the Direct Line host is discovered from it, without a secret tokens come
+    /// from it.
+    #[arg(long)]
+    pub token_endpoint: Option<String>,
     /// Log lines on stderr: human-readable, or one JSON object per line.
     #[arg(long, value_enum, default_value = "human", global = true)]
     pub log_format: LogFormat,
@@ -82,6 +87,7 @@ impl Cli {
             admin_listen: self.admin_listen.clone(),
             upstream: self.upstream.clone(),
             public_url: self.public_url.clone(),
+            token_endpoint: self.token_endpoint.clone(),
         }
     }
 }

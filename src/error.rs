@@ -124,6 +124,14 @@ pub enum GatewayError {
     UpstreamInvalid,
     #[error("upstream timeout: no answer in time")]
     UpstreamTimeout,
+    /// A Copilot Studio bot whose Direct Line host has not been discovered (yet): its
+    /// environment was unreachable or answered something unusable (logged by discovery).
+    #[error("the bot's Direct Line host is not known yet; retry in {retry_after_secs} s")]
+    UpstreamUndiscovered { retry_after_secs: u64 },
+    /// The agent's token endpoint did not hand out a token (`status`; web channel security
+    /// turns it off: then only a secret works).
+    #[error("the Copilot Studio token endpoint answered {status}")]
+    TokenEndpointRefused { status: u16 },
     #[error("the gateway is shutting down")]
     Draining,
     #[error("internal gateway error")]
@@ -153,7 +161,7 @@ impl GatewayError {
             MissingCredential => (StatusCode::UNAUTHORIZED, "BadArgument", "Missing token", Client, Some("missing")),
             InvalidToken => (StatusCode::FORBIDDEN, "BadArgument", "Invalid token", Client, Some("invalid")),
             TokenExpired => (StatusCode::FORBIDDEN, "TokenExpired", "Token expired", Client, Some("expired")),
-            ResumeUnavailable => (StatusCode::FORBIDDEN, "TokenExpired", "Token expired; this bot cannot resume a conversation after its token expired (enhanced authentication), start a new one", Client, Some("expired")),
+            ResumeUnavailable => (StatusCode::FORBIDDEN, "TokenExpired", "Token expired; this bot cannot resume a conversation after its token expired (enhanced authentication, or a Copilot Studio agent without a secret), start a new one", Client, Some("expired")),
             WrongConversation => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this conversation", Client, Some("wrong_conversation")),
             WrongBot => (StatusCode::FORBIDDEN, "BadArgument", "Token is not valid for this bot", Client, Some("wrong_bot")),
             InvalidTicket => (StatusCode::FORBIDDEN, "BadArgument", "Invalid or expired stream URL", Client, Some("invalid_ticket")),
@@ -180,6 +188,8 @@ impl GatewayError {
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
             UpstreamInvalid => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
+            UpstreamUndiscovered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The bot's Direct Line region is not known yet; retry after the time in Retry-After", Upstream, None),
+            TokenEndpointRefused { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "The agent's token endpoint did not issue a token", Upstream, None),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Gateway is shutting down", Gateway, None),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceError", "Internal gateway error", Gateway, None),
         };
@@ -245,7 +255,8 @@ impl GatewayError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            GatewayError::RateLimited { retry_after_secs } => {
+            GatewayError::RateLimited { retry_after_secs }
+            | GatewayError::UpstreamUndiscovered { retry_after_secs } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -377,6 +388,20 @@ mod tests {
             ),
             (UpstreamInvalid, 502, "UpstreamError", Blame::Upstream),
             (UpstreamTimeout, 504, "UpstreamTimeout", Blame::Upstream),
+            (
+                UpstreamUndiscovered {
+                    retry_after_secs: 2,
+                },
+                503,
+                "ServiceUnavailable",
+                Blame::Upstream,
+            ),
+            (
+                TokenEndpointRefused { status: 403 },
+                502,
+                "UpstreamError",
+                Blame::Upstream,
+            ),
             (Draining, 503, "ServiceUnavailable", Blame::Gateway),
             (Internal, 500, "ServiceError", Blame::Gateway),
         ];

@@ -16,7 +16,7 @@ use crate::ratelimit::Limiter;
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::stream::registry::Hubs;
-use crate::upstream::client::Upstream;
+use crate::upstream::base::{DirectlineBase, Environment};
 
 pub struct Gateway {
     live: ArcSwap<Live>,
@@ -46,12 +46,26 @@ pub struct Bot {
     pub name: Arc<str>,
     pub settings: BotConfig,
     /// The Direct Line secret injected upstream (the emulator's own in embedded mode).
-    pub secret: Secret,
+    /// `None` only for a Copilot Studio agent whose token endpoint hands out tokens: then
+    /// no call ever carries a secret.
+    pub secret: Option<Secret>,
     /// Kept across reloads that do not change the upstream, so its connection pool survives.
-    pub upstream: Arc<Upstream>,
+    pub upstream: DirectlineBase,
     /// Signed-in mode (`[auth]`); kept across reloads that leave it unchanged, so its
     /// cached keys survive.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The Copilot Studio environment of a bot with a `token_endpoint`.
+    pub environment: Option<Arc<Environment>>,
+}
+
+impl Bot {
+    /// The token endpoint mints this bot's tokens (a Copilot Studio agent without web
+    /// channel security, so without a secret).
+    pub fn token_endpoint_mints(&self) -> Option<&Environment> {
+        self.environment
+            .as_deref()
+            .filter(|_| self.secret.is_none())
+    }
 }
 
 impl Live {

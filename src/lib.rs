@@ -11,7 +11,8 @@
 //!    respond phase (`routes::answer`).
 //! 4. **stream**: [`stream`], the WebSocket bridge (registry of hubs, hub, relay, link,
 //!    client, tracker).
-//! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`).
+//! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`), where
+//!    a bot's calls go (`upstream::base`) and Copilot Studio discovery (`upstream::discovery`).
 //! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`.
 //! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
 //!    (fetched and cached), the pseudonym.

@@ -83,6 +83,22 @@ async fn main() -> ExitCode {
             );
             println!("    chat in a browser: {root}/");
         }
+        if let Some(endpoint) = &bot.token_endpoint {
+            let tokens = if bot.secret.is_some() {
+                "with the secret (web channel security)"
+            } else {
+                "from the token endpoint"
+            };
+            let host = if bot.upstream == UpstreamTarget::Discovered {
+                "discovered from the environment"
+            } else {
+                "as configured"
+            };
+            println!(
+                "    Copilot Studio agent at {}: tokens {tokens}, Direct Line host {host}",
+                endpoint.origin()
+            );
+        }
     }
     println!("  metrics: http://{}/metrics", running.admin_addr);
     // Read at start: a reload does not change how often the files are checked.

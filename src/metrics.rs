@@ -84,8 +84,15 @@ pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"]
 pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
 /// `upstream_requests_total`'s status label: a class, or no answer at all.
 pub const UPSTREAM_STATUSES: [&str; 5] = ["2xx", "4xx", "5xx", "timeout", "error"];
-/// The routes that call Direct Line (`stream_resume`: the hub's reconnect GET).
-pub const UPSTREAM_ROUTES: [&str; 8] = [
+/// `discoveries_total`'s results (`upstream::discovery`).
+pub const DISCOVERY_RESULTS: [&str; 5] =
+    ["ok", "unreachable", "refused", "invalid", "foreign_host"];
+/// The `host` label of `discovered_upstream_info` before anything was discovered.
+pub const NO_HOST: &str = "none";
+/// The routes that call Direct Line (`stream_resume`: the hub's reconnect GET;
+/// `stream_token_refresh`: a hub keeping a secretless bot's token alive; `discovery`: a
+/// Copilot Studio environment's regional settings).
+pub const UPSTREAM_ROUTES: [&str; 10] = [
     "tokens_generate",
     "tokens_refresh",
     "conversations_start",
@@ -94,6 +101,8 @@ pub const UPSTREAM_ROUTES: [&str; 8] = [
     "activities_post",
     "upload",
     "stream_resume",
+    "stream_token_refresh",
+    "discovery",
 ];
 /// Client routes with the method each is called with (preflight and the rest return 4xx
 /// for other methods, counted as they come).
@@ -156,6 +165,10 @@ pub struct Metrics {
     pub upstream_bodies_scrubbed: IntCounterVec,
     pub stream_urls_refused: IntCounterVec,
     pub lifetimes_clamped: IntCounterVec,
+    pub discoveries: IntCounterVec,
+    /// 1 for the Direct Line host a Copilot Studio bot uses now (at most one per bot,
+    /// besides `host="none"` at 0).
+    pub discovered_upstream: IntGaugeVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -462,6 +475,22 @@ impl Metrics {
                 &["bot"],
             )
             .expect("valid metric"),
+            discoveries: IntCounterVec::new(
+                Opts::new(
+                    "discoveries_total",
+                    "Discoveries of a Copilot Studio agent's Direct Line host from its environment's regional channel settings, by bot and result (ok; unreachable: no answer in time or no connection; refused: not 2xx; invalid: not the expected JSON or too large; foreign_host: a URL that is no Direct Line host).",
+                ),
+                &["bot", "result"],
+            )
+            .expect("valid metric"),
+            discovered_upstream: IntGaugeVec::new(
+                Opts::new(
+                    "discovered_upstream_info",
+                    "The Direct Line host a Copilot Studio bot uses, discovered from its environment (value 1); host=\"none\" at 0 for every bot.",
+                ),
+                &["bot", "host"],
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -506,6 +535,8 @@ impl Metrics {
             Box::new(self.upstream_bodies_scrubbed.clone()),
             Box::new(self.stream_urls_refused.clone()),
             Box::new(self.lifetimes_clamped.clone()),
+            Box::new(self.discoveries.clone()),
+            Box::new(self.discovered_upstream.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -582,6 +613,10 @@ impl Metrics {
             self.client_sockets.with_label_values(&[bot]);
             self.upstream_sockets.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
+            for result in DISCOVERY_RESULTS {
+                self.discoveries.with_label_values(&[bot, result]);
+            }
+            self.discovered_upstream.with_label_values(&[bot, NO_HOST]);
         }
         for (route, _) in CLIENT_ROUTES {
             self.http_duration.with_label_values(&[route]);

@@ -11,6 +11,7 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::seal::{KeyError, Sealer};
 use crate::secret::Secret;
+use crate::upstream::base::{DirectlineBase, Discovered, Environment};
 use crate::upstream::client::Upstream;
 use directline_emulator::EmulatorHandle;
 
@@ -123,7 +124,8 @@ pub fn build_live(
     })
 }
 
-/// One bot's secret and upstream client; an unchanged upstream keeps its connection pool.
+/// One bot's secret and upstream client; an unchanged upstream keeps its connection pool,
+/// and an unchanged Copilot Studio environment its discovered host.
 fn build_bot(
     settings: BotConfig,
     config: &Config,
@@ -131,58 +133,73 @@ fn build_bot(
     previous: Option<&Live>,
     metrics: &Metrics,
 ) -> Result<Arc<Bot>, BuildError> {
+    let bot = || settings.name.clone();
     let (upstream_url, secret) = match &settings.upstream {
-        UpstreamTarget::Url(url) => (
-            url.clone(),
-            settings
-                .secret
-                .clone()
-                .ok_or_else(|| BuildError::NoSecret {
-                    bot: settings.name.clone(),
-                })?,
-        ),
+        UpstreamTarget::Url(url) => (Some(url.clone()), settings.secret.clone()),
+        UpstreamTarget::Discovered => (None, settings.secret.clone()),
         UpstreamTarget::Embedded => {
             let (_, emulator) = emulators
                 .iter()
                 .find(|(name, _)| *name == settings.name)
-                .ok_or_else(|| BuildError::NoEmulator {
-                    bot: settings.name.clone(),
-                })?;
+                .ok_or_else(|| BuildError::NoEmulator { bot: bot() })?;
             let url = emulator.base_url();
             (
-                url::Url::parse(&url).map_err(|source| BuildError::EmulatorUrl {
-                    bot: settings.name.clone(),
-                    url,
-                    source,
-                })?,
-                Secret::new(emulator.secret().expose()),
+                Some(
+                    url::Url::parse(&url).map_err(|source| BuildError::EmulatorUrl {
+                        bot: bot(),
+                        url,
+                        source,
+                    })?,
+                ),
+                Some(Secret::new(emulator.secret().expose())),
             )
         }
     };
-    let reusable = previous
+    // Only a Copilot Studio token endpoint can stand in for the secret.
+    if secret.is_none() && settings.token_endpoint.is_none() {
+        return Err(BuildError::NoSecret { bot: bot() });
+    }
+    let same = previous
         .filter(|p| p.config.timeouts.connect == config.timeouts.connect)
         .and_then(|p| p.bot(&settings.name))
+        .filter(|p| p.settings.upstream_ca_file == settings.upstream_ca_file);
+    let tls = || {
+        crate::upstream::client::tls_client_config(settings.upstream_ca_file.as_deref()).map_err(
+            |message| BuildError::UpstreamCa {
+                bot: bot(),
+                message,
+            },
+        )
+    };
+    let client = |url: &url::Url| {
+        Upstream::new(url, config.timeouts.connect, tls()?)
+            .map(Arc::new)
+            .map_err(|_| BuildError::UpstreamUrl { bot: bot() })
+    };
+    let environment = match &settings.token_endpoint {
+        None => None,
+        Some(endpoint) => match same
+            .and_then(|p| p.environment.as_ref())
+            .filter(|e| e.endpoint == *endpoint)
+        {
+            Some(kept) => Some(kept.clone()),
+            None => Some(Arc::new(Environment {
+                client: client(&endpoint.origin())?,
+                endpoint: endpoint.clone(),
+            })),
+        },
+    };
+    let kept = same
         .filter(|p| {
             p.settings.upstream == settings.upstream
-                && p.settings.upstream_ca_file == settings.upstream_ca_file
-        });
-    let upstream = match reusable {
-        Some(previous) => previous.upstream.clone(),
-        None => {
-            let tls =
-                crate::upstream::client::tls_client_config(settings.upstream_ca_file.as_deref())
-                    .map_err(|message| BuildError::UpstreamCa {
-                        bot: settings.name.clone(),
-                        message,
-                    })?;
-            Arc::new(
-                Upstream::new(&upstream_url, config.timeouts.connect, tls).map_err(|_| {
-                    BuildError::UpstreamUrl {
-                        bot: settings.name.clone(),
-                    }
-                })?,
-            )
-        }
+                && p.settings.token_endpoint == settings.token_endpoint
+        })
+        .map(|p| p.upstream.clone());
+    let upstream = match (kept, upstream_url) {
+        (Some(kept), _) => kept,
+        (None, Some(url)) => DirectlineBase::Fixed(client(&url)?),
+        // Empty until the discovery loop (started with the gateway) fills it.
+        (None, None) => DirectlineBase::Discovered(Arc::new(Discovered::new())),
     };
     let identity = build_identity(&settings, config, previous, metrics)?;
     Ok(Arc::new(Bot {
@@ -191,6 +208,7 @@ fn build_bot(
         secret,
         upstream,
         identity,
+        environment,
     }))
 }
 

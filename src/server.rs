@@ -137,6 +137,9 @@ pub async fn start_on(
     };
     metrics.initialise(&bot_names(&live));
     let gateway = Gateway::new(live, metrics);
+    // Copilot Studio bots learn their Direct Line host before the first request; a failure
+    // is logged and retried by the loop below, never fatal.
+    crate::upstream::discovery::round(&gateway).await;
     let (stop, stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let client_task = tokio::spawn(serve_client(
@@ -146,7 +149,11 @@ pub async fn start_on(
         stopped,
     ));
     let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
-    let mut background = vec![tokio::spawn(sweep_rate_limits(gateway.clone()))];
+    let mut background = vec![
+        tokio::spawn(sweep_rate_limits(gateway.clone())),
+        // Also for configurations without a Copilot Studio bot: a reload may add one.
+        tokio::spawn(crate::upstream::discovery::run(gateway.clone())),
+    ];
     if let Some(tls) = listener_tls {
         background.push(tokio::spawn(tls.watch(gateway.metrics.clone())));
     }

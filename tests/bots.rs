@@ -65,6 +65,7 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         upstream_ca_file: None,
         resume_window: directline_gateway::config::DEFAULT_RESUME_WINDOW,
         auth: None,
+        token_endpoint: None,
     }
 }
 

@@ -23,6 +23,9 @@ pub struct EmulatorConfig {
     pub token_ttl: Duration,
     /// Serve HTTPS and wss stream URLs, as Direct Line does (tests of private upstream CAs).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The Copilot Studio token endpoint starts off (web channel security on); switch it
+    /// later with [`crate::EmulatorHandle::environment`].
+    pub web_channel_security: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -35,6 +38,7 @@ impl Default for EmulatorConfig {
             stream_url_ttl: Duration::from_secs(60),
             token_ttl: Duration::from_secs(3600),
             tls: None,
+            web_channel_security: false,
         }
     }
 }
@@ -84,6 +88,11 @@ pub struct EmulatorArgs {
     /// what happens when they expire.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_ttl_secs: u64,
+    /// Copilot Studio web channel security ("require secured access"): the agent's token
+    /// endpoint (/powervirtualagents/botsbyschema/<schema>/directline/token) refuses, and
+    /// only the secrets work.
+    #[arg(long)]
+    pub web_channel_security: bool,
 }
 
 fn parse_secret(value: &str) -> Result<Secret, String> {
@@ -118,6 +127,7 @@ impl EmulatorArgs {
             },
             keepalive_interval: Duration::from_secs(self.keepalive_secs),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
+            web_channel_security: self.web_channel_security,
             ..EmulatorConfig::default()
         }
     }

@@ -1,13 +1,14 @@
 //! Starting the emulator, and the handle a test or the gateway holds to a running one.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::config::{EmulatorArgs, EmulatorConfig};
+use crate::environment::EnvironmentControl;
 use crate::faults::FaultControl;
 use crate::record::RecordedRequest;
 use crate::secret::Secret;
@@ -107,19 +108,13 @@ impl EmulatorHandle {
     }
 
     pub fn base_url(&self) -> String {
-        let mut addr = self.state.local_addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let scheme = if self.state.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{addr}")
+        self.state.base_url()
+    }
+
+    /// The Copilot Studio environment's switches (web channel security, outage, hostile
+    /// regional settings).
+    pub fn environment(&self) -> EnvironmentControl {
+        self.state.environment.clone()
     }
 
     /// Every REST request and stream upgrade attempt, in arrival order (the most recent

@@ -99,6 +99,9 @@ async fn answer(
     request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, DlError> {
+    if let Some(response) = super::copilot::route(state, &request) {
+        return Ok(response);
+    }
     let endpoint = Endpoint::parse(request.uri().path());
     if let Some(Endpoint::Stream {
         conversation,

@@ -6,7 +6,8 @@
 //! watermarks, one WebSocket per conversation (`collision`), typing on the stream only.
 //!
 //! Map: `config` (settings and flags), `handle` (start, run, the running emulator's
-//! handle), `record` (what it was sent), `state` (conversations, histories, tokens),
+//! handle), `copilot` (a Copilot Studio environment: token endpoint, regional
+//! settings), `environment` (its switches), `record` (what it was sent), `state` (conversations, histories, tokens),
 //! `credential` (what an `Authorization` header is), `random` (tokens and ids), `http`
 //! (REST routes), `exchange` (error bodies, JSON answers, one request's record),
 //! `stream` (WebSocket delivery), `bot` (the echo bot), `faults` (misbehaviour on
@@ -23,7 +24,9 @@
 mod activity;
 mod bot;
 mod config;
+mod copilot;
 mod credential;
+mod environment;
 mod exchange;
 mod faults;
 mod handle;
@@ -39,6 +42,7 @@ mod upload;
 
 pub use bot::{BOT_ID, BOT_NAME};
 pub use config::{EmulatorArgs, EmulatorConfig};
+pub use environment::EnvironmentControl;
 pub use faults::{FaultControl, Faults};
 pub use handle::{EmulatorHandle, run, run_cli, spawn};
 pub use oidc::OidcIssuer;

@@ -4,6 +4,7 @@
 //! conversation has one short std `Mutex` around its timeline. There is no global lock on
 //! the activity path; the request log has one, held for a push.
 
+use crate::environment::EnvironmentControl;
 use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::fmt;
@@ -44,6 +45,8 @@ pub(super) struct State {
     pub stream_url_ttl: Duration,
     pub keepalive_interval: Duration,
     pub faults: FaultControl,
+    /// The Copilot Studio environment served beside Direct Line.
+    pub environment: EnvironmentControl,
     pub local_addr: SocketAddr,
     /// Answered on every start, like the service's per-bot grammar id.
     pub reference_grammar_id: String,
@@ -121,6 +124,7 @@ impl State {
     pub(super) fn new(config: EmulatorConfig, local_addr: SocketAddr) -> Self {
         Self {
             faults: FaultControl::new(&config.faults),
+            environment: EnvironmentControl::new(config.web_channel_security),
             secret: config.secret,
             second_secret: config.second_secret,
             tls: config.tls,
@@ -138,6 +142,20 @@ impl State {
             shutdown: watch::channel(false).0,
             drop_all: watch::channel(0).0,
         }
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), without `/v3/directline` (a wildcard
+    /// listen address is reported as loopback).
+    pub(super) fn base_url(&self) -> String {
+        let mut addr = self.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     pub(super) fn conversation(&self, id: &str) -> Option<Arc<Conversation>> {

@@ -1431,3 +1431,85 @@ fn args_build_the_config() {
     assert_eq!(defaults.keepalive_secs, 15);
     assert_eq!(defaults.config().token_ttl, Duration::from_secs(3600));
 }
+
+/// The Copilot Studio environment beside Direct Line (DESIGN §10): a token endpoint that
+/// takes no credential and answers a token bound to a new conversation (starting with it
+/// returns that conversation), regional settings naming the emulator's own base, and web
+/// channel security turning the endpoint off while the secret keeps working.
+#[tokio::test]
+async fn copilot_studio_environment() {
+    let (emulator, client) = default_emulator().await;
+    const TOKEN: &str =
+        "/powervirtualagents/botsbyschema/cr_demo/directline/token?api-version=2022-03-01-preview";
+    let minted = client.get(TOKEN, None).await;
+    assert_eq!(minted.status, 200, "{:?}", minted.body);
+    let token = minted.body["token"].as_str().expect("token").to_owned();
+    let conversation = minted.body["conversationId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(minted.body["expires_in"], 3600);
+    let started = client
+        .post("/v3/directline/conversations", Some(&token), &json!({}))
+        .await;
+    assert_eq!(started.status, 201, "{:?}", started.body);
+    assert_eq!(started.body["conversationId"], conversation.as_str());
+
+    let settings = client
+        .get(
+            "/powervirtualagents/regionalchannelsettings?api-version=2022-03-01-preview",
+            None,
+        )
+        .await;
+    assert_eq!(settings.status, 200);
+    assert_eq!(
+        settings.body["channelUrlsById"]["directline"],
+        format!("{}/", emulator.base_url())
+    );
+    assert_eq!(
+        client
+            .get("/powervirtualagents/regionalchannelsettings", None)
+            .await
+            .status,
+        400,
+        "api-version is required"
+    );
+
+    emulator.environment().set_web_channel_security(true);
+    assert_eq!(client.get(TOKEN, None).await.status, 403);
+    let classic = client
+        .post("/v3/directline/tokens/generate", Some(SECRET), &json!({}))
+        .await;
+    assert_eq!(classic.status, 200, "the secret still works");
+
+    emulator.environment().set_unavailable(true);
+    assert_eq!(client.get(TOKEN, None).await.status, 503);
+    emulator.environment().set_unavailable(false);
+    emulator
+        .environment()
+        .set_directline(Some("https://europe.directline.botframework.com/".into()));
+    let moved = client
+        .get(
+            "/powervirtualagents/regionalchannelsettings?api-version=1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        moved.body["channelUrlsById"]["directline"],
+        "https://europe.directline.botframework.com/"
+    );
+}
+
+#[test]
+fn the_web_channel_security_flag_turns_the_token_endpoint_off() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+    let on = Cli::parse_from(["emulator", "--web-channel-security"]);
+    assert!(on.args.config().web_channel_security);
+    let off = Cli::parse_from(["emulator"]);
+    assert!(!off.args.config().web_channel_security);
+}

@@ -11,6 +11,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub upstream: Option<String>,
+    pub token_endpoint: Option<String>,
     pub public_url: Option<String>,
     pub path_prefix: Option<String>,
     pub secret_file: Option<PathBuf>,
@@ -51,7 +52,9 @@ pub struct FileBot {
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: Option<String>,
-    pub upstream: String,
+    /// Optional only with `token_endpoint` (then discovered).
+    pub upstream: Option<String>,
+    pub token_endpoint: Option<String>,
     pub secret_file: Option<PathBuf>,
     /// The name of the environment variable holding this bot's secret.
     pub secret_env: Option<String>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::copilot::TokenEndpoint;
 use super::errors::{ConfigError, invalid, key_path_at, line_column, parse_message};
 use super::file::{
     FileBot, FileConfig, FileLimits, FileRateLimits, FileStream, FileTimeouts, FileTls,
@@ -200,6 +201,10 @@ fn refuse_top_level_bot_keys(
             file.upstream.is_some() || overrides.upstream.is_some(),
         ),
         ("secret_file", file.secret_file.is_some()),
+        (
+            "token_endpoint",
+            file.token_endpoint.is_some() || overrides.token_endpoint.is_some(),
+        ),
         (ENV_SECRET, env.var(ENV_SECRET).is_some()),
         ("path_prefix", file.path_prefix.is_some()),
         (
@@ -255,8 +260,17 @@ fn top_level_bot(
     env: &dyn Env,
 ) -> Result<BotConfig, ConfigError> {
     let mut top = BotConfig::default();
-    if let Some(upstream) = overrides.upstream.as_ref().or(file.upstream.as_ref()) {
+    let upstream = overrides.upstream.as_ref().or(file.upstream.as_ref());
+    if let Some(upstream) = upstream {
         top.upstream = parse_upstream(upstream)?;
+    }
+    if let Some(endpoint) = overrides
+        .token_endpoint
+        .as_ref()
+        .or(file.token_endpoint.as_ref())
+    {
+        top.token_endpoint = Some(parse_token_endpoint("token_endpoint", endpoint)?);
+        top.upstream = copilot_upstream(top.upstream, upstream.is_some(), "token_endpoint")?;
     }
     if let Some(public) = overrides.public_url.as_ref().or(file.public_url.as_ref()) {
         top.public_url = Some(parse_public_url(public)?);
@@ -271,7 +285,13 @@ fn top_level_bot(
             None => None,
         },
     };
-    if file.bots.is_empty() && top.secret.is_none() && top.upstream != UpstreamTarget::Embedded {
+    // A Copilot Studio agent without web channel security needs no secret: its token
+    // endpoint hands out tokens.
+    if file.bots.is_empty()
+        && top.secret.is_none()
+        && top.upstream != UpstreamTarget::Embedded
+        && top.token_endpoint.is_none()
+    {
         return Err(ConfigError::MissingSecret);
     }
     top.upstream_ca_file = file.upstream_ca_file.clone();
@@ -628,7 +648,28 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         },
         other => other,
     };
-    let upstream = parse_upstream(&file.upstream).map_err(within)?;
+    let token_endpoint = file
+        .token_endpoint
+        .as_deref()
+        .map(|text| parse_token_endpoint("bots.token_endpoint", text))
+        .transpose()
+        .map_err(within)?;
+    let upstream = match (&file.upstream, &token_endpoint) {
+        (Some(upstream), None) => parse_upstream(upstream).map_err(within)?,
+        (given, Some(_)) => {
+            let parsed = match given {
+                Some(upstream) => parse_upstream(upstream).map_err(within)?,
+                None => UpstreamTarget::Embedded,
+            };
+            copilot_upstream(parsed, given.is_some(), "bots.token_endpoint").map_err(within)?
+        }
+        (None, None) => {
+            return Err(within(invalid(
+                "bots.upstream",
+                "give upstream, or token_endpoint for a Copilot Studio agent",
+            )));
+        }
+    };
     let secret = match (&file.secret_env, &file.secret_file) {
         (Some(_), Some(_)) => {
             return Err(within(invalid(
@@ -645,10 +686,10 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         (None, Some(path)) => Some(Secret::new(read_trimmed(path)?)),
         (None, None) => None,
     };
-    if secret.is_none() && upstream != UpstreamTarget::Embedded {
+    if secret.is_none() && upstream != UpstreamTarget::Embedded && token_endpoint.is_none() {
         return Err(within(invalid(
             "bots.secret_file",
-            "a bot with a real upstream needs secret_env or secret_file",
+            "a bot with a real upstream needs secret_env or secret_file (or a Copilot Studio token_endpoint)",
         )));
     }
     let host = file
@@ -701,6 +742,7 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         upstream_ca_file: file
             .upstream_ca_file
             .or_else(|| top.upstream_ca_file.clone()),
+        token_endpoint,
         name,
     })
 }
@@ -721,6 +763,28 @@ fn parse_auth(
             Err(ConfigError::Invalid { key, message })
         }
         Err(AuthConfigError::Read { path, source }) => Err(ConfigError::Read { path, source }),
+    }
+}
+
+fn parse_token_endpoint(key: &'static str, text: &str) -> Result<TokenEndpoint, ConfigError> {
+    TokenEndpoint::parse(text).map_err(|message| invalid(key, message))
+}
+
+/// With a token endpoint, no `upstream` means "discovered from the environment"; an
+/// explicit URL overrides discovery. The embedded emulator knows nothing of the agent's
+/// tokens, so the two do not mix.
+fn copilot_upstream(
+    upstream: UpstreamTarget,
+    given: bool,
+    key: &'static str,
+) -> Result<UpstreamTarget, ConfigError> {
+    match upstream {
+        _ if !given => Ok(UpstreamTarget::Discovered),
+        UpstreamTarget::Embedded => Err(invalid(
+            key,
+            "a token endpoint needs a real upstream: leave upstream out to discover it, or give its URL",
+        )),
+        other => Ok(other),
     }
 }
 
@@ -906,6 +970,52 @@ activities_burst = 5
             load_str(&bot(""), &[(ENV_SECRET, "x")]),
             Err(ConfigError::Invalid { key: "bots", .. })
         ));
+    }
+
+    #[test]
+    fn a_token_endpoint_stands_in_for_upstream_and_secret() {
+        const ENDPOINT: &str = "https://contoso.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr_a/directline/token?api-version=2022-03-01-preview";
+        let single = load_str(&format!("token_endpoint = \"{ENDPOINT}\""), &[]).unwrap();
+        assert_eq!(single.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(single.bots[0].secret.is_none());
+        // The shipped file's `upstream = "embedded"` left in place is a mistake, named.
+        let embedded = format!("upstream = \"embedded\"\ntoken_endpoint = \"{ENDPOINT}\"");
+        assert!(matches!(
+            load_str(&embedded, &[]),
+            Err(ConfigError::Invalid {
+                key: "token_endpoint",
+                ..
+            })
+        ));
+        let explicit = format!(
+            "upstream = \"https://europe.directline.botframework.com\"\ntoken_endpoint = \"{ENDPOINT}\""
+        );
+        assert!(matches!(
+            load_str(&explicit, &[]).unwrap().bots[0].upstream,
+            UpstreamTarget::Url(_)
+        ));
+        let bots = format!(
+            "[[bots]]\nname = \"agent\"\ntoken_endpoint = \"{ENDPOINT}\"\nsecret_env = \"AGENT_SECRET\"\n"
+        );
+        let config = load_str(&bots, &[("AGENT_SECRET", "s")]).unwrap();
+        assert_eq!(config.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(config.bots[0].secret.is_some());
+        for (text, key) in [
+            ("[[bots]]\nname = \"a\"\n".to_owned(), "bots.upstream"),
+            (
+                "[[bots]]\nname = \"a\"\ntoken_endpoint = \"http://example.com/powervirtualagents/botsbyschema/a/directline/token?api-version=1\"\n".to_owned(),
+                "bots.token_endpoint",
+            ),
+            (
+                format!("token_endpoint = \"{ENDPOINT}\"\n[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n"),
+                "bots",
+            ),
+        ] {
+            match load_str(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     /// Segments a URL parser would normalise away are refused (regression found by fuzzing).

@@ -9,8 +9,10 @@
 //! - `values`: value types and their parsers ([`IpNet`], [`Rate`], [`UpstreamTarget`],
 //!   durations, sizes, URLs);
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
-//! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column).
+//! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
+//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10).
 
+mod copilot;
 mod errors;
 mod file;
 mod load;
@@ -26,6 +28,7 @@ use url::Url;
 use crate::secret::Secret;
 
 pub use crate::seal::DEFAULT_BOT;
+pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -103,6 +106,10 @@ pub struct BotConfig {
     /// Signed-in mode (`[auth]`, `[bots.auth]`, DESIGN §11): `tokens/generate` needs the
     /// identity provider's JWT.
     pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
+    /// A Copilot Studio agent's token endpoint (DESIGN §10): without a secret, tokens come
+    /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
+    /// discovered from its environment.
+    pub token_endpoint: Option<TokenEndpoint>,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -253,6 +260,7 @@ impl Default for BotConfig {
             upstream_ca_file: None,
             resume_window: DEFAULT_RESUME_WINDOW,
             auth: None,
+            token_endpoint: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub upstream: Option<String>,
     pub public_url: Option<String>,
+    pub token_endpoint: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a map instead of the process env.

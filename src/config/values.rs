@@ -14,6 +14,9 @@ pub enum UpstreamTarget {
     Embedded,
     /// A Direct Line base URL without `/v3/directline`.
     Url(Url),
+    /// The Direct Line base a Copilot Studio environment names in its regional channel
+    /// settings (the bot has a `token_endpoint`), found at run time.
+    Discovered,
 }
 
 /// Who chooses the user id bound into a conversation's token.

@@ -82,7 +82,9 @@ pub(crate) async fn read_json_or_error(
 /// caller's upstream conversation token (moved in, not copied; empty when there is none).
 pub(crate) fn credential_needles(ctx: &RequestContext, upstream_token: String) -> Needles {
     let mut needles = Needles::default();
-    needles.push(ctx.bot.secret.shared());
+    if let Some(secret) = &ctx.bot.secret {
+        needles.push(secret.shared());
+    }
     needles.push(upstream_token);
     needles
 }
@@ -90,9 +92,12 @@ pub(crate) fn credential_needles(ctx: &RequestContext, upstream_token: String) -
 /// `needles` and the upstream host, with and without its port: error pages name it, while
 /// success bodies may rightly hold upstream URLs (attachments).
 pub(crate) fn with_upstream_host(ctx: &RequestContext, mut needles: Needles) -> Needles {
-    let (authority, host) = ctx.bot.upstream.host_names();
-    needles.push(authority);
-    needles.push(host);
+    // The host in use now; a bot whose host is not discovered yet made no call to leak it.
+    if let Ok(upstream) = ctx.bot.upstream.current() {
+        let (authority, host) = upstream.host_names();
+        needles.push(authority);
+        needles.push(host);
+    }
     needles
 }
 

@@ -171,7 +171,13 @@ fn conversation_response(
         }
     }
     let upstream_stream_url = match json.remove("streamUrl") {
-        Some(Value::String(url)) => match ctx.bot.upstream.stream_pin().read(&url, conversation) {
+        Some(Value::String(url)) => match ctx
+            .bot
+            .upstream
+            .current()?
+            .stream_pin()
+            .read(&url, conversation)
+        {
             Ok(read) => Some((url, read.watermark)),
             Err(refused) => {
                 let at = if from_start { "start" } else { "reconnect" };
@@ -235,7 +241,8 @@ fn scrub_passed_fields(
     let fresh = json_str(json, "token").unwrap_or("");
     // No needle fits in a field shorter than the shortest of them (Direct Line's ids and
     // grammar ids are shorter than secrets and tokens): then nothing is built or searched.
-    let shortest = [ctx.bot.secret.expose(), &token.upstream_token, fresh]
+    let secret = ctx.bot.secret.as_ref().map_or("", |s| s.expose());
+    let shortest = [secret, &token.upstream_token, fresh]
         .iter()
         .map(|n| n.len())
         .filter(|&len| len > 0)

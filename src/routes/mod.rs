@@ -5,6 +5,7 @@ pub(crate) mod activities;
 pub(crate) mod answer;
 pub(crate) mod context;
 pub(crate) mod conversations;
+pub(crate) mod copilot;
 pub(crate) mod lifetime;
 pub(crate) mod needs;
 pub(crate) mod request_body;

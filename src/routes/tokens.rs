@@ -70,21 +70,27 @@ pub async fn generate_token(
         );
     }
     let timeout = ctx.live.config.timeouts.default;
-    let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
-    let reply = ctx
-        .upstream(
-            Method::POST,
-            "/v3/directline/tokens/generate",
-            Credential::Secret,
-            timeout,
-        )
-        .json(body)
-        .send(&gateway.metrics)
-        .await?;
-    ctx.saw(&reply);
-    let (status, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, "").await? {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
+    let (status, json) = if ctx.bot.token_endpoint_mints().is_some() {
+        // A Copilot Studio agent without a secret: its token endpoint answers the same
+        // shape (`token`, `expires_in`, `conversationId`), the user is bound by the gateway.
+        super::copilot::token_from_endpoint(gateway, ctx, timeout).await?
+    } else {
+        let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
+        let reply = ctx
+            .upstream(
+                Method::POST,
+                "/v3/directline/tokens/generate",
+                Credential::Secret,
+                timeout,
+            )
+            .json(body)
+            .send(&gateway.metrics)
+            .await?;
+        ctx.saw(&reply);
+        match read_json_or_error(gateway, ctx, reply.answer, timeout, "").await? {
+            Ok(ok) => ok,
+            Err(error_response) => return Ok(error_response),
+        }
     };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
@@ -206,6 +212,11 @@ async fn resume_expired(
 ) -> Result<Result<(), Response<Body>>, GatewayError> {
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
+    if ctx.bot.secret.is_none() {
+        // A Copilot Studio token endpoint's bot has no secret, and a dead token cannot
+        // reconnect: nothing can bring the conversation back.
+        return Err(GatewayError::ResumeUnavailable);
+    }
     let timeout = ctx.live.config.timeouts.default;
     let path = format!("/v3/directline/conversations/{conversation}");
     let reply = ctx

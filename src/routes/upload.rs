@@ -31,11 +31,12 @@ pub async fn upload(
     // The uploader is the bound user, whatever `userId` the caller put in the query.
     let user: String = form_urlencoded::byte_serialize(token.user_id.as_bytes()).collect();
     let path = format!("/v3/directline/conversations/{conversation}/upload?userId={user}");
-    // The secret: a body streamed once cannot take the enhanced-auth fallback.
+    // The secret: a body streamed once cannot take the enhanced-auth fallback. A bot
+    // without one (a Copilot Studio token endpoint) uploads with the conversation token.
     let mut call = ctx.upstream(
         Method::POST,
         &path,
-        Credential::Secret,
+        Credential::SecretElseToken(&token.upstream_token),
         ctx.live.config.timeouts.upload,
     );
     for name in [

@@ -82,7 +82,8 @@ pub async fn fetch_stream_url(
         .and_then(|u| u.as_str())
         .ok_or(FetchError::Retry)?;
     // A refused URL is a failed attempt: the resume loop backs off and spends its budget.
-    match bot.upstream.stream_pin().read(url, conversation) {
+    let upstream = bot.upstream.current().map_err(|_| FetchError::Retry)?;
+    match upstream.stream_pin().read(url, conversation) {
         Ok(_) => Ok(url.to_owned()),
         Err(refused) => {
             stream_url_refused(&gateway.metrics, &bot.name, &refused, "resume");
@@ -117,13 +118,16 @@ pub async fn dial(gateway: &Gateway, bot: &str, url: &str) -> Result<UpstreamSoc
     let (ws_config, tls, timeout) = {
         let live = gateway.live();
         let bot = live.bot(bot).ok_or(DialError::Failed)?;
-        if let Err(refused) = bot.upstream.stream_pin().check_dial(request.uri()) {
+        // Pinned to the host in use now: after a re-discovery moved the bot's region, a
+        // stream URL of the old one is refused and the resume fetches a new one.
+        let upstream = bot.upstream.current().map_err(|_| DialError::Failed)?;
+        if let Err(refused) = upstream.stream_pin().check_dial(request.uri()) {
             stream_url_refused(&gateway.metrics, &bot.name, &refused, "dial");
             return Err(DialError::Failed);
         }
         (
             super::websocket::ws_config(&live.config.stream),
-            bot.upstream.tls().clone(),
+            upstream.tls().clone(),
             live.config.timeouts.connect * 2,
         )
     };
@@ -169,9 +173,10 @@ pub async fn catch_up(
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
     // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
-    let needles = Needles::default()
-        .with(bot.secret.shared())
-        .with(upstream_token.to_owned());
+    let mut needles = Needles::default().with(upstream_token.to_owned());
+    if let Some(secret) = &bot.secret {
+        needles.push(secret.shared());
+    }
     for _ in 0..MAX_CATCH_UP_PAGES {
         let path = format!(
             "/v3/directline/conversations/{conversation}/activities{}",
@@ -233,4 +238,70 @@ pub async fn catch_up(
         }
     }
     Ok((frames, ids))
+}
+
+/// Why a hub could not refresh its upstream token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Direct Line refused the token (401/403: expired or revoked): no later try can work.
+    Refused,
+    /// A reload removed the conversation's bot.
+    BotRemoved,
+    /// Anything else: try again a little later.
+    Retry,
+}
+
+/// `POST /tokens/refresh` with `upstream_token` (spec §1.3): a fresh token for the same
+/// conversation and its lifetime in seconds, within Direct Line's 1..=3600.
+pub async fn refresh_token(
+    gateway: &Gateway,
+    bot: &str,
+    upstream_token: &str,
+) -> Result<(String, u64), RefreshError> {
+    let live = gateway.live_owned();
+    let bot = live.bot(bot).ok_or(RefreshError::BotRemoved)?;
+    let timeout = live.config.timeouts.default;
+    let reply = UpstreamCall::new(
+        bot,
+        Method::POST,
+        "/v3/directline/tokens/refresh",
+        Credential::Token(upstream_token),
+        "stream_token_refresh",
+        timeout,
+        live.config.limits.upstream_error_body_bytes,
+    )
+    .send(&gateway.metrics)
+    .await
+    .map_err(|error| {
+        tracing::debug!(error = %error.log_line(), "hub token refresh failed");
+        RefreshError::Retry
+    })?;
+    let (parts, bytes) = reply
+        .answer
+        .read(timeout)
+        .await
+        .map_err(|_| RefreshError::Retry)?;
+    if matches!(
+        parts.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        return Err(RefreshError::Refused);
+    }
+    if !parts.status.is_success() {
+        return Err(RefreshError::Retry);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| RefreshError::Retry)?;
+    let fresh = json
+        .get("token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty() && t.len() <= 8 * 1024 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(RefreshError::Retry)?;
+    // Direct Line issues 3600 s and never more (spec §0.4, §1.3); a missing value is that.
+    let lifetime = json
+        .get("expires_in")
+        .and_then(|e| e.as_u64())
+        .unwrap_or(3600)
+        .clamp(1, 3600);
+    Ok((fresh.to_owned(), lifetime))
 }

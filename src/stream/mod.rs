@@ -3,7 +3,8 @@
 //!
 //! Map: `registry` (the replica's hubs and socket slots), `hub` (one conversation's replay
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
-//! dialling, REST catch-up), `client` (one client socket), `multimodal` (the voice route),
+//! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
+//! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
 //! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames).
 //! The route that accepts client sockets is `routes::stream`.
 
@@ -11,6 +12,7 @@ pub(crate) mod backoff;
 pub(crate) mod client;
 pub(crate) mod hub;
 pub(crate) mod ids;
+pub(crate) mod keeper;
 pub(crate) mod link;
 pub(crate) mod multimodal;
 pub(crate) mod registry;

@@ -80,6 +80,16 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
     // Learnt from the first pong: only an upstream known to answer pings is judged by them.
     let mut answers_pings = false;
     gateway.metrics.hubs.inc();
+    let secretless = gateway
+        .live()
+        .bot(&hub.bot)
+        .is_some_and(|bot| bot.secret.is_none());
+    if secretless {
+        tokio::spawn(super::keeper::keep_token_alive(
+            gateway.clone(),
+            Arc::downgrade(&hub),
+        ));
+    }
     if !first.from_start
         && let Some(watermark) = first.watermark.as_deref()
         && gateway.live().config.stream.guard_against_replays

@@ -1,9 +1,11 @@
 //! The one path every upstream HTTP call takes (DESIGN §9): REST routes, the stream's
-//! reconnect and catch-up, and the durable resume. It holds the credential policy (secret,
-//! conversation token, or the secret with the enhanced-authentication fallback), the
-//! request id and forwarding headers, the timeout, and the upstream metrics of every
-//! attempt, so none of that is written twice.
+//! reconnect, catch-up and token refresh, the durable resume, and a Copilot Studio
+//! environment's token endpoint and regional settings (DESIGN §10). It holds the credential
+//! policy (secret, conversation token, or the secret with the enhanced-authentication
+//! fallback; never a secret for a bot without one), the request id and forwarding headers,
+//! the timeout, and the upstream metrics of every attempt, so none of that is written twice.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::body::{error_code, read_body, read_body_within};
+use super::client::Upstream;
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::gateway::Bot;
@@ -28,6 +31,20 @@ pub enum Credential<'a> {
     /// authentication, spec §0.5, refused before reaching the bot), once more with the
     /// conversation token. Only for bodies that can be sent twice.
     SecretThenToken(&'a str),
+    /// The secret, or for a bot without one the conversation token; for bodies sent once.
+    SecretElseToken(&'a str),
+    /// No `Authorization` at all: a Copilot Studio environment's token endpoint and
+    /// regional settings take none.
+    None,
+}
+
+/// Which host a call goes to.
+#[derive(Clone, Copy)]
+enum Target {
+    /// The bot's Direct Line base (fixed, or discovered).
+    Directline,
+    /// The bot's Copilot Studio environment (its token endpoint's origin).
+    Environment,
 }
 
 /// An upstream answer: still streaming, or already read (when the call had to look inside),
@@ -88,6 +105,7 @@ enum CallBody {
 /// One upstream call, built then [`send`](UpstreamCall::send)ed.
 pub struct UpstreamCall<'a> {
     bot: &'a Bot,
+    target: Target,
     method: Method,
     path: &'a str,
     credential: Credential<'a>,
@@ -119,6 +137,7 @@ impl<'a> UpstreamCall<'a> {
     ) -> Self {
         Self {
             bot,
+            target: Target::Directline,
             method,
             path,
             credential,
@@ -129,6 +148,29 @@ impl<'a> UpstreamCall<'a> {
             forwarding: None,
             headers: Vec::new(),
             body: CallBody::Replayable(Bytes::new()),
+        }
+    }
+
+    /// A call to `path_and_query` of `bot`'s Copilot Studio environment instead, with no
+    /// credential; a bot without one fails with [`GatewayError::Internal`] when sent.
+    pub fn environment(
+        bot: &'a Bot,
+        path_and_query: &'a str,
+        label: &'static str,
+        timeout: Duration,
+        error_body_limit: usize,
+    ) -> Self {
+        Self {
+            target: Target::Environment,
+            ..Self::new(
+                bot,
+                Method::GET,
+                path_and_query,
+                Credential::None,
+                label,
+                timeout,
+                error_body_limit,
+            )
         }
     }
 
@@ -162,14 +204,35 @@ impl<'a> UpstreamCall<'a> {
     /// Sends the call by its credential policy; never retries otherwise (POST activities
     /// and uploads must not be repeated, spec §4.2). Each attempt is measured.
     pub async fn send(self, metrics: &Metrics) -> Result<Reply, GatewayError> {
-        let (first, fallback) = match self.credential {
-            Credential::Secret => (self.bot.secret.bearer_header(), None),
-            Credential::Token(token) => (secret::bearer(token), None),
-            Credential::SecretThenToken(token) => (self.bot.secret.bearer_header(), Some(token)),
+        let upstream = match self.target {
+            Target::Directline => self.bot.upstream.current()?,
+            Target::Environment => match &self.bot.environment {
+                Some(environment) => environment.client.clone(),
+                None => return Err(GatewayError::Internal),
+            },
+        };
+        // A bot without a secret (a Copilot Studio agent's token endpoint) sends its
+        // conversation token wherever the secret would go, and never tries a secret.
+        let secret = self.bot.secret.as_ref();
+        let (first, fallback, via_token) = match (self.credential, secret) {
+            (Credential::None, _) => (None, None, false),
+            (Credential::Secret, Some(secret)) => (Some(secret.bearer_header()), None, false),
+            (Credential::Secret, None) => return Err(GatewayError::Internal),
+            // `via_token` reports the fallback only; Token callers know what they sent.
+            (Credential::Token(token), _) => (Some(secret::bearer(token)), None, false),
+            (Credential::SecretThenToken(token), Some(secret)) => {
+                (Some(secret.bearer_header()), Some(token), false)
+            }
+            (Credential::SecretElseToken(_), Some(secret)) => {
+                (Some(secret.bearer_header()), None, false)
+            }
+            (Credential::SecretThenToken(token) | Credential::SecretElseToken(token), None) => {
+                (Some(secret::bearer(token)), None, true)
+            }
         };
         let streaming = |response| Reply {
             answer: Answer::Streaming(response),
-            via_token: false,
+            via_token,
         };
         // Kept for the fallback only: the first clone of a `Bytes` made from a `Vec`
         // allocates its shared header, which a call without a fallback need not pay.
@@ -178,8 +241,16 @@ impl<'a> UpstreamCall<'a> {
             _ => Bytes::new(),
         };
         let mut call = self;
-        let request = call.build(first)?;
-        let response = attempt(call.bot, metrics, call.label, request, call.timeout).await?;
+        let request = call.build(&upstream, first)?;
+        let response = attempt(
+            call.bot,
+            &upstream,
+            metrics,
+            call.label,
+            request,
+            call.timeout,
+        )
+        .await?;
         let Some(token) = fallback else {
             return Ok(streaming(response));
         };
@@ -200,8 +271,16 @@ impl<'a> UpstreamCall<'a> {
             });
         }
         call.body = CallBody::Replayable(bytes);
-        let request = call.build(secret::bearer(token))?;
-        let response = attempt(call.bot, metrics, call.label, request, call.timeout).await?;
+        let request = call.build(&upstream, Some(secret::bearer(token)))?;
+        let response = attempt(
+            call.bot,
+            &upstream,
+            metrics,
+            call.label,
+            request,
+            call.timeout,
+        )
+        .await?;
         Ok(Reply {
             answer: Answer::Streaming(response),
             via_token: true,
@@ -209,11 +288,12 @@ impl<'a> UpstreamCall<'a> {
     }
 
     /// The request with `credential`; the body is taken (a retry puts it back first).
-    fn build(&mut self, credential: HeaderValue) -> Result<http::Request<Body>, GatewayError> {
-        let mut builder = self
-            .bot
-            .upstream
-            .request(self.method.clone(), self.path, credential)?;
+    fn build(
+        &mut self,
+        upstream: &Upstream,
+        credential: Option<HeaderValue>,
+    ) -> Result<http::Request<Body>, GatewayError> {
+        let mut builder = upstream.request(self.method.clone(), self.path, credential)?;
         if let Some(headers) = builder.headers_mut() {
             if self.json {
                 headers.insert(
@@ -243,13 +323,25 @@ impl<'a> UpstreamCall<'a> {
 /// `upstream_requests_total{route,status,bot}`.
 async fn attempt(
     bot: &Bot,
+    upstream: &Arc<Upstream>,
     metrics: &Metrics,
     label: &'static str,
     request: http::Request<Body>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
-    let result = bot.upstream.send(request, timeout).await;
+    let result = upstream.send(request, timeout).await;
+    if matches!(
+        result,
+        Err(GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout)
+    ) && bot
+        .upstream
+        .current()
+        .is_ok_and(|current| Arc::ptr_eq(&current, upstream))
+    {
+        // A discovered Direct Line host that stops answering may have moved region.
+        bot.upstream.note_unreachable();
+    }
     metrics
         .upstream_duration
         .with_label_values(&[label])

@@ -128,19 +128,22 @@ impl Upstream {
             .map_err(|_| GatewayError::Internal)
     }
 
-    /// A request to upstream with its own `Host` (spec §0.10) and the given credential.
+    /// A request to upstream with its own `Host` (spec §0.10) and the given credential
+    /// (none for a Copilot Studio environment).
     pub fn request(
         &self,
         method: Method,
         path_and_query: &str,
-        authorization: HeaderValue,
+        authorization: Option<HeaderValue>,
     ) -> Result<http::request::Builder, GatewayError> {
-        Ok(Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(self.uri(path_and_query)?)
-            .header(header::HOST, self.host.clone())
-            .header(header::AUTHORIZATION, authorization)
-            .header(header::ACCEPT, HeaderValue::from_static("application/json")))
+            .header(header::HOST, self.host.clone());
+        if let Some(authorization) = authorization {
+            builder = builder.header(header::AUTHORIZATION, authorization);
+        }
+        Ok(builder.header(header::ACCEPT, HeaderValue::from_static("application/json")))
     }
 
     /// Sends once. Never retried here: POST activities and uploads must not be repeated

@@ -1,7 +1,11 @@
 //! Everything that talks to Direct Line over HTTP: the client ([`client`]), the one call
 //! path with the credential policy, the enhanced-auth fallback and the upstream metrics
-//! ([`call`]), and reading answers ([`body`]).
+//! ([`call`]), reading answers ([`body`]), where a bot's calls go ([`base`]: fixed or
+//! discovered), and the discovery of a Copilot Studio agent's Direct Line host
+//! ([`discovery`]).
 
+pub mod base;
 pub mod body;
 pub mod call;
 pub mod client;
+pub mod discovery;

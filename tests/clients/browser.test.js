@@ -9,7 +9,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
-const { gatewayWithEmulator, metric, start, until } = require('./support');
+const { gatewayWithCopilotAgent, gatewayWithEmulator, metric, start, until } = require('./support');
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 // Without the background-networking flags Chromium keeps dialling Google on a closed network.
@@ -49,8 +49,8 @@ function sendStatuses(page) {
     .map((a) => ({ text: a.text, status: a.channelData && a.channelData['webchat:send-status'] })));
 }
 
-async function chat(faults, messages, screenshot) {
-  const env = await gatewayWithEmulator(faults);
+async function chat(faults, messages, screenshot, makeEnv = gatewayWithEmulator) {
+  const env = await makeEnv(faults);
   const server = await servePage();
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   try {
@@ -89,8 +89,9 @@ async function chat(faults, messages, screenshot) {
     await page.locator('.webchat__connectivityStatus').waitFor({ state: 'hidden', timeout: 30000 });
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, screenshot) });
-    const reconnects = metric(await env.metrics(), 'directline_gateway_upstream_reconnects_total{bot="default",result="ok"}');
-    return { sockets, reconnects, pageErrors, startError: await page.evaluate(() => window.startError) };
+    const metrics = await env.metrics();
+    const reconnects = metric(metrics, 'directline_gateway_upstream_reconnects_total{bot="default",result="ok"}');
+    return { sockets, reconnects, metrics, pageErrors, startError: await page.evaluate(() => window.startError) };
   } finally {
     await browser.close();
     server.close();
@@ -112,6 +113,18 @@ test('WebChat in Chromium: upstream dropped after every frame, still sent and ne
   assert.ok(r.reconnects >= 3, `the gateway resumed upstream while messages were in flight (${r.reconnects})`);
   assert.equal(r.sockets.opened, 1, 'WebChat kept its one WebSocket');
   assert.equal(r.sockets.closed, 0, 'and never saw it close');
+  assert.deepEqual(r.pageErrors, []);
+});
+
+test('WebChat in Chromium with a Copilot Studio agent: token endpoint, discovered Direct Line, upstream drops', { timeout: 120000 }, async () => {
+  // The page is the same: only its domain (the gateway) and where its token comes from.
+  const r = await chat(['--drop-after-frames', '1'], ['hi agent', 'and again'], 'webchat-copilot.png', gatewayWithCopilotAgent);
+  assert.equal(r.startError, undefined);
+  assert.ok(r.reconnects >= 2, `the gateway resumed upstream with the conversation token (${r.reconnects})`);
+  assert.equal(r.sockets.opened, 1, 'WebChat kept its one WebSocket');
+  assert.equal(r.sockets.closed, 0);
+  assert.ok(metric(r.metrics, 'directline_gateway_discoveries_total{bot="default",result="ok"}') >= 1, 'discovered');
+  assert.ok(metric(r.metrics, 'directline_gateway_upstream_requests_total{bot="default",route="tokens_generate",status="2xx"}') >= 1, 'the token endpoint minted the token');
   assert.deepEqual(r.pageErrors, []);
 });
 

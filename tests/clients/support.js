@@ -49,6 +49,29 @@ async function gatewayWithEmulator(faults, listen = '127.0.0.1:0') {
   return env;
 }
 
+/**
+ * A Copilot Studio agent as the emulator serves it (token endpoint and regional settings on
+ * its own origin), and a gateway given only `--token-endpoint`: no secret, no `--upstream`,
+ * so tokens come from the endpoint and the Direct Line host is discovered. The endpoint is
+ * addressed as `localhost` so the emulator's record tells it from Direct Line (`127.0.0.1`).
+ */
+async function gatewayWithCopilotAgent(faults, listen = '127.0.0.1:0') {
+  const emulator = await start(['emulator', '--listen', '127.0.0.1:0', '--secret', SECRET, ...faults], {});
+  const endpoint = `${emulator.address.replace('127.0.0.1', 'localhost')}`
+    + '/powervirtualagents/botsbyschema/cr_demo/directline/token?api-version=2022-03-01-preview';
+  const gateway = await start(
+    ['--listen', listen, '--admin-listen', '127.0.0.1:0', '--token-endpoint', endpoint],
+    { DIRECTLINE_SECRET: '', DIRECTLINE_GATEWAY_TOKEN_KEY: TOKEN_KEY, RUST_LOG: 'warn' },
+  );
+  const env = { emulator, gateway, domain: `${gateway.address}/v3/directline` };
+  env.metrics = async () => {
+    const line = env.gateway.lines.find((l) => l.includes('/metrics'));
+    return (await fetch(line.match(/http:\/\/\S+\/metrics/)[0])).text();
+  };
+  env.stop = () => { env.gateway.kill('SIGTERM'); emulator.kill('SIGTERM'); };
+  return env;
+}
+
 /** The value of one series in a Prometheus text exposition (0 when absent). */
 function metric(text, series) {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `));
@@ -81,4 +104,4 @@ function until(what, check, waitMs = WAIT_MS) {
   });
 }
 
-module.exports = { BIN, SECRET, TOKEN_KEY, WAIT_MS, start, startGateway, gatewayWithEmulator, metric, freePort, until };
+module.exports = { BIN, SECRET, TOKEN_KEY, WAIT_MS, start, startGateway, gatewayWithEmulator, gatewayWithCopilotAgent, metric, freePort, until };
