@@ -240,11 +240,7 @@ async fn client_resume_from_the_hub_buffer() {
         .config(|c| c.stream.linger = Duration::from_secs(30))
         .start()
         .await;
-    let conversation = h.conversation().await;
-    let mut ws = open_stream(&conversation.stream_url).await;
-    let mut seen = Seen::default();
-    h.post_message(&conversation, "before").await;
-    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let (conversation, mut ws, seen) = h.exchanged().await;
     let watermark = seen.watermark.clone().unwrap();
     ws.close(None).await.unwrap();
     for text in ["after 1", "after 2"] {
@@ -270,11 +266,7 @@ async fn client_resume_from_the_hub_buffer() {
 #[tokio::test]
 async fn client_resume_after_the_hub_is_gone() {
     let h = Harness::start().await;
-    let conversation = h.conversation().await;
-    let mut ws = open_stream(&conversation.stream_url).await;
-    let mut seen = Seen::default();
-    h.post_message(&conversation, "before").await;
-    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let (conversation, mut ws, seen) = h.exchanged().await;
     let watermark = seen.watermark.clone().unwrap();
     ws.close(None).await.unwrap();
     eventually("the idle hub retires after its linger", async || {
@@ -492,11 +484,7 @@ async fn multimodal_stream_passes_client_frames_upstream() {
 #[tokio::test]
 async fn conversation_gone_upstream_closes_clients_with_a_reason() {
     let h = Harness::start().await;
-    let conversation = h.conversation().await;
-    let mut ws = open_stream(&conversation.stream_url).await;
-    let mut seen = Seen::default();
-    h.post_message(&conversation, "before").await;
-    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let (conversation, mut ws, mut seen) = h.exchanged().await;
     // Hold the gateway's resume on 502s until the conversation is gone, then let it see 404.
     h.emulator.faults().set_fail_reconnects(1_000_000);
     h.emulator.faults().set_drop_after_frames(Some(1));
@@ -542,11 +530,7 @@ async fn client_pings_are_answered() {
 #[tokio::test]
 async fn stale_upstream_stream_url_is_fetched_again() {
     let h = Harness::start().await;
-    let conversation = h.conversation().await;
-    let mut ws = open_stream(&conversation.stream_url).await;
-    let mut seen = Seen::default();
-    h.post_message(&conversation, "before").await;
-    read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+    let (conversation, mut ws, mut seen) = h.exchanged().await;
     // The next upstream handshake is refused as stale: the gateway must fetch a new URL.
     h.emulator.faults().set_refuse_streams(1);
     h.emulator.faults().set_drop_after_frames(Some(1));

@@ -163,6 +163,17 @@ impl Harness {
         }
     }
 
+    /// A conversation with its stream open after one message went both ways ("before" and
+    /// its echo): the bridge is live, so a fault injected next hits a working stream.
+    pub async fn exchanged(&self) -> (Conversation, Ws, Seen) {
+        let conversation = self.conversation().await;
+        let mut ws = open_stream(&conversation.stream_url).await;
+        let mut seen = Seen::default();
+        self.post_message(&conversation, "before").await;
+        read_until(&mut ws, &mut seen, |s| s.texts().len() >= 2).await;
+        (conversation, ws, seen)
+    }
+
     /// `POST tokens/refresh` with `token`.
     pub async fn refresh(&self, token: &str) -> Reply {
         self.request(
