@@ -90,9 +90,10 @@ pub const DISCOVERY_RESULTS: [&str; 5] =
 /// The `host` label of `discovered_upstream_info` before anything was discovered.
 pub const NO_HOST: &str = "none";
 /// The routes that call Direct Line (`stream_resume`: the hub's reconnect GET;
+/// `stream_catch_up`: the REST pages a client or a hub catches up with;
 /// `stream_token_refresh`: a hub keeping a secretless bot's token alive; `discovery`: a
 /// Copilot Studio environment's regional settings).
-pub const UPSTREAM_ROUTES: [&str; 10] = [
+pub const UPSTREAM_ROUTES: [&str; 11] = [
     "tokens_generate",
     "tokens_refresh",
     "conversations_start",
@@ -101,6 +102,7 @@ pub const UPSTREAM_ROUTES: [&str; 10] = [
     "activities_post",
     "upload",
     "stream_resume",
+    "stream_catch_up",
     "stream_token_refresh",
     "discovery",
 ];
