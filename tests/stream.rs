@@ -319,11 +319,20 @@ async fn client_resume_older_than_the_buffer_catches_up_from_upstream() {
     read_until(&mut ws, &mut again, |s| s.texts().len() >= expected.len()).await;
     assert_eq!(again.texts(), expected);
     again.assert_no_duplicate_ids();
+    let metrics = h.metrics().await;
     assert!(
         metric(
-            &h.metrics().await,
+            &metrics,
             "directline_gateway_client_resumes_total{source=\"catch_up\"}"
         ) >= 1.0
+    );
+    // The catch-up's GETs go through the one upstream call path, so they are measured.
+    assert!(
+        metric(
+            &metrics,
+            r#"directline_gateway_upstream_requests_total{route="stream_catch_up",status="2xx",bot="default"}"#
+        ) >= 1.0,
+        "{metrics}"
     );
 }
 
