@@ -53,26 +53,8 @@ pub async fn fetch_stream_url(
     let live = gateway.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
-    let reply = upstream_get(&live, bot, &path, upstream_token, "stream_resume")
-        .send(&gateway.metrics)
-        .await
-        .map_err(|error| {
-            tracing::debug!(conversation = %conversation, error = %error.log_line(), "reconnect GET failed");
-            FetchError::Retry
-        })?;
-    let via_token = reply.via_token;
-    let (parts, bytes) = reply
-        .answer
-        .read(timeout)
-        .await
-        .map_err(|_| FetchError::Retry)?;
-    if parts.status == StatusCode::NOT_FOUND {
-        return Err(FetchError::Gone);
-    }
-    if !parts.status.is_success() {
-        tracing::debug!(conversation = %conversation, status = parts.status.as_u16(), "reconnect refused upstream");
-        return Err(FetchError::Retry);
-    }
+    let call = upstream_get(&live, bot, &path, upstream_token, "stream_resume");
+    let (bytes, via_token) = get_success(gateway, call, timeout, conversation).await?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
     if via_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
         *upstream_token = fresh.to_owned();
@@ -90,6 +72,35 @@ pub async fn fetch_stream_url(
             Err(FetchError::Retry)
         }
     }
+}
+
+/// Sends a stream-side GET and reads its answer: the body of a success and whether the
+/// conversation token answered, `Gone` for a conversation Direct Line no longer knows (404),
+/// `Retry` for anything else (the failure's cause goes to the debug log).
+async fn get_success(
+    gateway: &Gateway,
+    call: UpstreamCall<'_>,
+    timeout: std::time::Duration,
+    conversation: &ConversationId,
+) -> Result<(bytes::Bytes, bool), FetchError> {
+    let reply = call.send(&gateway.metrics).await.map_err(|error| {
+        tracing::debug!(conversation = %conversation, error = %error.log_line(), "stream-side GET failed");
+        FetchError::Retry
+    })?;
+    let via_token = reply.via_token;
+    let (parts, bytes) = reply
+        .answer
+        .read(timeout)
+        .await
+        .map_err(|_| FetchError::Retry)?;
+    if parts.status == StatusCode::NOT_FOUND {
+        return Err(FetchError::Gone);
+    }
+    if !parts.status.is_success() {
+        tracing::debug!(conversation = %conversation, status = parts.status.as_u16(), "stream-side GET refused upstream");
+        return Err(FetchError::Retry);
+    }
+    Ok((bytes, via_token))
 }
 
 /// A GET of the stream side, with the secret and the enhanced-auth fallback to the
@@ -182,24 +193,8 @@ pub async fn catch_up(
             "/v3/directline/conversations/{conversation}/activities{}",
             rewrite::watermark_query(watermark.as_deref())
         );
-        let reply = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up")
-            .send(&gateway.metrics)
-            .await
-            .map_err(|error| {
-                tracing::debug!(conversation = %conversation, error = %error.log_line(), "catch-up GET failed");
-                FetchError::Retry
-            })?;
-        let (parts, bytes) = reply
-            .answer
-            .read(timeout)
-            .await
-            .map_err(|_| FetchError::Retry)?;
-        if parts.status == StatusCode::NOT_FOUND {
-            return Err(FetchError::Gone);
-        }
-        if !parts.status.is_success() {
-            return Err(FetchError::Retry);
-        }
+        let call = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up");
+        let (bytes, _) = get_success(gateway, call, timeout, conversation).await?;
         let set: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
         let activities = set
