@@ -3,7 +3,9 @@
 //! Layers, each importing only from the ones below it (DESIGN §9; `tests/layers.rs` fails
 //! on any import cycle between files):
 //! 1. **server**: [`server`] (listeners, connections, admin, [`server::start`]), [`signals`],
-//!    `admission` (per-IP cap, first-request deadline), `tls`, [`cli`], [`logging`].
+//!    `admission` (per-IP cap, first-request deadline), `tls`, [`cli`], [`logging`], and
+//!    `workers` (the threads connections run on; below every layer, since routes and the
+//!    upstream client ask it which thread they are on).
 //! 2. **pipeline**: `pipeline`, a request in named phases (admit → select bot → parse →
 //!    check origin → authorize → rate-limit → dispatch → respond → log).
 //! 3. **routes**: `routes`, one file per Direct Line concern (tokens, conversations,
@@ -55,3 +57,4 @@ pub mod signals;
 pub mod stream;
 pub(crate) mod tls;
 pub(crate) mod upstream;
+pub(crate) mod workers;

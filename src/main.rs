@@ -11,8 +11,7 @@ use directline_gateway::{logging, server, signals};
 /// sysexits EX_CONFIG-ish "usage/config error" code the operator interface promises.
 const EXIT_CONFIG: u8 = 64;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version are answers, not errors.
@@ -26,6 +25,28 @@ async fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format);
+    // The gateway serves connections on its own worker threads (`workers`); this thread
+    // accepts, answers the admin listener, reloads and drains. The emulator alone runs on a
+    // work-stealing pool, like any tokio server.
+    let runtime = if matches!(cli.command, Some(Command::Emulator(_))) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(error) => {
+            eprintln!("directline-gateway: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let (mut shutdown, mut reload) = match signals::install() {
         Ok(handlers) => handlers,
         Err(error) => {

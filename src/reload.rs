@@ -264,6 +264,9 @@ pub fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadErr
             "the set of bots with upstream = \"embedded\"",
         ));
     }
+    if current.workers != next.workers {
+        return Err(ReloadError::NeedsRestart("workers"));
+    }
     // The certificate watcher follows the files it started with.
     if current.tls != next.tls {
         return Err(ReloadError::NeedsRestart("tls"));

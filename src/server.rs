@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admission::{FirstRequest, PerIp, within_first_request};
+use crate::admission::{FirstRequest, IpSlot, PerIp, within_first_request};
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError, UpstreamTarget};
 use crate::gateway::Gateway;
@@ -25,6 +25,7 @@ use crate::reload::{BuildError, ReloadError, bot_names, build_live, check_reload
 use crate::rewrite::is_trusted;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
+use crate::workers::{self, Placed, Workers};
 use directline_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,11 @@ pub enum StartError {
     /// The certificate or key of `tls` could not be loaded (the text names the file).
     #[error("tls: {0}")]
     Tls(String),
+    #[error("cannot start {count} worker threads (workers): {source}")]
+    Workers {
+        count: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway: its addresses, its state, and the handle that stops it.
@@ -61,6 +67,9 @@ pub struct Running {
     admin_task: JoinHandle<()>,
     /// Endless housekeeping (certificate watch, rate-bucket sweep), aborted at shutdown.
     background: Vec<JoinHandle<()>>,
+    /// The threads client connections run on; they stop when this is dropped (after the
+    /// drain, or with a `Running` dropped without one).
+    workers: Arc<Workers>,
 }
 
 /// Installs ring as rustls's process-wide provider (ENVIRONMENT.md: if another crate ever
@@ -95,6 +104,14 @@ pub async fn start_on(
     admin: TcpListener,
 ) -> Result<Running, StartError> {
     install_crypto_provider();
+    // Before the bots: each upstream keeps one connection pool per worker.
+    let workers = Arc::new(
+        Workers::start(workers::resolve(config.workers)).map_err(|source| StartError::Workers {
+            count: config.workers,
+            source,
+        })?,
+    );
+    crate::upstream::client::plan_pools(workers.count());
     let mut emulators = Vec::new();
     for bot in &config.bots {
         if bot.upstream != UpstreamTarget::Embedded {
@@ -146,6 +163,7 @@ pub async fn start_on(
         client,
         gateway.clone(),
         listener_tls.clone(),
+        workers.clone(),
         stopped,
     ));
     let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
@@ -168,6 +186,7 @@ pub async fn start_on(
         client_task,
         admin_task,
         background,
+        workers,
     })
 }
 
@@ -230,6 +249,12 @@ impl Running {
         for (_, emulator) in &self.emulators {
             emulator.shutdown();
         }
+        drop(self.workers);
+    }
+
+    /// Client connections each worker thread serves now.
+    pub fn worker_loads(&self) -> Vec<usize> {
+        self.workers.loads()
     }
 }
 
@@ -288,6 +313,7 @@ async fn serve_client(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     tls: Option<Arc<ListenerTls>>,
+    workers: Arc<Workers>,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = connection_builder(&gateway);
@@ -337,63 +363,23 @@ async fn serve_client(
                 connections.inc();
                 let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
-                let for_requests = gateway.clone();
-                let connection = Arc::new(Connection::new(peer, local));
-                let first_request = Arc::new(FirstRequest::default());
-                let arrived = first_request.clone();
-                let slot_for_upgrades = ip_slot.clone();
-                let service = service_fn(move |mut request: Request<Incoming>| {
-                    arrived.arrived();
-                    // An upgraded WebSocket outlives this connection's task and keeps its place.
-                    if request.headers().contains_key(header::UPGRADE) {
-                        request.extensions_mut().insert(slot_for_upgrades.clone());
+                // Registered again by the worker's own reactor, which then does all its IO.
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, "accepted socket could not be handed over");
+                        continue;
                     }
-                    let gateway = for_requests.clone();
-                    let connection = connection.clone();
-                    async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &connection).await) }
-                });
-                let timeouts = gateway.metrics.client_timeouts.with_label_values(&["first_request"]);
-                let Some(tls) = &tls else {
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection.into_owned());
-                    tokio::spawn(async move {
-                        let _open = open;
-                        let _ip_slot = ip_slot;
-                        match within_first_request(Box::pin(connection), first_request, first_request_deadline).await {
-                            None => timeouts.inc(),
-                            Some(Err(error)) => tracing::debug!(error = %error, "client connection ended with an error"),
-                            Some(Ok(())) => {}
-                        }
-                    });
-                    continue;
                 };
-                // The handshake runs in the connection's task, bounded like header reads,
-                // so a slow or silent TLS client holds nothing but its own task.
-                let acceptor = tls.acceptor().clone();
-                let handshake_timeout = first_request_deadline;
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let _open = open;
-                    let _ip_slot = ip_slot;
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(error = %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    match within_first_request(Box::pin(watcher.watch(connection.into_owned())), first_request, first_request_deadline).await {
-                        None => timeouts.inc(),
-                        Some(Err(error)) => tracing::debug!(error = %error, "client connection ended with an error"),
-                        Some(Ok(())) => {}
-                    }
-                });
+                let serving = Serving {
+                    gateway: gateway.clone(),
+                    builder: builder.clone(),
+                    connection: Arc::new(Connection::new(peer, local)),
+                    tls: tls.clone(),
+                    watcher: graceful.watcher(),
+                    first_request_deadline,
+                };
+                workers.place(move |placed| serve_connection(serving, stream, open, ip_slot, placed));
             }
             _ = stop.changed() => break,
         }
@@ -405,6 +391,106 @@ async fn serve_client(
         .is_err()
     {
         tracing::warn!(?grace, "grace period over with requests still in flight");
+    }
+}
+
+/// What a worker needs to serve one accepted client connection.
+struct Serving {
+    gateway: Arc<Gateway>,
+    builder: auto::Builder<TokioExecutor>,
+    connection: Arc<Connection>,
+    tls: Option<Arc<ListenerTls>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    first_request_deadline: Duration,
+}
+
+/// One client connection, on the worker it was placed on.
+async fn serve_connection(
+    serving: Serving,
+    stream: std::net::TcpStream,
+    _open: OpenConnection,
+    ip_slot: Arc<IpSlot>,
+    placed: Placed,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%error, "accepted socket could not be registered");
+            return;
+        }
+    };
+    let Serving {
+        gateway,
+        builder,
+        connection,
+        tls,
+        watcher,
+        first_request_deadline,
+    } = serving;
+    let timeouts = gateway
+        .metrics
+        .client_timeouts
+        .with_label_values(&["first_request"]);
+    let first_request = Arc::new(FirstRequest::default());
+    let arrived = first_request.clone();
+    // An upgraded WebSocket outlives this connection's task and keeps its places: under the
+    // per-IP cap and in its worker's count.
+    let placed = Arc::new(placed);
+    let places = (ip_slot.clone(), placed.clone());
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        arrived.arrived();
+        if request.headers().contains_key(header::UPGRADE) {
+            let extensions = request.extensions_mut();
+            extensions.insert(places.0.clone());
+            extensions.insert(places.1.clone());
+        }
+        let gateway = gateway.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &connection).await) }
+    });
+    let _places = (ip_slot, placed);
+    let ended = match tls {
+        None => {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            within_first_request(
+                Box::pin(watcher.watch(connection.into_owned())),
+                first_request,
+                first_request_deadline,
+            )
+            .await
+        }
+        Some(tls) => {
+            // The handshake runs in the connection's task, bounded like header reads, so a
+            // slow or silent TLS client holds nothing but its own task.
+            let stream =
+                match tokio::time::timeout(first_request_deadline, tls.acceptor().accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            within_first_request(
+                Box::pin(watcher.watch(connection.into_owned())),
+                first_request,
+                first_request_deadline,
+            )
+            .await
+        }
+    };
+    match ended {
+        None => timeouts.inc(),
+        Some(Err(error)) => {
+            tracing::debug!(error = %error, "client connection ended with an error")
+        }
+        Some(Ok(())) => {}
     }
 }
 

@@ -677,3 +677,42 @@ async fn a_fresh_hub_for_a_resuming_client_drops_a_whole_history_replay() {
     );
     later.assert_no_duplicate_ids();
 }
+
+/// Thread per core (`workers`): each new connection goes to the worker serving the fewest,
+/// WebSockets included, and every worker relays its own conversations.
+#[tokio::test]
+async fn client_sockets_spread_over_the_workers_and_each_relays() {
+    let h = Harness::builder().config(|c| c.workers = 2).start().await;
+    let running = h.gateway.as_ref().expect("running");
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        let conversation = h.conversation().await;
+        let ws = open_stream(&conversation.stream_url).await;
+        streams.push((conversation, ws, Seen::default()));
+    }
+    let loads = running.worker_loads();
+    assert_eq!(loads.len(), 2);
+    assert!(
+        loads.iter().sum::<usize>() >= 6,
+        "six sockets (and the REST connections) are counted: {loads:?}"
+    );
+    assert!(
+        loads[0].abs_diff(loads[1]) <= 1,
+        "connections opened one after another alternate: {loads:?}"
+    );
+    for (conversation, ws, seen) in &mut streams {
+        h.post_message(conversation, "hello").await;
+        read_until(ws, seen, |s| s.texts().len() >= 2).await;
+        assert_eq!(seen.texts(), ["hello", "echo: hello"]);
+    }
+    drop(streams);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.worker_loads().iter().sum::<usize>() > loads.iter().sum::<usize>() - 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed sockets give their places back: {:?}",
+            running.worker_loads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -373,19 +373,26 @@ pub async fn wrk(options: &Options) {
     let repeat = options.number("repeat", 1.0, 3.0) as usize;
     let secs = options.number("secs", 3.0, 10.0) as u64;
     let connections = options.number("connections", 32.0, 32.0) as usize;
+    // `--threads 2` gives wrk both cores, as the issue-19 harness did; `--conversations 1`
+    // sends every connection's POSTs to one conversation.
+    let threads = options.number("threads", 1.0, 1.0) as usize;
+    let conversation_count =
+        (options.number("conversations", connections as f64, connections as f64) as usize)
+            .clamp(1, connections);
     let mut rows: Vec<(Via, Option<WrkResult>, Option<f64>)> = Vec::new();
     for round in 0..repeat {
         for via in Via::ALL {
             progress(format!("wrk: {} run {}/{repeat}", via.name(), round + 1));
             let stack = Stack::start(via).await;
             let http = clients::http_client();
-            let conversations = open_conversations(&http, &stack.endpoint, connections).await;
+            let conversations =
+                open_conversations(&http, &stack.endpoint, conversation_count).await;
             let script = procs::run_dir().join(format!("wrk-{}.lua", via.name()));
             std::fs::write(&script, wrk_script(&conversations)).expect("wrk script");
             let proxy_cpu = stack.proxy.as_ref().map(Proc::cpu);
             let output = tokio::process::Command::new("wrk")
                 .args([
-                    "-t1",
+                    &format!("-t{threads}"),
                     &format!("-c{connections}"),
                     &format!("-d{secs}s"),
                     "--latency",
@@ -411,9 +418,9 @@ pub async fn wrk(options: &Options) {
         }
     }
     println!(
-        "\nREST cross-check: `wrk -t1 -c{connections} -d{secs}s --latency`, POST activities round \
-         robin over {connections} conversations; {repeat} run(s) each, interleaved; median \
-         (min–max). The proxy's CPU is over the whole wrk run.\n"
+        "\nREST cross-check: `wrk -t{threads} -c{connections} -d{secs}s --latency`, POST activities \
+         round robin over {conversation_count} conversation(s); {repeat} run(s) each, \
+         interleaved; median (min–max). The proxy's CPU is over the whole wrk run.\n"
     );
     println!("| via | req/s | p50 ms | p90 ms | p99 ms | non-2xx | proxy CPU s per 100k req |");
     println!("|---|---|---|---|---|---|---|");

@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub resume_window: Option<String>,
     pub shutdown_grace: Option<String>,
     pub file_watch_interval: Option<String>,
+    pub workers: Option<usize>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]

@@ -112,6 +112,7 @@ impl Config {
                 "file_watch_interval",
                 file.file_watch_interval,
             )?,
+            workers: workers(file.workers)?,
             limits: limits(file.limits)?,
             timeouts: timeouts(file.timeouts)?,
             stream: stream(file.stream)?,
@@ -365,6 +366,20 @@ fn tls(file: Option<FileTls>) -> Result<Option<TlsFiles>, ConfigError> {
         cert_file: tls.cert_file,
         key_file: tls.key_file,
     }))
+}
+
+/// At most this many worker threads: more than any machine's cores is a typo, and each
+/// thread holds a runtime and one upstream pool per bot.
+const MAX_WORKERS: usize = 1024;
+
+fn workers(file: Option<usize>) -> Result<usize, ConfigError> {
+    match file {
+        None => Ok(0),
+        Some(count) if count > MAX_WORKERS => {
+            Err(invalid("workers", "at most 1024 (0: one per core)"))
+        }
+        Some(count) => Ok(count),
+    }
 }
 
 fn trusted_proxies(file: &[String]) -> Result<Vec<IpNet>, ConfigError> {

@@ -58,6 +58,8 @@ pub struct Config {
     /// update reaches its mounted files by itself, and the scratch image has no shell to
     /// send a signal from. Zero: only SIGHUP reloads.
     pub file_watch_interval: Duration,
+    /// Threads serving client connections, each with its own runtime; 0: one per core.
+    pub workers: usize,
     /// The secret and key files this configuration was read from (what the watch checks
     /// besides the configuration file itself).
     pub watched_files: Vec<PathBuf>,
@@ -237,6 +239,7 @@ impl Default for Config {
             upstream_refresh_before: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(20),
             file_watch_interval: Duration::from_secs(10),
+            workers: 0,
             watched_files: Vec::new(),
             bots: vec![BotConfig::default()],
         }

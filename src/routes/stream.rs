@@ -55,11 +55,16 @@ pub fn accept(
     let ip_slot = request
         .extensions_mut()
         .remove::<Arc<crate::admission::IpSlot>>();
+    // And its place in its worker's count, so new connections go to quieter threads.
+    let worker_place = request
+        .extensions_mut()
+        .remove::<Arc<crate::workers::Placed>>();
     let gateway = gateway.clone();
     let bot = ctx.bot.name.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let _ip_slot = ip_slot;
+        let _worker_place = worker_place;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

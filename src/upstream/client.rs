@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -21,13 +22,24 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
 
+/// Connection pools each new [`Upstream`] keeps: the most workers any gateway in this
+/// process runs (set before its bots are built).
+static POOLS: AtomicUsize = AtomicUsize::new(1);
+
+/// Called by the server with its worker count before it builds upstreams.
+pub fn plan_pools(workers: usize) {
+    POOLS.fetch_max(workers, Ordering::Relaxed);
+}
+
 pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     /// Path of the base URL without a trailing slash: `""`, or `/.bot` for the App Service extension.
     base_path: String,
     host: HeaderValue,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// One pool per worker thread (see [`crate::workers`]): a request made on a worker uses
+    /// connections whose tasks run on that worker, so no request hops threads.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
     tls: Arc<rustls::ClientConfig>,
     stream_pin: StreamUrlPin,
 }
@@ -88,9 +100,13 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let clients = (0..POOLS.load(Ordering::Relaxed).max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector.clone())
+            })
+            .collect();
         let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::Internal)?;
         Ok(Self {
             stream_pin,
@@ -98,7 +114,7 @@ impl Upstream {
             host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
-            client,
+            clients,
             tls,
         })
     }
@@ -153,7 +169,8 @@ impl Upstream {
         request: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        let client = &self.clients[crate::workers::index() % self.clients.len()];
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(error)) => {
                 if has_cause::<http_body_util::LengthLimitError>(&error) {
