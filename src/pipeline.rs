@@ -15,6 +15,7 @@ use std::time::Instant;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::auth::OpenedTokens;
 use crate::body::Body;
 use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
@@ -36,6 +37,8 @@ pub struct Connection {
     /// The peer's address as the `x-forwarded-for` value upstream requests carry: formatted
     /// once per connection rather than once per request.
     pub forwarded_for: HeaderValue,
+    /// The client token this connection presented last, opened (see [`OpenedTokens`]).
+    pub opened: Arc<OpenedTokens>,
 }
 
 impl Connection {
@@ -45,6 +48,7 @@ impl Connection {
             local,
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            opened: Arc::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub async fn handle(
         accepts_gzip: accepts_gzip(request.headers()),
         live,
         bot,
+        opened: connection.opened.clone(),
     };
     let result = run(gateway, request, &mut ctx).await;
     let response = respond(gateway, result, &ctx, origin.as_ref());
@@ -268,6 +273,8 @@ fn rate_limit(
     let now = Instant::now();
     let refused = match (needs.bucket, endpoint.conversation()) {
         (Bucket::None, _) => return Ok(()),
+        // Before the key is built: it clones the conversation id.
+        (Bucket::Activities, _) if rates.activities.is_unlimited() => return Ok(()),
         (Bucket::Sessions, _) => {
             gateway
                 .session_limits

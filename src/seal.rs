@@ -159,6 +159,17 @@ impl Sealer {
         purpose: Purpose,
         sealed: &str,
     ) -> Result<T, OpenError> {
+        self.open_until(purpose, sealed).map(|(opened, _)| opened)
+    }
+
+    /// [`Sealer::open`], and the Unix second the key that opened it stops opening anything
+    /// (`None`: the current key, or a previous one given without a deadline), so that a
+    /// caller keeping the result knows how long this sealer would still open it.
+    pub fn open_until<T: DeserializeOwned>(
+        &self,
+        purpose: Purpose,
+        sealed: &str,
+    ) -> Result<(T, Option<u64>), OpenError> {
         if sealed.len() > MAX_SEALED_LEN {
             return Err(OpenError::Malformed);
         }
@@ -186,7 +197,8 @@ impl Sealer {
             .aead
             .open_in_place(nonce, aad(purpose, &key.id), &mut in_out)
             .map_err(|_| OpenError::Forged)?;
-        serde_json::from_slice(plaintext).map_err(|_| OpenError::Malformed)
+        let opened = serde_json::from_slice(plaintext).map_err(|_| OpenError::Malformed)?;
+        Ok((opened, key.accept_until))
     }
 }
 

@@ -379,7 +379,9 @@ pub async fn wrk(options: &Options) {
     let conversation_count =
         (options.number("conversations", connections as f64, connections as f64) as usize)
             .clamp(1, connections);
-    let mut rows: Vec<(Via, Option<WrkResult>, Option<f64>)> = Vec::new();
+    // (via, wrk's figures, proxy CPU s per 100k, of which kernel)
+    type Row = (Via, Option<WrkResult>, Option<f64>, Option<f64>);
+    let mut rows: Vec<Row> = Vec::new();
     for round in 0..repeat {
         for via in Via::ALL {
             progress(format!("wrk: {} run {}/{repeat}", via.name(), round + 1));
@@ -390,6 +392,7 @@ pub async fn wrk(options: &Options) {
             let script = procs::run_dir().join(format!("wrk-{}.lua", via.name()));
             std::fs::write(&script, wrk_script(&conversations)).expect("wrk script");
             let proxy_cpu = stack.proxy.as_ref().map(Proc::cpu);
+            let proxy_kernel = stack.proxy.as_ref().map(Proc::kernel_cpu);
             let output = tokio::process::Command::new("wrk")
                 .args([
                     &format!("-t{threads}"),
@@ -413,7 +416,15 @@ pub async fn wrk(options: &Options) {
                 .map(|((proxy, before), r)| {
                     (proxy.cpu() - before).as_secs_f64() * 100_000.0 / (r.rps * secs as f64)
                 });
-            rows.push((via, result, cpu));
+            let kernel = stack
+                .proxy
+                .as_ref()
+                .zip(proxy_kernel)
+                .zip(result.as_ref())
+                .map(|((proxy, before), r)| {
+                    (proxy.kernel_cpu() - before).as_secs_f64() * 100_000.0 / (r.rps * secs as f64)
+                });
+            rows.push((via, result, cpu, kernel));
             stack.stop();
         }
     }
@@ -422,24 +433,31 @@ pub async fn wrk(options: &Options) {
          round robin over {conversation_count} conversation(s); {repeat} run(s) each, \
          interleaved; median (min–max). The proxy's CPU is over the whole wrk run.\n"
     );
-    println!("| via | req/s | p50 ms | p90 ms | p99 ms | non-2xx | proxy CPU s per 100k req |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| via | req/s | p50 ms | p90 ms | p99 ms | non-2xx | proxy CPU s per 100k req | of which kernel |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for via in Via::ALL {
         let mine: Vec<&WrkResult> = rows
             .iter()
-            .filter(|(v, _, _)| *v == via)
-            .filter_map(|(_, r, _)| r.as_ref())
+            .filter(|(v, ..)| *v == via)
+            .filter_map(|(_, r, ..)| r.as_ref())
             .collect();
         let cpu: Vec<Option<f64>> = rows
             .iter()
-            .filter(|(v, _, _)| *v == via)
-            .map(|(_, _, c)| *c)
+            .filter(|(v, ..)| *v == via)
+            .map(|(_, _, c, _)| *c)
+            .collect();
+        let kernel: Vec<Option<f64>> = rows
+            .iter()
+            .filter(|(v, ..)| *v == via)
+            .map(|(.., k)| *k)
             .collect();
         let col = |f: &dyn Fn(&WrkResult) -> f64, d| {
             spread(&mine.iter().map(|r| f(r)).collect::<Vec<_>>(), d)
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             via.name(),
             col(&|r| r.rps, 0),
             col(&|r| r.p50_ms, 2),
@@ -447,6 +465,7 @@ pub async fn wrk(options: &Options) {
             col(&|r| r.p99_ms, 2),
             mine.iter().map(|r| r.non_2xx).sum::<u64>(),
             spread_opt(&cpu, 2),
+            spread_opt(&kernel, 2),
         );
     }
 }

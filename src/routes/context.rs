@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 
+use crate::auth::OpenedTokens;
 use crate::endpoint::{ConversationId, Route};
 use crate::error::GatewayError;
 use crate::gateway::{Bot, Live};
@@ -29,6 +30,8 @@ pub struct RequestContext {
     pub live: Arc<Live>,
     /// The bot the request's host and path chose, from `live`.
     pub bot: Arc<Bot>,
+    /// The connection's last opened client token.
+    pub opened: Arc<OpenedTokens>,
 }
 
 impl RequestContext {
@@ -38,7 +41,13 @@ impl RequestContext {
         headers: &http::HeaderMap,
         conversation: Option<&ConversationId>,
     ) -> Result<ClientToken, GatewayError> {
-        crate::auth::authorize(&self.live.sealer, &self.bot.name, headers, conversation)
+        crate::auth::authorize(
+            &self.live.sealer,
+            &self.opened,
+            &self.bot.name,
+            headers,
+            conversation,
+        )
     }
 
     /// An upstream call for this request's bot, measured under its route and carrying its

@@ -293,8 +293,9 @@ impl<'a> UpstreamCall<'a> {
         upstream: &Upstream,
         credential: Option<HeaderValue>,
     ) -> Result<http::Request<Body>, GatewayError> {
-        let mut builder = upstream.request(self.method.clone(), self.path, credential)?;
-        if let Some(headers) = builder.headers_mut() {
+        let mut request = upstream.request(self.method.clone(), self.path, credential)?;
+        {
+            let headers = request.headers_mut();
             if self.json {
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -315,7 +316,7 @@ impl<'a> UpstreamCall<'a> {
             CallBody::Replayable(bytes) => body::full(bytes),
             CallBody::Once(body) => body,
         };
-        builder.body(body).map_err(|_| GatewayError::Internal)
+        Ok(request.map(|()| body))
     }
 }
 
