@@ -340,7 +340,11 @@ async fn idle_memory(counts: &[usize]) {
     // from one loopback address).
     let config_file = std::env::var("BENCH_GATEWAY_CONFIG").unwrap_or_else(|_| {
         let path = std::env::temp_dir().join(format!("dlgw-bench-{}.toml", std::process::id()));
-        std::fs::write(&path, "[rate_limits]\nsessions_per_minute = 0\n").unwrap();
+        std::fs::write(
+            &path,
+            "[limits]\nmax_connections_per_ip = 0\n[rate_limits]\nsessions_per_minute = 0\n",
+        )
+        .unwrap();
         path.display().to_string()
     });
     gateway.args(["--config", &config_file]);
