@@ -1,10 +1,13 @@
 //! Reading facts out of JSON text that a full parse already validated (or is about to), in
-//! one cheap pass and without building anything: an activity's id on the relay path, and
-//! how deeply a posted body nests.
+//! one cheap pass and without building anything: how deeply a posted body nests, and (for
+//! the tests) an activity's id.
 
+#[cfg(test)]
 use std::borrow::Cow;
 
-/// The top-level `"id"` of one activity, read straight from its JSON text.
+/// The top-level `"id"` of one activity, read straight from its JSON text. The relay reads
+/// ids with [`crate::activity_set`] now, in its one pass over the frame; this reading stays
+/// as the reference that module's property tests compare with.
 ///
 /// `activity` must be valid JSON (a slice serde_json already captured as a `RawValue`); that
 /// is what lets this skip values without checking them. `None` when the activity is not an
@@ -12,6 +15,7 @@ use std::borrow::Cow;
 /// disagree on which one counts, so such an activity is never treated as a duplicate).
 /// Ids inside nested objects (`from.id`, `conversation.id`, `channelData`) are not the
 /// activity's.
+#[cfg(test)]
 pub fn top_level_id(activity: &str) -> Option<Cow<'_, str>> {
     let bytes = activity.as_bytes();
     if bytes.first() != Some(&b'{') {
@@ -70,12 +74,14 @@ fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
+#[cfg(test)]
 fn is_id_key(quoted: &str) -> bool {
     quoted == "\"id\""
         || (quoted.contains('\\')
             && serde_json::from_str::<Cow<'_, str>>(quoted).is_ok_and(|k| k == "id"))
 }
 
+#[cfg(test)]
 /// Reads the value after an `"id"` key (`from` is just past the key's closing quote):
 /// the id if it is a non-empty string, and where scanning continues.
 fn id_value(activity: &str, from: usize) -> Option<(Option<Cow<'_, str>>, usize)> {

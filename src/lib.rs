@@ -20,7 +20,7 @@
 //!    (fetched and cached), the pseudonym.
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
-//!    `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
+//!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
 //!
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
@@ -29,6 +29,7 @@
 //! The Direct Line emulator is its own crate, `directline-emulator` (`emulator/`).
 
 pub mod activity_body;
+pub(crate) mod activity_set;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod body;

@@ -520,7 +520,11 @@ pub fn filtered_text(event: &Event, filter: &KeySet) -> Option<Utf8Bytes> {
         .watermark
         .as_ref()
         .and_then(|w| serde_json::value::to_raw_value(&**w).ok());
-    let (text, _) = super::tracker::rebuild(event.text.as_str(), &kept, watermark.as_deref());
+    let (text, _) = super::tracker::rebuild(
+        event.text.as_str(),
+        &kept,
+        watermark.as_deref().map(serde_json::value::RawValue::get),
+    );
     Some(Utf8Bytes::from(text))
 }
 

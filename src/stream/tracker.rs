@@ -13,12 +13,8 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 pub use super::ids::ActivityKey;
 use super::ids::KeySet;
-use crate::jsonscan::top_level_id;
 
 /// An activity's id (when it has one) and its byte range inside the frame text.
 pub type ActivitySpan = (Option<ActivityKey>, Range<usize>);
@@ -44,14 +40,6 @@ pub struct Forward {
     /// Ids of the activities in `text`, and each one's byte range inside `text`.
     pub activities: Vec<ActivitySpan>,
     pub dropped: usize,
-}
-
-#[derive(Deserialize)]
-struct RawActivitySet<'a> {
-    #[serde(borrow)]
-    activities: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
-    watermark: Option<&'a RawValue>,
 }
 
 pub struct Tracker {
@@ -85,7 +73,7 @@ impl Tracker {
         if text.trim().is_empty() {
             return Observed::Keepalive;
         }
-        let Ok(set) = serde_json::from_str::<RawActivitySet<'_>>(text) else {
+        let Some(set) = crate::activity_set::read(text) else {
             // "Additional types … identified by the properties in the JSON root" (spec §5.2):
             // unknown content passes through untouched, live only.
             return Observed::Forward(Forward {
@@ -99,11 +87,10 @@ impl Tracker {
         if let Some(w) = &watermark {
             self.watermark = Some(w.clone());
         }
-        let activities = set.activities.unwrap_or_default();
-        let mut kept: Vec<ActivitySpan> = Vec::with_capacity(activities.len());
+        let mut kept: Vec<ActivitySpan> = Vec::with_capacity(set.activities.len());
         let mut dropped = 0;
-        for raw in &activities {
-            let key = top_level_id(raw.get()).map(|id| ActivityKey::of(&id));
+        for (range, id) in set.activities {
+            let key = id.map(|id| ActivityKey::of(&id));
             if let Some(key) = key {
                 if self.delivered.contains(&key) {
                     dropped += 1;
@@ -111,7 +98,7 @@ impl Tracker {
                 }
                 self.remember(key);
             }
-            kept.push((key, span(text, raw.get())));
+            kept.push((key, range));
         }
         if kept.is_empty() && dropped > 0 {
             return Observed::AllDuplicates { dropped };
@@ -152,9 +139,9 @@ impl Tracker {
 }
 
 /// A watermark as text: strings verbatim, numbers by their JSON text; null, empty strings
-/// and anything else mean none. `raw` is valid JSON, so its first byte tells its type.
-fn watermark_text(raw: &RawValue) -> Option<Arc<str>> {
-    let text = raw.get();
+/// and anything else mean none. `text` is one valid JSON value, so its first byte tells its
+/// type.
+fn watermark_text(text: &str) -> Option<Arc<str>> {
     match text.as_bytes().first()? {
         b'"' if text.contains('\\') => serde_json::from_str::<String>(text)
             .ok()
@@ -168,17 +155,11 @@ fn watermark_text(raw: &RawValue) -> Option<Arc<str>> {
     }
 }
 
-/// Byte range of `part` inside `whole` (`part` is a sub-slice borrowed from `whole`).
-fn span(whole: &str, part: &str) -> Range<usize> {
-    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-    start..start + part.len()
-}
-
 /// Builds `{"activities":[…kept…],"watermark":…}` from slices of the original text.
 pub fn rebuild(
     original: &str,
     kept: &[ActivitySpan],
-    watermark: Option<&RawValue>,
+    watermark: Option<&str>,
 ) -> (String, Vec<ActivitySpan>) {
     let body_len: usize = kept.iter().map(|(_, r)| r.len() + 1).sum();
     let mut text = String::with_capacity(body_len + 64);
@@ -195,7 +176,7 @@ pub fn rebuild(
     text.push(']');
     if let Some(watermark) = watermark {
         text.push_str(",\"watermark\":");
-        text.push_str(watermark.get());
+        text.push_str(watermark);
     }
     text.push('}');
     (text, ranges)
