@@ -162,6 +162,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub client_connections: IntGauge,
+    /// Connections (WebSockets included) each worker thread serves, by worker number.
+    pub worker_connections: IntGaugeVec,
     pub connections_refused: IntCounter,
     pub tls_reloads: IntCounterVec,
     pub upstream_bodies_scrubbed: IntCounterVec,
@@ -432,6 +434,14 @@ impl Metrics {
                 "Open client-listener HTTP connections (once upgraded, a WebSocket counts in client_websockets instead).",
             )
             .expect("valid metric"),
+            worker_connections: IntGaugeVec::new(
+                Opts::new(
+                    "worker_connections",
+                    "Client connections (WebSockets included) each worker thread serves; new ones go to the least loaded (`workers`).",
+                ),
+                &["worker"],
+            )
+            .expect("valid metric"),
             connections_refused: IntCounter::new(
                 "connections_refused_total",
                 "Client connections closed at accept because limits.max_connections were open.",
@@ -532,6 +542,7 @@ impl Metrics {
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),
             Box::new(self.client_connections.clone()),
+            Box::new(self.worker_connections.clone()),
             Box::new(self.connections_refused.clone()),
             Box::new(self.tls_reloads.clone()),
             Box::new(self.upstream_bodies_scrubbed.clone()),

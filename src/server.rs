@@ -153,6 +153,11 @@ pub async fn start_on(
         None => None,
     };
     metrics.initialise(&bot_names(&live));
+    for number in 0..workers.count() {
+        metrics
+            .worker_connections
+            .with_label_values(&[&number.to_string()]);
+    }
     let gateway = Gateway::new(live, metrics);
     // Copilot Studio bots learn their Direct Line host before the first request; a failure
     // is logged and retried by the loop below, never fatal.
@@ -410,8 +415,15 @@ async fn serve_connection(
     stream: std::net::TcpStream,
     _open: OpenConnection,
     ip_slot: Arc<IpSlot>,
-    placed: Placed,
+    mut placed: Placed,
 ) {
+    placed.count_in(
+        serving
+            .gateway
+            .metrics
+            .worker_connections
+            .with_label_values(&[&placed.number().to_string()]),
+    );
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(stream) => stream,
         Err(error) => {

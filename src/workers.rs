@@ -56,11 +56,30 @@ struct Worker {
 /// became) ends.
 pub struct Placed {
     load: Arc<AtomicUsize>,
+    number: usize,
+    /// The worker's gauge in the metrics, when the server gave it one.
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl Placed {
+    /// The worker this connection runs on.
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
+    /// Counts this connection in `gauge` until it ends.
+    pub fn count_in(&mut self, gauge: prometheus::IntGauge) {
+        gauge.inc();
+        self.gauge = Some(gauge);
+    }
 }
 
 impl Drop for Placed {
     fn drop(&mut self) {
         self.load.fetch_sub(1, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
@@ -101,14 +120,17 @@ impl Workers {
         F: FnOnce(Placed) -> T + Send + 'static,
         T: Future<Output = ()> + Send + 'static,
     {
-        let worker = self
+        let (number, worker) = self
             .workers
             .iter()
-            .min_by_key(|worker| worker.load.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|(_, worker)| worker.load.load(Ordering::Relaxed))
             .expect("at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
         let placed = Placed {
             load: worker.load.clone(),
+            number,
+            gauge: None,
         };
         worker.handle.spawn(async move { task(placed).await });
     }

@@ -700,6 +700,21 @@ async fn client_sockets_spread_over_the_workers_and_each_relays() {
         loads[0].abs_diff(loads[1]) <= 1,
         "connections opened one after another alternate: {loads:?}"
     );
+    let metrics = h.metrics().await;
+    let gauges = [
+        metric(
+            &metrics,
+            "directline_gateway_worker_connections{worker=\"0\"}",
+        ),
+        metric(
+            &metrics,
+            "directline_gateway_worker_connections{worker=\"1\"}",
+        ),
+    ];
+    assert!(
+        gauges[0] >= 3.0 && gauges[1] >= 3.0,
+        "the gauge counts each worker's sockets: {gauges:?} for {loads:?}"
+    );
     for (conversation, ws, seen) in &mut streams {
         h.post_message(conversation, "hello").await;
         read_until(ws, seen, |s| s.texts().len() >= 2).await;
