@@ -53,5 +53,6 @@ pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod stream;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;

@@ -84,6 +84,8 @@ pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"]
 pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
 /// `upstream_requests_total`'s status label: a class, or no answer at all.
 pub const UPSTREAM_STATUSES: [&str; 5] = ["2xx", "4xx", "5xx", "timeout", "error"];
+/// `trace_spans_dropped_total`'s reasons (`telemetry::export`).
+pub const TRACE_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 /// `discoveries_total`'s results (`upstream::discovery`).
 pub const DISCOVERY_RESULTS: [&str; 5] =
     ["ok", "unreachable", "refused", "invalid", "foreign_host"];
@@ -171,6 +173,9 @@ pub struct Metrics {
     /// 1 for the Direct Line host a Copilot Studio bot uses now (at most one per bot,
     /// besides `host="none"` at 0).
     pub discovered_upstream: IntGaugeVec,
+    /// Tracing (issue 21): spans the collector accepted, and spans lost by reason.
+    pub trace_spans_exported: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -493,6 +498,19 @@ impl Metrics {
                 &["bot", "host"],
             )
             .expect("valid metric"),
+            trace_spans_exported: IntCounter::new(
+                "trace_spans_exported_total",
+                "Trace spans sent to the OTLP collector and accepted by it (0 while [tracing] is off).",
+            )
+            .expect("valid metric"),
+            trace_spans_dropped: IntCounterVec::new(
+                Opts::new(
+                    "trace_spans_dropped_total",
+                    "Trace spans lost, by reason (queue_full: ended while tracing.queue_size spans waited for a slow or absent collector; export_failed: in a batch the collector refused or never answered).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -539,6 +557,8 @@ impl Metrics {
             Box::new(self.lifetimes_clamped.clone()),
             Box::new(self.discoveries.clone()),
             Box::new(self.discovered_upstream.clone()),
+            Box::new(self.trace_spans_exported.clone()),
+            Box::new(self.trace_spans_dropped.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -641,6 +661,9 @@ impl Metrics {
         }
         for reason in EVICTION_REASONS {
             self.stream_buffer_evictions.with_label_values(&[reason]);
+        }
+        for reason in TRACE_DROP_REASONS {
+            self.trace_spans_dropped.with_label_values(&[reason]);
         }
     }
 

@@ -230,6 +230,10 @@ impl Running {
         for (_, emulator) in &self.emulators {
             emulator.shutdown();
         }
+        // Last: the drain's own spans go out too.
+        if let Some(telemetry) = self.gateway.telemetry.clone() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::endpoint::{ConversationId, Route};
 use crate::error::GatewayError;
 use crate::gateway::{Bot, Live};
 use crate::seal::ClientToken;
+use crate::telemetry::RequestTrace;
 use crate::upstream::call::{Credential, Forwarding, Reply, UpstreamCall};
 
 /// Per-request facts the phases share.
@@ -29,6 +30,8 @@ pub struct RequestContext {
     pub live: Arc<Live>,
     /// The bot the request's host and path chose, from `live`.
     pub bot: Arc<Bot>,
+    /// The request's server span while tracing is on.
+    pub trace: Option<RequestTrace>,
 }
 
 impl RequestContext {
@@ -63,6 +66,7 @@ impl RequestContext {
             request_id: &self.request_id,
             forwarded_for: &self.forwarded_for,
         })
+        .traced(self.trace.as_ref().map(RequestTrace::parent))
     }
 
     /// Notes the upstream status of `reply` for the access log.

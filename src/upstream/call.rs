@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::gateway::Bot;
 use crate::metrics::{Metrics, status_class};
 use crate::secret;
+use crate::telemetry::{Parent, UpstreamSpan};
 
 /// Which Direct Line credential a call carries.
 #[derive(Clone, Copy)]
@@ -121,6 +122,8 @@ pub struct UpstreamCall<'a> {
     /// (no allocation) for most calls.
     headers: Vec<(HeaderName, HeaderValue)>,
     body: CallBody,
+    /// The span this call's client span is a child of, while tracing is on.
+    trace: Option<Parent>,
 }
 
 impl<'a> UpstreamCall<'a> {
@@ -148,6 +151,7 @@ impl<'a> UpstreamCall<'a> {
             forwarding: None,
             headers: Vec::new(),
             body: CallBody::Replayable(Bytes::new()),
+            trace: None,
         }
     }
 
@@ -201,6 +205,12 @@ impl<'a> UpstreamCall<'a> {
         self
     }
 
+    /// Traced as a child of `parent` (`None`: tracing off, or an untraced caller).
+    pub fn traced(mut self, parent: Option<Parent>) -> Self {
+        self.trace = parent;
+        self
+    }
+
     /// Sends the call by its credential policy; never retries otherwise (POST activities
     /// and uploads must not be repeated, spec §4.2). Each attempt is measured.
     pub async fn send(self, metrics: &Metrics) -> Result<Reply, GatewayError> {
@@ -241,6 +251,16 @@ impl<'a> UpstreamCall<'a> {
             _ => Bytes::new(),
         };
         let mut call = self;
+        let mut span = call.trace.take().and_then(|parent| {
+            let host = upstream.host_names().1;
+            parent.upstream(
+                call.label,
+                &call.method,
+                host,
+                &call.bot.name,
+                &mut call.headers,
+            )
+        });
         let request = call.build(&upstream, first)?;
         let response = attempt(
             call.bot,
@@ -249,6 +269,7 @@ impl<'a> UpstreamCall<'a> {
             call.label,
             request,
             call.timeout,
+            span.as_mut(),
         )
         .await?;
         let Some(token) = fallback else {
@@ -271,6 +292,9 @@ impl<'a> UpstreamCall<'a> {
             });
         }
         call.body = CallBody::Replayable(bytes);
+        if let Some(span) = &mut span {
+            span.fallback();
+        }
         let request = call.build(&upstream, Some(secret::bearer(token)))?;
         let response = attempt(
             call.bot,
@@ -279,6 +303,7 @@ impl<'a> UpstreamCall<'a> {
             call.label,
             request,
             call.timeout,
+            span.as_mut(),
         )
         .await?;
         Ok(Reply {
@@ -320,7 +345,7 @@ impl<'a> UpstreamCall<'a> {
 }
 
 /// One request on the wire, with `upstream_request_duration_seconds{route}` and
-/// `upstream_requests_total{route,status,bot}`.
+/// `upstream_requests_total{route,status,bot}`, and its outcome on the call's span.
 async fn attempt(
     bot: &Bot,
     upstream: &Arc<Upstream>,
@@ -328,6 +353,7 @@ async fn attempt(
     label: &'static str,
     request: http::Request<Body>,
     timeout: Duration,
+    span: Option<&mut UpstreamSpan>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
     let result = upstream.send(request, timeout).await;
@@ -355,5 +381,14 @@ async fn attempt(
         .upstream_requests
         .with_label_values(&[label, status, &bot.name])
         .inc();
+    if let Some(span) = span {
+        span.attempt(match &result {
+            Ok(response) => Ok((
+                response.status().as_u16(),
+                response.headers().get(UpstreamSpan::request_id_header()),
+            )),
+            Err(_) => Err(status),
+        });
+    }
     result
 }
