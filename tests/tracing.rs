@@ -595,3 +595,70 @@ async fn the_binary_traces_from_its_config_file_and_logs_trace_ids() {
         "{stderr}"
     );
 }
+
+/// A client socket with a tiny receive buffer that never reads: the gateway's writes to it
+/// block once the kernel buffers are full.
+async fn open_unread_stream(url: &str) -> Ws {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn a_slow_client_close_is_a_span_linked_to_the_hubs_request() {
+    let collector = Collector::start().await;
+    let h = Harness::builder()
+        .config({
+            let tracing = tracing_to(&collector.endpoint);
+            move |c| {
+                c.tracing = Some(tracing);
+                c.stream.liveness_timeout = Duration::from_secs(120);
+                c.stream.keepalive_interval = Duration::from_secs(60);
+                c.stream.client_lag_frames = 4;
+            }
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let _stalled = open_unread_stream(&conversation.stream_url).await;
+    let text = "y".repeat(60 * 1024);
+    let mut posted = 0;
+    eventually("the stalled client was closed as slow", async || {
+        posted += 1;
+        h.post_message(&conversation, &format!("{posted}{text}"))
+            .await;
+        metric(
+            &h.metrics().await,
+            "directline_gateway_slow_clients_closed_total",
+        ) >= 1.0
+    })
+    .await;
+    let spans = collector
+        .wait_for("the slow-client span", |spans| {
+            spans
+                .iter()
+                .any(|s| s.span.name == "stream slow_client_closed")
+        })
+        .await;
+    let slow = spans
+        .iter()
+        .find(|s| s.span.name == "stream slow_client_closed")
+        .unwrap();
+    let stream_request = server_spans(&spans, "stream")[0];
+    assert_eq!(
+        support::otlp::hex(&slow.span.links[0].span_id),
+        stream_request.span_id()
+    );
+    assert_eq!(
+        slow.attr("directline.client_lag_frames").as_deref(),
+        Some("4")
+    );
+    assert_eq!(slow.attr("directline.bot").as_deref(), Some("default"));
+}
