@@ -48,12 +48,8 @@ pub fn section(
     env: &dyn Env,
 ) -> Result<Option<TracingConfig>, ConfigError> {
     let file = file.unwrap_or_default();
-    if env
-        .var(ENV_SDK_DISABLED)
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-    {
-        return Ok(None);
-    }
+    // Every value is checked even while tracing is off, so a mistake shows at once and not
+    // on the day an endpoint is added.
     if let Some(protocol) = &file.protocol
         && protocol != "http/protobuf"
     {
@@ -69,24 +65,11 @@ pub fn section(
         env.var(ENV_OTLP_TRACES_ENDPOINT),
         env.var(ENV_OTLP_ENDPOINT),
     ) {
-        (Some(endpoint), _, _) => traces_url("tracing.endpoint", &endpoint, true)?,
-        (None, Some(url), _) => traces_url(ENV_OTLP_TRACES_ENDPOINT, &url, false)?,
-        (None, None, Some(endpoint)) => traces_url(ENV_OTLP_ENDPOINT, &endpoint, true)?,
-        (None, None, None) => {
-            if file.enabled == Some(true) {
-                return Err(invalid(
-                    "tracing.enabled",
-                    format!(
-                        "tracing is enabled but has no endpoint: set tracing.endpoint or {ENV_OTLP_ENDPOINT}"
-                    ),
-                ));
-            }
-            return Ok(None);
-        }
+        (Some(endpoint), _, _) => Some(traces_url("tracing.endpoint", &endpoint, true)?),
+        (None, Some(url), _) => Some(traces_url(ENV_OTLP_TRACES_ENDPOINT, &url, false)?),
+        (None, None, Some(endpoint)) => Some(traces_url(ENV_OTLP_ENDPOINT, &endpoint, true)?),
+        (None, None, None) => None,
     };
-    if file.enabled == Some(false) {
-        return Ok(None);
-    }
     let service_name = file
         .service_name
         .or_else(|| env.var(ENV_SERVICE_NAME))
@@ -115,9 +98,36 @@ pub fn section(
                 )
             }),
     };
+    let export_interval = duration(
+        "tracing.export_interval",
+        file.export_interval,
+        Duration::from_secs(5),
+    )?;
+    let export_timeout = duration(
+        "tracing.export_timeout",
+        file.export_timeout,
+        Duration::from_secs(10),
+    )?;
     let queue_size = file.queue_size.unwrap_or(2048);
     if !(1..=1_000_000).contains(&queue_size) {
         return Err(invalid("tracing.queue_size", "must be 1 to 1000000 spans"));
+    }
+    let disabled = env
+        .var(ENV_SDK_DISABLED)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let Some(traces_url) = traces_url else {
+        if file.enabled == Some(true) && !disabled {
+            return Err(invalid(
+                "tracing.enabled",
+                format!(
+                    "tracing is enabled but has no endpoint: set tracing.endpoint or {ENV_OTLP_ENDPOINT}"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    if disabled || file.enabled == Some(false) {
+        return Ok(None);
     }
     Ok(Some(TracingConfig {
         traces_url,
@@ -125,16 +135,8 @@ pub fn section(
         sampling_ratio,
         propagate_upstream: file.propagate_upstream.unwrap_or(false),
         include_conversation_ids: file.include_conversation_ids.unwrap_or(false),
-        export_interval: duration(
-            "tracing.export_interval",
-            file.export_interval,
-            Duration::from_secs(5),
-        )?,
-        export_timeout: duration(
-            "tracing.export_timeout",
-            file.export_timeout,
-            Duration::from_secs(10),
-        )?,
+        export_interval,
+        export_timeout,
         queue_size,
     }))
 }
@@ -296,6 +298,14 @@ mod tests {
                 other => panic!("{key}: {other:?}"),
             }
         }
+        let off_but_wrong = FileTracing {
+            sampling_ratio: Some(-1.0),
+            ..FileTracing::default()
+        };
+        assert!(
+            section(Some(off_but_wrong), &vars(&[])).is_err(),
+            "checked while off"
+        );
         let env = vars(&[(ENV_OTLP_ENDPOINT, "not a url")]);
         match section(None, &env) {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, ENV_OTLP_ENDPOINT),
