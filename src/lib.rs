@@ -18,7 +18,9 @@
 //!    (fetched and cached), the pseudonym.
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
-//!    `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
+//!    `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`; and `telemetry`
+//!    (OpenTelemetry spans, issue 21: it imports only config, metrics and endpoint types, and
+//!    its export runs on threads of its own).
 //!
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
