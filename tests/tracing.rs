@@ -230,6 +230,38 @@ async fn traceparent_reaches_direct_line_only_when_asked() {
         format!("00-{CALLER_TRACE}-{}-01", client.span_id()),
         "the upstream span is the parent Direct Line sees"
     );
+    // A caller that did not sample: nothing recorded, but Direct Line learns the decision
+    // (in the caller's trace, under the gateway's unrecorded span).
+    let unsampled_trace = "2".repeat(32);
+    let unsampled = format!("00-{unsampled_trace}-{CALLER_SPAN}-00");
+    post_with(
+        &h,
+        &conversation,
+        "unsampled",
+        &[("traceparent", &unsampled)],
+    )
+    .await;
+    let posted = h
+        .emulator
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "POST" && r.path.ends_with("/activities"))
+        .unwrap();
+    let sent: Vec<&str> = posted
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "traceparent" || name == "tracestate")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(
+        sent.len(),
+        1,
+        "one traceparent, no empty tracestate: {sent:?}"
+    );
+    assert!(
+        sent[0].starts_with(&format!("00-{unsampled_trace}-")) && sent[0].ends_with("-00"),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test]

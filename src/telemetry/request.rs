@@ -10,16 +10,15 @@ use opentelemetry::{Context, KeyValue};
 
 use super::setup::Telemetry;
 use super::stream::Origin;
-use super::upstream::Parent;
+use super::upstream::{Parent, Scope};
 use crate::endpoint::{ConversationId, Route};
 use crate::metrics::status_class;
 
 /// What a request's phases need of its trace; ended by [`RequestTrace::finish`] or, when
 /// the client goes away mid-request, when dropped.
 pub struct RequestTrace {
-    telemetry: Arc<Telemetry>,
     /// Holds the server span.
-    cx: Context,
+    scope: Arc<Scope>,
     /// The caller sent a valid `traceparent`: its trace id is worth logging even when
     /// this gateway does not record the request.
     continued: bool,
@@ -68,8 +67,10 @@ impl Telemetry {
             )])
             .start_with_context(&self.tracer, &caller);
         RequestTrace {
-            telemetry: self.clone(),
-            cx: caller.with_span(span),
+            scope: Arc::new(Scope {
+                telemetry: self.clone(),
+                cx: caller.with_span(span),
+            }),
             continued,
         }
     }
@@ -80,9 +81,9 @@ impl RequestTrace {
     /// `tracing.include_conversation_ids` allows it.
     pub fn conversation(&self, conversation: Option<&ConversationId>) {
         if let Some(id) = conversation
-            && self.telemetry.include_conversation_ids
+            && self.scope.telemetry.include_conversation_ids
         {
-            self.cx.span().set_attribute(KeyValue::new(
+            self.scope.cx.span().set_attribute(KeyValue::new(
                 "directline.conversation_id",
                 id.as_str().to_owned(),
             ));
@@ -91,23 +92,17 @@ impl RequestTrace {
 
     /// What the request's upstream calls are started under.
     pub fn parent(&self) -> Parent {
-        Parent {
-            telemetry: self.telemetry.clone(),
-            cx: self.cx.clone(),
-        }
+        Parent(self.scope.clone())
     }
 
     /// What a conversation's hub keeps to link its stream spans to this request.
     pub fn origin(&self) -> Origin {
-        Origin {
-            telemetry: self.telemetry.clone(),
-            cx: self.cx.clone(),
-        }
+        Origin(self.scope.clone())
     }
 
     /// The trace id for log lines: of a recorded request, or of the caller's trace.
     pub fn log_id(&self) -> Option<TraceId> {
-        let span = self.cx.span();
+        let span = self.scope.cx.span();
         let context = span.span_context();
         (context.is_sampled() || self.continued).then(|| context.trace_id())
     }
@@ -115,7 +110,7 @@ impl RequestTrace {
     /// Names the span after its route (`POST /v3/directline/conversations/{conversationId}/activities`,
     /// the OpenTelemetry HTTP convention), records the outcome and ends it.
     pub fn finish(self, done: Finish<'_>) {
-        let span = self.cx.span();
+        let span = self.scope.cx.span();
         if !span.is_recording() {
             return;
         }

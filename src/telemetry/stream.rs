@@ -7,32 +7,25 @@ use std::sync::Arc;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
-use super::setup::Telemetry;
-use super::upstream::Parent;
+use super::upstream::{Parent, Scope};
 use crate::endpoint::ConversationId;
 
 /// The request a hub was created by (its server span, ended or not).
 #[derive(Clone)]
-pub struct Origin {
-    pub(super) telemetry: Arc<Telemetry>,
-    pub(super) cx: Context,
-}
+pub struct Origin(pub(super) Arc<Scope>);
 
 /// A stream lifecycle span; ends with [`StreamSpan::finish`] or when dropped.
-pub struct StreamSpan {
-    telemetry: Arc<Telemetry>,
-    cx: Context,
-}
+pub struct StreamSpan(Arc<Scope>);
 
 impl Origin {
     fn sampled(&self) -> bool {
-        self.cx.span().span_context().is_sampled()
+        self.0.cx.span().span_context().is_sampled()
     }
 
     /// The trace the hub's session log lines point to.
     pub fn trace_id(&self) -> Option<TraceId> {
         self.sampled()
-            .then(|| self.cx.span().span_context().trace_id())
+            .then(|| self.0.cx.span().span_context().trace_id())
     }
 
     fn start(
@@ -43,9 +36,10 @@ impl Origin {
         bot: &str,
         conversation: &ConversationId,
     ) -> StreamSpan {
-        let tracer = &self.telemetry.tracer;
+        let telemetry = &self.0.telemetry;
+        let tracer = &telemetry.tracer;
         let mut attributes = vec![KeyValue::new("directline.bot", bot.to_owned())];
-        if self.telemetry.include_conversation_ids {
+        if telemetry.include_conversation_ids {
             attributes.push(KeyValue::new(
                 "directline.conversation_id",
                 conversation.as_str().to_owned(),
@@ -56,13 +50,13 @@ impl Origin {
             .with_kind(SpanKind::Internal)
             .with_attributes(attributes)
             .with_links(vec![Link::with_context(
-                link_to.cx.span().span_context().clone(),
+                link_to.0.cx.span().span_context().clone(),
             )])
             .start_with_context(tracer, parent);
-        StreamSpan {
-            telemetry: self.telemetry.clone(),
+        StreamSpan(Arc::new(Scope {
+            telemetry: telemetry.clone(),
             cx: parent.with_span(span),
-        }
+        }))
     }
 
     /// The hub reconnecting upstream after a drop: a trace of its own (the request that
@@ -90,7 +84,7 @@ impl Origin {
         self.sampled().then(|| {
             self.start(
                 "stream client_resume",
-                &self.cx,
+                &self.0.cx,
                 hub.unwrap_or(self),
                 bot,
                 conversation,
@@ -109,7 +103,7 @@ impl Origin {
                 conversation,
             )
         }) {
-            span.cx.span().set_attribute(KeyValue::new(
+            span.0.cx.span().set_attribute(KeyValue::new(
                 "directline.client_lag_frames",
                 lag_frames as i64,
             ));
@@ -120,14 +114,11 @@ impl Origin {
 impl StreamSpan {
     /// What the span's upstream calls are started under.
     pub fn parent(&self) -> Parent {
-        Parent {
-            telemetry: self.telemetry.clone(),
-            cx: self.cx.clone(),
-        }
+        Parent(self.0.clone())
     }
 
     pub fn finish(self, result: &'static str, attributes: &[(&'static str, i64)]) {
-        let span = self.cx.span();
+        let span = self.0.cx.span();
         span.set_attribute(KeyValue::new("directline.result", result));
         span.set_attributes(
             attributes
@@ -142,6 +133,6 @@ impl Drop for StreamSpan {
     fn drop(&mut self) {
         // `finish` ended it already; a span dropped unfinished (its task was cancelled)
         // ends here rather than when the last clone of its context goes.
-        self.cx.span().end();
+        self.0.cx.span().end();
     }
 }

@@ -11,12 +11,16 @@ use opentelemetry_sdk::trace::Span;
 
 use super::setup::Telemetry;
 
-/// What a child span is started under: a request's server span or a stream span.
-#[derive(Clone)]
-pub struct Parent {
+/// A span (in its context) and the tracer its children are started with; shared behind one
+/// `Arc`, so what the request and stream code hold stays one pointer wide.
+pub(super) struct Scope {
     pub(super) telemetry: Arc<Telemetry>,
     pub(super) cx: Context,
 }
+
+/// What a child span is started under: a request's server span or a stream span.
+#[derive(Clone)]
+pub struct Parent(pub(super) Arc<Scope>);
 
 /// A call's span; ends when dropped (also when the call's future is).
 pub struct UpstreamSpan {
@@ -38,10 +42,17 @@ impl Parent {
         bot: &str,
         headers: &mut Vec<(HeaderName, HeaderValue)>,
     ) -> Option<UpstreamSpan> {
-        if !self.cx.span().span_context().is_sampled() {
+        let Scope { telemetry, cx } = &*self.0;
+        if !cx.span().span_context().is_sampled() {
+            // Not recorded here, but Direct Line may still learn the caller's decision.
+            if telemetry.propagate_upstream {
+                telemetry
+                    .propagator
+                    .inject_context(cx, &mut HeaderList(headers));
+            }
             return None;
         }
-        let tracer = &self.telemetry.tracer;
+        let tracer = &telemetry.tracer;
         let span = tracer
             .span_builder(format!("{method} {route}"))
             .with_kind(SpanKind::Client)
@@ -51,10 +62,10 @@ impl Parent {
                 KeyValue::new("directline.route", route),
                 KeyValue::new("directline.bot", bot.to_owned()),
             ])
-            .start_with_context(tracer, &self.cx);
-        if self.telemetry.propagate_upstream {
+            .start_with_context(tracer, cx);
+        if telemetry.propagate_upstream {
             let cx = Context::new().with_remote_span_context(span.span_context().clone());
-            self.telemetry
+            telemetry
                 .propagator
                 .inject_context(&cx, &mut HeaderList(headers));
         }
@@ -66,6 +77,10 @@ struct HeaderList<'a>(&'a mut Vec<(HeaderName, HeaderValue)>);
 
 impl Injector for HeaderList<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator writes `tracestate` even when there is none.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
             self.0.push((name, value));
         }
