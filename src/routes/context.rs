@@ -65,8 +65,8 @@ impl RequestContext {
         .forwarding(Forwarding {
             request_id: &self.request_id,
             forwarded_for: &self.forwarded_for,
+            trace: self.trace.as_ref().map(RequestTrace::parent),
         })
-        .traced(self.trace.as_ref().map(RequestTrace::parent))
     }
 
     /// Notes the upstream status of `reply` for the access log.

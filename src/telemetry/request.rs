@@ -1,6 +1,7 @@
 //! The server span of one client request, continued from the caller's W3C `traceparent`
 //! (and `tracestate`) or the root of a new trace.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method};
@@ -115,9 +116,10 @@ impl RequestTrace {
             return;
         }
         let template = route_template(done.route);
-        span.update_name(match template {
-            Some(template) => format!("{} {template}", done.method),
-            None => done.method.as_str().to_owned(),
+        span.update_name(match (span_name(done.method, done.route), template) {
+            (Some(name), _) => Cow::Borrowed(name),
+            (None, Some(template)) => Cow::Owned(format!("{} {template}", done.method)),
+            (None, None) => Cow::Owned(done.method.as_str().to_owned()),
         });
         let mut attributes = vec![
             KeyValue::new("directline.route", done.route.as_str()),
@@ -147,6 +149,27 @@ impl RequestTrace {
     }
 }
 
+/// The name of the span of a route called with its usual method, without formatting one.
+fn span_name(method: &Method, route: Route) -> Option<&'static str> {
+    Some(match (route, method.as_str()) {
+        (Route::TokensGenerate, "POST") => "POST /v3/directline/tokens/generate",
+        (Route::TokensRefresh, "POST") => "POST /v3/directline/tokens/refresh",
+        (Route::StartConversation, "POST") => "POST /v3/directline/conversations",
+        (Route::Reconnect, "GET") => "GET /v3/directline/conversations/{conversationId}",
+        (Route::GetActivities, "GET") => {
+            "GET /v3/directline/conversations/{conversationId}/activities"
+        }
+        (Route::PostActivity, "POST") => {
+            "POST /v3/directline/conversations/{conversationId}/activities"
+        }
+        (Route::Upload, "POST") => "POST /v3/directline/conversations/{conversationId}/upload",
+        (Route::Stream, "GET") => "GET /v3/directline/conversations/{conversationId}/stream",
+        (Route::SessionId, "GET") => "GET /v3/directline/session/getsessionid",
+        (Route::Demo, "GET") => "GET /",
+        _ => return None,
+    })
+}
+
 /// The route as a path template: the conversation id is a placeholder, never its value.
 fn route_template(route: Route) -> Option<&'static str> {
     Some(match route {
@@ -163,4 +186,37 @@ fn route_template(route: Route) -> Option<&'static str> {
         Route::Demo => "/",
         Route::Preflight | Route::Unknown => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixed names are what formatting would give.
+    #[test]
+    fn span_names_are_method_and_template() {
+        for route in [
+            Route::TokensGenerate,
+            Route::TokensRefresh,
+            Route::StartConversation,
+            Route::Reconnect,
+            Route::GetActivities,
+            Route::PostActivity,
+            Route::Upload,
+            Route::Stream,
+            Route::SessionId,
+            Route::Demo,
+            Route::Preflight,
+        ] {
+            for method in [Method::GET, Method::POST, Method::OPTIONS] {
+                if let (Some(name), Some(template)) =
+                    (span_name(&method, route), route_template(route))
+                {
+                    assert_eq!(name, format!("{method} {template}"));
+                }
+            }
+        }
+        assert!(route_template(Route::Unknown).is_none());
+        assert!(span_name(&Method::DELETE, Route::PostActivity).is_none());
+    }
 }

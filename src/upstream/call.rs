@@ -85,10 +85,13 @@ pub struct Reply {
     pub via_token: bool,
 }
 
-/// The request id and client address a client request carries upstream.
+/// The request id and client address a client request carries upstream, and its trace.
 pub struct Forwarding<'a> {
     pub request_id: &'a HeaderValue,
     pub forwarded_for: &'a HeaderValue,
+    /// The request's span while tracing is on (given here rather than by
+    /// [`UpstreamCall::traced`], which would move the call once more per request).
+    pub trace: Option<Parent>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -202,6 +205,7 @@ impl<'a> UpstreamCall<'a> {
             forwarding.request_id.clone(),
             forwarding.forwarded_for.clone(),
         ));
+        self.trace = forwarding.trace;
         self
     }
 
