@@ -19,13 +19,18 @@ const GATEWAY_CONFIG: &str = "shutdown_grace = \"2s\"\n\
 sessions_per_minute = 0\n\
 activities_per_minute = 0\n";
 
-/// With `COMPARE_TRACING=1`, the gateway traces every request (100 % sampling) to
-/// [`trace_sink`]: what tracing costs (docs/BENCHMARKS.md, "Tracing cost").
+/// With `COMPARE_TRACING=1`, the gateway traces requests to [`trace_sink`], every one of
+/// them unless `COMPARE_TRACING_RATIO` says otherwise: what tracing costs
+/// (docs/BENCHMARKS.md, "Tracing cost").
 fn gateway_config() -> String {
     let mut config = GATEWAY_CONFIG.to_owned();
     if std::env::var("COMPARE_TRACING").is_ok_and(|v| v == "1") {
+        let ratio: f64 = std::env::var("COMPARE_TRACING_RATIO")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1.0);
         config.push_str(&format!(
-            "\n[tracing]\nendpoint = \"{}\"\nsampling_ratio = 1.0\n",
+            "\n[tracing]\nendpoint = \"{}\"\nsampling_ratio = {ratio:?}\n",
             trace_sink()
         ));
     }
