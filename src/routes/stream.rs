@@ -165,7 +165,7 @@ async fn session(
                 let Some(watermark) = ticket.watermark.as_deref() else {
                     continue;
                 };
-                match Box::pin(link::catch_up(
+                match Box::pin(link::catch_up_traced(
                     &gateway,
                     &bot,
                     &conversation,

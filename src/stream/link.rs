@@ -178,6 +178,17 @@ pub async fn catch_up(
     conversation: &ConversationId,
     watermark: Option<&str>,
     upstream_token: &str,
+) -> Result<(Vec<Utf8Bytes>, KeySet), FetchError> {
+    catch_up_traced(gateway, bot, conversation, watermark, upstream_token, None).await
+}
+
+/// [`catch_up`] with its GETs traced under `trace` (a client's resume span).
+pub async fn catch_up_traced(
+    gateway: &Gateway,
+    bot: &str,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    upstream_token: &str,
     trace: Option<Parent>,
 ) -> Result<(Vec<Utf8Bytes>, KeySet), FetchError> {
     let mut frames = Vec::new();

@@ -317,22 +317,13 @@ async fn pump(
 /// is never mistaken for an old one.
 async fn seed_history(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, watermark: &str) {
     let upstream_token = hub.upstream_token();
-    let all = link::catch_up(
-        gateway,
-        &hub.bot,
-        &hub.conversation,
-        None,
-        &upstream_token,
-        None,
-    )
-    .await;
+    let all = link::catch_up(gateway, &hub.bot, &hub.conversation, None, &upstream_token).await;
     let after = link::catch_up(
         gateway,
         &hub.bot,
         &hub.conversation,
         Some(watermark),
         &upstream_token,
-        None,
     )
     .await;
     match (all, after) {
@@ -349,16 +340,7 @@ async fn seed_history(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, water
 
 async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     let upstream_token = hub.upstream_token();
-    match link::catch_up(
-        gateway,
-        &hub.bot,
-        &hub.conversation,
-        None,
-        &upstream_token,
-        None,
-    )
-    .await
-    {
+    match link::catch_up(gateway, &hub.bot, &hub.conversation, None, &upstream_token).await {
         Ok((pages, _)) => {
             for page in pages {
                 relay_text(gateway, hub, tracker, page);
