@@ -612,6 +612,39 @@ async fn the_binary_traces_from_its_config_file_and_logs_trace_ids() {
     })
     .await;
 
+    drop(gateway);
+
+    // The JSON log format carries the same field.
+    let json = process::GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let request = Request::post(format!("{}/v3/directline/tokens/generate", json.base))
+        .header("traceparent", &traceparent)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, http.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    eventually("the JSON access line carries the trace id", async || {
+        json.logs().iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|v| v["target"] == "access" && v["trace_id"] == CALLER_TRACE)
+        })
+    })
+    .await;
+
     let bad = dir.write(
         "bad.toml",
         "upstream = \"embedded\"\n\n[tracing]\nendpoint = \"http://c:4318\"\nsampling_ratio = 2.0\n",
