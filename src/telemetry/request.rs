@@ -11,7 +11,7 @@ use opentelemetry::{Context, KeyValue};
 
 use super::setup::Telemetry;
 use super::stream::Origin;
-use super::upstream::{Parent, Scope};
+use super::upstream::{Parent, Scope, method_name, method_value};
 use crate::endpoint::{ConversationId, Route};
 use crate::metrics::status_class;
 
@@ -60,12 +60,9 @@ impl Telemetry {
         let continued = caller.span().span_context().is_valid();
         let span = self
             .tracer
-            .span_builder(method.as_str().to_owned())
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new(
-                "http.request.method",
-                method.as_str().to_owned(),
-            )])
+            .with_attributes([KeyValue::new("http.request.method", method_value(method))])
             .start_with_context(&self.tracer, &caller);
         RequestTrace {
             scope: Arc::new(Scope {
@@ -119,7 +116,7 @@ impl RequestTrace {
         span.update_name(match (span_name(done.method, done.route), template) {
             (Some(name), _) => Cow::Borrowed(name),
             (None, Some(template)) => Cow::Owned(format!("{} {template}", done.method)),
-            (None, None) => Cow::Owned(done.method.as_str().to_owned()),
+            (None, None) => method_name(done.method),
         });
         let mut attributes = vec![
             KeyValue::new("directline.route", done.route.as_str()),

@@ -57,7 +57,7 @@ impl Parent {
             .span_builder(format!("{method} {route}"))
             .with_kind(SpanKind::Client)
             .with_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("http.request.method", method_value(method)),
                 KeyValue::new("server.address", host.to_owned()),
                 KeyValue::new("directline.route", route),
                 KeyValue::new("directline.bot", bot.to_owned()),
@@ -131,5 +131,22 @@ impl UpstreamSpan {
     /// The response header Direct Line's request id comes in.
     pub fn request_id_header() -> &'static HeaderName {
         &X_MS_REQUEST_ID
+    }
+}
+
+/// A method as a span name or attribute value, without copying the common ones.
+pub(super) fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
+    match *method {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::OPTIONS => "OPTIONS".into(),
+        _ => method.as_str().to_owned().into(),
+    }
+}
+
+pub(super) fn method_value(method: &Method) -> opentelemetry::Value {
+    match method_name(method) {
+        std::borrow::Cow::Borrowed(name) => name.into(),
+        std::borrow::Cow::Owned(name) => name.into(),
     }
 }
