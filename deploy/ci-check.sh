@@ -217,7 +217,10 @@ DIRECTLINE_SECRET=x DIRECTLINE_UPSTREAM=https://directline.botframework.com \
   docker-compose -f deploy/compose.yaml config > "$WORK/compose-upstream.yaml"
 grep -q 'https://directline.botframework.com' "$WORK/compose-upstream.yaml" \
   || fail "compose: DIRECTLINE_UPSTREAM is not passed to --upstream"
-log "docker-compose $(docker-compose version --short 2>/dev/null): deploy/compose.yaml is valid"
+docker-compose -f deploy/compose/tracing/docker-compose.yml config > "$WORK/compose-tracing.yaml"
+grep -q 'OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318' "$WORK/compose-tracing.yaml" \
+  || fail "compose/tracing: the gateway does not export to the Jaeger service"
+log "docker-compose $(docker-compose version --short 2>/dev/null): deploy/compose.yaml and deploy/compose/tracing/docker-compose.yml are valid"
 
 # ---------------------------------------------------------------------------------------
 step "static binary (from the files deploy/Dockerfile's build context holds)"

@@ -16,6 +16,9 @@ Environment:
   DIRECTLINE_GATEWAY_TOKEN_KEY  at least 32 characters, the same on every replica (or
                                 token_key_file); without it a random key per process
   RUST_LOG                      log filter (default: info)
+  OTEL_EXPORTER_OTLP_ENDPOINT   an OTLP/HTTP collector: tracing on (unless [tracing] in
+                                the config says otherwise); also OTEL_SERVICE_NAME,
+                                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_SDK_DISABLED
 
 Signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the config file and key files.
 A bad configuration or command line prints one line on stderr and exits 64.

@@ -16,6 +16,7 @@ use crate::ratelimit::Limiter;
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::stream::registry::Hubs;
+use crate::telemetry::Telemetry;
 use crate::upstream::base::{DirectlineBase, Environment};
 
 pub struct Gateway {
@@ -27,6 +28,9 @@ pub struct Gateway {
     /// POST activities and uploads, per bot and conversation.
     pub activity_limits: Limiter<(Arc<str>, ConversationId)>,
     draining: AtomicBool,
+    /// The tracer while `[tracing]` is on (fixed at start; a reload that changes it is
+    /// refused); `None` costs each request one branch.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Everything a reload (SIGHUP) may change, swapped whole: a request or a reconnect loads it
@@ -107,6 +111,7 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 impl Gateway {
     pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
+            telemetry: Telemetry::start(live.config.tracing.as_ref(), &metrics),
             hubs: Hubs::new(&metrics),
             session_limits: Limiter::default(),
             activity_limits: Limiter::default(),

@@ -20,7 +20,10 @@
 //!    (fetched and cached), the pseudonym.
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
-//!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`, [`error`], `metrics`, [`clock`], `demo`.
+//!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`,
+//!    [`error`], `metrics`, [`clock`], `demo`; and `telemetry` (OpenTelemetry spans, issue
+//!    21: it imports only config, metrics and endpoint types, and its export runs on threads
+//!    of its own).
 //!
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
@@ -56,6 +59,7 @@ pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod stream;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod workers;

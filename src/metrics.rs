@@ -84,6 +84,8 @@ pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"]
 pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
 /// `upstream_requests_total`'s status label: a class, or no answer at all.
 pub const UPSTREAM_STATUSES: [&str; 5] = ["2xx", "4xx", "5xx", "timeout", "error"];
+/// `trace_spans_dropped_total`'s reasons (`telemetry::export`).
+pub const TRACE_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 /// `discoveries_total`'s results (`upstream::discovery`).
 pub const DISCOVERY_RESULTS: [&str; 5] =
     ["ok", "unreachable", "refused", "invalid", "foreign_host"];
@@ -173,6 +175,9 @@ pub struct Metrics {
     /// 1 for the Direct Line host a Copilot Studio bot uses now (at most one per bot,
     /// besides `host="none"` at 0).
     pub discovered_upstream: IntGaugeVec,
+    /// Tracing (issue 21): spans the collector accepted, and spans lost by reason.
+    pub trace_spans_exported: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -503,6 +508,19 @@ impl Metrics {
                 &["bot", "host"],
             )
             .expect("valid metric"),
+            trace_spans_exported: IntCounter::new(
+                "trace_spans_exported_total",
+                "Trace spans sent to the OTLP collector and accepted by it (0 while [tracing] is off).",
+            )
+            .expect("valid metric"),
+            trace_spans_dropped: IntCounterVec::new(
+                Opts::new(
+                    "trace_spans_dropped_total",
+                    "Trace spans lost, by reason (queue_full: ended while tracing.queue_size spans waited for a slow or absent collector; export_failed: in a batch the collector refused or never answered).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -550,6 +568,8 @@ impl Metrics {
             Box::new(self.lifetimes_clamped.clone()),
             Box::new(self.discoveries.clone()),
             Box::new(self.discovered_upstream.clone()),
+            Box::new(self.trace_spans_exported.clone()),
+            Box::new(self.trace_spans_dropped.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -579,6 +599,14 @@ impl Metrics {
     /// Exports every known label combination at 0 for these bots, so each series exists
     /// before its first event. Called at start and when a reload adds a bot; touching a
     /// series that exists already changes nothing.
+    /// Every worker's connection gauge at 0, so a dashboard sees all of them from the start.
+    pub fn initialise_workers(&self, count: usize) {
+        for number in 0..count {
+            self.worker_connections
+                .with_label_values(&[&number.to_string()]);
+        }
+    }
+
     pub fn initialise(&self, bots: &[&str]) {
         for bot in bots {
             for reason in AUTH_REFUSAL_REASONS.iter().chain(&SIGN_IN_REFUSAL_REASONS) {
@@ -653,6 +681,9 @@ impl Metrics {
         for reason in EVICTION_REASONS {
             self.stream_buffer_evictions.with_label_values(&[reason]);
         }
+        for reason in TRACE_DROP_REASONS {
+            self.trace_spans_dropped.with_label_values(&[reason]);
+        }
     }
 
     /// The exported name of every family this registry holds (not the `process_*` ones).
@@ -704,6 +735,7 @@ mod tests {
     fn initialise_touches_every_family_of_the_registry() {
         let metrics = Metrics::new();
         metrics.initialise(&["default"]);
+        metrics.initialise_workers(2);
         let text = metrics.render();
         for name in metrics.family_names() {
             assert!(text.contains(&format!("\n{name}")), "{name}");

@@ -29,6 +29,7 @@ use crate::routes::context::RequestContext;
 use crate::routes::needs::{self, Bucket, Credential, Needs};
 use crate::routes::{activities, conversations, session, stream, tokens, upload};
 use crate::seal::ClientToken;
+use crate::telemetry::RequestTrace;
 
 /// Facts of one client connection, shared by every request on it.
 pub struct Connection {
@@ -89,6 +90,11 @@ pub async fn handle(
         &live.config.trusted_proxies,
     );
     let request_id = request_id(request.headers());
+    // Tracing off: `None`, and the caller's traceparent is never read.
+    let trace = gateway
+        .telemetry
+        .as_ref()
+        .map(|telemetry| telemetry.server_span(request.headers(), &method));
     let Some(bot) = select_bot(&live, &request) else {
         let response = GatewayError::NotFound.into_response();
         return log(
@@ -102,6 +108,7 @@ pub async fn handle(
                 request_id,
                 upstream_status: None,
                 client_ip,
+                trace,
             },
         );
     };
@@ -118,6 +125,7 @@ pub async fn handle(
         live,
         bot,
         opened: connection.opened.clone(),
+        trace,
     };
     let result = run(gateway, request, &mut ctx).await;
     let response = respond(gateway, result, &ctx, origin.as_ref());
@@ -127,6 +135,7 @@ pub async fn handle(
         upstream_status,
         client_ip,
         bot,
+        trace,
         ..
     } = ctx;
     log(
@@ -140,6 +149,7 @@ pub async fn handle(
             request_id,
             upstream_status,
             client_ip,
+            trace,
         },
     )
 }
@@ -162,6 +172,9 @@ async fn run(
         &bot.settings.path_prefix,
     )?;
     ctx.route = endpoint.route();
+    if let Some(trace) = &ctx.trace {
+        trace.conversation(endpoint.conversation());
+    }
     let needs = needs::of(&endpoint);
     if gateway.is_draining() && !needs.while_draining {
         return Err(GatewayError::Draining);
@@ -381,6 +394,7 @@ struct Finished<'a> {
     request_id: HeaderValue,
     upstream_status: Option<u16>,
     client_ip: IpAddr,
+    trace: Option<RequestTrace>,
 }
 
 /// Log: the request id header, the request metrics and the access-log line.
@@ -403,6 +417,7 @@ fn log(gateway: &Gateway, mut response: Response<Body>, done: Finished<'_>) -> R
         .http_duration
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let trace_id = done.trace.as_ref().and_then(RequestTrace::log_id);
     tracing::info!(
         target: "access",
         route,
@@ -414,7 +429,18 @@ fn log(gateway: &Gateway, mut response: Response<Body>, done: Finished<'_>) -> R
         duration_ms = (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
         request_id = done.request_id.to_str().unwrap_or(""),
         client_ip = %done.client_ip,
+        trace_id = trace_id.map(tracing::field::display),
     );
+    if let Some(trace) = done.trace {
+        trace.finish(crate::telemetry::Finish {
+            method: done.method,
+            route: done.route,
+            status,
+            bot: done.bot,
+            request_id: &done.request_id,
+            upstream_status: done.upstream_status,
+        });
+    }
     response
         .headers_mut()
         .insert("x-request-id", done.request_id);
@@ -451,15 +477,20 @@ fn record_refusal(gateway: &Gateway, error: &GatewayError, ctx: &RequestContext)
             .inc();
     }
     let request_id = ctx.request_id.to_str().unwrap_or("");
+    let trace_id = ctx
+        .trace
+        .as_ref()
+        .and_then(RequestTrace::log_id)
+        .map(tracing::field::display);
     match error.blame() {
         Blame::Client => {
-            tracing::debug!(route = ctx.route.as_str(), request_id, error = %error, "refused")
+            tracing::debug!(route = ctx.route.as_str(), request_id, trace_id, error = %error, "refused")
         }
         Blame::Upstream => {
-            tracing::warn!(route = ctx.route.as_str(), request_id, error = %error.log_line(), "upstream failure")
+            tracing::warn!(route = ctx.route.as_str(), request_id, trace_id, error = %error.log_line(), "upstream failure")
         }
         Blame::Gateway => {
-            tracing::error!(route = ctx.route.as_str(), request_id, error = %error.log_line(), "gateway failure")
+            tracing::error!(route = ctx.route.as_str(), request_id, trace_id, error = %error.log_line(), "gateway failure")
         }
     }
 }

@@ -271,6 +271,10 @@ pub fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadErr
     if current.tls != next.tls {
         return Err(ReloadError::NeedsRestart("tls"));
     }
+    // The exporter thread and its tracer are built once, at start.
+    if current.tracing != next.tracing {
+        return Err(ReloadError::NeedsRestart("tracing"));
+    }
     // These are baked into the HTTP connection builder when the listener starts.
     let (now, then) = (&current.limits, &next.limits);
     if now.header_read_timeout != then.header_read_timeout

@@ -153,11 +153,7 @@ pub async fn start_on(
         None => None,
     };
     metrics.initialise(&bot_names(&live));
-    for number in 0..workers.count() {
-        metrics
-            .worker_connections
-            .with_label_values(&[&number.to_string()]);
-    }
+    metrics.initialise_workers(workers.count());
     let gateway = Gateway::new(live, metrics);
     // Copilot Studio bots learn their Direct Line host before the first request; a failure
     // is logged and retried by the loop below, never fatal.
@@ -253,6 +249,10 @@ impl Running {
         let _ = self.admin_task.await;
         for (_, emulator) in &self.emulators {
             emulator.shutdown();
+        }
+        // Last: the drain's own spans go out too.
+        if let Some(telemetry) = self.gateway.telemetry.clone() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         drop(self.workers);
     }

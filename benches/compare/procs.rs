@@ -22,6 +22,78 @@ max_connections_per_ip = 0\n\
 sessions_per_minute = 0\n\
 activities_per_minute = 0\n";
 
+/// With `COMPARE_TRACING=1`, the gateway traces requests to [`trace_sink`], every one of
+/// them unless `COMPARE_TRACING_RATIO` says otherwise: what tracing costs
+/// (docs/BENCHMARKS.md, "Tracing cost").
+fn gateway_config() -> String {
+    let mut config = GATEWAY_CONFIG.to_owned();
+    if std::env::var("COMPARE_TRACING").is_ok_and(|v| v == "1") {
+        let ratio: f64 = std::env::var("COMPARE_TRACING_RATIO")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1.0);
+        config.push_str(&format!(
+            "\n[tracing]\nendpoint = \"{}\"\nsampling_ratio = {ratio:?}\n",
+            trace_sink()
+        ));
+    }
+    config
+}
+
+/// An OTLP/HTTP receiver that accepts every export and keeps nothing, in the bench process:
+/// the gateway's side of the export (encoding, the request, the answer) is what is
+/// measured, not a collector's.
+fn trace_sink() -> &'static str {
+    static SINK: OnceLock<String> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("trace sink");
+        let url = format!("http://{}", listener.local_addr().expect("sink address"));
+        std::thread::spawn(move || {
+            for connection in listener.incoming().map_while(Result::ok) {
+                std::thread::spawn(move || swallow_exports(connection));
+            }
+        });
+        url
+    })
+}
+
+/// Answers each HTTP/1.1 request on `connection` with an empty 200 after reading its body.
+fn swallow_exports(connection: TcpStream) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(match connection.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut writer = connection;
+    loop {
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err()
+            || writer
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,7 +162,7 @@ impl Proc {
     pub fn gateway(upstream: &str, wrapper: &[String]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let config = run_dir().join("gateway.toml");
-        std::fs::write(&config, GATEWAY_CONFIG).expect("gateway config");
+        std::fs::write(&config, gateway_config()).expect("gateway config");
         let log = run_dir().join(format!("gateway-{port}.log"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

@@ -471,7 +471,26 @@ fn decorate(mut response: Response<Body>) -> Response<Body> {
         HeaderValue::from_static("Retry-After"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Direct Line answers every REST call with its own request id (what Microsoft support
+    // asks for); the gateway puts it on its upstream trace span.
+    if let Ok(id) = HeaderValue::from_str(&ms_request_id()) {
+        headers.insert("x-ms-request-id", id);
+    }
     response
+}
+
+/// A fresh id in Direct Line's form (a GUID: 8-4-4-4-12 lowercase hex digits).
+fn ms_request_id() -> String {
+    let n = fastrand::u128(..);
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Reads the whole body chunk by chunk, refusing more than `limit` bytes: by

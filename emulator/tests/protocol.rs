@@ -760,6 +760,20 @@ async fn posts_are_validated() {
         "Retry-After"
     );
     assert_eq!(unknown.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    // Like Direct Line, every answer (errors too) carries its own GUID-shaped request id.
+    let ids: Vec<&str> = [&ok, &unknown]
+        .iter()
+        .map(|reply| reply.headers["x-ms-request-id"].to_str().unwrap())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    for id in ids {
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert!(
+            id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub user_ids: Option<String>,
     /// Signed-in mode, single-bot form (`[auth]`).
     pub auth: Option<FileAuth>,
+    /// Distributed tracing (`[tracing]`, issue 21).
+    pub tracing: Option<FileTracing>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
 }
@@ -136,4 +138,19 @@ pub struct FileStream {
     pub guard_against_replays: Option<bool>,
     pub drain_period: Option<String>,
     pub drain_spread: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    pub enabled: Option<bool>,
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub service_name: Option<String>,
+    pub sampling_ratio: Option<f64>,
+    pub propagate_upstream: Option<bool>,
+    pub include_conversation_ids: Option<bool>,
+    pub export_interval: Option<String>,
+    pub export_timeout: Option<String>,
+    pub queue_size: Option<usize>,
 }

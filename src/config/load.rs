@@ -117,6 +117,7 @@ impl Config {
             timeouts: timeouts(file.timeouts)?,
             stream: stream(file.stream)?,
             bots: bots(file.bots, top, env)?,
+            tracing: super::tracing::section(file.tracing, env)?,
             watched_files,
         };
         config.validate()?;

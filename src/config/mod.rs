@@ -10,13 +10,15 @@
 //!   durations, sizes, URLs);
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
-//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10).
+//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10);
+//! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
 
 mod copilot;
 mod errors;
 mod file;
 mod load;
 mod sources;
+mod tracing;
 mod values;
 
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
+pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
 
 #[derive(Debug, Clone)]
@@ -67,6 +70,8 @@ pub struct Config {
     /// named `default` that the single-bot form's top-level keys describe (loading turns one
     /// form into the other; nothing else needs to know there are two).
     pub bots: Vec<BotConfig>,
+    /// Distributed tracing; `None` (the default) is off and costs nothing per request.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -242,6 +247,7 @@ impl Default for Config {
             workers: 0,
             watched_files: Vec::new(),
             bots: vec![BotConfig::default()],
+            tracing: None,
         }
     }
 }

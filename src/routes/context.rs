@@ -11,6 +11,7 @@ use crate::endpoint::{ConversationId, Route};
 use crate::error::GatewayError;
 use crate::gateway::{Bot, Live};
 use crate::seal::ClientToken;
+use crate::telemetry::RequestTrace;
 use crate::upstream::call::{Credential, Forwarding, Reply, UpstreamCall};
 
 /// Per-request facts the phases share.
@@ -32,6 +33,8 @@ pub struct RequestContext {
     pub bot: Arc<Bot>,
     /// The connection's last opened client token.
     pub opened: Arc<OpenedTokens>,
+    /// The request's server span while tracing is on.
+    pub trace: Option<RequestTrace>,
 }
 
 impl RequestContext {
@@ -71,6 +74,7 @@ impl RequestContext {
         .forwarding(Forwarding {
             request_id: &self.request_id,
             forwarded_for: &self.forwarded_for,
+            trace: self.trace.as_ref().map(RequestTrace::parent),
         })
     }
 

@@ -35,6 +35,11 @@ pub(crate) async fn token_from_endpoint(
     let path = environment.endpoint.path_and_query();
     let reply =
         UpstreamCall::environment(&bot, &path, ctx.route.as_str(), timeout, MAX_ANSWER_BYTES)
+            .traced(
+                ctx.trace
+                    .as_ref()
+                    .map(crate::telemetry::RequestTrace::parent),
+            )
             .send(&gateway.metrics)
             .await?;
     ctx.saw(&reply);

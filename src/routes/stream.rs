@@ -22,6 +22,7 @@ use crate::stream::hub::{AttachError, ResumeFrom};
 use crate::stream::relay::FirstLink;
 use crate::stream::websocket::{close_frame, ws_config};
 use crate::stream::{client, link, multimodal, relay};
+use crate::telemetry::{Origin, RequestTrace, StreamSpan};
 
 /// Authorises a stream upgrade and answers 101; the socket is served in its own task.
 pub fn accept(
@@ -61,6 +62,7 @@ pub fn accept(
         .remove::<Arc<crate::workers::Placed>>();
     let gateway = gateway.clone();
     let bot = ctx.bot.name.clone();
+    let origin = ctx.trace.as_ref().map(RequestTrace::origin);
     tokio::spawn(async move {
         let _slot = slot;
         let _ip_slot = ip_slot;
@@ -83,7 +85,7 @@ pub fn accept(
         if multimodal {
             Box::pin(multimodal::bridge(gateway, conversation, ticket, socket)).await;
         } else {
-            Box::pin(session(gateway, bot, conversation, ticket, socket)).await;
+            Box::pin(session(gateway, bot, conversation, ticket, socket, origin)).await;
         }
     });
     let mut response = Response::new(body::empty());
@@ -125,7 +127,10 @@ async fn session(
     conversation: ConversationId,
     ticket: StreamTicket,
     socket: client::ClientSocket,
+    origin: Option<Origin>,
 ) {
+    // While tracing is on: the span of a client resuming at its watermark.
+    let mut resume: Option<StreamSpan> = None;
     let from = match &ticket.watermark {
         Some(w) => ResumeFrom::Watermark(Arc::from(w.as_str())),
         None => ResumeFrom::Since(ticket.issued_at_ms),
@@ -133,6 +138,14 @@ async fn session(
     let mut socket = socket;
     for _ in 0..3 {
         let (hub, created) = hub_for(&gateway, &bot, &conversation, &ticket);
+        if let Some(origin) = &origin {
+            if created {
+                let _ = hub.trace.set(origin.clone());
+            }
+            if resume.is_none() && ticket.watermark.is_some() {
+                resume = origin.client_resume(hub.trace.get(), &bot, &conversation);
+            }
+        }
         let attached = if created {
             hub.attach(&ResumeFrom::Start)
         } else {
@@ -140,11 +153,15 @@ async fn session(
         };
         match attached {
             Ok(cursor) => {
+                let source = if created { "upstream" } else { "buffer" };
                 gateway
                     .metrics
                     .client_replays
-                    .with_label_values(&[if created { "upstream" } else { "buffer" }])
+                    .with_label_values(&[source])
                     .inc();
+                if let Some(span) = resume.take() {
+                    span.finish(source, &[]);
+                }
                 client::serve(gateway, hub, socket, cursor, Vec::new()).await;
                 return;
             }
@@ -153,12 +170,13 @@ async fn session(
                 let Some(watermark) = ticket.watermark.as_deref() else {
                     continue;
                 };
-                match Box::pin(link::catch_up(
+                match Box::pin(link::catch_up_traced(
                     &gateway,
                     &bot,
                     &conversation,
                     Some(watermark),
                     &ticket.upstream_token,
+                    resume.as_ref().map(StreamSpan::parent),
                 ))
                 .await
                 {
@@ -169,6 +187,9 @@ async fn session(
                                 .client_replays
                                 .with_label_values(&["catch_up"])
                                 .inc();
+                            if let Some(span) = resume.take() {
+                                span.finish("catch_up", &[]);
+                            }
                             client::serve(gateway, hub, socket, cursor, frames).await;
                             return;
                         }
@@ -181,6 +202,9 @@ async fn session(
                 }
             }
         }
+    }
+    if let Some(span) = resume {
+        span.finish("failed", &[]);
     }
     let frame = close_frame(CloseCode::Error, "could not resume; reconnect");
     let _ = socket.close(Some(frame)).await;

@@ -210,6 +210,9 @@ pub async fn serve(
                 Pending::Frames => {}
                 Pending::Lagged => {
                     gateway.metrics.slow_clients_closed.inc();
+                    if let Some(origin) = hub.trace.get() {
+                        origin.slow_client_closed(&hub.bot, &hub.conversation, lag_frames);
+                    }
                     let frame = close_frame(
                         CloseCode::Again,
                         "client too slow; reconnect with your watermark",
@@ -267,6 +270,7 @@ pub async fn serve(
         activities = delivered_activities,
         resumes = hub.resumes.load(std::sync::atomic::Ordering::Relaxed) - resumes_at_start,
         end = ?end,
+        trace_id = hub.trace.get().and_then(|o| o.trace_id()).map(tracing::field::display),
         "client stream ended"
     );
 }

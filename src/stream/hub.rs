@@ -190,6 +190,9 @@ pub struct Hub {
     /// enhanced authentication need a live one, and clients refresh theirs every 15 min.
     upstream_token: Mutex<Arc<str>>,
     budget: Arc<RingBudget>,
+    /// While tracing is on: the request that created this hub, which its stream spans
+    /// link to (set once, by the stream route, right after creating it).
+    pub trace: std::sync::OnceLock<crate::telemetry::Origin>,
 }
 
 /// How much one hub's ring may hold, fixed when the hub is made.
@@ -245,6 +248,7 @@ impl Hub {
             resumes: AtomicU64::new(0),
             upstream_token: Mutex::new(Arc::from(upstream_token)),
             budget,
+            trace: std::sync::OnceLock::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::endpoint::ConversationId;
 use crate::gateway::{Bot, Gateway, Live};
 use crate::rewrite;
 use crate::scrub::Needles;
+use crate::telemetry::Parent;
 use crate::upstream::call::{Credential, UpstreamCall};
 use crate::upstream::client::stream_url_refused;
 
@@ -45,6 +46,7 @@ pub async fn fetch_stream_url(
     conversation: &ConversationId,
     watermark: Option<&str>,
     upstream_token: &mut String,
+    trace: Option<Parent>,
 ) -> Result<String, FetchError> {
     let path = format!(
         "/v3/directline/conversations/{conversation}{}",
@@ -53,7 +55,7 @@ pub async fn fetch_stream_url(
     let live = gateway.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
     let timeout = live.config.timeouts.default;
-    let call = upstream_get(&live, bot, &path, upstream_token, "stream_resume");
+    let call = upstream_get(&live, bot, &path, upstream_token, "stream_resume").traced(trace);
     let (bytes, via_token) = get_success(gateway, call, timeout, conversation).await?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
     if via_token && let Some(fresh) = json.get("token").and_then(|t| t.as_str()) {
@@ -177,6 +179,18 @@ pub async fn catch_up(
     watermark: Option<&str>,
     upstream_token: &str,
 ) -> Result<(Vec<Utf8Bytes>, KeySet), FetchError> {
+    catch_up_traced(gateway, bot, conversation, watermark, upstream_token, None).await
+}
+
+/// [`catch_up`] with its GETs traced under `trace` (a client's resume span).
+pub async fn catch_up_traced(
+    gateway: &Gateway,
+    bot: &str,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    upstream_token: &str,
+    trace: Option<Parent>,
+) -> Result<(Vec<Utf8Bytes>, KeySet), FetchError> {
     let mut frames = Vec::new();
     let mut ids = KeySet::default();
     let mut watermark = watermark.map(str::to_owned);
@@ -193,7 +207,8 @@ pub async fn catch_up(
             "/v3/directline/conversations/{conversation}/activities{}",
             rewrite::watermark_query(watermark.as_deref())
         );
-        let call = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up");
+        let call = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up")
+            .traced(trace.clone());
         let (bytes, _) = get_success(gateway, call, timeout, conversation).await?;
         let set: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;

@@ -381,12 +381,49 @@ fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Byt
     }
 }
 
-/// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
+/// Reconnect from the tracker's watermark, traced (while tracing is on) as one span from
+/// the drop to its end, with the reconnect GETs under it.
 async fn resume(
     gateway: &Gateway,
     hub: &Hub,
     tracker: &Tracker,
     run: &mut FailureRun,
+) -> ResumeEnd {
+    let Some(span) = hub
+        .trace
+        .get()
+        .and_then(|origin| origin.upstream_resume(&hub.bot, &hub.conversation))
+    else {
+        return reconnect(gateway, hub, tracker, run, None).await;
+    };
+    let end = reconnect(gateway, hub, tracker, run, Some(span.parent())).await;
+    span.finish(
+        end.label(),
+        &[("directline.attempts", i64::from(run.attempt))],
+    );
+    end
+}
+
+impl ResumeEnd {
+    fn label(&self) -> &'static str {
+        match self {
+            ResumeEnd::Connected(_) => "ok",
+            ResumeEnd::Gone => "gone",
+            ResumeEnd::BotRemoved => "bot_removed",
+            ResumeEnd::Exhausted => "exhausted",
+            ResumeEnd::Idle => "idle",
+            ResumeEnd::Stopped => "stopped",
+        }
+    }
+}
+
+/// Reconnect from the tracker's watermark with full-jitter backoff inside the budget.
+async fn reconnect(
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &Tracker,
+    run: &mut FailureRun,
+    trace: Option<crate::telemetry::Parent>,
 ) -> ResumeEnd {
     // Loaded once per resume: a reload during a drop storm applies from the next one.
     let live = gateway.live_owned();
@@ -435,6 +472,7 @@ async fn resume(
             &hub.conversation,
             watermark,
             &mut upstream_token,
+            trace.clone(),
         )
         .await;
         hub.set_upstream_token(&upstream_token);

@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::gateway::Bot;
 use crate::metrics::{Metrics, status_class};
 use crate::secret;
+use crate::telemetry::{Parent, UpstreamSpan};
 
 /// Which Direct Line credential a call carries.
 #[derive(Clone, Copy)]
@@ -84,10 +85,13 @@ pub struct Reply {
     pub via_token: bool,
 }
 
-/// The request id and client address a client request carries upstream.
+/// The request id and client address a client request carries upstream, and its trace.
 pub struct Forwarding<'a> {
     pub request_id: &'a HeaderValue,
     pub forwarded_for: &'a HeaderValue,
+    /// The request's span while tracing is on (given here rather than by
+    /// [`UpstreamCall::traced`], which would move the call once more per request).
+    pub trace: Option<Parent>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -121,6 +125,8 @@ pub struct UpstreamCall<'a> {
     /// (no allocation) for most calls.
     headers: Vec<(HeaderName, HeaderValue)>,
     body: CallBody,
+    /// The span this call's client span is a child of, while tracing is on.
+    trace: Option<Parent>,
 }
 
 impl<'a> UpstreamCall<'a> {
@@ -148,6 +154,7 @@ impl<'a> UpstreamCall<'a> {
             forwarding: None,
             headers: Vec::new(),
             body: CallBody::Replayable(Bytes::new()),
+            trace: None,
         }
     }
 
@@ -198,6 +205,13 @@ impl<'a> UpstreamCall<'a> {
             forwarding.request_id.clone(),
             forwarding.forwarded_for.clone(),
         ));
+        self.trace = forwarding.trace;
+        self
+    }
+
+    /// Traced as a child of `parent` (`None`: tracing off, or an untraced caller).
+    pub fn traced(mut self, parent: Option<Parent>) -> Self {
+        self.trace = parent;
         self
     }
 
@@ -241,6 +255,16 @@ impl<'a> UpstreamCall<'a> {
             _ => Bytes::new(),
         };
         let mut call = self;
+        let mut span = call.trace.take().and_then(|parent| {
+            let host = upstream.host_names().1;
+            parent.upstream(
+                call.label,
+                &call.method,
+                host,
+                &call.bot.name,
+                &mut call.headers,
+            )
+        });
         let request = call.build(&upstream, first)?;
         let response = attempt(
             call.bot,
@@ -249,6 +273,7 @@ impl<'a> UpstreamCall<'a> {
             call.label,
             request,
             call.timeout,
+            span.as_mut(),
         )
         .await?;
         let Some(token) = fallback else {
@@ -271,6 +296,9 @@ impl<'a> UpstreamCall<'a> {
             });
         }
         call.body = CallBody::Replayable(bytes);
+        if let Some(span) = &mut span {
+            span.fallback();
+        }
         let request = call.build(&upstream, Some(secret::bearer(token)))?;
         let response = attempt(
             call.bot,
@@ -279,6 +307,7 @@ impl<'a> UpstreamCall<'a> {
             call.label,
             request,
             call.timeout,
+            span.as_mut(),
         )
         .await?;
         Ok(Reply {
@@ -321,7 +350,7 @@ impl<'a> UpstreamCall<'a> {
 }
 
 /// One request on the wire, with `upstream_request_duration_seconds{route}` and
-/// `upstream_requests_total{route,status,bot}`.
+/// `upstream_requests_total{route,status,bot}`, and its outcome on the call's span.
 async fn attempt(
     bot: &Bot,
     upstream: &Arc<Upstream>,
@@ -329,6 +358,7 @@ async fn attempt(
     label: &'static str,
     request: http::Request<Body>,
     timeout: Duration,
+    span: Option<&mut UpstreamSpan>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
     let result = upstream.send(request, timeout).await;
@@ -356,5 +386,14 @@ async fn attempt(
         .upstream_requests
         .with_label_values(&[label, status, &bot.name])
         .inc();
+    if let Some(span) = span {
+        span.attempt(match &result {
+            Ok(response) => Ok((
+                response.status().as_u16(),
+                response.headers().get(UpstreamSpan::request_id_header()),
+            )),
+            Err(_) => Err(status),
+        });
+    }
     result
 }
