@@ -31,6 +31,15 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
     if jsonscan::nests_deeper_than(body, MAX_DEPTH) {
         return Err(GatewayError::MalformedJson);
     }
+    // Fields copied as text are checked for JSON's grammar only, which lets a `\u` escape
+    // of a lone surrogate through: a full parse refuses it, and so must this one. A body
+    // with `\u` escapes is rare (clients send UTF-8), so only such a body pays for the
+    // full parse.
+    if memchr::memmem::find(body, b"\\u").is_some()
+        && serde_json::from_slice::<Value>(body).is_err()
+    {
+        return Err(GatewayError::MalformedJson);
+    }
     let fields = match serde_json::from_slice::<Fields<'_>>(body) {
         Ok(Fields(fields)) => fields,
         Err(error) if error.classify() == serde_json::error::Category::Data => {
@@ -205,6 +214,24 @@ mod tests {
         }
         activity.insert("from".into(), from);
         Value::Object(activity)
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_refused_wherever_it_is() {
+        for body in [
+            r#"{"type":"message","text":"\udc81"}"#,
+            r#"{"type":"message","from":{"id":"x","name":"\ud800"}}"#,
+            r#"{"type":"message","channelData":{"a":["\udfff"]}}"#,
+        ] {
+            assert_eq!(
+                bind_sender(body.as_bytes(), "dl_u").unwrap_err(),
+                GatewayError::MalformedJson,
+                "{body}"
+            );
+        }
+        // A pair is a character, and other escapes are fine.
+        let text = bound(r#"{"type":"message","text":"\ud83d\ude00 \u00e9"}"#, "dl_u").unwrap();
+        assert_eq!(text["text"], "😀 é");
     }
 
     #[test]
