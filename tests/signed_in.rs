@@ -1,4 +1,4 @@
-//! Signed-in users (issue 17, DESIGN §11): with `[auth]`, tokens/generate mints tokens
+//! Signed-in users (issue 17, ARCHITECTURE §11): with `[auth]`, tokens/generate mints tokens
 //! only for people a real OpenID Connect issuer (the emulator's `OidcIssuer`, on
 //! 127.0.0.1:0) signed in, under a stable pseudonym; forged, stale and foreign tokens are
 //! refused with their reason counted; the issuer's keys are cached, refreshed and kept as
