@@ -29,6 +29,8 @@ const EXEMPT: &[&str] = &["tests/standalone.rs", ".ci/standalone-refs.py"];
 const OUTSIDE: &[(&str, &str)] = &[
     ("DESIGN §", "ARCHITECTURE §"),
     ("DESIGN.md", "docs/ARCHITECTURE.md"),
+    ("DESIGN (§", "ARCHITECTURE (§"),
+    ("shared DESIGN", "docs/ARCHITECTURE.md"),
     ("spec §", "PROTOCOL §"),
     ("Spec §", "PROTOCOL §"),
     ("directline-spec.md", "docs/PROTOCOL.md"),
