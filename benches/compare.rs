@@ -1,5 +1,5 @@
 //! The gateway against nginx doing the closest job and against Direct Line direct (the
-//! emulator), side by side in one run (issue #7). Not a test: it prints markdown tables
+//! emulator), side by side in one run. Not a test: it prints markdown tables
 //! and never fails on a figure. `bash benches/compare.sh [quick]` runs every mode; one mode:
 //!
 //!   cargo bench --bench compare -- rest    [--quick] [--repeat N] [--secs S] [--concurrency 32,256]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gateway against nginx doing the closest job and against Direct Line direct (the
-# emulator), every scenario three ways in one run (issue #7; docs/BENCHMARKS.md).
+# emulator), every scenario three ways in one run (docs/BENCHMARKS.md).
 #
 #   bash benches/compare.sh           # full: 3 runs of everything, about 30 minutes
 #   bash benches/compare.sh quick     # one short run of everything, to check the tooling

@@ -1,4 +1,4 @@
-//! The cost of signed-in mode per `tokens/generate` (issue 17). Not a test. Run with:
+//! The cost of signed-in mode per `tokens/generate`. Not a test. Run with:
 //!   cargo bench --bench sign_in [ITERATIONS] [REQUESTS]
 //!
 //! verify: the CPU work a sign-in adds, in-process and without the network: the header

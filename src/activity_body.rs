@@ -1,6 +1,6 @@
 //! The body of `POST …/activities`, rewritten so that `from.id` is the user bound into the
 //! caller's token (Direct Line does the same for user-bound tokens; the gateway posts with
-//! the secret, spec §1.1).
+//! the secret, PROTOCOL §1.1).
 //!
 //! Only `from` is parsed. Every other field is copied as the caller's JSON text, so a
 //! message costs one validating pass and one copy instead of a JSON tree built, printed

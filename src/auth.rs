@@ -111,7 +111,7 @@ pub fn authorize(
 }
 
 /// Opens the token of a `tokens/refresh` call: like [`authorize`], except that a token
-/// that expired less than `resume_window` ago is accepted too (durable resume, DESIGN §12).
+/// that expired less than `resume_window` ago is accepted too (durable resume, ARCHITECTURE §12).
 /// Returns whether it had expired: its upstream token has then expired with it.
 pub fn authorize_refresh(
     sealer: &Sealer,

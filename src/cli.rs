@@ -1,4 +1,4 @@
-//! Command-line interface (DESIGN §6): gateway flags, and the `emulator` subcommand.
+//! Command-line interface (ARCHITECTURE §6): gateway flags, and the `emulator` subcommand.
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 
-/// DLJS sends these on every call (spec §7.1); `x-request-id` lets clients correlate logs;
+/// DLJS sends these on every call (PROTOCOL §7.1); `x-request-id` lets clients correlate logs;
 /// rxjs's ajax (inside WebChat's DLJS) adds `x-requested-with`. The answer when a preflight
 /// names no headers or names them unreadably.
 const ALLOWED_HEADERS: &str =
@@ -74,7 +74,7 @@ fn allowed_headers(request: &HeaderMap) -> HeaderValue {
 }
 
 /// Adds the CORS response headers. Credentials are allowed because DLJS's
-/// `getSessionId` uses `withCredentials` (spec §7.5), so the origin is echoed, never `*`.
+/// `getSessionId` uses `withCredentials` (PROTOCOL §7.5), so the origin is echoed, never `*`.
 pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     headers.insert(

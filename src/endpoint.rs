@@ -6,7 +6,7 @@ use http::Method;
 
 use crate::error::GatewayError;
 
-/// Longest conversation id accepted. Real ids are about 25 characters (spec §2);
+/// Longest conversation id accepted. Real ids are about 25 characters (PROTOCOL §2);
 /// anything far longer is an attack on logs or upstream, not a conversation.
 pub const MAX_CONVERSATION_ID_LEN: usize = 128;
 
@@ -51,7 +51,7 @@ impl fmt::Display for ConversationId {
     }
 }
 
-/// A client route of Direct Line 3.0 (spec §10.1).
+/// A client route of Direct Line 3.0 (PROTOCOL §10.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     TokensGenerate,

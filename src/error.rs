@@ -141,7 +141,7 @@ pub enum GatewayError {
 /// One row of the error table: everything the gateway says and records about a variant.
 struct Row {
     status: StatusCode,
-    /// The stable `error.code`; Direct Line's own codes where one exists (spec §1.5).
+    /// The stable `error.code`; Direct Line's own codes where one exists (PROTOCOL §1.5).
     code: &'static str,
     /// The client's `error.message`: fixed text, never a detail.
     message: &'static str,
@@ -322,7 +322,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// Pins the status and code of every variant: clients key on these (spec §1.5, §10.8).
+    /// Pins the status and code of every variant: clients key on these (PROTOCOL §1.5, §10.8).
     #[test]
     fn status_and_code_table() {
         use GatewayError::*;

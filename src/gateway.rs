@@ -1,4 +1,4 @@
-//! The gateway's shared state, at the bottom of the layers (DESIGN §9): the settings
+//! The gateway's shared state, at the bottom of the layers (ARCHITECTURE §9): the settings
 //! snapshot a reload swaps ([`Live`]), the bots it serves ([`Bot`]), and the long-lived
 //! parts every request and stream shares ([`Gateway`]: metrics, hubs, rate buckets, drain).
 
@@ -146,7 +146,7 @@ impl Gateway {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// The stream half of a drain (DESIGN §5): open client sockets are served for
+    /// The stream half of a drain (ARCHITECTURE §5): open client sockets are served for
     /// `stream.drain_period` or until they have all gone, then the rest are closed with 1001
     /// over `stream.drain_spread`. Returns once their close frames had a moment to leave.
     pub async fn drain_streams(&self) {

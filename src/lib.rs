@@ -1,6 +1,6 @@
 //! directline-gateway: a reverse proxy for Bot Framework Direct Line 3.0.
 //!
-//! Layers, each importing only from the ones below it (DESIGN §9; `tests/layers.rs` fails
+//! Layers, each importing only from the ones below it (ARCHITECTURE §9; `tests/layers.rs` fails
 //! on any import cycle between files):
 //! 1. **server**: [`server`] (listeners, connections, admin, [`server::start`]), [`signals`],
 //!    `admission` (per-IP cap, first-request deadline), `tls`, [`cli`], [`logging`], and

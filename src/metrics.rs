@@ -175,7 +175,7 @@ pub struct Metrics {
     /// 1 for the Direct Line host a Copilot Studio bot uses now (at most one per bot,
     /// besides `host="none"` at 0).
     pub discovered_upstream: IntGaugeVec,
-    /// Tracing (issue 21): spans the collector accepted, and spans lost by reason.
+    /// Tracing: spans the collector accepted, and spans lost by reason.
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
 }

@@ -1,4 +1,4 @@
-//! A client request in named phases (DESIGN §9): **admit** (URL and header sizes, Host,
+//! A client request in named phases (ARCHITECTURE §9): **admit** (URL and header sizes, Host,
 //! draining) → **select bot** (host, prefix) → **parse** (typed endpoint) → **check origin**
 //! → **authorize** (token, ownership) → **rate-limit** → **dispatch** (the route) →
 //! **respond** (CORS, errors as Direct Line bodies) → **log** (access line, metrics). What
@@ -266,7 +266,7 @@ async fn authorize(
                 ctx.bot.settings.resume_window,
             )?;
             if expired && let Some(identity) = &ctx.bot.identity {
-                // Signed-in mode (DESIGN §12): the expired token proves ownership of the
+                // Signed-in mode (ARCHITECTURE §12): the expired token proves ownership of the
                 // conversation, a current sign-in proves the person is still its owner.
                 identity.prove(headers, &token.user_id).await?;
             }

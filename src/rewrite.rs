@@ -8,7 +8,8 @@ use url::Url;
 use crate::config::{Config, IpNet};
 use crate::endpoint::ConversationId;
 
-/// Characters escaped in a watermark query value: it is opaque (spec §4.1) and may hold anything.
+/// Characters escaped in a watermark query value: it is opaque (PROTOCOL §4.1) and may hold
+/// anything.
 const QUERY_VALUE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
@@ -91,7 +92,7 @@ fn is_host(host: &str) -> bool {
 }
 
 /// The gateway stream URL handed to clients. The path still ends in `/stream`, so DLJS's
-/// `/multimodal` variant keeps working (spec §5.1).
+/// `/multimodal` variant keeps working (PROTOCOL §5.1).
 pub fn gateway_stream_url(
     ws_base: &str,
     prefix: &str,
@@ -153,7 +154,7 @@ fn parse_stream_url(stream_url: &str) -> Option<(http::Uri, UpstreamStreamUrl)> 
     Some((uri, UpstreamStreamUrl { watermark }))
 }
 
-/// Where a bot's upstream stream URLs may point (DESIGN §13): the configured upstream's
+/// Where a bot's upstream stream URLs may point (ARCHITECTURE §13): the configured upstream's
 /// host and port, `wss` for an `https` upstream and `ws` only for an `http` one, and the
 /// upstream's own stream path. An upstream (or whatever answers in its name) that hands out
 /// another URL would otherwise have the gateway dial anywhere, carrying the upstream ticket.
@@ -264,7 +265,7 @@ fn foreign(uri: &http::Uri) -> StreamUrlRefused {
     }
 }
 
-/// Watermarks are opaque strings (spec §4.1): copied verbatim; `-` and empty mean "none".
+/// Watermarks are opaque strings (PROTOCOL §4.1): copied verbatim; `-` and empty mean "none".
 pub fn normalize_watermark(raw: &str) -> Option<String> {
     (!raw.is_empty() && raw != "-").then(|| raw.to_owned())
 }
@@ -318,7 +319,7 @@ mod tests {
         ));
     }
 
-    /// Every upstream host form of DESIGN §6 yields the same kind of gateway URL, with the
+    /// Every upstream host form of ARCHITECTURE §6 yields the same kind of gateway URL, with the
     /// upstream watermark kept and no upstream host or credential left in it.
     #[test]
     fn every_upstream_host_form() {

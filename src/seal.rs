@@ -20,7 +20,7 @@ use crate::clock;
 const PREFIX: &str = "dlgw1.";
 const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
-/// Shorter operator keys are refused at start (DESIGN §6).
+/// Shorter operator keys are refused at start (ARCHITECTURE §6).
 pub const MIN_KEY_LEN: usize = 32;
 /// The bot a token was sealed for when the token predates multi-bot support, and so the
 /// name of the one bot a single-bot configuration describes.
@@ -232,7 +232,7 @@ fn default_bot() -> String {
     DEFAULT_BOT.to_owned()
 }
 
-/// What a gateway client token holds (DESIGN §2). Short field names keep tokens small.
+/// What a gateway client token holds (ARCHITECTURE §2). Short field names keep tokens small.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientToken {
     /// The bot this token is for; tokens sealed before bots had names are the default bot's.
@@ -259,7 +259,7 @@ impl fmt::Debug for ClientToken {
     }
 }
 
-/// What a gateway stream ticket holds (DESIGN §4): the right to open one conversation's
+/// What a gateway stream ticket holds (ARCHITECTURE §4): the right to open one conversation's
 /// stream for 60 s, and where the hub's first upstream connection should go.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamTicket {

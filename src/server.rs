@@ -72,8 +72,8 @@ pub struct Running {
     workers: Arc<Workers>,
 }
 
-/// Installs ring as rustls's process-wide provider (ENVIRONMENT.md: if another crate ever
-/// enabled a second provider, `ClientConfig::builder()` would otherwise panic).
+/// Installs ring as rustls's process-wide provider: if another crate ever enabled a second
+/// provider, `ClientConfig::builder()` would otherwise panic.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -232,7 +232,7 @@ impl Running {
         outcome
     }
 
-    /// Drains (DESIGN §5): readiness false and the client listener closed at once; REST
+    /// Drains (ARCHITECTURE §5): readiness false and the client listener closed at once; REST
     /// requests in flight get `shutdown_grace`; at the same time open client sockets are
     /// served for `stream.drain_period`, then closed with 1001 over `stream.drain_spread`.
     /// Embedded emulators and the admin listener stop when both are done.

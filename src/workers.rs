@@ -4,7 +4,7 @@
 //! upstream socket all run on the thread that accepted the connection, so one activity never
 //! wakes a second thread (with tokio's work-stealing pool, a conversation's upstream read and
 //! its client write often ran on different workers: a futex wake and a context switch per
-//! activity, docs/PROFILE-FINDINGS.md "Session 7").
+//! activity; docs/PROFILE-FINDINGS.md, the thread-per-core section).
 //!
 //! One acceptor hands each new connection to the worker with the fewest open connections
 //! (WebSockets included), so long-lived sockets spread evenly, which neither a shared

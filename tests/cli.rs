@@ -1,4 +1,4 @@
-//! The operator interface of the real binary (DESIGN §6).
+//! The operator interface of the real binary (ARCHITECTURE §6).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Copilot Studio agents behind the gateway (DESIGN §10), against the emulator's Copilot
+//! Copilot Studio agents behind the gateway (ARCHITECTURE §10), against the emulator's Copilot
 //! Studio environment on loopback: tokens from the agent's token endpoint (no secret), or
 //! the secret with web channel security on; the Direct Line host discovered from the
 //! environment's regional channel settings; streams across drops, token refresh, discovery

@@ -1,4 +1,4 @@
-//! SIGTERM's stream half (DESIGN §5): readiness false and the listener closed at once, open
+//! SIGTERM's stream half (ARCHITECTURE §5): readiness false and the listener closed at once, open
 //! client sockets served (upstream resumes included) for `stream.drain_period`, then the
 //! rest closed with 1001 over `stream.drain_spread`.
 

@@ -1,4 +1,4 @@
-//! The layering rule of DESIGN §9, checked on the source: no two files of a crate import
+//! The layering rule of ARCHITECTURE §9, checked on the source: no two files of a crate import
 //! each other, directly or through others. Every `crate::`, `super::`, `self::` and
 //! child-module path in a file (its `use` items and the paths in its code) is an edge to the
 //! file that defines the module the path goes through; the graph of files must have no

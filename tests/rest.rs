@@ -517,7 +517,7 @@ async fn slow_headers_are_cut_off() {
     assert!(h.emulator.requests().is_empty(), "nothing reached upstream");
 }
 
-/// Forwards to `upstream` and gzips every response body, as Direct Line may (spec §0.10).
+/// Forwards to `upstream` and gzips every response body, as Direct Line may (PROTOCOL §0.10).
 async fn gzip_proxy(upstream: String) -> std::net::SocketAddr {
     use http_body_util::BodyExt;
     use std::io::Write;

@@ -1,4 +1,4 @@
-//! Durable resume (issue 18): a page reloaded after every token of its conversation expired
+//! Durable resume (ARCHITECTURE §12): a page reloaded after every token of its conversation expired
 //! gets the conversation back through `tokens/refresh` inside `resume_window`, with exactly
 //! the activities it missed, on any replica; an expired token is good for nothing else.
 

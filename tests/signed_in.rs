@@ -1,4 +1,4 @@
-//! Signed-in users (issue 17, DESIGN §11): with `[auth]`, tokens/generate mints tokens
+//! Signed-in users (ARCHITECTURE §11): with `[auth]`, tokens/generate mints tokens
 //! only for people a real OpenID Connect issuer (the emulator's `OidcIssuer`, on
 //! 127.0.0.1:0) signed in, under a stable pseudonym; forged, stale and foreign tokens are
 //! refused with their reason counted; the issuer's keys are cached, refreshed and kept as
@@ -462,7 +462,7 @@ async fn an_issuer_that_is_down_leaves_cached_keys_working() {
     .await;
 }
 
-/// Durable resume in signed-in mode (issue 18's leftover): refreshing an expired gateway
+/// Durable resume in signed-in mode (ARCHITECTURE §12): refreshing an expired gateway
 /// token needs a current sign-in of the same person in X-Identity-Token.
 #[tokio::test]
 async fn resuming_an_expired_token_needs_a_sign_in_of_the_same_person() {

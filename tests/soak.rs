@@ -83,7 +83,7 @@ async fn client(h: &Harness, number: usize, until: Instant) -> (usize, Seen) {
             .await;
         sent += 1;
         let open = drain(&mut ws, &mut seen, Duration::from_millis(20)).await;
-        // A resume without a watermark asks only for what comes next (spec §3), so a client
+        // A resume without a watermark asks only for what comes next (PROTOCOL §3), so a client
         // drops its socket on purpose only once it holds one.
         let chooses_to_drop = seen.watermark.is_some() && fastrand::u8(..) < 20;
         if !open || chooses_to_drop {

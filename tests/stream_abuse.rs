@@ -1,4 +1,4 @@
-//! The stream routes against hostile clients and a poisoned upstream (issue 14): a client
+//! The stream routes against hostile clients and a poisoned upstream: a client
 //! that posts as someone else over `…/stream/multimodal`, opens too many sockets, floods
 //! frames, breaks the WebSocket protocol or stops reading, an upstream that sends a frame
 //! too large to read or stops answering pings, and the memory all of that may take.

@@ -1,4 +1,4 @@
-//! Distributed tracing (issue 21) against a real gateway, the emulator and an OTLP/HTTP
+//! Distributed tracing against a real gateway, the emulator and an OTLP/HTTP
 //! receiver on loopback that decodes what arrives as a collector would.
 
 mod support;

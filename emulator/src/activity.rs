@@ -5,12 +5,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// `<conversationId>|0000007`: the id shape seen on the real service (spec §4.1).
+/// `<conversationId>|0000007`: the id shape seen on the real service (PROTOCOL §4.1).
 pub(super) fn activity_id(conversation: &str, sequence: usize) -> String {
     format!("{conversation}|{sequence:07}")
 }
 
-/// The watermark of the activity at `sequence`: its decimal sequence number (spec §4.1).
+/// The watermark of the activity at `sequence`: its decimal sequence number (PROTOCOL §4.1).
 pub(super) fn watermark(sequence: usize) -> String {
     sequence.to_string()
 }
@@ -79,7 +79,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 /// A property looked up case-insensitively, as the service binds `User`/`Id` like `user`/`id`
-/// (spec §1.2). An exact match wins.
+/// (PROTOCOL §1.2). An exact match wins.
 pub(super) fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
     let object = value.as_object()?;
     object.get(name).or_else(|| {

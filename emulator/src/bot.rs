@@ -13,7 +13,7 @@ pub(super) fn account() -> Value {
 /// What the bot does with one activity.
 #[derive(Debug, Default)]
 pub(super) struct Replies {
-    /// Stream-only, never stored (spec §0.7).
+    /// Stream-only, never stored (PROTOCOL §0.7).
     pub typing: Option<Map<String, Value>>,
     pub messages: Vec<Map<String, Value>>,
 }

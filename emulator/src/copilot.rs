@@ -1,4 +1,4 @@
-//! A Copilot Studio environment on the emulator's own origin (DESIGN §10): an agent's token
+//! A Copilot Studio environment on the emulator's own origin (ARCHITECTURE §10): an agent's token
 //! endpoint (`GET /powervirtualagents/botsbyschema/{schema}/directline/token`, no
 //! credential, a token bound to a new conversation) and the regional channel settings that
 //! name the Direct Line host (`GET /powervirtualagents/regionalchannelsettings`), as the

@@ -12,7 +12,7 @@ use crate::record::{RecordedRequest, SeenCredential};
 
 pub(super) type Body = Full<Bytes>;
 
-/// A Direct Line error: status, stable code, fixed message (spec §1.5).
+/// A Direct Line error: status, stable code, fixed message (PROTOCOL §1.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct DlError {
     pub status: StatusCode,
@@ -34,7 +34,7 @@ impl DlError {
         "BadArgument",
         "Missing token or secret",
     );
-    /// A stream upgrade without `t` (the service answers 403 there, spec §1.5).
+    /// A stream upgrade without `t` (the service answers 403 there, PROTOCOL §1.5).
     pub const MISSING_STREAM_TOKEN: Self = Self::new(
         StatusCode::FORBIDDEN,
         "BadArgument",

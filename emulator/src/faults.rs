@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// Misbehaviours of the real service, all off by default (DESIGN §7).
+/// Misbehaviours of the real service, all off by default (ARCHITECTURE §7).
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Close each stream after this many activity frames. Counted per socket: frames that
@@ -19,7 +19,7 @@ pub struct Faults {
     /// Pack up to 3 pending activities per ActivitySet frame (watermark = the last one's).
     pub batch: bool,
     /// Streams minted by a reconnect replay the whole history whatever their watermark
-    /// (the 2021 service regression, spec §0.6).
+    /// (the 2021 service regression, PROTOCOL §0.6).
     pub replay_history: bool,
     /// Reconnect with the secret answers `400 MissingProperty "Missing user ID"`; a token works.
     pub enhanced_auth: bool,
@@ -31,7 +31,7 @@ pub struct Faults {
     /// The echo bot sends a typing activity (stream only, no watermark, never stored)
     /// before each echo.
     pub typing: bool,
-    /// The next K stream upgrades answer 403, as a stale stream URL does (spec §0.2).
+    /// The next K stream upgrades answer 403, as a stale stream URL does (PROTOCOL §0.2).
     pub refuse_streams: u32,
 }
 

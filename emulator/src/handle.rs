@@ -134,7 +134,7 @@ impl EmulatorHandle {
         Some(self.state.proactive(&conversation, text))
     }
 
-    /// Forgets the conversation (Direct Line drops them after 15–20 days idle, spec §3):
+    /// Forgets the conversation (Direct Line drops them after 15–20 days idle, PROTOCOL §3):
     /// reconnects and REST calls for it answer 404 from now on. False if unknown.
     /// A proactive bot activity of any shape (an OAuthCard, an event), as a bot would send
     /// through the Bot Connector; `from` is set to the bot. The new activity id, or `None`

@@ -1,4 +1,4 @@
-//! REST routes (spec §1–§4), the error bodies, and the headers every response carries.
+//! REST routes (PROTOCOL §1–§4), the error bodies, and the headers every response carries.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use super::state::{Conversation, ConversationId, Outgoing, State, TokenGrant};
 use super::stream;
 use super::upload;
 
-/// Activity size limit: "must not exceed 256K characters" (spec §4.2).
+/// Activity size limit: "must not exceed 256K characters" (PROTOCOL §4.2).
 const ACTIVITY_LIMIT: usize = 256 * 1024;
 /// Upload size limit; the body is read in chunks up to this.
 const UPLOAD_LIMIT: usize = 16 * 1024 * 1024;
@@ -44,7 +44,7 @@ pub(super) async fn handle(
     Ok(response)
 }
 
-/// The routes under `/v3/directline` (spec §10.1).
+/// The routes under `/v3/directline` (PROTOCOL §10.1).
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
     Generate,
@@ -182,7 +182,7 @@ fn conversation_access(
     Ok((conversation, authority))
 }
 
-/// POST /tokens/generate (spec §1.2): secret only; allocates, does not start.
+/// POST /tokens/generate (PROTOCOL §1.2): secret only; allocates, does not start.
 async fn generate(
     state: &State,
     request: Request<Incoming>,
@@ -208,7 +208,7 @@ async fn generate(
     ))
 }
 
-/// POST /tokens/refresh (spec §1.3): token only; same conversation and user.
+/// POST /tokens/refresh (PROTOCOL §1.3): token only; same conversation and user.
 fn refresh(state: &State, credential: &Credential) -> Result<Response<Body>, DlError> {
     let grant = match authority(credential)? {
         Authority::Token(grant) => grant,
@@ -225,7 +225,7 @@ fn refresh(state: &State, credential: &Credential) -> Result<Response<Body>, DlE
     ))
 }
 
-/// POST /conversations (spec §2): the secret creates, a token starts its own conversation
+/// POST /conversations (PROTOCOL §2): the secret creates, a token starts its own conversation
 /// (201), or finds it already started (200).
 async fn start(
     state: &State,
@@ -248,7 +248,7 @@ async fn start(
         }
     };
     // Starting sends the bot a conversationUpdate; the echo bot does not answer it, and
-    // conversationUpdate never reaches clients (spec §0.7), so nothing is stored.
+    // conversationUpdate never reaches clients (PROTOCOL §0.7), so nothing is stored.
     let created = conversation.start();
     let token = state.mint_token(&conversation.id, user.clone());
     let stream_url =
@@ -270,7 +270,7 @@ async fn start(
     ))
 }
 
-/// GET /conversations/{id}?watermark=W (spec §3).
+/// GET /conversations/{id}?watermark=W (PROTOCOL §3).
 fn reconnect(
     state: &State,
     request: &Request<Incoming>,
@@ -290,7 +290,7 @@ fn reconnect(
         (Watermark::After(_), Some(raw)) => raw,
         _ => "-",
     };
-    // With the secret the token carries no user (spec §0.5).
+    // With the secret the token carries no user (PROTOCOL §0.5).
     let user = authority.user();
     let token = state.mint_token(&conversation.id, user.clone());
     let origin = stream_origin(state, request.headers());
@@ -313,7 +313,7 @@ fn reconnect(
     ))
 }
 
-/// GET …/activities?watermark=W (spec §4.1): stored activities newer than W.
+/// GET …/activities?watermark=W (PROTOCOL §4.1): stored activities newer than W.
 fn activities(
     state: &State,
     request: &Request<Incoming>,
@@ -339,7 +339,7 @@ fn activities(
     Ok(raw_json_response(StatusCode::OK, body))
 }
 
-/// POST …/activities (spec §4.2): answered once the bot has handled it.
+/// POST …/activities (PROTOCOL §4.2): answered once the bot has handled it.
 async fn post_activity(
     state: &State,
     request: Request<Incoming>,
@@ -369,7 +369,7 @@ async fn post_activity(
     Ok(json_response(StatusCode::OK, &json!({ "id": id })))
 }
 
-/// POST …/upload?userId=U (spec §4.3): files become attachments of one message. The
+/// POST …/upload?userId=U (PROTOCOL §4.3): files become attachments of one message. The
 /// request log records that activity as the upload's body.
 async fn upload(
     state: &State,
@@ -423,7 +423,7 @@ async fn upload(
     Ok(json_response(StatusCode::OK, &json!({ "id": id })))
 }
 
-/// GET /session/getsessionid (spec §7.5): a session id and its cookie, scoped like the
+/// GET /session/getsessionid (PROTOCOL §7.5): a session id and its cookie, scoped like the
 /// service's own (`Domain=.botframework.com; Secure`), which a gateway must rewrite.
 fn session_id(credential: &Credential) -> Result<Response<Body>, DlError> {
     authority(credential)?;
@@ -437,7 +437,7 @@ fn session_id(credential: &Credential) -> Result<Response<Body>, DlError> {
     Ok(response)
 }
 
-/// CORS preflight for any path (spec §7.1).
+/// CORS preflight for any path (PROTOCOL §7.1).
 fn preflight() -> Response<Body> {
     let mut response = Response::new(Body::default());
     let headers = response.headers_mut();
@@ -456,7 +456,7 @@ fn preflight() -> Response<Body> {
     response
 }
 
-/// Headers every REST answer carries (spec §2 "Headers").
+/// Headers every REST answer carries (PROTOCOL §2 "Headers").
 fn decorate(mut response: Response<Body>) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return response;

@@ -1,6 +1,6 @@
-//! An embedded Direct Line 3.0 server with an echo bot and fault knobs (DESIGN §7).
+//! An embedded Direct Line 3.0 server with an echo bot and fault knobs (ARCHITECTURE §7).
 //!
-//! It implements the protocol of `directline-spec.md` rather than replaying canned
+//! It implements the protocol of `docs/PROTOCOL.md` rather than replaying canned
 //! answers: opaque random tokens (60 s stream tokens, `expires_in` 3600), conversation
 //! ids like `JqvzojbEjLT4rEMW4HoUIx-us`, activity ids `<conversationId>|0000007`, string
 //! watermarks, one WebSocket per conversation (`collision`), typing on the stream only.

@@ -30,7 +30,7 @@ use crate::secret::Secret;
 /// forgotten so a long benchmark does not grow without bound.
 const REQUEST_LOG_CAPACITY: usize = 16_384;
 /// Typing activities kept for a stream that is behind; a slower socket loses the oldest
-/// ones, which is harmless since typing is never replayed anyway (spec §0.7).
+/// ones, which is harmless since typing is never replayed anyway (PROTOCOL §0.7).
 const TRANSIENT_CAPACITY: usize = 64;
 /// Most activity frames prepared per lock of a timeline.
 const FRAMES_PER_TURN: usize = 32;
@@ -199,7 +199,7 @@ impl State {
         token
     }
 
-    /// A stream URL for `conversation`, minted now (spec §2, §3): `watermark_text` is put
+    /// A stream URL for `conversation`, minted now (PROTOCOL §2, §3): `watermark_text` is put
     /// back verbatim, `watermark` decides where its replay starts.
     pub(super) fn mint_stream_url(
         &self,
@@ -249,7 +249,7 @@ impl State {
 
     /// Takes in an activity from a user (REST post, upload, or a multimodal stream frame):
     /// stamps and stores it, then lets the bot answer. Returns the new activity id once the
-    /// bot is done, as the service answers POST only after the bot (spec §4.2).
+    /// bot is done, as the service answers POST only after the bot (PROTOCOL §4.2).
     pub(super) fn receive(
         &self,
         conversation: &Conversation,
@@ -363,7 +363,7 @@ fn uuid_like() -> String {
     )
 }
 
-/// The service overwrites `from.id` with the token's user (spec §1.1).
+/// The service overwrites `from.id` with the token's user (PROTOCOL §1.1).
 pub(super) fn set_from_id(activity: &mut Map<String, Value>, user: &str) {
     match activity.get_mut("from") {
         Some(Value::Object(from)) => {
@@ -398,7 +398,7 @@ struct Timeline {
     history: Vec<Arc<str>>,
     transients: VecDeque<Transient>,
     next_transient: u64,
-    /// The socket holding the one-stream-per-conversation slot (spec §0.3).
+    /// The socket holding the one-stream-per-conversation slot (PROTOCOL §0.3).
     stream: Option<u64>,
 }
 
@@ -425,7 +425,7 @@ pub(super) enum Outgoing {
 }
 
 impl Outgoing {
-    /// The ActivitySet text frame (spec §5.2).
+    /// The ActivitySet text frame (PROTOCOL §5.2).
     pub(super) fn frame(&self) -> String {
         let (items, watermark) = match self {
             Self::Activities(items, last) => (items.as_slice(), Some(activity::watermark(*last))),

@@ -1,4 +1,4 @@
-//! The WebSocket stream (spec §5): upgrade, replay then live delivery, keepalives, faults.
+//! The WebSocket stream (PROTOCOL §5): upgrade, replay then live delivery, keepalives, faults.
 //!
 //! LIFECYCLE of one socket: upgrade checked (`t` live and for this conversation, else 403
 //! before upgrade) → 101 → claim the conversation's one stream slot (taken: close the NEW
@@ -30,7 +30,7 @@ use super::exchange::{Body, DlError, Exchange, query_parameter};
 use super::faults::AfterFrame;
 use super::state::{Conversation, Cursor, Outgoing, State, StreamGrant};
 
-/// Close reason for a second socket on one conversation (spec §0.3).
+/// Close reason for a second socket on one conversation (PROTOCOL §0.3).
 pub const COLLISION_REASON: &str = "collision";
 /// Close reason of the even-numbered drops of the `drop_after_frames` fault (code 1011).
 pub const DROP_REASON: &str = "fault: drop";
@@ -53,7 +53,7 @@ fn socket_config() -> WebSocketConfig {
 }
 
 /// GET …/stream?watermark=W&t=T: checks the stream token, answers 101 and hands the
-/// connection to a socket task. No `Authorization` needed (spec §5.1).
+/// connection to a socket task. No `Authorization` needed (PROTOCOL §5.1).
 pub(super) fn upgrade(
     state: &Arc<State>,
     request: Request<Incoming>,
@@ -270,8 +270,8 @@ impl Delivery<'_> {
                 message = socket.next() => match message {
                     None | Some(Err(_)) => return End::Gone,
                     Some(Ok(Message::Close(_))) => return End::PeerClosed,
-                    // Client frames are "" keepalives and are ignored (spec §5.3), except
-                    // on /stream/multimodal where they carry activities (spec §5.1).
+                    // Client frames are "" keepalives and are ignored (PROTOCOL §5.3), except
+                    // on /stream/multimodal where they carry activities (PROTOCOL §5.1).
                     Some(Ok(Message::Text(text))) if self.multimodal && !text.is_empty() => {
                         self.receive(text.as_str());
                     }

@@ -1,4 +1,4 @@
-//! Upload bodies (spec §4.3): one raw file, or multipart/form-data with file parts and an
+//! Upload bodies (PROTOCOL §4.3): one raw file, or multipart/form-data with file parts and an
 //! optional `application/vnd.microsoft.activity` part.
 
 use serde_json::{Map, Value};

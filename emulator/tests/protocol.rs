@@ -414,7 +414,7 @@ async fn activities_before_start_url_are_not_replayed_on_dash() {
     let (_emulator, client) = default_emulator().await;
     let started = client.start(SECRET).await;
     client.say(&started, "old").await;
-    // A reconnect without a watermark replays only what comes after it (spec §3).
+    // A reconnect without a watermark replays only what comes after it (PROTOCOL §3).
     let reply = client
         .reconnect(&started.conversation_id, "", &started.token)
         .await;
@@ -1446,7 +1446,7 @@ fn args_build_the_config() {
     assert_eq!(defaults.config().token_ttl, Duration::from_secs(3600));
 }
 
-/// The Copilot Studio environment beside Direct Line (DESIGN §10): a token endpoint that
+/// The Copilot Studio environment beside Direct Line (ARCHITECTURE §10): a token endpoint that
 /// takes no credential and answers a token bound to a new conversation (starting with it
 /// returns that conversation), regional settings naming the emulator's own base, and web
 /// channel security turning the endpoint off while the secret keeps working.

@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 const SEPARATOR: u8 = 0x1e;
 const BIG_CAPACITY: usize = 1 << 20;
 
-/// The tracker's memory as the spec describes it: the last `capacity` forwarded ids.
+/// The tracker's memory as its documentation states it: the last `capacity` forwarded ids.
 struct Model {
     capacity: usize,
     window: VecDeque<Arc<str>>,

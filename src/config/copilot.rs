@@ -1,4 +1,4 @@
-//! A Copilot Studio agent's token endpoint (DESIGN §10): the URL its "Mobile app" channel
+//! A Copilot Studio agent's token endpoint (ARCHITECTURE §10): the URL its "Mobile app" channel
 //! page shows, and what the gateway derives from it (the environment's origin, the
 //! `api-version`, the regional channel settings it discovers the Direct Line host from).
 

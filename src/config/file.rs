@@ -43,7 +43,7 @@ pub struct FileConfig {
     pub user_ids: Option<String>,
     /// Signed-in mode, single-bot form (`[auth]`).
     pub auth: Option<FileAuth>,
-    /// Distributed tracing (`[tracing]`, issue 21).
+    /// Distributed tracing (`[tracing]`).
     pub tracing: Option<FileTracing>,
     #[serde(default)]
     pub bots: Vec<FileBot>,

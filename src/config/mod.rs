@@ -10,7 +10,7 @@
 //!   durations, sizes, URLs);
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
-//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10);
+//! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (ARCHITECTURE §10);
 //! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
 
 mod copilot;
@@ -110,10 +110,10 @@ pub struct BotConfig {
     /// How long after its expiry a gateway token can still be refreshed (and nothing else);
     /// zero turns durable resume off.
     pub resume_window: Duration,
-    /// Signed-in mode (`[auth]`, `[bots.auth]`, DESIGN §11): `tokens/generate` needs the
+    /// Signed-in mode (`[auth]`, `[bots.auth]`, ARCHITECTURE §11): `tokens/generate` needs the
     /// identity provider's JWT.
     pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
-    /// A Copilot Studio agent's token endpoint (DESIGN §10): without a secret, tokens come
+    /// A Copilot Studio agent's token endpoint (ARCHITECTURE §10): without a secret, tokens come
     /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
     /// discovered from its environment.
     pub token_endpoint: Option<TokenEndpoint>,
@@ -157,7 +157,7 @@ pub struct Limits {
     pub activity_body_bytes: u64,
     pub upload_body_bytes: u64,
     pub token_body_bytes: u64,
-    /// Upstream error bodies read to check them (DESIGN §13); a larger one is replaced by
+    /// Upstream error bodies read to check them (ARCHITECTURE §13); a larger one is replaced by
     /// the gateway's own error body.
     pub upstream_error_body_bytes: usize,
     pub max_url_bytes: usize,
@@ -221,7 +221,7 @@ pub struct StreamConfig {
     pub guard_against_replays: bool,
     /// On SIGTERM, open client sockets (with their hubs' upstream sockets and resumes) keep
     /// being served this long: DLJS waits 3–15 s before it reconnects after any close, so
-    /// closing every socket at once stalls every user of the replica (DESIGN §5).
+    /// closing every socket at once stalls every user of the replica (ARCHITECTURE §5).
     pub drain_period: Duration,
     /// After `drain_period`, the sockets still open are closed with 1001 spread evenly over
     /// this long, so the other replicas are not hit by every reconnect at once.
@@ -277,7 +277,7 @@ impl Default for BotConfig {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            // Direct Line's documented activity limit is 256K characters (spec §4.2).
+            // Direct Line's documented activity limit is 256K characters (PROTOCOL §4.2).
             activity_body_bytes: 256 * 1024,
             upload_body_bytes: 16 * 1024 * 1024,
             token_body_bytes: 16 * 1024,
@@ -303,7 +303,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             default: Duration::from_secs(15),
-            // Bots get ~15 s and Direct Line adds its own time (spec §1.5, §10.9).
+            // Bots get ~15 s and Direct Line adds its own time (PROTOCOL §1.5, §10.9).
             activities: Duration::from_secs(35),
             upload: Duration::from_secs(140),
         }

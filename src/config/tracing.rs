@@ -1,4 +1,4 @@
-//! `[tracing]` (issue 21): where spans go, what they may carry, and the standard OpenTelemetry
+//! `[tracing]`: where spans go, what they may carry, and the standard OpenTelemetry
 //! environment variables. Off unless an endpoint is known, from the file or the environment.
 
 use std::time::Duration;

@@ -25,7 +25,7 @@ pub enum UserIdPolicy {
     /// The gateway mints `dl_` + 128 random bits per token; whatever the caller says is ignored.
     #[default]
     Minted,
-    /// `user.id` from the tokens/generate body when it is a well-formed `dl_` id (spec §1.1),
+    /// `user.id` from the tokens/generate body when it is a well-formed `dl_` id (PROTOCOL §1.1),
     /// else minted. Only for deployments where tokens/generate is called by the site's own
     /// backend, which has authenticated the user: any caller can claim any id otherwise.
     Caller,

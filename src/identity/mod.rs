@@ -1,4 +1,4 @@
-//! Signed-in users (DESIGN §11): tokens minted only for people the organisation's OpenID
+//! Signed-in users (ARCHITECTURE §11): tokens minted only for people the organisation's OpenID
 //! Connect provider signed in, under a stable pseudonymous Direct Line user id.
 //!
 //! Map: [`settings`] (`[auth]`, typed), [`jwks`] (the issuer's keys: discovery, cache,
@@ -27,7 +27,7 @@ use refusal::Refusal;
 use settings::AuthSettings;
 
 /// The header a durable resume (`tokens/refresh` with an expired gateway token) carries
-/// the current sign-in in: `X-Identity-Token: <JWT>` (DESIGN §12). A header of its own
+/// the current sign-in in: `X-Identity-Token: <JWT>` (ARCHITECTURE §12). A header of its own
 /// because `Authorization` holds the gateway token on that call.
 pub const PROOF_HEADER: &str = "x-identity-token";
 

@@ -26,7 +26,7 @@ impl Pseudonyms {
     }
 
     /// The same for the same (issuer, claim) on every replica, across restarts and token
-    /// key rotations; `dl_` because Direct Line binds only such ids (spec §1.1).
+    /// key rotations; `dl_` because Direct Line binds only such ids (PROTOCOL §1.1).
     pub fn user_id(&self, issuer: &str, claim: &str) -> String {
         let mut context = hmac::Context::with_key(&self.key);
         context.update(DOMAIN);

@@ -22,7 +22,7 @@ pub const MIN_PSEUDONYM_KEY_LEN: usize = 32;
 /// The most clock skew the file may allow: past this a leeway is a second expiry rule.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
-/// `[auth]` as written. Key names are the interface (DESIGN §11).
+/// `[auth]` as written. Key names are the interface (ARCHITECTURE §11).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAuth {

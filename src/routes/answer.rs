@@ -116,7 +116,7 @@ async fn read_error(
 }
 
 /// An upstream error answer as the client gets it. Only a Direct Line error's `code` and
-/// `message` pass (spec §10.8), rebuilt from their decoded text, so an escaped credential
+/// `message` pass (PROTOCOL §10.8), rebuilt from their decoded text, so an escaped credential
 /// cannot hide in them and nothing else of the body (extra fields) passes; a message naming
 /// a needle is scrubbed, a code naming one is not Direct Line's. Anything else (HTML from a
 /// load balancer, other JSON, a body past the limit: `None`) is replaced by our own error.
@@ -168,7 +168,7 @@ fn error_passthrough(
 }
 
 /// `error.code` and `error.message` of a Direct Line error body. Codes are stable
-/// identifiers (spec §1.5); anything else in `code` is not a Direct Line error.
+/// identifiers (PROTOCOL §1.5); anything else in `code` is not a Direct Line error.
 fn direct_line_error(body: &[u8]) -> Option<(String, String)> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let error = value.get("error")?;

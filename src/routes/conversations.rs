@@ -156,7 +156,7 @@ fn conversation_response(
     let live = &ctx.live;
     let now = clock::unix_seconds();
     scrub_passed_fields(gateway, ctx, &mut json, &token);
-    // A secret-reconnect token carries no user claim (spec §0.5): keep the bound one then.
+    // A secret-reconnect token carries no user claim (PROTOCOL §0.5): keep the bound one then.
     let (adopt_upstream_token, watermark, from_start) = match minted {
         Minted::Start => (true, None, true),
         Minted::Reconnect {

@@ -1,4 +1,4 @@
-//! A Copilot Studio agent's token endpoint (DESIGN §10), for `tokens/generate` of a bot
+//! A Copilot Studio agent's token endpoint (ARCHITECTURE §10), for `tokens/generate` of a bot
 //! without a secret: `GET {token_endpoint}` with no credential answers a Direct Line token
 //! already bound to a new conversation, in the shape Direct Line's own generate answers.
 

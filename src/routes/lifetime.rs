@@ -1,4 +1,4 @@
-//! The life of upstream Direct Line tokens as the gateway believes it (spec §0.4, §1.3).
+//! The life of upstream Direct Line tokens as the gateway believes it (PROTOCOL §0.4, §1.3).
 
 use serde_json::{Map, Value};
 
@@ -6,11 +6,11 @@ use super::context::RequestContext;
 use crate::gateway::Gateway;
 
 /// The longest life the gateway believes of a Direct Line token: what the service issues
-/// (spec §0.4), and tokens cannot be given a longer one (spec §1.3). A gateway token never
+/// (PROTOCOL §0.4), and tokens cannot be given a longer one (PROTOCOL §1.3). A gateway token never
 /// claims to outlive the Direct Line token it wraps.
 pub const MAX_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
 
-/// The life assumed when upstream gives no usable `expires_in`: the real one (spec §0.4).
+/// The life assumed when upstream gives no usable `expires_in`: the real one (PROTOCOL §0.4).
 pub const DEFAULT_UPSTREAM_TOKEN_LIFETIME: u64 = 3600;
 
 /// `expires_in` of an upstream token answer, within 1..=[`MAX_UPSTREAM_TOKEN_LIFETIME`];

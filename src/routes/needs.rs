@@ -1,5 +1,5 @@
 //! What each route needs done before its handler runs, declared once per route and done by
-//! the pipeline (DESIGN §9), so no handler re-does (or forgets) a check.
+//! the pipeline (ARCHITECTURE §9), so no handler re-does (or forgets) a check.
 
 use crate::endpoint::Endpoint;
 

@@ -1,5 +1,5 @@
 //! `tokens/generate` and `tokens/refresh`: the gateway's own sealed tokens, and the durable
-//! resume of a conversation whose token expired (DESIGN §12).
+//! resume of a conversation whose token expired (ARCHITECTURE §12).
 
 use std::sync::Arc;
 
@@ -133,7 +133,7 @@ pub async fn refresh_token(
     let now = clock::unix_seconds();
     if expired {
         // The Direct Line token inside expired with it; the conversation lives on upstream,
-        // and the secret can reconnect to it (spec §3). The sealed token is the proof that
+        // and the secret can reconnect to it (PROTOCOL §3). The sealed token is the proof that
         // the caller owned it.
         match resume_expired(gateway, &mut token, ctx).await {
             Ok(Ok(())) => resumes("ok", ctx),
@@ -248,7 +248,7 @@ async fn resume_expired(
     Ok(Ok(()))
 }
 
-/// Property names in TokenParameters match case-insensitively (spec §1.2).
+/// Property names in TokenParameters match case-insensitively (PROTOCOL §1.2).
 fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
     value
         .as_object()?
@@ -258,7 +258,7 @@ fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// A caller-chosen id the `caller` policy accepts: `dl_` (Direct Line binds only such ids
-/// into tokens, spec §1.1) and a short run of URL-safe characters.
+/// into tokens, PROTOCOL §1.1) and a short run of URL-safe characters.
 fn is_caller_user_id(id: &str) -> bool {
     id.len() > 3
         && id.len() <= 128
@@ -268,7 +268,8 @@ fn is_caller_user_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
 }
 
-/// `dl_` + 128 random bits: the prefix Direct Line reserves for server-bound user ids (spec §1.1).
+/// `dl_` + 128 random bits: the prefix Direct Line reserves for server-bound user ids
+/// (PROTOCOL §1.1).
 fn mint_user_id() -> String {
     let mut bytes = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)

@@ -236,7 +236,7 @@ pub async fn serve(
                     }
                 }
                 message = incoming.next() => match message {
-                    // DLJS pings with "" every 20 s (spec §5.3); Direct Line ignores anything
+                    // DLJS pings with "" every 20 s (PROTOCOL §5.3); Direct Line ignores anything
                     // else a client sends on the classic stream, and so do we.
                     Some(Ok(Message::Text(text))) => upstream_bytes.inc_by(text.len() as u64),
                     Some(Ok(Message::Close(_))) | None => break 'session End::ClientClosed,

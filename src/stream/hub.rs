@@ -139,10 +139,10 @@ impl RingBudget {
 pub enum ResumeFrom {
     /// Everything the hub has: the client created it, so all of it is new to that client.
     Start,
-    /// After this upstream watermark (a client resume, spec §3).
+    /// After this upstream watermark (a client resume, PROTOCOL §3).
     Watermark(Arc<str>),
     /// What arrived at or after this Unix-millisecond instant (a ticket without watermark:
-    /// "only messages received after the request", spec §3).
+    /// "only messages received after the request", PROTOCOL §3).
     Since(u64),
 }
 

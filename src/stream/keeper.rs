@@ -1,5 +1,5 @@
 //! Keeping a hub's upstream token alive for a bot without a secret (a Copilot Studio
-//! agent's token endpoint, DESIGN §10). With a secret, a hub reconnects whatever its token
+//! agent's token endpoint, ARCHITECTURE §10). With a secret, a hub reconnects whatever its token
 //! did; without one, reconnecting needs a live conversation token, and a conversation can
 //! outlast one (Direct Line tokens live an hour). So the hub refreshes its own, and a
 //! client's `tokens/refresh` through the gateway hands the hub a fresh one too.

@@ -22,7 +22,7 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Why a stream URL could not be had.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FetchError {
-    /// 404: the conversation is gone (spec §3); retrying cannot help.
+    /// 404: the conversation is gone (PROTOCOL §3); retrying cannot help.
     Gone,
     /// A reload removed the conversation's bot.
     BotRemoved,
@@ -32,7 +32,7 @@ pub enum FetchError {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DialError {
-    /// 403 on the handshake: the URL went stale; fetch a new one at once (spec §0.2).
+    /// 403 on the handshake: the URL went stale; fetch a new one at once (PROTOCOL §0.2).
     Forbidden,
     Failed,
 }
@@ -106,7 +106,7 @@ async fn get_success(
 }
 
 /// A GET of the stream side, with the secret and the enhanced-auth fallback to the
-/// conversation token (spec §0.5), labelled `label` in the upstream metrics.
+/// conversation token (PROTOCOL §0.5), labelled `label` in the upstream metrics.
 fn upstream_get<'a>(
     live: &Live,
     bot: &'a Bot,
@@ -261,7 +261,7 @@ pub enum RefreshError {
     Retry,
 }
 
-/// `POST /tokens/refresh` with `upstream_token` (spec §1.3): a fresh token for the same
+/// `POST /tokens/refresh` with `upstream_token` (PROTOCOL §1.3): a fresh token for the same
 /// conversation and its lifetime in seconds, within Direct Line's 1..=3600.
 pub async fn refresh_token(
     gateway: &Gateway,
@@ -307,7 +307,7 @@ pub async fn refresh_token(
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty() && t.len() <= 8 * 1024 && t.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(RefreshError::Retry)?;
-    // Direct Line issues 3600 s and never more (spec §0.4, §1.3); a missing value is that.
+    // Direct Line issues 3600 s and never more (PROTOCOL §0.4, §1.3); a missing value is that.
     let lifetime = json
         .get("expires_in")
         .and_then(|e| e.as_u64())

@@ -1,4 +1,4 @@
-//! `…/stream/multimodal` (DLJS voice mode, spec §5.1): client frames carry activities
+//! `…/stream/multimodal` (DLJS voice mode, PROTOCOL §5.1): client frames carry activities
 //! upstream, so this socket is bridged frame by frame, one upstream socket per client
 //! socket, without hub or resume.
 //!

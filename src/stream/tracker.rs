@@ -1,7 +1,7 @@
 //! The watermark tracker: which upstream position we are at, and which activities were
 //! already delivered, so replays after a reconnect reach clients exactly once.
 //!
-//! Rules (spec §0.6, §5.2, §10.6):
+//! Rules (PROTOCOL §0.6, §5.2, §10.6):
 //! - the watermark is opaque: copied verbatim, compared only for equality, never computed;
 //! - a frame whose watermark is null or missing never overwrites the last one;
 //! - an activity whose `id` was delivered before is dropped, whatever its position or
@@ -74,7 +74,7 @@ impl Tracker {
             return Observed::Keepalive;
         }
         let Some(set) = crate::activity_set::read(text) else {
-            // "Additional types … identified by the properties in the JSON root" (spec §5.2):
+            // "Additional types … identified by the properties in the JSON root" (PROTOCOL §5.2):
             // unknown content passes through untouched, live only.
             return Observed::Forward(Forward {
                 rebuilt: None,

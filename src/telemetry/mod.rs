@@ -1,4 +1,4 @@
-//! Distributed tracing (issue 21): OpenTelemetry spans for client requests, the upstream
+//! Distributed tracing: OpenTelemetry spans for client requests, the upstream
 //! calls they make and the stream's lifecycle, exported by OTLP/HTTP.
 //!
 //! Off unless `[tracing]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) names a collector; then the

@@ -1,5 +1,5 @@
 //! Where a bot's Direct Line calls go: a base URL fixed by the configuration, or the one a
-//! Copilot Studio environment names (DESIGN §10), which is found at run time, may be missing
+//! Copilot Studio environment names (ARCHITECTURE §10), which is found at run time, may be missing
 //! (discovery has not succeeded yet) and may change (a re-discovery). Also the environment
 //! itself: its token endpoint and the client that calls it.
 //!

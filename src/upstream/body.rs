@@ -1,4 +1,4 @@
-//! Reading upstream answers: bounded, within a deadline, gzip decoded (spec §0.10).
+//! Reading upstream answers: bounded, within a deadline, gzip decoded (PROTOCOL §0.10).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 /// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
 pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
 
-/// Reads a small upstream body whole, decompressing gzip (spec §0.10), within `timeout`.
+/// Reads a small upstream body whole, decompressing gzip (PROTOCOL §0.10), within `timeout`.
 pub async fn read_body(
     response: Response<Incoming>,
     timeout: Duration,

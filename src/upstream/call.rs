@@ -1,6 +1,6 @@
-//! The one path every upstream HTTP call takes (DESIGN §9): REST routes, the stream's
+//! The one path every upstream HTTP call takes (ARCHITECTURE §9): REST routes, the stream's
 //! reconnect, catch-up and token refresh, the durable resume, and a Copilot Studio
-//! environment's token endpoint and regional settings (DESIGN §10). It holds the credential
+//! environment's token endpoint and regional settings (ARCHITECTURE §10). It holds the credential
 //! policy (secret, conversation token, or the secret with the enhanced-authentication
 //! fallback; never a secret for a bot without one), the request id and forwarding headers,
 //! the timeout, and the upstream metrics of every attempt, so none of that is written twice.
@@ -29,7 +29,7 @@ pub enum Credential<'a> {
     /// A conversation's Direct Line token.
     Token(&'a str),
     /// The secret; when Direct Line answers `400 MissingProperty` (enhanced
-    /// authentication, spec §0.5, refused before reaching the bot), once more with the
+    /// authentication, PROTOCOL §0.5, refused before reaching the bot), once more with the
     /// conversation token. Only for bodies that can be sent twice.
     SecretThenToken(&'a str),
     /// The secret, or for a bot without one the conversation token; for bodies sent once.
@@ -79,7 +79,7 @@ impl Answer {
 }
 
 /// What a call came back with, and whether the conversation token was the credential that
-/// answered (its answer then carries the user claim and a fresh token, spec §0.5).
+/// answered (its answer then carries the user claim and a fresh token, PROTOCOL §0.5).
 pub struct Reply {
     pub answer: Answer,
     pub via_token: bool,
@@ -216,7 +216,7 @@ impl<'a> UpstreamCall<'a> {
     }
 
     /// Sends the call by its credential policy; never retries otherwise (POST activities
-    /// and uploads must not be repeated, spec §4.2). Each attempt is measured.
+    /// and uploads must not be repeated, PROTOCOL §4.2). Each attempt is measured.
     pub async fn send(self, metrics: &Metrics) -> Result<Reply, GatewayError> {
         let upstream = match self.target {
             Target::Directline => self.bot.upstream.current()?,

@@ -148,7 +148,7 @@ impl Upstream {
             .map_err(|_| GatewayError::Internal)
     }
 
-    /// A request to upstream with its own `Host` (spec §0.10) and the given credential
+    /// A request to upstream with its own `Host` (PROTOCOL §0.10) and the given credential
     /// (none for a Copilot Studio environment).
     /// Built in place rather than with `Request::builder()`, whose every `.header()` moves
     /// the whole request head; room for the headers a call adds is reserved at once.
@@ -172,7 +172,7 @@ impl Upstream {
     }
 
     /// Sends once. Never retried here: POST activities and uploads must not be repeated
-    /// (spec §4.2), and the callers that may retry decide that themselves.
+    /// (PROTOCOL §4.2), and the callers that may retry decide that themselves.
     pub async fn send(
         &self,
         request: Request<Body>,

@@ -1,4 +1,4 @@
-//! Discovering a Copilot Studio agent's Direct Line host (DESIGN §10): `GET
+//! Discovering a Copilot Studio agent's Direct Line host (ARCHITECTURE §10): `GET
 //! {environment}/powervirtualagents/regionalchannelsettings?api-version=…` names it in
 //! `channelUrlsById.directline`. Done at start, for a bot a reload added or changed, every
 //! [`REDISCOVER_EVERY`](super::base::REDISCOVER_EVERY), and after the host stopped

@@ -6,8 +6,9 @@ const {
   gatewayWithEmulator, startGateway, freePort, until, metric,
 } = require('./support');
 
-// DLJS reads these globals when it is constructed (ENVIRONMENT.md §2). The WebSocket
-// wrapper counts the sockets DLJS opens and the closes it sees.
+// DLJS reads these globals when it is constructed (without both it throws or never gets
+// Online under Node). The WebSocket wrapper counts the sockets DLJS opens and the closes
+// it sees.
 const sockets = { opened: 0, closed: 0 };
 const RealWebSocket = require('ws');
 class CountingWebSocket extends RealWebSocket {
@@ -202,7 +203,7 @@ test('gateway restart: the client resumes by itself and nothing is lost', { time
       body: JSON.stringify({ type: 'message', from: { id: 'user' }, text: 'during the restart' }),
     });
     assert.equal(sent.status, 200);
-    // DLJS waits 3-15 s after a close before it reconnects (spec §7.4).
+    // DLJS waits 3-15 s after a close before it reconnects (PROTOCOL §7.4).
     await until('the message sent during the restart', () => seen.texts().length >= 4);
     await post(seen.directLine, 'after restart');
     await until('live messages', () => seen.texts().length >= 6);
