@@ -147,6 +147,18 @@ impl Config {
                 "must be at least stream.backoff_base, which must be above 0",
             ));
         }
+        if s.collision_poll_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "stream.collision_poll_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if s.collision_retry_base.is_zero() || s.collision_retry_max < s.collision_retry_base {
+            return Err(invalid(
+                "stream.collision_retry_max",
+                "must be at least stream.collision_retry_base, which must be above 0",
+            ));
+        }
         if self.limits.max_header_bytes < 1024 {
             return Err(invalid("limits.max_headers", "must be at least 1KiB"));
         }
@@ -515,6 +527,22 @@ fn stream(s: FileStream) -> Result<StreamConfig, ConfigError> {
         &mut stream.drain_spread,
         "stream.drain_spread",
         s.drain_spread,
+    )?;
+    // Sharing a conversation with another replica.
+    set_duration(
+        &mut stream.collision_poll_interval,
+        "stream.collision_poll_interval",
+        s.collision_poll_interval,
+    )?;
+    set_duration(
+        &mut stream.collision_retry_base,
+        "stream.collision_retry_base",
+        s.collision_retry_base,
+    )?;
+    set_duration(
+        &mut stream.collision_retry_max,
+        "stream.collision_retry_max",
+        s.collision_retry_max,
     )?;
     set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
     set_usize(
