@@ -1090,6 +1090,34 @@ activities_burst = 5
         }
     }
 
+    /// Replicas sharing a conversation (`stream::collision`): read, and refused when the
+    /// poll would hammer Direct Line or the retry schedule makes no sense.
+    #[test]
+    fn collision_settings_are_read_and_checked() {
+        let config = load_str(
+            "[stream]\ncollision_poll_interval = \"250ms\"\ncollision_retry_base = \"2s\"\ncollision_retry_max = \"30s\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.stream.collision_poll_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.stream.collision_retry_base, Duration::from_secs(2));
+        assert_eq!(config.stream.collision_retry_max, Duration::from_secs(30));
+        for bad in [
+            "collision_poll_interval = \"50ms\"",
+            "collision_retry_base = \"0s\"",
+            "collision_retry_base = \"2m\"\ncollision_retry_max = \"1m\"",
+        ] {
+            let err = load_str(&format!("[stream]\n{bad}"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("stream.collision_"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn real_upstream_needs_a_secret() {
         let err = load_str("upstream = \"https://directline.botframework.com\"", &[]).unwrap_err();
