@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Validates the Gateway API objects (Gateway, HTTPRoute) in the given manifest files
 against the JSON schemas in deploy/ci/schemas/ (derived from the Gateway API CRDs by
-derive_gateway_api_schemas.py; no cluster needed). kubernetes-validate only knows the core
-kinds, so these are checked here. Unknown fields are errors, as with --strict. CEL rules in
+derive_gateway_api_schemas.py; no cluster needed). kubernetes-validate (1.37) only knows the
+core kinds and takes no extra schemas (it reads its own bundled schema directory only), so
+these are checked here, with the jsonschema package it brings along. Unknown fields are errors, as with --strict. CEL rules in
 the CRDs are not evaluated; check_manifests.py cross-checks what matters of those.
 
 It then proves the schemas bite: a copy of the first HTTPRoute with an unknown field and
