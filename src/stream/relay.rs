@@ -120,31 +120,37 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             }
             None => None,
         };
-        let next = match (first_try, shared.take()) {
-            (Some(socket), _) => ResumeEnd::Connected(socket),
-            (None, Some(end)) => end,
-            (None, None) => Box::pin(resume(&gateway, &hub, &tracker, &mut run)).await,
-        };
-        let socket = match next {
-            ResumeEnd::Connected(socket) => socket,
-            ResumeEnd::Gone => {
-                tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
-                hub.close(close_frame(CloseCode::Normal, "conversation ended"));
-                break;
-            }
-            ResumeEnd::Exhausted => {
-                tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, budget = ?gateway.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
-                hub.close(close_frame(
-                    CloseCode::Error,
-                    "upstream unavailable; reconnect",
-                ));
-                break;
-            }
-            ResumeEnd::BotRemoved => {
-                hub.close(close_frame(CloseCode::Away, "bot removed"));
-                break;
-            }
-            ResumeEnd::Idle | ResumeEnd::Stopped => break,
+        let socket = match first_try {
+            Some(socket) => socket,
+            None => match Box::pin(after_collision_or_resume(
+                shared.take(),
+                &gateway,
+                &hub,
+                &tracker,
+                &mut run,
+            ))
+            .await
+            {
+                ResumeEnd::Connected(socket) => socket,
+                ResumeEnd::Gone => {
+                    tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
+                    hub.close(close_frame(CloseCode::Normal, "conversation ended"));
+                    break;
+                }
+                ResumeEnd::Exhausted => {
+                    tracing::warn!(bot = &*hub.bot, conversation = %hub.conversation, budget = ?gateway.live().config.stream.resume_budget, "upstream resume budget exhausted; closing client sockets with 1011");
+                    hub.close(close_frame(
+                        CloseCode::Error,
+                        "upstream unavailable; reconnect",
+                    ));
+                    break;
+                }
+                ResumeEnd::BotRemoved => {
+                    hub.close(close_frame(CloseCode::Away, "bot removed"));
+                    break;
+                }
+                ResumeEnd::Idle | ResumeEnd::Stopped => break,
+            },
         };
         if let Some(since) = dropped_at.take() {
             gateway
@@ -418,6 +424,21 @@ pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, te
                 tracker.watermark(),
             );
         }
+    }
+}
+
+/// How a polling spell after a collision ended (the socket taken back, or the hub's end),
+/// or else a resume after a drop.
+async fn after_collision_or_resume(
+    shared: Option<ResumeEnd>,
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &Tracker,
+    run: &mut FailureRun,
+) -> ResumeEnd {
+    match shared {
+        Some(end) => end,
+        None => resume(gateway, hub, tracker, run).await,
     }
 }
 
