@@ -137,24 +137,30 @@ validate() {  # strict schemas; the only kind allowed without a schema is Servic
   out=$("$VENV/bin/kubernetes-validate" --strict "$@" 2>&1) || { printf '%s\n' "$out"; fail "kubernetes-validate $*"; }
   printf '%s\n' "$out" | grep -v '^INFO' || true
   local unexpected
-  unexpected=$(grep '^WARN' <<<"$out" | grep -v "kind ServiceMonitor with api version monitoring.coreos.com/v1" || true)
+  # Gateway API kinds have no schema here either: check_gateway_api.py validates them.
+  unexpected=$(grep '^WARN' <<<"$out" \
+    | grep -v "kind ServiceMonitor with api version monitoring.coreos.com/v1" \
+    | grep -v -E "kind (Gateway|HTTPRoute) with api version gateway.networking.k8s.io/v1" \
+    | grep -v "kind BackendTrafficPolicy with api version gateway.envoyproxy.io/v1alpha1" || true)
   if [ -n "$unexpected" ]; then
-    fail "kubernetes-validate warned about something other than the ServiceMonitor CRD"
+    fail "kubernetes-validate warned about something other than the ServiceMonitor and Gateway API CRDs"
   fi
 }
 # Every file on its own (including the two outside the kustomization), then the rendered
 # result against the newest bundled schemas and against 1.30 (the oldest release the
 # preStop sleep action works on by default).
 MANIFESTS=()
-for f in deploy/kubernetes/*.yaml deploy/kubernetes/ingress-nginx/*.yaml; do
+for f in deploy/kubernetes/*.yaml deploy/kubernetes/ingress-nginx/*.yaml deploy/kubernetes/gateway-api-optional/*.yaml; do
   [ "$(basename "$f")" = kustomization.yaml ] || MANIFESTS+=("$f")
 done
 validate "${MANIFESTS[@]}"
 validate "$WORK/rendered.yaml"
 validate -k 1.30.0 "$WORK/rendered.yaml"
-log "kubernetes-validate --strict: all objects pass (ServiceMonitor: no schema, cross-checked below)"
+log "kubernetes-validate --strict: all objects pass (ServiceMonitor, Gateway API: no schema there, checked below)"
+"$PY" deploy/ci/check_gateway_api.py "$WORK/rendered.yaml"
 "$PY" deploy/ci/check_manifests.py "$WORK/rendered.yaml" deploy/kubernetes/secret.example.yaml \
-  deploy/kubernetes/ingress-nginx/controller-configmap.yaml --write-config "$WORK/k8s-gateway.toml"
+  deploy/kubernetes/ingress-nginx/controller-configmap.yaml deploy/kubernetes/ingress-nginx/ingress.yaml \
+  --write-config "$WORK/k8s-gateway.toml"
 
 # ---------------------------------------------------------------------------------------
 step "ingress-nginx map (real nginx on 127.0.0.1)"

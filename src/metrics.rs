@@ -4,8 +4,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "directline_gateway";
@@ -66,8 +66,9 @@ pub const FRAME_REFUSALS: [&str; 6] = [
     "rate_limited",
 ];
 /// `upstream_stream_drops_total`'s causes (`stream::relay`).
-pub const STREAM_DROP_REASONS: [&str; 6] = [
+pub const STREAM_DROP_REASONS: [&str; 7] = [
     "closed",
+    "collision",
     "error",
     "silent",
     "no_pong",
@@ -94,8 +95,9 @@ pub const NO_HOST: &str = "none";
 /// The routes that call Direct Line (`stream_resume`: the hub's reconnect GET;
 /// `stream_catch_up`: the REST pages a client or a hub catches up with;
 /// `stream_token_refresh`: a hub keeping a secretless bot's token alive; `discovery`: a
-/// Copilot Studio environment's regional settings).
-pub const UPSTREAM_ROUTES: [&str; 11] = [
+/// Copilot Studio environment's regional settings; `stream_poll`: a hub polling after a
+/// collision).
+pub const UPSTREAM_ROUTES: [&str; 12] = [
     "tokens_generate",
     "tokens_refresh",
     "conversations_start",
@@ -107,6 +109,7 @@ pub const UPSTREAM_ROUTES: [&str; 11] = [
     "stream_catch_up",
     "stream_token_refresh",
     "discovery",
+    "stream_poll",
 ];
 /// Client routes with the method each is called with (preflight and the rest return 4xx
 /// for other methods, counted as they come).
@@ -178,6 +181,12 @@ pub struct Metrics {
     /// Tracing: spans the collector accepted, and spans lost by reason.
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
+    /// Replicas sharing a conversation (`stream::relay`'s polling mode): upstream sockets
+    /// opened, taken by another socket (`collision`), and time spent polling instead.
+    pub upstream_stream_opens: IntCounterVec,
+    pub upstream_stream_collisions: IntCounterVec,
+    pub upstream_polling_seconds: CounterVec,
+    pub polling_hubs: IntGauge,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -521,6 +530,35 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            upstream_stream_opens: IntCounterVec::new(
+                Opts::new(
+                    "upstream_stream_opens_total",
+                    "Upstream Direct Line WebSockets opened (first, resumed, or taken back after a collision), by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            upstream_stream_collisions: IntCounterVec::new(
+                Opts::new(
+                    "upstream_stream_collisions_total",
+                    "Upstream WebSockets Direct Line closed with `collision` because another socket (another replica's hub) opened for the conversation, by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            upstream_polling_seconds: CounterVec::new(
+                Opts::new(
+                    "upstream_polling_seconds_total",
+                    "Time hubs spent serving their clients by polling GET …/activities after a collision, summed over hubs, by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            polling_hubs: IntGauge::new(
+                "stream_hubs_polling",
+                "Hubs on this replica polling Direct Line because another replica holds the conversation's stream.",
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -570,6 +608,10 @@ impl Metrics {
             Box::new(self.discovered_upstream.clone()),
             Box::new(self.trace_spans_exported.clone()),
             Box::new(self.trace_spans_dropped.clone()),
+            Box::new(self.upstream_stream_opens.clone()),
+            Box::new(self.upstream_stream_collisions.clone()),
+            Box::new(self.upstream_polling_seconds.clone()),
+            Box::new(self.polling_hubs.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -658,6 +700,9 @@ impl Metrics {
                 self.discoveries.with_label_values(&[bot, result]);
             }
             self.discovered_upstream.with_label_values(&[bot, NO_HOST]);
+            self.upstream_stream_opens.with_label_values(&[bot]);
+            self.upstream_stream_collisions.with_label_values(&[bot]);
+            self.upstream_polling_seconds.with_label_values(&[bot]);
         }
         for (route, _) in CLIENT_ROUTES {
             self.http_duration.with_label_values(&[route]);

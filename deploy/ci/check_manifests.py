@@ -22,11 +22,14 @@ the kustomization, and checks that the objects fit together:
   * terminationGracePeriodSeconds > preStop sleep + max(shutdown_grace + 1 s,
     stream.drain_period + stream.drain_spread + 2 s) + 1 s (from the ConfigMap's
     gateway.toml);
-  * the Ingress hashes on a variable the controller ConfigMap's http-snippet defines, with
-    WebSocket timeouts of at least an hour.
+  * the HTTPRoute (the default front) attaches to the Gateway's listener for its host and
+    sends /v3/directline to the client port with a request timeout of at least an hour
+    (schemas: check_gateway_api.py);
+  * the legacy Ingress (ingress-nginx, retired) hashes on a variable the controller
+    ConfigMap's http-snippet defines, with WebSocket timeouts of at least an hour.
 
 Usage: check_manifests.py RENDERED.yaml SECRET_EXAMPLE.yaml CONTROLLER_CONFIGMAP.yaml
-           [--write-config PATH]
+           LEGACY_INGRESS.yaml [--write-config PATH]
 --write-config writes the ConfigMap's gateway.toml so the real binary can parse it.
 """
 
@@ -79,11 +82,11 @@ SERVICEMONITOR_ENDPOINT_KEYS = {"port", "path", "scheme", "interval", "scrapeTim
 
 
 def main(argv):
-    if len(argv) not in (4, 6):
+    if len(argv) not in (5, 7):
         print(__doc__, file=sys.stderr)
         return 2
-    rendered, secret_path, controller_path = argv[1:4]
-    write_config = argv[5] if len(argv) == 6 and argv[4] == "--write-config" else None
+    rendered, secret_path, controller_path, legacy_ingress_path = argv[1:5]
+    write_config = argv[6] if len(argv) == 7 and argv[5] == "--write-config" else None
 
     objects = load_all(rendered)
     secret = one(load_all(secret_path), "Secret")
@@ -95,7 +98,11 @@ def main(argv):
     hpa = one(objects, "HorizontalPodAutoscaler")
     pdb = one(objects, "PodDisruptionBudget")
     netpol = one(objects, "NetworkPolicy")
-    ingress = one(objects, "Ingress")
+    ingress = one(load_all(legacy_ingress_path), "Ingress")
+    check(not any(o.get("kind") == "Ingress" for o in objects),
+          "the kustomization should not apply the legacy Ingress (the default front is the Gateway API)")
+    gateway = one(objects, "Gateway")
+    route = one(objects, "HTTPRoute")
     monitor = one(objects, "ServiceMonitor")
     if errors:
         return report()
@@ -227,7 +234,26 @@ def main(argv):
     check(allowed_out == {("UDP", 53), ("TCP", 53), ("TCP", 443)},
           f"NetworkPolicy egress should be DNS and TCP 443 only, got {allowed_out}")
 
-    # Ingress.
+    # Gateway API: the route on the Gateway's listener, to the client port, streams an hour.
+    listeners = {l["name"]: l for l in gateway["spec"].get("listeners", [])}
+    for parent in route["spec"].get("parentRefs", []):
+        check(parent.get("name") == gateway["metadata"]["name"], f"HTTPRoute parent {parent} is not the Gateway")
+        listener = listeners.get(parent.get("sectionName"), {})
+        check(bool(listener), f"HTTPRoute sectionName {parent.get('sectionName')!r} is no Gateway listener")
+        check(listener.get("hostname") in route["spec"].get("hostnames", []),
+              "the HTTPRoute hostnames should include its listener's hostname")
+    for rule in route["spec"].get("rules", []):
+        check(any(m.get("path", {}).get("value") == "/v3/directline" for m in rule.get("matches", [])),
+              "HTTPRoute rule should match the /v3/directline prefix")
+        for backend in rule.get("backendRefs", []):
+            check(backend.get("name") == service["metadata"]["name"], "HTTPRoute backend is not the gateway Service")
+            check(backend.get("port") == 8080, "HTTPRoute must route to the client port, never the admin port")
+        request = rule.get("timeouts", {}).get("request", "")
+        seconds = sum(parse_duration(part) for part in re.findall(r"\d+(?:ms|h|m|s)", request))
+        check(request == "0s" or seconds >= 3600,
+              f"HTTPRoute request timeout should let a stream live an hour (>= 1h or 0s), got {request!r}")
+
+    # Legacy Ingress.
     annotations = ingress["metadata"].get("annotations", {})
     for key in ("proxy-read-timeout", "proxy-send-timeout"):
         value = annotations.get(f"nginx.ingress.kubernetes.io/{key}", "0")

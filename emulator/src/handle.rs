@@ -159,15 +159,23 @@ impl EmulatorHandle {
             .unwrap_or_default()
     }
 
-    /// Open stream sockets of the conversation: 0 or 1 (a collision closes the newcomer;
-    /// a stalled socket no longer counts).
+    /// Open stream sockets of the conversation: 0 or 1 (a newcomer takes the slot and the
+    /// older socket closes with `collision`; a stalled socket no longer counts).
     pub fn live_streams(&self, conversation_id: &str) -> usize {
         self.state
             .conversation(conversation_id)
             .map_or(0, |conversation| conversation.live_streams())
     }
 
-    /// Successful upgrades so far, including ones then closed for `collision`.
+    /// Stream sockets that have taken this conversation's slot (every upgrade that got
+    /// as far as the slot; each one closed the previous holder with `collision`).
+    pub fn stream_opens(&self, conversation_id: &str) -> u64 {
+        self.state
+            .conversation(conversation_id)
+            .map_or(0, |conversation| conversation.stream_opens())
+    }
+
+    /// Successful upgrades so far, including ones that took the slot from another.
     pub fn stream_connects(&self) -> u64 {
         self.state.stream_connects()
     }

@@ -18,8 +18,8 @@
 //! from the reconnect watermark, or "now" for `-`); the `watermark` in the URL is only
 //! informational.
 //!
-//! Close codes it sends: 1000 `collision` (second socket on a conversation, the new one is
-//! closed), 1011 `fault: drop` (even-numbered `drop_after_frames` drops), 1001 `shutdown`.
+//! Close codes it sends: 1000 `collision` (a second socket on a conversation takes the
+//! stream; the older one is closed), 1011 `fault: drop` (even-numbered `drop_after_frames` drops), 1001 `shutdown`.
 
 mod activity;
 mod bot;

@@ -389,6 +389,8 @@ pub(super) struct Conversation {
     delivered: AtomicUsize,
     /// Wakes a stalled socket when a new one takes the slot, so it can go away.
     stall_kick: Notify,
+    /// Sockets that took the stream slot so far (each one took it from the holder, if any).
+    stream_opens: AtomicU64,
 }
 
 #[derive(Default)]
@@ -460,6 +462,7 @@ impl Conversation {
             drops: AtomicU32::new(0),
             delivered: AtomicUsize::new(0),
             stall_kick: Notify::new(),
+            stream_opens: AtomicU64::new(0),
         }
     }
 
@@ -560,20 +563,37 @@ impl Conversation {
             .collect()
     }
 
-    /// Takes the one stream slot for `socket`, or `None` when another socket holds it.
-    pub(super) fn claim_stream(&self, socket: u64, from: usize) -> Option<Cursor> {
+    /// Takes the one stream slot for `socket`. Like Direct Line (PROTOCOL §5.4), a newcomer
+    /// wins: a socket holding the slot finds it gone ([`Self::holds_stream`], woken through
+    /// [`Self::wake`]) and closes with 1000 `collision`.
+    pub(super) fn claim_stream(&self, socket: u64, from: usize) -> Cursor {
         let mut timeline = self.timeline();
-        if timeline.stream.is_some() {
-            return None;
+        let taken_from = timeline.stream.replace(socket);
+        if taken_from.is_some() {
+            // Typing emitted for the old socket is not the newcomer's.
+            timeline.transients.clear();
         }
-        timeline.stream = Some(socket);
         let cursor = Cursor {
             next: from.min(timeline.history.len()),
             next_transient: timeline.next_transient,
         };
         drop(timeline);
+        self.stream_opens.fetch_add(1, Ordering::Relaxed);
         self.stall_kick.notify_waiters();
-        Some(cursor)
+        if taken_from.is_some() {
+            self.wake.notify_waiters();
+        }
+        cursor
+    }
+
+    /// Whether `socket` still holds the stream slot (a newer socket takes it).
+    pub(super) fn holds_stream(&self, socket: u64) -> bool {
+        self.timeline().stream == Some(socket)
+    }
+
+    /// Sockets that have taken this conversation's stream slot.
+    pub(super) fn stream_opens(&self) -> u64 {
+        self.stream_opens.load(Ordering::Relaxed)
     }
 
     /// Frees the slot if `socket` holds it.
@@ -680,7 +700,7 @@ mod unit {
         assert_eq!(stored["conversation"]["id"], "c-us");
         assert_eq!(stored["channelId"], "directline");
         conversation.append(message("b"));
-        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        let mut cursor = conversation.claim_stream(1, 0);
         let mut out = Vec::new();
         conversation.due_frames(&mut cursor, false, &mut out);
         let frames = texts(&out);
@@ -695,7 +715,7 @@ mod unit {
     #[test]
     fn batches_and_typing_order() {
         let conversation = conversation();
-        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        let mut cursor = conversation.claim_stream(1, 0);
         for text in ["a", "b", "c", "d"] {
             conversation.append(message(text));
         }
@@ -723,13 +743,17 @@ mod unit {
     #[test]
     fn one_stream_slot() {
         let conversation = conversation();
-        assert!(conversation.claim_stream(1, 0).is_some());
-        assert!(conversation.claim_stream(2, 0).is_none());
-        conversation.release_stream(2);
-        assert_eq!(conversation.live_streams(), 1);
+        conversation.claim_stream(1, 0);
+        assert!(conversation.holds_stream(1));
+        // The newcomer takes the slot; the old holder's release frees nothing.
+        conversation.claim_stream(2, 0);
+        assert!(!conversation.holds_stream(1));
         conversation.release_stream(1);
+        assert_eq!(conversation.live_streams(), 1);
+        conversation.release_stream(2);
         assert_eq!(conversation.live_streams(), 0);
-        assert!(conversation.claim_stream(2, 0).is_some());
+        conversation.claim_stream(3, 0);
+        assert_eq!(conversation.stream_opens(), 3);
     }
 
     #[test]
@@ -737,7 +761,7 @@ mod unit {
         let conversation = conversation();
         conversation.emit_transient(message("typing"));
         conversation.append(message("a"));
-        let mut cursor = conversation.claim_stream(1, 0).expect("free slot");
+        let mut cursor = conversation.claim_stream(1, 0);
         let mut out = Vec::new();
         conversation.due_frames(&mut cursor, false, &mut out);
         assert_eq!(out.len(), 1);

@@ -1,8 +1,9 @@
 //! The WebSocket stream (PROTOCOL §5): upgrade, replay then live delivery, keepalives, faults.
 //!
 //! LIFECYCLE of one socket: upgrade checked (`t` live and for this conversation, else 403
-//! before upgrade) → 101 → claim the conversation's one stream slot (taken: close the NEW
-//! socket with code 1000, reason `collision`) → replay from the grant's position, then
+//! before upgrade) → 101 → claim the conversation's one stream slot (taken: the OLDER
+//! socket closes with code 1000, reason `collision`, as Direct Line does, PROTOCOL §5.4)
+//! → replay from the grant's position, then
 //! live frames as activities arrive, `""` every keepalive interval → end: peer close,
 //! error, shutdown (1001 `shutdown`), or a fault (drop: abort or 1011 `fault: drop`;
 //! stall: silence until the next socket of the conversation arrives, then an abort). The
@@ -145,6 +146,8 @@ enum End {
     /// The drop fault, even drop: close with 1011.
     DropWithClose,
     Stall,
+    /// A newer socket took the conversation's stream slot: close with 1000 `collision`.
+    Collision,
 }
 
 async fn serve(
@@ -170,10 +173,7 @@ async fn serve(
     } else {
         grant.from
     };
-    let Some(cursor) = conversation.claim_stream(socket_id, from) else {
-        close(&mut socket, CloseCode::Normal, COLLISION_REASON).await;
-        return;
-    };
+    let cursor = conversation.claim_stream(socket_id, from);
     let slot = Slot {
         conversation: conversation.clone(),
         socket: socket_id,
@@ -182,6 +182,7 @@ async fn serve(
         state: &state,
         conversation: &conversation,
         cursor,
+        socket_id,
         user: grant.user,
         multimodal,
         frames: 0,
@@ -197,6 +198,7 @@ async fn serve(
         End::PeerClosed => drain(&mut socket).await,
         End::Shutdown => close(&mut socket, CloseCode::Away, SHUTDOWN_REASON).await,
         End::DropWithClose => close(&mut socket, CloseCode::Error, DROP_REASON).await,
+        End::Collision => close(&mut socket, CloseCode::Normal, COLLISION_REASON).await,
         End::Stall => {
             // Silent and unread (so no pongs). The slot is already free, so the client's
             // next socket does not collide; when it arrives (or at shutdown, or after
@@ -218,6 +220,7 @@ struct Delivery<'a> {
     state: &'a State,
     conversation: &'a Conversation,
     cursor: Cursor,
+    socket_id: u64,
     user: Option<Arc<str>>,
     multimodal: bool,
     /// Activity frames sent on this socket, for the drop and stall faults.
@@ -235,6 +238,9 @@ impl Delivery<'_> {
             let notified = self.conversation.wake().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if !self.conversation.holds_stream(self.socket_id) {
+                return End::Collision;
+            }
             self.conversation
                 .due_frames(&mut self.cursor, self.state.faults.batch(), &mut due);
             if !due.is_empty() {

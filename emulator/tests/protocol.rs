@@ -498,7 +498,7 @@ async fn reconnect_with_watermark_replays_only_later_activities() {
 }
 
 #[tokio::test]
-async fn second_socket_is_closed_with_collision() {
+async fn a_second_socket_takes_the_stream_and_the_older_closes_with_collision() {
     let (emulator, client) = default_emulator().await;
     let started = client.start(SECRET).await;
     let mut first = Ws::open(&started.stream_url).await;
@@ -507,15 +507,16 @@ async fn second_socket_is_closed_with_collision() {
     })
     .await;
     let mut second = Ws::open(&started.stream_url).await;
-    let (code, reason) = close_of(&second.ending().await);
+    let (code, reason) = close_of(&first.ending().await);
     assert_eq!(code, CloseCode::Normal);
     assert_eq!(reason, COLLISION_REASON);
     assert_eq!(emulator.live_streams(&started.conversation_id), 1);
     assert_eq!(emulator.stream_connects(), 2);
+    assert_eq!(emulator.stream_opens(&started.conversation_id), 2);
 
     client.say(&started, "still here").await;
-    assert_eq!(first.activities(1).await[0].1["text"], "still here");
-    first.0.close(None).await.expect("close");
+    assert_eq!(second.activities(1).await[0].1["text"], "still here");
+    second.0.close(None).await.expect("close");
     eventually("slot freed", || {
         emulator.live_streams(&started.conversation_id) == 0
     })

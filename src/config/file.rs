@@ -138,6 +138,10 @@ pub struct FileStream {
     pub guard_against_replays: Option<bool>,
     pub drain_period: Option<String>,
     pub drain_spread: Option<String>,
+    // Sharing a conversation with another replica (`stream::relay`'s polling mode).
+    pub collision_poll_interval: Option<String>,
+    pub collision_retry_base: Option<String>,
+    pub collision_retry_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -147,6 +147,18 @@ impl Config {
                 "must be at least stream.backoff_base, which must be above 0",
             ));
         }
+        if s.collision_poll_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "stream.collision_poll_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if s.collision_retry_base.is_zero() || s.collision_retry_max < s.collision_retry_base {
+            return Err(invalid(
+                "stream.collision_retry_max",
+                "must be at least stream.collision_retry_base, which must be above 0",
+            ));
+        }
         if self.limits.max_header_bytes < 1024 {
             return Err(invalid("limits.max_headers", "must be at least 1KiB"));
         }
@@ -515,6 +527,22 @@ fn stream(s: FileStream) -> Result<StreamConfig, ConfigError> {
         &mut stream.drain_spread,
         "stream.drain_spread",
         s.drain_spread,
+    )?;
+    // Sharing a conversation with another replica.
+    set_duration(
+        &mut stream.collision_poll_interval,
+        "stream.collision_poll_interval",
+        s.collision_poll_interval,
+    )?;
+    set_duration(
+        &mut stream.collision_retry_base,
+        "stream.collision_retry_base",
+        s.collision_retry_base,
+    )?;
+    set_duration(
+        &mut stream.collision_retry_max,
+        "stream.collision_retry_max",
+        s.collision_retry_max,
     )?;
     set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
     set_usize(
@@ -1057,6 +1085,34 @@ activities_burst = 5
             let err = load_str(&format!("[limits]\nupstream_error_body = {bad}"), &[]).unwrap_err();
             assert!(
                 err.to_string().contains("limits.upstream_error_body"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    /// Replicas sharing a conversation (`stream::collision`): read, and refused when the
+    /// poll would hammer Direct Line or the retry schedule makes no sense.
+    #[test]
+    fn collision_settings_are_read_and_checked() {
+        let config = load_str(
+            "[stream]\ncollision_poll_interval = \"250ms\"\ncollision_retry_base = \"2s\"\ncollision_retry_max = \"30s\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.stream.collision_poll_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.stream.collision_retry_base, Duration::from_secs(2));
+        assert_eq!(config.stream.collision_retry_max, Duration::from_secs(30));
+        for bad in [
+            "collision_poll_interval = \"50ms\"",
+            "collision_retry_base = \"0s\"",
+            "collision_retry_base = \"2m\"\ncollision_retry_max = \"1m\"",
+        ] {
+            let err = load_str(&format!("[stream]\n{bad}"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("stream.collision_"),
                 "{bad}: {err}"
             );
         }

@@ -226,6 +226,13 @@ pub struct StreamConfig {
     /// After `drain_period`, the sockets still open are closed with 1001 spread evenly over
     /// this long, so the other replicas are not hit by every reconnect at once.
     pub drain_spread: Duration,
+    /// A hub whose upstream socket was taken by another replica's (Direct Line closes the
+    /// older socket with `collision`) polls `GET …/activities` this often meanwhile.
+    pub collision_poll_interval: Duration,
+    /// The first wait before such a hub tries the socket again; each further collision
+    /// doubles it, up to `collision_retry_max`, so two replicas cannot fight in a loop.
+    pub collision_retry_base: Duration,
+    pub collision_retry_max: Duration,
 }
 
 impl Default for Config {
@@ -332,6 +339,9 @@ impl Default for StreamConfig {
             guard_against_replays: true,
             drain_period: Duration::from_secs(20),
             drain_spread: Duration::from_secs(5),
+            collision_poll_interval: Duration::from_secs(1),
+            collision_retry_base: Duration::from_secs(5),
+            collision_retry_max: Duration::from_secs(60),
         }
     }
 }

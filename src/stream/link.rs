@@ -196,58 +196,133 @@ pub async fn catch_up_traced(
     let mut watermark = watermark.map(str::to_owned);
     let live = gateway.live_owned();
     let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
-    let timeout = live.config.timeouts.default;
-    // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
-    let mut needles = Needles::default().with(upstream_token.to_owned());
-    if let Some(secret) = &bot.secret {
-        needles.push(secret.shared());
-    }
+    let needles = page_needles(bot, upstream_token);
     for _ in 0..MAX_CATCH_UP_PAGES {
-        let path = format!(
-            "/v3/directline/conversations/{conversation}/activities{}",
-            rewrite::watermark_query(watermark.as_deref())
-        );
-        let call = upstream_get(&live, bot, &path, upstream_token, "stream_catch_up")
-            .traced(trace.clone());
-        let (bytes, _) = get_success(gateway, call, timeout, conversation).await?;
-        let set: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
-        let activities = set
-            .get("activities")
-            .and_then(|a| a.as_array())
-            .map_or(&[][..], |a| a.as_slice());
-        if activities.is_empty() {
+        let Some(page) = fetch_page(
+            gateway,
+            &live,
+            bot,
+            conversation,
+            watermark.as_deref(),
+            upstream_token,
+            &needles,
+            "stream_catch_up",
+            trace.clone(),
+        )
+        .await?
+        else {
             break;
-        }
-        for id in activities
-            .iter()
-            .filter_map(|a| a.get("id").and_then(|i| i.as_str()))
-        {
-            ids.insert(ActivityKey::of(id));
-        }
-        let next = set
-            .get("watermark")
-            .and_then(|w| w.as_str())
-            .map(str::to_owned);
-        let page = match needles.scrub(&bytes) {
-            Cow::Borrowed(clean) => clean.to_vec(),
-            Cow::Owned(scrubbed) => {
-                gateway
-                    .metrics
-                    .upstream_bodies_scrubbed
-                    .with_label_values(&["success_scrubbed", &bot.name])
-                    .inc();
-                scrubbed
-            }
         };
-        let text = String::from_utf8(page).map_err(|_| FetchError::Retry)?;
-        frames.push(Utf8Bytes::from(text));
-        match next {
+        ids.extend(page.ids);
+        frames.push(page.text);
+        match page.watermark {
             Some(next) if watermark.as_deref() != Some(next.as_str()) => watermark = Some(next),
             _ => break,
         }
     }
     Ok((frames, ids))
+}
+
+/// One `GET …/activities?watermark=W` of a hub that lost its upstream socket to another
+/// replica's (`collision`): the page as it came (an ActivitySet, scrubbed), or `None` when
+/// nothing is new. One GET per poll; a longer backlog comes in the next polls.
+pub async fn poll(
+    gateway: &Gateway,
+    bot: &str,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    upstream_token: &str,
+) -> Result<Option<Utf8Bytes>, FetchError> {
+    let live = gateway.live_owned();
+    let bot = live.bot(bot).ok_or(FetchError::BotRemoved)?;
+    let needles = page_needles(bot, upstream_token);
+    let page = fetch_page(
+        gateway,
+        &live,
+        bot,
+        conversation,
+        watermark,
+        upstream_token,
+        &needles,
+        "stream_poll",
+        None,
+    )
+    .await?;
+    Ok(page.map(|page| page.text))
+}
+
+/// What must not reach a client in a page: the hub's token and the bot's secret.
+fn page_needles(bot: &Bot, upstream_token: &str) -> Needles {
+    let mut needles = Needles::default().with(upstream_token.to_owned());
+    if let Some(secret) = &bot.secret {
+        needles.push(secret.shared());
+    }
+    needles
+}
+
+/// One page of `GET …/activities` read into a client frame.
+struct Page {
+    text: Utf8Bytes,
+    ids: KeySet,
+    watermark: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_page(
+    gateway: &Gateway,
+    live: &Live,
+    bot: &Bot,
+    conversation: &ConversationId,
+    watermark: Option<&str>,
+    upstream_token: &str,
+    needles: &Needles,
+    label: &'static str,
+    trace: Option<Parent>,
+) -> Result<Option<Page>, FetchError> {
+    let timeout = live.config.timeouts.default;
+    let path = format!(
+        "/v3/directline/conversations/{conversation}/activities{}",
+        rewrite::watermark_query(watermark)
+    );
+    let call = upstream_get(live, bot, &path, upstream_token, label).traced(trace);
+    let (bytes, _) = get_success(gateway, call, timeout, conversation).await?;
+    let set: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| FetchError::Retry)?;
+    let activities = set
+        .get("activities")
+        .and_then(|a| a.as_array())
+        .map_or(&[][..], |a| a.as_slice());
+    if activities.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = KeySet::default();
+    for id in activities
+        .iter()
+        .filter_map(|a| a.get("id").and_then(|i| i.as_str()))
+    {
+        ids.insert(ActivityKey::of(id));
+    }
+    let next = set
+        .get("watermark")
+        .and_then(|w| w.as_str())
+        .map(str::to_owned);
+    // Pages go to a client as they came: scrubbed like a REST answer (crate::scrub).
+    let page = match needles.scrub(&bytes) {
+        Cow::Borrowed(clean) => clean.to_vec(),
+        Cow::Owned(scrubbed) => {
+            gateway
+                .metrics
+                .upstream_bodies_scrubbed
+                .with_label_values(&["success_scrubbed", &bot.name])
+                .inc();
+            scrubbed
+        }
+    };
+    let text = String::from_utf8(page).map_err(|_| FetchError::Retry)?;
+    Ok(Some(Page {
+        text: Utf8Bytes::from(text),
+        ids,
+        watermark: next,
+    }))
 }
 
 /// Why a hub could not refresh its upstream token.

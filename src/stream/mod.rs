@@ -5,11 +5,13 @@
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
 //! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
-//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames).
+//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames),
+//! `collision` (polling while another replica's hub holds the conversation's stream).
 //! The route that accepts client sockets is `routes::stream`.
 
 pub(crate) mod backoff;
 pub(crate) mod client;
+pub(crate) mod collision;
 pub(crate) mod hub;
 pub(crate) mod ids;
 pub(crate) mod keeper;

@@ -28,6 +28,9 @@ enum PumpEnd {
     /// Closed, errored, or went silent: resume. `healthy` when the socket relayed a frame or
     /// stayed up for [`STABLE_LINK`], which ends a run of failures.
     Dropped { why: &'static str, healthy: bool },
+    /// Direct Line closed it with `collision`: another socket (another replica's hub) took
+    /// the conversation's stream.
+    Collision,
     /// No client for the linger time.
     Idle,
     /// The hub was closed (drain).
@@ -62,7 +65,7 @@ impl FailureRun {
     }
 }
 
-enum ResumeEnd {
+pub(super) enum ResumeEnd {
     Connected(Box<UpstreamSocket>),
     Gone,
     BotRemoved,
@@ -79,6 +82,9 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
     let mut run = FailureRun::new();
     // Learnt from the first pong: only an upstream known to answer pings is judged by them.
     let mut answers_pings = false;
+    // Collisions this hub has had: each doubles its wait before taking the stream back.
+    let mut collisions: u32 = 0;
+    let mut shared: Option<ResumeEnd> = None;
     gateway.metrics.hubs.inc();
     let secretless = gateway
         .live()
@@ -116,7 +122,15 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
         };
         let socket = match first_try {
             Some(socket) => socket,
-            None => match Box::pin(resume(&gateway, &hub, &tracker, &mut run)).await {
+            None => match Box::pin(after_collision_or_resume(
+                shared.take(),
+                &gateway,
+                &hub,
+                &tracker,
+                &mut run,
+            ))
+            .await
+            {
                 ResumeEnd::Connected(socket) => socket,
                 ResumeEnd::Gone => {
                     tracing::info!(bot = &*hub.bot, conversation = %hub.conversation, "conversation gone upstream; closing its client sockets");
@@ -151,6 +165,11 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             .upstream_sockets
             .with_label_values(&[&hub.bot]);
         upstream_sockets.inc();
+        gateway
+            .metrics
+            .upstream_stream_opens
+            .with_label_values(&[&hub.bot])
+            .inc();
         let end = pump(&gateway, &hub, &mut tracker, socket, &mut answers_pings).await;
         upstream_sockets.dec();
         match end {
@@ -176,6 +195,30 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                 }
                 tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, why, "upstream stream dropped; resuming");
                 dropped_at = Some(Instant::now());
+            }
+            PumpEnd::Collision => {
+                // Another replica's hub holds the stream now: poll rather than take it
+                // straight back (crate::stream::collision).
+                gateway
+                    .metrics
+                    .upstream_stream_collisions
+                    .with_label_values(&[&hub.bot])
+                    .inc();
+                gateway
+                    .metrics
+                    .upstream_stream_drops
+                    .with_label_values(&["collision", &hub.bot])
+                    .inc();
+                collisions = collisions.saturating_add(1);
+                shared = Some(
+                    Box::pin(super::collision::share(
+                        &gateway,
+                        &hub,
+                        &mut tracker,
+                        collisions,
+                    ))
+                    .await,
+                );
             }
             PumpEnd::Idle | PumpEnd::Stopped => break,
         }
@@ -266,6 +309,9 @@ async fn pump(
                         if let Some(frame) = &frame {
                             tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
                         }
+                        if super::collision::is_collision(frame.as_ref()) {
+                            return PumpEnd::Collision;
+                        }
                         return dropped("closed", relayed_any);
                     }
                     Some(Ok(_)) => {}
@@ -352,7 +398,7 @@ async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker) {
     }
 }
 
-fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
+pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
     match tracker.observe(text.as_str()) {
         Observed::Keepalive => {}
         Observed::AllDuplicates { dropped } => {
@@ -378,6 +424,21 @@ fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Byt
                 tracker.watermark(),
             );
         }
+    }
+}
+
+/// How a polling spell after a collision ended (the socket taken back, or the hub's end),
+/// or else a resume after a drop.
+async fn after_collision_or_resume(
+    shared: Option<ResumeEnd>,
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &Tracker,
+    run: &mut FailureRun,
+) -> ResumeEnd {
+    match shared {
+        Some(end) => end,
+        None => resume(gateway, hub, tracker, run).await,
     }
 }
 

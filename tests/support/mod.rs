@@ -2,6 +2,7 @@
 //! WebSocket client, and bounded waits. Reads like the scenario: `Harness::builder().faults(…).start()`.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod hostile;
 pub mod otlp;
 pub mod process;
