@@ -81,6 +81,13 @@ impl Config {
         let (listen, admin_listen) = listeners(&file, overrides, &defaults)?;
         let mut top = top_level_bot(&file, overrides, env)?;
         top.auth = parse_auth(top_auth, Table::Top, env)?;
+        // `[policy]` is every bot's default; a bot's own `[bots.policy]` replaces it whole.
+        top.policy = file
+            .policy
+            .take()
+            .map(super::policy::section)
+            .transpose()?
+            .map(Arc::new);
         if top.auth.is_some() && top.user_ids == UserIdPolicy::Caller {
             return Err(invalid(
                 "user_ids",
@@ -743,7 +750,12 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
             "\"caller\" and [bots.auth] exclude each other: signed-in users get the pseudonym",
         )));
     }
+    let policy = match file.policy {
+        Some(own) => Some(Arc::new(super::policy::section(own).map_err(within)?)),
+        None => top.policy.clone(),
+    };
     Ok(BotConfig {
+        policy,
         auth,
         resume_window,
         host,
