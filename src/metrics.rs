@@ -72,13 +72,16 @@ pub const RATE_LIMITED_ROUTES: [&str; 5] = [
     "stream",
 ];
 /// `client_frames_refused_total`'s reasons (`stream::client::Refusal`, `stream::multimodal`).
-pub const FRAME_REFUSALS: [&str; 6] = [
+pub const FRAME_REFUSALS: [&str; 8] = [
     "too_large",
     "bad_utf8",
     "protocol",
     "not_activity",
     "binary",
     "rate_limited",
+    // The activity policy (`[policy]`) on a multimodal frame.
+    "policy_denied",
+    "policy_unavailable",
 ];
 /// `upstream_stream_drops_total`'s causes (`stream::relay`).
 pub const STREAM_DROP_REASONS: [&str; 6] = [
