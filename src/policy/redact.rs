@@ -274,7 +274,7 @@ pub fn luhn(run: &str) -> bool {
         sum += d;
         double = !double;
     }
-    sum.is_multiple_of(10)
+    sum % 10 == 0
 }
 
 #[cfg(test)]

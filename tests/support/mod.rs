@@ -5,6 +5,7 @@
 pub mod hostile;
 pub mod otlp;
 pub mod process;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::time::Duration;
