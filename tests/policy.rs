@@ -309,3 +309,62 @@ async fn a_denied_multimodal_frame_closes_with_1008_and_never_reaches_direct_lin
     assert!(!upstream_texts(&h, &conversation).contains(&"spoken DENY".to_owned()));
     assert_eq!(webhook.asked_about("spoken DENY").len(), 1);
 }
+
+/// Azure AI Content Safety through the emulator's fake of `text:analyze` (the severity a
+/// text gets is written in it: `HATE6`).
+async fn with_content_safety(key: &str) -> (Harness, directline_emulator::EmulatorHandle) {
+    let service = Harness::emulator(directline_emulator::EmulatorConfig::default()).await;
+    let policy = PolicyConfig {
+        timeout: Duration::from_secs(5),
+        content_safety: Some(directline_gateway::config::ContentSafetyConfig {
+            endpoint: url::Url::parse(&service.base_url()).unwrap(),
+            key: directline_gateway::secret::Secret::new(key),
+            threshold: 4,
+        }),
+        ..PolicyConfig::default()
+    };
+    (with_policy(policy).await, service)
+}
+
+#[tokio::test]
+async fn content_safety_denies_at_or_above_the_threshold_both_ways() {
+    let (h, service) = with_content_safety(directline_emulator::CONTENT_SAFETY_KEY).await;
+    let conversation = h.conversation().await;
+    let reply = post(&h, &conversation, "you are HATE6").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(reply.error_code(), "PolicyDenied");
+    let reply = post(&h, &conversation, "mildly HATE2").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let texts = upstream_texts(&h, &conversation);
+    assert!(texts.contains(&"mildly HATE2".to_owned()));
+    assert!(!texts.iter().any(|t| t.contains("HATE6")));
+    let mut ws = open_stream(&conversation.stream_url).await;
+    h.emulator
+        .send_bot_message(&conversation.id, "bot VIOLENCE4")
+        .unwrap();
+    h.emulator
+        .send_bot_message(&conversation.id, "bot calm")
+        .unwrap();
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"bot calm".to_owned())
+    })
+    .await;
+    assert!(!seen.texts().iter().any(|t| t.contains("VIOLENCE")));
+    drop(service);
+}
+
+#[tokio::test]
+async fn content_safety_refusing_the_key_is_503_under_deny() {
+    let (h, _service) = with_content_safety("wrong-key").await;
+    let conversation = h.conversation().await;
+    let reply = post(&h, &conversation, "hello").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.error_code(), "PolicyUnavailable");
+    assert!(upstream_texts(&h, &conversation).is_empty());
+}

@@ -34,7 +34,7 @@ use crate::secret::Secret;
 pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
-pub use policy::{OnError, PolicyConfig, Redactions};
+pub use policy::{ContentSafetyConfig, OnError, PolicyConfig, Redactions};
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};

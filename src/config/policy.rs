@@ -3,6 +3,7 @@
 //! holding the gateway. `[policy]` at the top level applies to every bot that has no
 //! `[bots.policy]` of its own.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,6 +11,27 @@ use url::Url;
 
 use super::errors::{ConfigError, invalid};
 use super::values::{parse_duration, parse_size};
+use crate::secret::Secret;
+
+/// `[policy.content_safety]`: Azure AI Content Safety's text analysis as a built-in verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentSafetyConfig {
+    /// The resource's endpoint, `https://NAME.cognitiveservices.azure.com`.
+    pub endpoint: Url,
+    /// Sent as `Ocp-Apim-Subscription-Key`; read from `key_file`.
+    pub key: Secret,
+    /// Deny when any category's severity is at or above this (0 to 7; the service answers
+    /// 0, 2, 4 or 6 on its default scale).
+    pub threshold: u8,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileContentSafety {
+    pub endpoint: String,
+    pub key_file: PathBuf,
+    pub threshold: Option<u8>,
+}
 
 /// What a webhook that fails (unreachable, timeout, bad answer, queue full) means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +75,8 @@ pub struct PolicyConfig {
     pub max_body_bytes: usize,
     /// Bot-side verdicts remembered by activity id, so replays and polls ask once.
     pub verdict_cache: usize,
+    /// Azure AI Content Safety, asked before the webhook (either may deny).
+    pub content_safety: Option<ContentSafetyConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -67,6 +91,7 @@ impl Default for PolicyConfig {
             queue: 1024,
             max_body_bytes: 64 * 1024,
             verdict_cache: 10_000,
+            content_safety: None,
         }
     }
 }
@@ -84,6 +109,7 @@ pub struct FilePolicy {
     pub queue: Option<usize>,
     pub max_body: Option<String>,
     pub verdict_cache: Option<usize>,
+    pub content_safety: Option<FileContentSafety>,
 }
 
 /// The section as the gateway runs it; every value is checked.
@@ -137,7 +163,9 @@ pub fn section(file: FilePolicy) -> Result<PolicyConfig, ConfigError> {
             .ok_or_else(|| invalid("policy.max_body", "must be a size from 1KiB to 16MiB"))?
             as usize,
     };
+    let content_safety = file.content_safety.map(content_safety).transpose()?;
     Ok(PolicyConfig {
+        content_safety,
         webhook,
         timeout,
         on_error,
@@ -151,6 +179,41 @@ pub fn section(file: FilePolicy) -> Result<PolicyConfig, ConfigError> {
             file.verdict_cache,
             defaults.verdict_cache,
         )?,
+    })
+}
+
+fn content_safety(file: FileContentSafety) -> Result<ContentSafetyConfig, ConfigError> {
+    let endpoint = Url::parse(&file.endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            invalid(
+                "policy.content_safety.endpoint",
+                "must be the resource's https:// endpoint",
+            )
+        })?;
+    let key = std::fs::read_to_string(&file.key_file).map_err(|source| ConfigError::Read {
+        path: file.key_file.clone(),
+        source,
+    })?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(invalid(
+            "policy.content_safety.key_file",
+            "the file is empty",
+        ));
+    }
+    let threshold = file.threshold.unwrap_or(4);
+    if threshold > 7 {
+        return Err(invalid(
+            "policy.content_safety.threshold",
+            "must be a severity from 0 to 7",
+        ));
+    }
+    Ok(ContentSafetyConfig {
+        endpoint,
+        key: Secret::new(key),
+        threshold,
     })
 }
 

@@ -3,8 +3,10 @@
 //! A bot without a policy pays one `Option` branch per request or relayed frame.
 //!
 //! - `redact`: the built-in redactions (pure);
-//! - `webhook`: the verdict call and its bounds.
+//! - `webhook`: the verdict call and its bounds;
+//! - `content_safety`: Azure AI Content Safety's text analysis as a verdict.
 
+pub mod content_safety;
 pub mod redact;
 pub mod webhook;
 
@@ -16,8 +18,9 @@ use serde_json::Value;
 use crate::config::{OnError, PolicyConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use content_safety::ContentSafety;
 pub use webhook::{Direction, Subject};
-use webhook::{Verdict, Webhook};
+use webhook::{Failure, Verdict, Webhook};
 
 /// What happens to a bot activity.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,7 @@ pub enum BotVerdict {
 pub struct Policy {
     pub settings: Arc<PolicyConfig>,
     webhook: Option<Webhook>,
+    content_safety: Option<ContentSafety>,
     verdicts: Mutex<VerdictCache>,
 }
 
@@ -43,7 +47,13 @@ impl Policy {
             .as_ref()
             .map(|url| Webhook::new(url, &settings))
             .transpose()?;
+        let content_safety = settings
+            .content_safety
+            .as_ref()
+            .map(|cs| ContentSafety::new(cs, settings.timeout))
+            .transpose()?;
         Ok(Self {
+            content_safety,
             verdicts: Mutex::new(VerdictCache::new(settings.verdict_cache)),
             settings,
             webhook,
@@ -66,18 +76,15 @@ impl Policy {
         let mut activity: Value =
             serde_json::from_slice(&bound).map_err(|_| GatewayError::MalformedJson)?;
         let redacted = self.redact(metrics, subject.bot, &mut activity);
-        let Some(webhook) = &self.webhook else {
+        if self.webhook.is_none() && self.content_safety.is_none() {
             self.count(metrics, subject.bot, Direction::User, "allowed");
             return Ok(if redacted {
                 serde_json::to_vec(&activity).map_err(|_| GatewayError::Internal)?
             } else {
                 bound
             });
-        };
-        match webhook
-            .ask(metrics, Direction::User, subject, &activity)
-            .await
-        {
+        }
+        match self.ask(metrics, Direction::User, subject, &activity).await {
             Ok(Verdict::Allow) => {
                 self.count(metrics, subject.bot, Direction::User, "allowed");
             }
@@ -126,14 +133,7 @@ impl Policy {
         }
         let mut screened = activity.clone();
         let redacted = self.redact(metrics, subject.bot, &mut screened);
-        let verdict = match &self.webhook {
-            None => Ok(Verdict::Allow),
-            Some(webhook) => {
-                webhook
-                    .ask(metrics, Direction::Bot, subject, &screened)
-                    .await
-            }
-        };
+        let verdict = self.ask(metrics, Direction::Bot, subject, &screened).await;
         let verdict = match verdict {
             Ok(Verdict::Allow) => {
                 self.count(metrics, subject.bot, Direction::Bot, "allowed");
@@ -165,6 +165,26 @@ impl Policy {
             self.remember(key, verdict.clone());
         }
         verdict
+    }
+
+    /// Content Safety first (a deny there ends it), then the webhook; allowed when neither
+    /// is configured.
+    async fn ask(
+        &self,
+        metrics: &Metrics,
+        direction: Direction,
+        subject: Subject<'_>,
+        activity: &Value,
+    ) -> Result<Verdict, Failure> {
+        if let Some(content_safety) = &self.content_safety
+            && let Verdict::Deny = content_safety.analyze(metrics, direction, activity).await?
+        {
+            return Ok(Verdict::Deny);
+        }
+        match &self.webhook {
+            None => Ok(Verdict::Allow),
+            Some(webhook) => webhook.ask(metrics, direction, subject, activity).await,
+        }
     }
 
     fn cached(&self, key: &(Arc<str>, Arc<str>)) -> Option<BotVerdict> {
@@ -202,13 +222,7 @@ impl Policy {
             .inc();
     }
 
-    fn failed(
-        &self,
-        metrics: &Metrics,
-        bot: &str,
-        direction: Direction,
-        failure: webhook::Failure,
-    ) {
+    fn failed(&self, metrics: &Metrics, bot: &str, direction: Direction, failure: Failure) {
         self.count(metrics, bot, direction, "failed");
         metrics
             .policy_webhook_failures

@@ -109,19 +109,7 @@ pub struct Webhook {
 impl Webhook {
     pub fn new(url: &Url, settings: &PolicyConfig) -> Result<Self, String> {
         let uri: http::Uri = url.as_str().parse().map_err(|_| "invalid URL".to_owned())?;
-        let tls = crate::upstream::client::tls_client_config(None)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(Arc::unwrap_or_clone(tls))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = http_client(settings.timeout)?;
         Ok(Self {
             url: url.clone(),
             uri,
@@ -213,6 +201,25 @@ impl Webhook {
             _ => Err(Failure::Invalid),
         }
     }
+}
+
+/// An HTTP/1.1 client for http:// and https:// (ring, the webpki roots), its own pool.
+pub(super) fn http_client(
+    connect_timeout: Duration,
+) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, String> {
+    let tls = crate::upstream::client::tls_client_config(None)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
 }
 
 /// Leaves the queue however the wait ends (a slot, the timeout dropping the future).
