@@ -1138,6 +1138,51 @@ activities_burst = 5
     }
 }
 
+/// `[policy]` is every bot's default; `[bots.policy]` replaces it whole for its bot.
+#[cfg(test)]
+mod policy_sections {
+    use super::*;
+
+    #[test]
+    fn top_level_policy_is_the_default_a_bot_may_replace() {
+        let text = r#"
+[policy]
+webhook = "http://127.0.0.1:9/verdict"
+redact = ["email"]
+
+[[bots]]
+name = "a"
+upstream = "embedded"
+
+[[bots]]
+name = "b"
+path_prefix = "/bots/b"
+upstream = "embedded"
+[bots.policy]
+on_error = "allow"
+"#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let config = Config::from_parts(file, &Overrides::default(), &NoEnv).unwrap();
+        let a = config.bots[0].policy.as_deref().unwrap();
+        assert!(a.webhook.is_some() && a.redact.email);
+        let b = config.bots[1].policy.as_deref().unwrap();
+        assert!(b.webhook.is_none() && !b.redact.email);
+        assert_eq!(b.on_error, crate::config::OnError::Allow);
+    }
+
+    #[test]
+    fn an_unknown_policy_key_is_refused() {
+        assert!(toml::from_str::<FileConfig>("[policy]\nwebhok = \"x\"\n").is_err());
+    }
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod shipped_file {
     use super::*;

@@ -288,7 +288,11 @@ async fn pump(
                             None => relay_text(gateway, hub, tracker, text),
                             // Awaited here: a conversation's later activities wait for this
                             // one's verdict (order holds); other hubs run on their own tasks.
-                            Some(screen) => relay_screened(gateway, hub, tracker, screen, text).await,
+                            // Boxed: inline, the webhook call's future would grow every idle
+                            // hub's task, policy or not.
+                            Some(screen) => {
+                                Box::pin(relay_screened(gateway, hub, tracker, screen, text)).await
+                            }
                         }
                     }
                     Some(Ok(Message::Pong(_))) => {
