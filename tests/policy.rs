@@ -368,3 +368,42 @@ async fn content_safety_refusing_the_key_is_503_under_deny() {
     assert_eq!(reply.error_code(), "PolicyUnavailable");
     assert!(upstream_texts(&h, &conversation).is_empty());
 }
+
+#[tokio::test]
+async fn past_the_webhook_bounds_a_call_fails_and_on_error_decides() {
+    let webhook = PolicyWebhook::start().await;
+    let h = with_policy(PolicyConfig {
+        concurrency: 1,
+        queue: 1,
+        max_body_bytes: 1024,
+        timeout: Duration::from_secs(3),
+        on_error: OnError::Deny,
+        ..webhook_policy(&webhook)
+    })
+    .await;
+    let conversation = h.conversation().await;
+    // Over policy.max_body: never sent to the webhook.
+    let big = format!("big {}", "x".repeat(2048));
+    let reply = post(&h, &conversation, &big).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(webhook.asked_about("big ").is_empty());
+    // One slow call in flight and one waiting fill the bounds; the third fails at once.
+    let (a, b, c) = tokio::join!(
+        post(&h, &conversation, "SLOW one"),
+        post(&h, &conversation, "SLOW two"),
+        post(&h, &conversation, "SLOW three"),
+    );
+    for reply in [&a, &b, &c] {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let metrics = h.metrics().await;
+    let failures = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("directline_gateway_policy_webhook_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(failures("too_large"), 1.0);
+    assert_eq!(failures("queue_full"), 1.0);
+    assert!(upstream_texts(&h, &conversation).is_empty());
+}
