@@ -132,6 +132,12 @@ pub enum GatewayError {
     /// turns it off: then only a secret works).
     #[error("the Copilot Studio token endpoint answered {status}")]
     TokenEndpointRefused { status: u16 },
+    /// The activity policy's webhook denied a user's activity; nothing went upstream.
+    #[error("the activity policy denied the activity")]
+    PolicyDenied,
+    /// The policy webhook failed or timed out under `on_error = "deny"`.
+    #[error("the activity policy could not decide")]
+    PolicyUnavailable,
     #[error("the gateway is shutting down")]
     Draining,
     #[error("internal gateway error")]
@@ -190,6 +196,8 @@ impl GatewayError {
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
             UpstreamUndiscovered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The bot's Direct Line region is not known yet; retry after the time in Retry-After", Upstream, None),
             TokenEndpointRefused { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "The agent's token endpoint did not issue a token", Upstream, None),
+            PolicyDenied => (StatusCode::FORBIDDEN, "PolicyDenied", "The activity was refused by this service's content policy", Client, None),
+            PolicyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "PolicyUnavailable", "The content policy could not check the activity; retry later", Gateway, None),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Gateway is shutting down", Gateway, None),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceError", "Internal gateway error", Gateway, None),
         };
@@ -250,7 +258,9 @@ impl GatewayError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            GatewayError::TooManySockets | GatewayError::Draining => {
+            GatewayError::TooManySockets
+            | GatewayError::Draining
+            | GatewayError::PolicyUnavailable => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -402,6 +412,8 @@ mod tests {
                 "UpstreamError",
                 Blame::Upstream,
             ),
+            (PolicyDenied, 403, "PolicyDenied", Blame::Client),
+            (PolicyUnavailable, 503, "PolicyUnavailable", Blame::Gateway),
             (Draining, 503, "ServiceUnavailable", Blame::Gateway),
             (Internal, 500, "ServiceError", Blame::Gateway),
         ];

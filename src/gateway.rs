@@ -60,6 +60,9 @@ pub struct Bot {
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The Copilot Studio environment of a bot with a `token_endpoint`.
     pub environment: Option<Arc<Environment>>,
+    /// The activity policy (`[policy]`); kept across reloads that leave it unchanged, so
+    /// its verdict cache and webhook connections survive.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl Bot {

@@ -15,6 +15,8 @@
 //!    client, tracker).
 //! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`), where
 //!    a bot's calls go (`upstream::base`) and Copilot Studio discovery (`upstream::discovery`).
+//!    `policy` (`[policy]`: redaction and the webhook's verdict on each activity) sits
+//!    with upstream: it makes calls of its own and imports only cores.
 //! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`.
 //! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
 //!    (fetched and cached), the pseudonym.
@@ -28,7 +30,7 @@
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
 //! [`secret`], [`endpoint`], [`error`], [`clock`], [`rewrite`], [`scrub`],
-//! [`activity_body`], [`identity`] and [`stream::tracker`]. Everything else is `pub(crate)`.
+//! [`activity_body`], [`identity`], [`policy::redact`] and [`stream::tracker`]. Everything else is `pub(crate)`.
 //! The Direct Line emulator is its own crate, `directline-emulator` (`emulator/`).
 
 pub mod activity_body;
@@ -49,6 +51,7 @@ pub(crate) mod jsonscan;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
+pub mod policy;
 pub(crate) mod ratelimit;
 pub(crate) mod reload;
 pub mod rewrite;

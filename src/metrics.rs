@@ -41,6 +41,21 @@ pub const SIGN_IN_REFUSAL_REASONS: [&str; 14] = [
 ];
 /// `jwks_fetches_total`'s results (`identity::jwks`).
 pub const JWKS_FETCH_RESULTS: [&str; 3] = ["ok", "unreachable", "invalid"];
+/// `policy_*{direction}`: which way a screened activity went.
+pub const POLICY_DIRECTIONS: [&str; 2] = ["user", "bot"];
+/// `policy_verdicts_total{outcome}`.
+pub const POLICY_OUTCOMES: [&str; 4] = ["allowed", "denied", "replaced", "failed"];
+/// `policy_redactions_total{kind}` (`policy::redact`).
+pub const POLICY_REDACTION_KINDS: [&str; 3] = ["email", "phone", "credit_card"];
+/// `policy_webhook_failures_total{reason}` (`policy::webhook::Failure`).
+pub const POLICY_WEBHOOK_FAILURES: [&str; 6] = [
+    "timeout",
+    "unreachable",
+    "status",
+    "invalid",
+    "too_large",
+    "queue_full",
+];
 pub const TOKEN_KINDS: [&str; 3] = ["generated", "refreshed", "conversation"];
 pub const RECONNECT_RESULTS: [&str; 4] = ["ok", "retry", "gone", "exhausted"];
 pub const RESUME_SOURCES: [&str; 3] = ["upstream", "buffer", "catch_up"];
@@ -57,13 +72,16 @@ pub const RATE_LIMITED_ROUTES: [&str; 5] = [
     "stream",
 ];
 /// `client_frames_refused_total`'s reasons (`stream::client::Refusal`, `stream::multimodal`).
-pub const FRAME_REFUSALS: [&str; 6] = [
+pub const FRAME_REFUSALS: [&str; 8] = [
     "too_large",
     "bad_utf8",
     "protocol",
     "not_activity",
     "binary",
     "rate_limited",
+    // The activity policy (`[policy]`) on a multimodal frame.
+    "policy_denied",
+    "policy_unavailable",
 ];
 /// `upstream_stream_drops_total`'s causes (`stream::relay`).
 pub const STREAM_DROP_REASONS: [&str; 7] = [
@@ -187,6 +205,12 @@ pub struct Metrics {
     pub upstream_stream_collisions: IntCounterVec,
     pub upstream_polling_seconds: CounterVec,
     pub polling_hubs: IntGauge,
+    // Activity policy (`[policy]`, `src/policy/`): present at 0 for every bot from the start.
+    pub policy_verdicts: IntCounterVec,
+    pub policy_redactions: IntCounterVec,
+    pub policy_webhook_duration: HistogramVec,
+    pub policy_webhook_failures: IntCounterVec,
+    pub policy_webhook_waiting: IntGauge,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -559,6 +583,46 @@ impl Metrics {
                 "Hubs on this replica polling Direct Line because another replica holds the conversation's stream.",
             )
             .expect("valid metric"),
+            policy_verdicts: IntCounterVec::new(
+                Opts::new(
+                    "policy_verdicts_total",
+                    "Activities screened by the activity policy, by bot, direction (user, bot) and outcome (allowed, denied, replaced, failed: the webhook gave no verdict).",
+                ),
+                &["bot", "direction", "outcome"],
+            )
+            .expect("valid metric"),
+            policy_redactions: IntCounterVec::new(
+                Opts::new(
+                    "policy_redactions_total",
+                    "Personal data replaced by the activity policy's built-in redactions, by bot and kind (email, phone, credit_card).",
+                ),
+                &["bot", "kind"],
+            )
+            .expect("valid metric"),
+            policy_webhook_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "policy_webhook_duration_seconds",
+                    "Policy webhook calls, from asking to the verdict or failure (the wait for a free slot included), by direction.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
+                ]),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            policy_webhook_failures: IntCounterVec::new(
+                Opts::new(
+                    "policy_webhook_failures_total",
+                    "Policy webhook calls that gave no verdict, by reason (timeout, unreachable, status, invalid, too_large: over policy.max_body, queue_full: over policy.queue waiting).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            policy_webhook_waiting: IntGauge::new(
+                "policy_webhook_waiting",
+                "Activities waiting for a free policy webhook slot (policy.concurrency in flight).",
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -612,6 +676,11 @@ impl Metrics {
             Box::new(self.upstream_stream_collisions.clone()),
             Box::new(self.upstream_polling_seconds.clone()),
             Box::new(self.polling_hubs.clone()),
+            Box::new(self.policy_verdicts.clone()),
+            Box::new(self.policy_redactions.clone()),
+            Box::new(self.policy_webhook_duration.clone()),
+            Box::new(self.policy_webhook_failures.clone()),
+            Box::new(self.policy_webhook_waiting.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -728,6 +797,29 @@ impl Metrics {
         }
         for reason in TRACE_DROP_REASONS {
             self.trace_spans_dropped.with_label_values(&[reason]);
+        }
+        self.initialise_policy(bots);
+    }
+
+    /// The activity policy's series at 0 for every bot (whether or not it has a policy: a
+    /// dashboard or alert then needs no special case for the bots that have none).
+    fn initialise_policy(&self, bots: &[&str]) {
+        for bot in bots {
+            for direction in POLICY_DIRECTIONS {
+                for outcome in POLICY_OUTCOMES {
+                    self.policy_verdicts
+                        .with_label_values(&[bot, direction, outcome]);
+                }
+            }
+            for kind in POLICY_REDACTION_KINDS {
+                self.policy_redactions.with_label_values(&[bot, kind]);
+            }
+        }
+        for direction in POLICY_DIRECTIONS {
+            self.policy_webhook_duration.with_label_values(&[direction]);
+        }
+        for reason in POLICY_WEBHOOK_FAILURES {
+            self.policy_webhook_failures.with_label_values(&[reason]);
         }
     }
 

@@ -33,6 +33,8 @@ pub enum BuildError {
     UpstreamCa { bot: String, message: String },
     #[error("bot {bot}: the upstream URL cannot be used")]
     UpstreamUrl { bot: String },
+    #[error("bot {bot}: policy.webhook: {message}")]
+    PolicyWebhook { bot: String, message: String },
     #[error("token key: {0}")]
     TokenKey(#[from] KeyError),
 }
@@ -202,7 +204,26 @@ fn build_bot(
         (None, None) => DirectlineBase::Discovered(Arc::new(Discovered::new())),
     };
     let identity = build_identity(&settings, config, previous, metrics)?;
+    let policy = match &settings.policy {
+        None => None,
+        Some(wanted) => match previous
+            .and_then(|p| p.bot(&settings.name))
+            .and_then(|p| p.policy.clone())
+            .filter(|kept| kept.serves(wanted))
+        {
+            Some(kept) => Some(kept),
+            None => Some(Arc::new(
+                crate::policy::Policy::new(wanted.clone()).map_err(|message| {
+                    BuildError::PolicyWebhook {
+                        bot: bot(),
+                        message,
+                    }
+                })?,
+            )),
+        },
+    };
     Ok(Arc::new(Bot {
+        policy,
         name: Arc::from(settings.name.as_str()),
         settings,
         secret,

@@ -99,6 +99,9 @@ async fn answer(
     request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Response<Body>, DlError> {
+    if request.uri().path() == super::content_safety::PATH {
+        return Ok(super::content_safety::analyze(request).await);
+    }
     if let Some(response) = super::copilot::route(state, &request) {
         return Ok(response);
     }

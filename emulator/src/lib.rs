@@ -11,7 +11,8 @@
 //! `credential` (what an `Authorization` header is), `random` (tokens and ids), `http`
 //! (REST routes), `exchange` (error bodies, JSON answers, one request's record),
 //! `stream` (WebSocket delivery), `bot` (the echo bot), `faults` (misbehaviour on
-//! purpose), `upload` (upload bodies), `activity` (ids, timestamps), `server` (listener);
+//! purpose), `upload` (upload bodies), `activity` (ids, timestamps), `server` (listener),
+//! `content_safety` (a fake of Azure AI Content Safety's text analysis);
 //! `oidc` is a separate OpenID Connect issuer for tests of signed-in users.
 //!
 //! A stream URL's replay position travels with its `t` token (set when the URL was minted
@@ -24,6 +25,7 @@
 mod activity;
 mod bot;
 mod config;
+mod content_safety;
 mod copilot;
 mod credential;
 mod environment;
@@ -42,6 +44,8 @@ mod upload;
 
 pub use bot::{BOT_ID, BOT_NAME};
 pub use config::{EmulatorArgs, EmulatorConfig};
+/// The key the emulator's Azure AI Content Safety fake accepts.
+pub use content_safety::KEY as CONTENT_SAFETY_KEY;
 pub use environment::EnvironmentControl;
 pub use faults::{FaultControl, Faults};
 pub use handle::{EmulatorHandle, run, run_cli, spawn};

@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub auth: Option<FileAuth>,
     /// Distributed tracing (`[tracing]`).
     pub tracing: Option<FileTracing>,
+    /// Activity policy (`[policy]`): every bot's unless it has its own.
+    pub policy: Option<super::policy::FilePolicy>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
 }
@@ -72,6 +74,8 @@ pub struct FileBot {
     pub resume_window: Option<String>,
     /// Signed-in mode of this bot (`[bots.auth]`).
     pub auth: Option<FileAuth>,
+    /// This bot's activity policy (`[bots.policy]`), instead of the top-level one.
+    pub policy: Option<super::policy::FilePolicy>,
 }
 
 #[derive(Debug, Deserialize)]

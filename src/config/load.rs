@@ -81,6 +81,13 @@ impl Config {
         let (listen, admin_listen) = listeners(&file, overrides, &defaults)?;
         let mut top = top_level_bot(&file, overrides, env)?;
         top.auth = parse_auth(top_auth, Table::Top, env)?;
+        // `[policy]` is every bot's default; a bot's own `[bots.policy]` replaces it whole.
+        top.policy = file
+            .policy
+            .take()
+            .map(super::policy::section)
+            .transpose()?
+            .map(Arc::new);
         if top.auth.is_some() && top.user_ids == UserIdPolicy::Caller {
             return Err(invalid(
                 "user_ids",
@@ -771,7 +778,12 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
             "\"caller\" and [bots.auth] exclude each other: signed-in users get the pseudonym",
         )));
     }
+    let policy = match file.policy {
+        Some(own) => Some(Arc::new(super::policy::section(own).map_err(within)?)),
+        None => top.policy.clone(),
+    };
     Ok(BotConfig {
+        policy,
         auth,
         resume_window,
         host,
@@ -1179,6 +1191,51 @@ activities_burst = 5
                 ..
             }
         ));
+    }
+}
+
+/// `[policy]` is every bot's default; `[bots.policy]` replaces it whole for its bot.
+#[cfg(test)]
+mod policy_sections {
+    use super::*;
+
+    #[test]
+    fn top_level_policy_is_the_default_a_bot_may_replace() {
+        let text = r#"
+[policy]
+webhook = "http://127.0.0.1:9/verdict"
+redact = ["email"]
+
+[[bots]]
+name = "a"
+upstream = "embedded"
+
+[[bots]]
+name = "b"
+path_prefix = "/bots/b"
+upstream = "embedded"
+[bots.policy]
+on_error = "allow"
+"#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let config = Config::from_parts(file, &Overrides::default(), &NoEnv).unwrap();
+        let a = config.bots[0].policy.as_deref().unwrap();
+        assert!(a.webhook.is_some() && a.redact.email);
+        let b = config.bots[1].policy.as_deref().unwrap();
+        assert!(b.webhook.is_none() && !b.redact.email);
+        assert_eq!(b.on_error, crate::config::OnError::Allow);
+    }
+
+    #[test]
+    fn an_unknown_policy_key_is_refused() {
+        assert!(toml::from_str::<FileConfig>("[policy]\nwebhok = \"x\"\n").is_err());
+    }
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
     }
 }
 

@@ -11,12 +11,14 @@
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (ARCHITECTURE §10);
+//! - `policy`: `[policy]` and `[bots.policy]` ([`PolicyConfig`]);
 //! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
 
 mod copilot;
 mod errors;
 mod file;
 mod load;
+mod policy;
 mod sources;
 mod tracing;
 mod values;
@@ -32,6 +34,7 @@ use crate::secret::Secret;
 pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
+pub use policy::{ContentSafetyConfig, OnError, PolicyConfig, Redactions};
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -117,6 +120,8 @@ pub struct BotConfig {
     /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
     /// discovered from its environment.
     pub token_endpoint: Option<TokenEndpoint>,
+    /// Activity policy (`[policy]` or `[bots.policy]`): `None` costs a request one branch.
+    pub policy: Option<std::sync::Arc<PolicyConfig>>,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -277,6 +282,7 @@ impl Default for BotConfig {
             resume_window: DEFAULT_RESUME_WINDOW,
             auth: None,
             token_endpoint: None,
+            policy: None,
         }
     }
 }

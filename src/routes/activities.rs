@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::answer::{credential_needles, passthrough};
@@ -14,8 +15,10 @@ use crate::body::Body;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::policy::{Policy, Subject};
 use crate::rewrite;
 use crate::seal::ClientToken;
+use crate::upstream::body::MAX_UPSTREAM_JSON;
 use crate::upstream::call::Credential;
 
 pub async fn get_activities(
@@ -41,15 +44,70 @@ pub async fn get_activities(
         .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
+    let policy = ctx.bot.policy.clone();
+    if policy.is_some() {
+        // Screened as decoded JSON: the answer is rebuilt anyway when something is withheld.
+        ctx.accepts_gzip = false;
+    }
     let needles = credential_needles(ctx, token.upstream_token);
-    passthrough(
+    let response = passthrough(
         gateway,
         reply.answer,
         ctx,
         ctx.live.config.timeouts.default,
         needles,
     )
-    .await
+    .await?;
+    match policy {
+        None => Ok(response),
+        Some(policy) => {
+            let subject = Subject {
+                bot: &ctx.bot.name,
+                conversation: conversation.as_str(),
+                user: &token.user_id,
+            };
+            screened_page(gateway, &policy, subject, response).await
+        }
+    }
+}
+
+/// A history page with the bot's activities screened: withheld ones left out (the page's
+/// watermark still moves past them), replaced ones swapped.
+async fn screened_page(
+    gateway: &Gateway,
+    policy: &Policy,
+    subject: Subject<'_>,
+    response: Response<Body>,
+) -> Result<Response<Body>, GatewayError> {
+    if !response.status().is_success() {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = read_page(body).await?;
+    let bytes = match crate::policy::screen_set(policy, &gateway.metrics, subject, &bytes).await {
+        Some(screened) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            bytes::Bytes::from(screened)
+        }
+        None => bytes,
+    };
+    Ok(Response::from_parts(parts, crate::body::full(bytes)))
+}
+
+/// The page's bytes, bounded as every upstream JSON answer is. A plain frame loop: a
+/// `Limited` collect here makes the handler's future not `Send` for every lifetime.
+async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::UpstreamInvalid)?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
+                return Err(GatewayError::UpstreamInvalid);
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
 }
 
 pub async fn post_activity(
@@ -68,7 +126,16 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    let body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    let mut body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    if let Some(policy) = &ctx.bot.policy {
+        // Before anything goes upstream: a refusal here leaves Direct Line untouched.
+        let subject = Subject {
+            bot: &ctx.bot.name,
+            conversation: conversation.as_str(),
+            user: &token.user_id,
+        };
+        body = policy.screen_user(&gateway.metrics, subject, body).await?;
+    }
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let reply = ctx
         .upstream(

@@ -232,6 +232,7 @@ fn hub_for(
             stream_url: ticket.upstream_stream_url.clone(),
             watermark,
             from_start: ticket.from_start,
+            user: Arc::from(ticket.user_id.as_str()),
         };
         tokio::spawn(relay::run(gateway.clone(), hub.clone(), first));
     }

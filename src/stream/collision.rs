@@ -13,6 +13,7 @@
 //! poll interval behind. Typing activities (and streamed interims) are not delivered by
 //! REST polling: clients of a polling hub do not see them until the socket is back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::backoff;
 use super::hub::Hub;
 use super::link::{self, FetchError, UpstreamSocket};
-use super::relay::{ResumeEnd, relay_text};
+use super::relay::{ResumeEnd, relay_page};
 use super::tracker::Tracker;
 use crate::gateway::Gateway;
 
@@ -70,7 +71,10 @@ pub(super) async fn share(
     hub: &Hub,
     tracker: &mut Tracker,
     collisions: u32,
+    user: &Arc<str>,
 ) -> ResumeEnd {
+    // Polled pages go through the bot's policy as stream frames do.
+    let screen = super::relay::screen_for(gateway, hub, user);
     // Copied out: no settings handle is held across the awaits below.
     let (poll_every, retry_wait, linger, budget) = {
         let live = gateway.live();
@@ -128,7 +132,7 @@ pub(super) async fn share(
             Ok(page) => {
                 failing_since = None;
                 if let Some(page) = page {
-                    relay_text(gateway, hub, tracker, page);
+                    relay_page(gateway, hub, tracker, screen.as_ref(), page).await;
                 }
             }
             Err(FetchError::Gone) => break ResumeEnd::Gone,

@@ -7,7 +7,9 @@
 //! the secret, which Direct Line does not bind to any user), the activity body limit, and
 //! the conversation's activity rate. A frame that fails any of them closes the socket with
 //! the code RFC 6455 gives it; the client reconnects and nothing it sent is stored under
-//! another name. Empty text frames are DLJS's keepalives and pass.
+//! another name. Empty text frames are DLJS's keepalives and pass. Under an activity policy
+//! a frame is screened as a POST is: denied closes with 1008, no verdict under
+//! `on_error = "deny"` with 1011, and neither frame goes upstream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +23,7 @@ use super::client::{CLOSE_GRACE, ClientSocket, Refusal};
 use super::websocket::close_frame;
 use crate::activity_body;
 use crate::endpoint::ConversationId;
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::seal::StreamTicket;
 
@@ -33,6 +36,16 @@ const BINARY: Refusal = Refusal {
     code: CloseCode::Unsupported,
     reason: "only JSON text frames are accepted",
     metric: "binary",
+};
+const POLICY_DENIED: Refusal = Refusal {
+    code: CloseCode::Policy,
+    reason: "activity refused by the content policy",
+    metric: "policy_denied",
+};
+const POLICY_UNAVAILABLE: Refusal = Refusal {
+    code: CloseCode::Error,
+    reason: "content policy unavailable; retry later",
+    metric: "policy_unavailable",
 };
 const RATE_LIMITED: Refusal = Refusal {
     code: CloseCode::Policy,
@@ -64,12 +77,13 @@ pub async fn bridge(
         return;
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
-    let Some((max_activity, rate)) = ({
+    let Some((max_activity, rate, policy)) = ({
         let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
                 live.config.limits.activity_body_bytes,
                 bot.settings.rate_limits.activities,
+                bot.policy.clone(),
             )
         })
     }) else {
@@ -115,7 +129,25 @@ pub async fn bridge(
                                 .inc();
                             break Some(RATE_LIMITED);
                         }
-                        match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
+                        let bound =
+                            match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
+                                Ok(bound) => bound,
+                                Err(_) => break Some(NOT_ACTIVITY),
+                            };
+                        let bound = match &policy {
+                            None => Ok(bound),
+                            Some(policy) => {
+                                let subject = crate::policy::Subject {
+                                    bot: &bot,
+                                    conversation: rate_key.1.as_str(),
+                                    user: &ticket.user_id,
+                                };
+                                policy.screen_user(&gateway.metrics, subject, bound).await
+                            }
+                        };
+                        match bound {
+                            Err(GatewayError::PolicyDenied) => break Some(POLICY_DENIED),
+                            Err(GatewayError::PolicyUnavailable) => break Some(POLICY_UNAVAILABLE),
                             Ok(bound) => match String::from_utf8(bound) {
                                 Ok(bound) => {
                                     upstream_bytes.inc_by(bound.len() as u64);
@@ -190,6 +222,8 @@ mod tests {
             super::NOT_ACTIVITY,
             super::BINARY,
             super::RATE_LIMITED,
+            super::POLICY_DENIED,
+            super::POLICY_UNAVAILABLE,
         ]
         .iter()
         .map(|r| r.metric)

@@ -22,6 +22,24 @@ pub struct FirstLink {
     pub watermark: Option<Arc<str>>,
     /// The ticket came from start-conversation (see [`crate::seal::StreamTicket::from_start`]).
     pub from_start: bool,
+    /// The conversation's user (bound in the ticket): the activity policy screens what is
+    /// not theirs.
+    pub user: Arc<str>,
+}
+
+/// The bot's activity policy for one upstream connection (looked up per connection, so a
+/// reload reaches the next one); `None`, the common case, costs a frame one branch.
+pub(super) struct Screen {
+    policy: Arc<crate::policy::Policy>,
+    user: Arc<str>,
+}
+
+pub(super) fn screen_for(gateway: &Gateway, hub: &Hub, user: &Arc<str>) -> Option<Screen> {
+    let policy = gateway.live().bot(&hub.bot)?.policy.clone()?;
+    Some(Screen {
+        policy,
+        user: user.clone(),
+    })
 }
 
 enum PumpEnd {
@@ -114,7 +132,7 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                 if socket.is_none() && first.from_start && tracker.watermark().is_none() {
                     // A reconnect without a watermark would replay only what comes after it,
                     // losing what was sent between start and now: fetch the history first.
-                    Box::pin(backfill(&gateway, &hub, &mut tracker)).await;
+                    Box::pin(backfill(&gateway, &hub, &mut tracker, &first.user)).await;
                 }
                 socket
             }
@@ -170,7 +188,16 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
             .upstream_stream_opens
             .with_label_values(&[&hub.bot])
             .inc();
-        let end = pump(&gateway, &hub, &mut tracker, socket, &mut answers_pings).await;
+        let screen = screen_for(&gateway, &hub, &first.user);
+        let end = pump(
+            &gateway,
+            &hub,
+            &mut tracker,
+            socket,
+            &mut answers_pings,
+            screen.as_ref(),
+        )
+        .await;
         upstream_sockets.dec();
         match end {
             PumpEnd::Dropped { why, healthy } => {
@@ -216,6 +243,7 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
                         &hub,
                         &mut tracker,
                         collisions,
+                        &first.user,
                     ))
                     .await,
                 );
@@ -248,6 +276,7 @@ async fn pump(
     tracker: &mut Tracker,
     mut socket: Box<UpstreamSocket>,
     answers_pings: &mut bool,
+    screen: Option<&Screen>,
 ) -> PumpEnd {
     // Copied out: the pump holds no settings handle across its awaits.
     let (keepalive_interval, liveness_timeout, pong_timeout, linger) = {
@@ -299,7 +328,16 @@ async fn pump(
                     Some(Ok(Message::Text(text))) => {
                         downstream_bytes.inc_by(text.len() as u64);
                         relayed_any |= !text.is_empty();
-                        relay_text(gateway, hub, tracker, text);
+                        match screen {
+                            None => relay_text(gateway, hub, tracker, text),
+                            // Awaited here: a conversation's later activities wait for this
+                            // one's verdict (order holds); other hubs run on their own tasks.
+                            // Boxed: inline, the webhook call's future would grow every idle
+                            // hub's task, policy or not.
+                            Some(screen) => {
+                                Box::pin(relay_screened(gateway, hub, tracker, screen, text)).await
+                            }
+                        }
                     }
                     Some(Ok(Message::Pong(_))) => {
                         *answers_pings = true;
@@ -384,18 +422,56 @@ async fn seed_history(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, water
     }
 }
 
-async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker) {
+async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, user: &Arc<str>) {
     let upstream_token = hub.upstream_token();
+    let screen = screen_for(gateway, hub, user);
     match link::catch_up(gateway, &hub.bot, &hub.conversation, None, &upstream_token).await {
         Ok((pages, _)) => {
             for page in pages {
-                relay_text(gateway, hub, tracker, page);
+                relay_page(gateway, hub, tracker, screen.as_ref(), page).await;
             }
         }
         Err(error) => {
             tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, ?error, "history backfill failed")
         }
     }
+}
+
+/// A page fetched by REST (catch-up, or polling while another replica holds the stream),
+/// through the policy when the bot has one, like a frame from the socket.
+pub(super) async fn relay_page(
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &mut Tracker,
+    screen: Option<&Screen>,
+    page: Utf8Bytes,
+) {
+    match screen {
+        None => relay_text(gateway, hub, tracker, page),
+        Some(screen) => Box::pin(relay_screened(gateway, hub, tracker, screen, page)).await,
+    }
+}
+
+/// A frame with the bot's activities screened first (withheld ones out, replaced ones
+/// swapped, the watermark kept), then relayed as any other.
+async fn relay_screened(
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &mut Tracker,
+    screen: &Screen,
+    text: Utf8Bytes,
+) {
+    let subject = crate::policy::Subject {
+        bot: &hub.bot,
+        conversation: hub.conversation.as_str(),
+        user: &screen.user,
+    };
+    let screened =
+        crate::policy::screen_set(&screen.policy, &gateway.metrics, subject, text.as_bytes())
+            .await
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+    let text = screened.map_or(text, Utf8Bytes::from);
+    relay_text(gateway, hub, tracker, text);
 }
 
 pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod hostile;
 pub mod otlp;
 pub mod process;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::time::Duration;
