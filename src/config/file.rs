@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub auth: Option<FileAuth>,
     /// Distributed tracing (`[tracing]`, issue 21).
     pub tracing: Option<FileTracing>,
+    /// Held polls (`[polling]`).
+    pub polling: Option<super::polling::FilePolling>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
 }

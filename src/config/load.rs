@@ -118,6 +118,7 @@ impl Config {
             stream: stream(file.stream)?,
             bots: bots(file.bots, top, env)?,
             tracing: super::tracing::section(file.tracing, env)?,
+            polling: super::polling::section(file.polling)?,
             watched_files,
         };
         config.validate()?;
@@ -125,6 +126,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        super::polling::validate(&self.polling)?;
         let s = &self.stream;
         if s.liveness_timeout <= s.keepalive_interval {
             return Err(invalid(

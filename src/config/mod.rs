@@ -11,12 +11,14 @@
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10);
-//! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
+//! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]);
+//! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]).
 
 mod copilot;
 mod errors;
 mod file;
 mod load;
+mod polling;
 mod sources;
 mod tracing;
 mod values;
@@ -32,6 +34,7 @@ use crate::secret::Secret;
 pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
+pub use polling::PollingConfig;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -72,6 +75,8 @@ pub struct Config {
     pub bots: Vec<BotConfig>,
     /// Distributed tracing; `None` (the default) is off and costs nothing per request.
     pub tracing: Option<TracingConfig>,
+    /// Held polls (`[polling]`); off by default.
+    pub polling: PollingConfig,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -248,6 +253,7 @@ impl Default for Config {
             watched_files: Vec::new(),
             bots: vec![BotConfig::default()],
             tracing: None,
+            polling: PollingConfig::default(),
         }
     }
 }

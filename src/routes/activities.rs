@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::answer::{credential_needles, passthrough};
@@ -25,7 +25,28 @@ pub async fn get_activities(
     ctx: &mut RequestContext,
     token: ClientToken,
 ) -> Result<Response<Body>, GatewayError> {
-    let watermark = rewrite::query_watermark(request.uri().query())?;
+    let mut watermark = rewrite::query_watermark(request.uri().query())?;
+    if ctx.live.config.polling.enabled() {
+        // Held polls (`[polling] hold`): served from the conversation's hub.
+        let held = crate::stream::poll::serve(
+            gateway,
+            &ctx.bot.name,
+            conversation,
+            ctx.client_ip,
+            watermark.clone(),
+            &token.upstream_token,
+        )
+        .await?;
+        match held {
+            Some(body) => {
+                return Ok(poll_response(body));
+            }
+            // Not held: passed through, from the upstream watermark the gateway's own holds.
+            None => {
+                watermark = crate::stream::poll::upstream_watermark(&ctx.live.sealer, watermark)?
+            }
+        }
+    }
     let path = format!(
         "/v3/directline/conversations/{conversation}/activities{}",
         rewrite::watermark_query(watermark.as_deref())
@@ -50,6 +71,22 @@ pub async fn get_activities(
         needles,
     )
     .await
+}
+
+/// A held poll's answer: an ActivitySet the gateway wrote itself.
+fn poll_response(body: String) -> Response<Body> {
+    let mut response = Response::new(crate::body::full(body.into_bytes()));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
 }
 
 pub async fn post_activity(

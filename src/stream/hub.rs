@@ -164,6 +164,19 @@ pub enum AttachError {
     Retired,
 }
 
+/// Where a held poll starts reading.
+#[derive(Debug, Clone, Copy)]
+pub enum PollFrom<'a> {
+    /// Everything in the ring (a hub this poll just opened at the poll's watermark).
+    Start,
+    /// Only what comes next.
+    Head,
+    /// This hub's sequence number, from the gateway's own poll watermark.
+    Seq(u64),
+    /// After this upstream watermark.
+    Watermark(&'a str),
+}
+
 /// What a client should do next.
 pub enum Pending {
     /// Frames to send (possibly none).
@@ -193,6 +206,12 @@ pub struct Hub {
     /// While tracing is on: the request that created this hub, which its stream spans
     /// link to (set once, by the stream route, right after creating it).
     pub trace: std::sync::OnceLock<crate::telemetry::Origin>,
+    /// Held polls: this hub's identity in the gateway's poll watermarks, so a position in
+    /// its ring is only ever used with the ring it came from.
+    pub nonce: u64,
+    /// Set when a poll opened this hub: its place under `polling.max_hubs`, given back when
+    /// the hub goes.
+    pub opened_by_poll: std::sync::OnceLock<super::held::PollHubSlot>,
 }
 
 /// How much one hub's ring may hold, fixed when the hub is made.
@@ -249,6 +268,8 @@ impl Hub {
             upstream_token: Mutex::new(Arc::from(upstream_token)),
             budget,
             trace: std::sync::OnceLock::new(),
+            nonce: super::held::hub_nonce(),
+            opened_by_poll: std::sync::OnceLock::new(),
         }
     }
 
@@ -336,6 +357,39 @@ impl Hub {
             next_seq: oldest,
             live_from: head,
             filter: Some(filter),
+        })
+    }
+
+    /// Adds a held poll reading from `from`. Unlike a socket, a poll gets the live-only
+    /// frames (interims) after its position too: it was not connected when they passed.
+    pub fn attach_poll(&self, from: PollFrom<'_>) -> Result<Cursor, AttachError> {
+        let state = self.lock();
+        if state.retired {
+            return Err(AttachError::Retired);
+        }
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        let next_seq = match from {
+            PollFrom::Start => oldest,
+            PollFrom::Head => head,
+            PollFrom::Seq(seq) if seq >= oldest && seq <= head => seq,
+            PollFrom::Seq(_) => return Err(AttachError::NotBuffered),
+            PollFrom::Watermark(w) => match state
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.watermark.as_deref() == Some(w))
+            {
+                Some(event) => event.seq + 1,
+                None if state.last_watermark.as_deref() == Some(w) => head,
+                None => return Err(AttachError::NotBuffered),
+            },
+        };
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        Ok(Cursor {
+            next_seq,
+            live_from: next_seq,
+            filter: None,
         })
     }
 

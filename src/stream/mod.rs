@@ -5,16 +5,19 @@
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
 //! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
-//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames).
+//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames),
+//! `poll` (held `GET …/activities` polls served from the hub) and `held` (their bounds).
 //! The route that accepts client sockets is `routes::stream`.
 
 pub(crate) mod backoff;
 pub(crate) mod client;
+pub(crate) mod held;
 pub(crate) mod hub;
 pub(crate) mod ids;
 pub(crate) mod keeper;
 pub(crate) mod link;
 pub(crate) mod multimodal;
+pub(crate) mod poll;
 pub(crate) mod registry;
 pub(crate) mod relay;
 pub mod tracker;
