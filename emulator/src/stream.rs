@@ -216,7 +216,7 @@ async fn serve(
 /// One socket's delivery state.
 struct Delivery<'a> {
     state: &'a State,
-    conversation: &'a Conversation,
+    conversation: &'a Arc<Conversation>,
     cursor: Cursor,
     user: Option<Arc<str>>,
     multimodal: bool,
