@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub tracing: Option<FileTracing>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
+    /// Livestreamed answers: `"stream"` asks bots to livestream for every client.
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +74,7 @@ pub struct FileBot {
     pub resume_window: Option<String>,
     /// Signed-in mode of this bot (`[bots.auth]`).
     pub auth: Option<FileAuth>,
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +141,8 @@ pub struct FileStream {
     pub guard_against_replays: Option<bool>,
     pub drain_period: Option<String>,
     pub drain_spread: Option<String>,
+    pub chunk_interval: Option<String>,
+    pub client_unsent_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
