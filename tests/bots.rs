@@ -66,6 +66,7 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         resume_window: directline_gateway::config::DEFAULT_RESUME_WINDOW,
         auth: None,
         token_endpoint: None,
+        delivery_mode: Default::default(),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub polling: Option<super::polling::FilePolling>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
+    /// Livestreamed answers: `"stream"` asks bots to livestream for every client.
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +76,7 @@ pub struct FileBot {
     pub resume_window: Option<String>,
     /// Signed-in mode of this bot (`[bots.auth]`).
     pub auth: Option<FileAuth>,
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +143,8 @@ pub struct FileStream {
     pub guard_against_replays: Option<bool>,
     pub drain_period: Option<String>,
     pub drain_spread: Option<String>,
+    pub chunk_interval: Option<String>,
+    pub client_unsent_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,8 @@
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10);
 //! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]);
-//! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]).
+//! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]);
+//! - `streaming`: livestreamed answers' `delivery_mode` ([`DeliveryMode`]).
 
 mod copilot;
 mod errors;
@@ -20,6 +21,7 @@ mod file;
 mod load;
 mod polling;
 mod sources;
+mod streaming;
 mod tracing;
 mod values;
 
@@ -30,6 +32,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::secret::Secret;
+pub use streaming::DeliveryMode;
 
 pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
@@ -122,6 +125,9 @@ pub struct BotConfig {
     /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
     /// discovered from its environment.
     pub token_endpoint: Option<TokenEndpoint>,
+    /// `delivery_mode`: `Stream` asks the bot to livestream on behalf of clients that do
+    /// not ask themselves.
+    pub delivery_mode: DeliveryMode,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -231,6 +237,13 @@ pub struct StreamConfig {
     /// After `drain_period`, the sockets still open are closed with 1001 spread evenly over
     /// this long, so the other replicas are not hit by every reconnect at once.
     pub drain_spread: Duration,
+    /// Livestreamed answers: at most one interim per stream per this interval to each
+    /// client, the newest winning; zero relays every interim the client can take.
+    pub chunk_interval: Duration,
+    /// Bytes a client socket's kernel buffer may hold not yet sent (`TCP_NOTSENT_LOWAT`):
+    /// beyond it the writer keeps frames itself, where a newer interim can replace an
+    /// older one. Zero leaves the kernel's default (up to megabytes).
+    pub client_unsent_bytes: usize,
 }
 
 impl Default for Config {
@@ -276,6 +289,7 @@ impl Default for BotConfig {
             resume_window: DEFAULT_RESUME_WINDOW,
             auth: None,
             token_endpoint: None,
+            delivery_mode: DeliveryMode::Unset,
         }
     }
 }
@@ -338,6 +352,8 @@ impl Default for StreamConfig {
             guard_against_replays: true,
             drain_period: Duration::from_secs(20),
             drain_spread: Duration::from_secs(5),
+            chunk_interval: Duration::ZERO,
+            client_unsent_bytes: 16 * 1024,
         }
     }
 }

@@ -105,7 +105,11 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    let body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    let body = activity_body::bind_sender_with_mode(
+        &bytes,
+        &token.user_id,
+        ctx.bot.settings.delivery_mode.default_for_activities(),
+    )?;
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let reply = ctx
         .upstream(

@@ -64,12 +64,13 @@ pub async fn bridge(
         return;
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
-    let Some((max_activity, rate)) = ({
+    let Some((max_activity, rate, delivery_mode)) = ({
         let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
                 live.config.limits.activity_body_bytes,
                 bot.settings.rate_limits.activities,
+                bot.settings.delivery_mode.default_for_activities(),
             )
         })
     }) else {
@@ -115,7 +116,11 @@ pub async fn bridge(
                                 .inc();
                             break Some(RATE_LIMITED);
                         }
-                        match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
+                        match activity_body::bind_sender_with_mode(
+                            text.as_bytes(),
+                            &ticket.user_id,
+                            delivery_mode,
+                        ) {
                             Ok(bound) => match String::from_utf8(bound) {
                                 Ok(bound) => {
                                     upstream_bytes.inc_by(bound.len() as u64);
