@@ -9,6 +9,7 @@
 //! - `interval`: through a gateway without `hold`, polling every INTERVAL_MS as
 //!   botframework-directlinejs does (`pollingInterval`, 1000 ms by default): the message
 //!   waits for the next poll.
+//!
 //! The bot's send happens at a random point of the client's cycle, as it would in real use.
 
 use std::time::{Duration, Instant};
