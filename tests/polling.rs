@@ -16,6 +16,9 @@ const HOLD: Duration = Duration::from_secs(15);
 
 fn holding(config: &mut Config) {
     config.polling.hold = HOLD;
+    // Hubs outlive the pauses between polls even on a loaded machine, so the counts of
+    // open hubs asserted below cannot change under a slow test.
+    config.stream.linger = Duration::from_secs(60);
 }
 
 /// One polling client: its watermark and everything it was given, in order.
@@ -245,14 +248,23 @@ async fn second_replica(h: &Harness) -> directline_gateway::server::Running {
     let mut config = config_with_upstream(&h.emulator.base_url());
     config.bot_mut().secret = Some(directline_gateway::secret::Secret::new(SECRET));
     config.bot_mut().rate_limits.activities.per_minute = 0;
-    config.stream.linger = Duration::from_millis(500);
     holding(&mut config);
+    config.stream.linger = Duration::from_millis(500);
     start_gateway(config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_alternate_between_two_replicas() {
-    let a = Harness::builder().config(holding).start().await;
+    // Direct Line keeps one stream per conversation and closes a newcomer with `collision`:
+    // each replica's hub lets its upstream socket go soon after its poll, so the other
+    // replica's hub gets the stream (ARCHITECTURE §15 covers hubs that keep colliding).
+    let a = Harness::builder()
+        .config(|config| {
+            holding(config);
+            config.stream.linger = Duration::from_millis(500);
+        })
+        .start()
+        .await;
     let running_b = second_replica(&a).await;
     let b = Harness::attach_in_process(a.emulator.clone(), &running_b);
     let c = a.conversation().await;
