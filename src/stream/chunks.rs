@@ -62,7 +62,8 @@ pub fn role(activity: &str) -> Option<StreamRole> {
             stream: ActivityKey::of(stream),
         });
     }
-    if !matches!(stream_type, "streaming" | "informative") || probe.kind.as_deref() != Some("typing")
+    if !matches!(stream_type, "streaming" | "informative")
+        || probe.kind.as_deref() != Some("typing")
     {
         return None;
     }
@@ -306,13 +307,36 @@ mod book {
         let mut book = OpenStreams::default();
         let s = ActivityKey::of("s");
         let now = Instant::now();
-        assert!(matches!(book.interim(s, 1, 10, now), Admit::Publish { replaces: None, first: true, .. }));
-        assert!(matches!(book.interim(s, 2, 11, now), Admit::Publish { replaces: Some(10), first: false, .. }));
+        assert!(matches!(
+            book.interim(s, 1, 10, now),
+            Admit::Publish {
+                replaces: None,
+                first: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            book.interim(s, 2, 11, now),
+            Admit::Publish {
+                replaces: Some(10),
+                first: false,
+                ..
+            }
+        ));
         assert_eq!(book.interim(s, 2, 12, now), Admit::Drop, "not newer");
         assert_eq!(book.interim(s, 1, 12, now), Admit::Drop, "older");
         book.left_ring(11);
-        assert!(matches!(book.interim(s, 5, 12, now), Admit::Publish { replaces: None, .. }));
-        assert_eq!(book.finish(s), Finish { removes: Some(12), last_sequence: 5 });
+        assert!(matches!(
+            book.interim(s, 5, 12, now),
+            Admit::Publish { replaces: None, .. }
+        ));
+        assert_eq!(
+            book.finish(s),
+            Finish {
+                removes: Some(12),
+                last_sequence: 5
+            }
+        );
         assert_eq!(book.interim(s, 6, 13, now), Admit::Drop, "after its final");
         assert_eq!(book.open(), 0);
     }
@@ -435,7 +459,12 @@ impl<E> ClientStreams<E> {
     }
 
     /// Held interims whose time has come, oldest stream first.
-    pub fn take_due(&mut self, now: std::time::Instant, interval: std::time::Duration, out: &mut Vec<E>) {
+    pub fn take_due(
+        &mut self,
+        now: std::time::Instant,
+        interval: std::time::Duration,
+        out: &mut Vec<E>,
+    ) {
         let sent = &self.sent;
         let mut i = 0;
         while i < self.held.len() {

@@ -197,7 +197,13 @@ pub async fn serve(
                 }
                 let event = match event.stream {
                     StreamMark::Interim { stream, sequence } => {
-                        match streams.interim(stream, sequence, event, Instant::now(), chunk_interval) {
+                        match streams.interim(
+                            stream,
+                            sequence,
+                            event,
+                            Instant::now(),
+                            chunk_interval,
+                        ) {
                             (Send::Now { skipped }, Some(event)) => {
                                 answers.interims_coalesced.inc_by(skipped);
                                 answers.interims_relayed.inc();

@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::backoff;
 use super::hub::{EventParts, Hub};
-use super::tracker::StreamMark;
 use super::link::{self, DialError, FetchError, UpstreamSocket};
+use super::tracker::StreamMark;
 use super::tracker::{Observed, Tracker};
 use crate::gateway::Gateway;
 

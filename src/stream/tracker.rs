@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-pub use super::ids::ActivityKey;
 use super::chunks::StreamRole;
+pub use super::ids::ActivityKey;
 use super::ids::KeySet;
 
 /// An activity's id (when it has one) and its byte range inside the frame text.
@@ -113,10 +113,14 @@ impl Tracker {
                 // Interims are live-only and never replayed, and an answer has hundreds:
                 // remembering their ids would push stored activities' ids out of the
                 // bounded set that catches replays.
-                Some(StreamRole::Interim { stream: of, sequence })
-                    if single && watermark.is_none() =>
-                {
-                    stream = StreamMark::Interim { stream: of, sequence };
+                Some(StreamRole::Interim {
+                    stream: of,
+                    sequence,
+                }) if single && watermark.is_none() => {
+                    stream = StreamMark::Interim {
+                        stream: of,
+                        sequence,
+                    };
                     kept.push((key, range));
                     continue;
                 }
