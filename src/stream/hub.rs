@@ -842,6 +842,58 @@ mod tests {
         assert_eq!(shared.used(), 0);
     }
 
+    fn interim(text: &str, stream: &str, sequence: u64) -> EventParts {
+        EventParts {
+            stream: StreamMark::Interim {
+                stream: ActivityKey::of(stream),
+                sequence,
+            },
+            ..parts(text, None)
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_interim_per_stream_and_none_after_its_final() {
+        let hub = hub(16);
+        let mut reader = hub.attach(&ResumeFrom::Start).unwrap();
+        let mut behind = hub.attach(&ResumeFrom::Start).unwrap();
+        hub.publish(parts("question", Some("1")), None);
+        for sequence in 1..=50 {
+            hub.publish(interim(&format!("i{sequence}"), "s", sequence), None);
+            if sequence == 10 {
+                assert_eq!(texts(&hub, &mut reader), ["question", "i10"]);
+            }
+        }
+        hub.publish(interim("other1", "t", 1), None);
+        // 52 frames published into a 16-frame ring, yet the client that read nothing is
+        // behind by one stored frame only, and gets the newest interim of each stream.
+        assert!(!hub.is_behind(behind.next_seq, behind.live_from, 1));
+        assert_eq!(texts(&hub, &mut behind), ["question", "i50", "other1"]);
+        assert_eq!(
+            hub.publish(interim("late", "s", 50), None),
+            Published {
+                dropped: true,
+                ..Published::default()
+            }
+        );
+        let finished = hub.publish(
+            EventParts {
+                stream: StreamMark::Final {
+                    stream: ActivityKey::of("s"),
+                },
+                ..parts("final", Some("2"))
+            },
+            None,
+        );
+        assert!(finished.finalized);
+        assert!(hub.publish(interim("after", "s", 51), None).dropped);
+        // The reader never sees i11..i49 queued behind the final, nor anything after it.
+        assert_eq!(texts(&hub, &mut reader), ["other1", "final"]);
+        let late = hub.attach(&ResumeFrom::Start).unwrap();
+        let mut late = late;
+        assert_eq!(texts(&hub, &mut late), ["question", "other1", "final"]);
+    }
+
     #[test]
     fn a_blocked_client_is_behind_once_its_next_frame_left_the_ring() {
         let hub = hub(3);
