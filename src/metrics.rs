@@ -155,6 +155,8 @@ pub struct Metrics {
     pub upstream_reconnects: IntCounterVec,
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
+    /// Livestreamed answers: interims relayed and coalesced, streams finalized and abandoned.
+    pub streamed_answers: crate::stream::answer_metrics::StreamedAnswers,
     pub stream_buffer_bytes: IntGauge,
     pub stream_buffer_evictions: IntCounterVec,
     pub client_frames_refused: IntCounterVec,
@@ -556,6 +558,7 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            streamed_answers: crate::stream::answer_metrics::StreamedAnswers::new(),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -610,6 +613,9 @@ impl Metrics {
             Box::new(self.polls.clone()),
             Box::new(self.polls_refused.clone()),
         ];
+        let collectors = collectors
+            .into_iter()
+            .chain(self.streamed_answers.collectors());
         for collector in collectors {
             self.family_names.extend(
                 collector

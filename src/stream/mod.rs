@@ -5,11 +5,14 @@
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
 //! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
-//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames),
-//! `poll` (held `GET …/activities` polls served from the hub) and `held` (their bounds).
+//! `tracker` (watermarks and ids), `chunks` (livestreamed answers' interims and finals),
+//! `ids`, `backoff`, `websocket` (settings, close frames), `poll` (held `GET …/activities`
+//! polls served from the hub) and `held` (their bounds).
 //! The route that accepts client sockets is `routes::stream`.
 
+pub mod answer_metrics;
 pub(crate) mod backoff;
+pub mod chunks;
 pub(crate) mod client;
 pub(crate) mod held;
 pub(crate) mod hub;
@@ -20,5 +23,6 @@ pub(crate) mod multimodal;
 pub(crate) mod poll;
 pub(crate) mod registry;
 pub(crate) mod relay;
+pub(crate) mod send_buffer;
 pub mod tracker;
 pub(crate) mod websocket;
