@@ -405,7 +405,9 @@ impl Hub {
         let next_seq = match from {
             PollFrom::Start => oldest,
             PollFrom::Head => head,
-            PollFrom::Seq(seq) if seq >= oldest && seq <= head => seq,
+            // Interims a newer one replaced left the ring without being evicted: a position
+            // among them is still good, one below an evicted frame is not.
+            PollFrom::Seq(seq) if seq >= state.evicted_below && seq <= head => seq,
             PollFrom::Seq(_) => return Err(AttachError::NotBuffered),
             PollFrom::Watermark(w) => match state
                 .events
