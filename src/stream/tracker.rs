@@ -230,6 +230,46 @@ pub fn rebuild(
 mod tests {
     use super::*;
 
+    #[test]
+    fn interims_are_marked_and_never_remembered_finals_are_marked_once() {
+        let interim = r#"{"activities":[{"type":"typing","id":"c|s1","entities":[{"type":"streaminfo","streamType":"streaming","streamSequence":1}]}]}"#;
+        let mut tracker = Tracker::new(2, None);
+        for _ in 0..2 {
+            let Observed::Forward(forward) = tracker.observe(interim) else {
+                panic!("forwarded");
+            };
+            assert_eq!(
+                forward.stream,
+                StreamMark::Interim {
+                    stream: ActivityKey::of("c|s1"),
+                    sequence: 1
+                }
+            );
+        }
+        assert!(!tracker.was_delivered("c|s1"));
+        let last = r#"{"activities":[{"type":"message","id":"c|0000001","entities":[{"type":"streaminfo","streamType":"final","streamId":"c|s1"}]}],"watermark":"1"}"#;
+        let Observed::Forward(forward) = tracker.observe(last) else {
+            panic!("forwarded");
+        };
+        assert_eq!(
+            forward.stream,
+            StreamMark::Final {
+                stream: ActivityKey::of("c|s1")
+            }
+        );
+        assert!(matches!(
+            tracker.observe(last),
+            Observed::AllDuplicates { dropped: 1 }
+        ));
+        // With a watermark, a stream-marked typing is a stored activity like any other.
+        let stored = r#"{"activities":[{"type":"typing","id":"c|0000002","channelData":{"streamType":"streaming","streamSequence":2,"streamId":"c|s1"}}],"watermark":"2"}"#;
+        let Observed::Forward(forward) = tracker.observe(stored) else {
+            panic!("forwarded");
+        };
+        assert_eq!(forward.stream, StreamMark::None);
+        assert!(tracker.was_delivered("c|0000002"));
+    }
+
     fn set(ids: &[u32], watermark: Option<u32>) -> String {
         let activities: Vec<String> = ids
             .iter()
