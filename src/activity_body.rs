@@ -28,6 +28,18 @@ pub const MAX_DEPTH: usize = 127;
 /// JSON that is not an object (`InvalidActivity`). A field given twice keeps its last
 /// value, as JSON parsers do.
 pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> {
+    bind_sender_with_mode(body, user_id, None)
+}
+
+/// [`bind_sender`], and `deliveryMode: delivery_mode` added when the activity has no
+/// `deliveryMode` of its own (`delivery_mode = "stream"`, ARCHITECTURE §14): a client's
+/// value, whatever it is, stays. Found during the one pass over the fields, so it costs a
+/// key comparison per field.
+pub fn bind_sender_with_mode(
+    body: &[u8],
+    user_id: &str,
+    delivery_mode: Option<&str>,
+) -> Result<Vec<u8>, GatewayError> {
     if jsonscan::nests_deeper_than(body, MAX_DEPTH) {
         return Err(GatewayError::MalformedJson);
     }
@@ -50,6 +62,7 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
     let mut out = Vec::with_capacity(body.len() + user_id.len() + 16);
     out.push(b'{');
     let mut from: Option<&RawValue> = None;
+    let mut has_mode = false;
     let superseded = superseded_fields(&fields);
     for (i, (key, value)) in fields.iter().enumerate() {
         if superseded.as_ref().is_some_and(|s| s[i]) {
@@ -59,8 +72,14 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
             from = Some(value);
             continue;
         }
+        has_mode |= delivery_mode.is_some() && key == "deliveryMode";
         write_key(&mut out, key);
         out.extend_from_slice(value.get().as_bytes());
+        out.push(b',');
+    }
+    if let Some(mode) = delivery_mode.filter(|_| !has_mode) {
+        out.extend_from_slice(b"\"deliveryMode\":");
+        serde_json::to_writer(&mut out, mode).map_err(|_| GatewayError::Internal)?;
         out.push(b',');
     }
     let claimed = match from.map(|raw| serde_json::from_str::<Value>(raw.get())) {
@@ -286,6 +305,45 @@ mod tests {
         let value = bound(&body, "u").unwrap();
         assert_eq!(value, by_tree(&body, "u"));
         assert_eq!(value["f0"], 39_998);
+    }
+
+    #[test]
+    fn delivery_mode_is_added_only_where_the_client_set_none() {
+        let with = |body: &str| -> Value {
+            let bytes = bind_sender_with_mode(body.as_bytes(), "dl_u", Some("stream")).unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let added = with(r#"{"type":"message","text":"hi"}"#);
+        assert_eq!(added["deliveryMode"], "stream");
+        assert_eq!(added["text"], "hi");
+        assert_eq!(added["from"]["id"], "dl_u");
+        for (body, kept) in [
+            (
+                r#"{"type":"message","deliveryMode":"normal"}"#,
+                Value::from("normal"),
+            ),
+            (
+                r#"{"type":"message","deliveryMode":"expectReplies"}"#,
+                Value::from("expectReplies"),
+            ),
+            (r#"{"type":"message","deliveryMode":null}"#, Value::Null),
+            (
+                r#"{"deliveryMode":"normal","deliveryMode":"stream"}"#,
+                Value::from("stream"),
+            ),
+        ] {
+            let value = with(body);
+            assert_eq!(value["deliveryMode"], kept, "{body}");
+        }
+        // The escaped spelling of the key is the same key.
+        let escaped =
+            bind_sender_with_mode(br#"{"delivery\u004dode":"normal"}"#, "dl_u", Some("stream"))
+                .unwrap();
+        let escaped: Value = serde_json::from_slice(&escaped).unwrap();
+        assert_eq!(escaped["deliveryMode"], "normal");
+        // Without the setting nothing is added.
+        let plain = bound(r#"{"type":"message"}"#, "dl_u").unwrap();
+        assert!(plain.get("deliveryMode").is_none());
     }
 
     #[test]

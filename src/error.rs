@@ -108,6 +108,9 @@ pub enum GatewayError {
     OriginNotAllowed,
     #[error("too many WebSocket connections for this conversation")]
     TooManySockets,
+    /// A held poll past `[polling]`'s per-conversation, per-IP or replica bound.
+    #[error("too many held polls")]
+    TooManyPolls,
     #[error("rate limit reached; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("WebSocket upgrade required")]
@@ -189,6 +192,7 @@ impl GatewayError {
             BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "Request body not received in time", Client, None),
             OriginNotAllowed => (StatusCode::FORBIDDEN, "BadArgument", "Origin not allowed", Client, None),
             TooManySockets => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many connections for this conversation", Client, None),
+            TooManyPolls => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many polls waiting; retry shortly", Client, None),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry after the time in Retry-After", Client, None),
             UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "UpgradeRequired", "WebSocket upgrade required", Client, None),
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
@@ -259,6 +263,7 @@ impl GatewayError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::TooManySockets
+            | GatewayError::TooManyPolls
             | GatewayError::Draining
             | GatewayError::PolicyUnavailable => {
                 response
@@ -380,6 +385,7 @@ mod tests {
                 Blame::Client,
             ),
             (TooManySockets, 429, "TooManyRequests", Blame::Client),
+            (TooManyPolls, 429, "TooManyRequests", Blame::Client),
             (
                 RateLimited {
                     retry_after_secs: 3,

@@ -23,6 +23,8 @@ pub struct Gateway {
     live: ArcSwap<Live>,
     pub metrics: Arc<Metrics>,
     pub hubs: Hubs,
+    /// Held polls and the hubs they opened (`[polling]`).
+    pub polls: crate::stream::held::HeldPolls,
     /// tokens/generate and conversation starts, per bot and client IP.
     pub session_limits: Limiter<(Arc<str>, IpAddr)>,
     /// POST activities and uploads, per bot and conversation.
@@ -116,6 +118,10 @@ impl Gateway {
         Arc::new(Self {
             telemetry: Telemetry::start(live.config.tracing.as_ref(), &metrics),
             hubs: Hubs::new(&metrics),
+            polls: crate::stream::held::HeldPolls::new(
+                metrics.polls_held.clone(),
+                metrics.poll_hubs.clone(),
+            ),
             session_limits: Limiter::default(),
             activity_limits: Limiter::default(),
             live: ArcSwap::from_pointee(live),

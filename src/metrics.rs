@@ -105,6 +105,9 @@ pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "proces
 pub const UPSTREAM_STATUSES: [&str; 5] = ["2xx", "4xx", "5xx", "timeout", "error"];
 /// `trace_spans_dropped_total`'s reasons (`telemetry::export`).
 pub const TRACE_DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
+/// Held polls (`stream::poll`): how a poll was answered, and why one was refused or not held.
+pub const POLL_RESULTS: [&str; 3] = ["activities", "empty", "passthrough"];
+pub const POLL_REFUSAL_REASONS: [&str; 4] = ["conversation", "ip", "total", "hubs"];
 /// `discoveries_total`'s results (`upstream::discovery`).
 pub const DISCOVERY_RESULTS: [&str; 5] =
     ["ok", "unreachable", "refused", "invalid", "foreign_host"];
@@ -173,6 +176,8 @@ pub struct Metrics {
     pub upstream_reconnects: IntCounterVec,
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
+    /// Livestreamed answers: interims relayed and coalesced, streams finalized and abandoned.
+    pub streamed_answers: crate::stream::answer_metrics::StreamedAnswers,
     pub stream_buffer_bytes: IntGauge,
     pub stream_buffer_evictions: IntCounterVec,
     pub client_frames_refused: IntCounterVec,
@@ -211,6 +216,12 @@ pub struct Metrics {
     pub policy_webhook_duration: HistogramVec,
     pub policy_webhook_failures: IntCounterVec,
     pub policy_webhook_waiting: IntGauge,
+    /// Held polls (`[polling] hold`): polls waiting now, hubs polls opened, polls answered
+    /// by result, polls refused (or, for `hubs`, passed through unheld) by bound.
+    pub polls_held: IntGauge,
+    pub poll_hubs: IntGauge,
+    pub polls: IntCounterVec,
+    pub polls_refused: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -618,11 +629,38 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            polls_held: IntGauge::new(
+                "polls_held",
+                "GET activities polls waiting for an activity now (bounded by polling.max_held).",
+            )
+            .expect("valid metric"),
+            poll_hubs: IntGauge::new(
+                "poll_hubs",
+                "Conversation hubs (upstream sockets) opened by held polls on this replica (bounded by polling.max_hubs).",
+            )
+            .expect("valid metric"),
+            polls: IntCounterVec::new(
+                Opts::new(
+                    "polls_total",
+                    "GET activities polls served with polling.hold set, by result (activities, empty: held until polling.hold passed, passthrough: answered by Direct Line unheld).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            polls_refused: IntCounterVec::new(
+                Opts::new(
+                    "polls_refused_total",
+                    "Polls refused with 429 by the bound they passed (conversation, ip, total), or passed through unheld because polling.max_hubs hubs were open (hubs).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             policy_webhook_waiting: IntGauge::new(
                 "policy_webhook_waiting",
                 "Activities waiting for a free policy webhook slot (policy.concurrency in flight).",
             )
             .expect("valid metric"),
+            streamed_answers: crate::stream::answer_metrics::StreamedAnswers::new(),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -681,7 +719,14 @@ impl Metrics {
             Box::new(self.policy_webhook_duration.clone()),
             Box::new(self.policy_webhook_failures.clone()),
             Box::new(self.policy_webhook_waiting.clone()),
+            Box::new(self.polls_held.clone()),
+            Box::new(self.poll_hubs.clone()),
+            Box::new(self.polls.clone()),
+            Box::new(self.polls_refused.clone()),
         ];
+        let collectors = collectors
+            .into_iter()
+            .chain(self.streamed_answers.collectors());
         for collector in collectors {
             self.family_names.extend(
                 collector
@@ -797,6 +842,12 @@ impl Metrics {
         }
         for reason in TRACE_DROP_REASONS {
             self.trace_spans_dropped.with_label_values(&[reason]);
+        }
+        for result in POLL_RESULTS {
+            self.polls.with_label_values(&[result]);
+        }
+        for reason in POLL_REFUSAL_REASONS {
+            self.polls_refused.with_label_values(&[reason]);
         }
         self.initialise_policy(bots);
     }

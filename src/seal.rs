@@ -33,6 +33,8 @@ const MAX_SEALED_LEN: usize = 8 * 1024;
 pub enum Purpose {
     ClientToken,
     StreamTicket,
+    /// The gateway's own watermark for held polls (`stream::poll`).
+    PollWatermark,
 }
 
 impl Purpose {
@@ -40,6 +42,7 @@ impl Purpose {
         match self {
             Purpose::ClientToken => b'T',
             Purpose::StreamTicket => b'S',
+            Purpose::PollWatermark => b'W',
         }
     }
 }

@@ -368,6 +368,12 @@ async fn serve_client(
                 connections.inc();
                 let open = OpenConnection(connections.clone());
                 let _ = stream.set_nodelay(true);
+                // Livestreamed answers: a bound on unsent bytes, so a slow reader's interims
+                // wait where a newer one can replace them.
+                crate::stream::send_buffer::bound_unsent(
+                    &stream,
+                    gateway.live().config.stream.client_unsent_bytes,
+                );
                 // Registered again by the worker's own reactor, which then does all its IO.
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,

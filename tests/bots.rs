@@ -67,6 +67,7 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         auth: None,
         token_endpoint: None,
         policy: None,
+        delivery_mode: Default::default(),
     }
 }
 

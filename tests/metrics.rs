@@ -89,6 +89,7 @@ async fn a_bot_added_by_reload_has_its_series_at_zero() {
         auth: None,
         token_endpoint: None,
         policy: None,
+        delivery_mode: Default::default(),
     };
     next.bots = vec![bot("default", ""), bot("sales", "/bots/sales")];
     running.reload(Ok(next)).expect("reload accepted");

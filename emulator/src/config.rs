@@ -81,6 +81,9 @@ pub struct EmulatorArgs {
     /// The echo bot sends a typing activity before each echo.
     #[arg(long)]
     pub typing: bool,
+    /// Milliseconds between the interims of a streamed answer (a message `stream N`).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub stream_interval_ms: u64,
     /// Seconds between empty keepalive frames on open streams (0 = none).
     #[arg(long, value_name = "N", default_value_t = 15)]
     pub keepalive_secs: u64,
@@ -124,6 +127,7 @@ impl EmulatorArgs {
                 stall_after_frames: self.stall_after_frames,
                 typing: self.typing,
                 refuse_streams: self.refuse_streams,
+                stream_interval: Duration::from_millis(self.stream_interval_ms),
             },
             keepalive_interval: Duration::from_secs(self.keepalive_secs),
             token_ttl: Duration::from_secs(self.token_ttl_secs),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Misbehaviours of the real service, all off by default (ARCHITECTURE §7).
 #[derive(Clone, Debug, Default)]
@@ -33,6 +34,9 @@ pub struct Faults {
     pub typing: bool,
     /// The next K stream upgrades answer 403, as a stale stream URL does (PROTOCOL §0.2).
     pub refuse_streams: u32,
+    /// Pause between the interims of a streamed answer (`stream N`); zero sends them as
+    /// fast as the runtime schedules the bot's task (the rate knob of tests and benchmarks).
+    pub stream_interval: Duration,
 }
 
 /// Live fault settings shared by every task of one emulator; cheap to clone.
@@ -50,6 +54,8 @@ struct FaultCells {
     stall_after_frames: AtomicU64,
     typing: AtomicBool,
     refuse_streams: AtomicU32,
+    /// Microseconds.
+    stream_interval: AtomicU64,
 }
 
 /// What a stream does after sending an activity frame.
@@ -85,6 +91,7 @@ impl FaultControl {
         self.set_stall_after_frames(faults.stall_after_frames);
         self.set_typing(faults.typing);
         self.set_refuse_streams(faults.refuse_streams);
+        self.set_stream_interval(faults.stream_interval);
     }
 
     /// The current settings (`fail_reconnects` = how many failures are still to come).
@@ -99,6 +106,7 @@ impl FaultControl {
             stall_after_frames: decode(cells.stall_after_frames.load(Ordering::Relaxed)),
             typing: self.typing(),
             refuse_streams: cells.refuse_streams.load(Ordering::Relaxed),
+            stream_interval: self.stream_interval(),
         }
     }
 
@@ -140,6 +148,15 @@ impl FaultControl {
             .refuse_streams
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    pub fn set_stream_interval(&self, interval: Duration) {
+        let micros = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.0.stream_interval.store(micros, Ordering::Relaxed);
+    }
+
+    pub(super) fn stream_interval(&self) -> Duration {
+        Duration::from_micros(self.0.stream_interval.load(Ordering::Relaxed))
     }
 
     pub fn set_typing(&self, on: bool) {
@@ -201,9 +218,11 @@ mod unit {
             stall_after_frames: Some(u32::MAX),
             typing: true,
             refuse_streams: 3,
+            stream_interval: Duration::from_millis(7),
         };
         let snapshot = FaultControl::new(&faults).snapshot();
         assert_eq!(snapshot.refuse_streams, 3);
+        assert_eq!(snapshot.stream_interval, Duration::from_millis(7));
         assert_eq!(snapshot.drop_after_frames, Some(0));
         assert_eq!(snapshot.fail_reconnects, 2);
         assert!(snapshot.batch && snapshot.replay_history && snapshot.typing);

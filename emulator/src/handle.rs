@@ -147,6 +147,22 @@ impl EmulatorHandle {
         Some(self.state.proactive_activity(&conversation, activity))
     }
 
+    /// A live-only bot activity of any shape (an interim of a livestreamed answer, well
+    /// formed or not), delivered to the open stream without a watermark and never stored,
+    /// as typing is; its fields, `id` included, are sent as given. False for an unknown
+    /// conversation or an `activity` that is not a JSON object.
+    pub fn send_bot_live(&self, conversation_id: &str, activity: Value) -> bool {
+        let Some(conversation) = self.state.conversation(conversation_id) else {
+            return false;
+        };
+        let Value::Object(mut activity) = activity else {
+            return false;
+        };
+        activity.insert("from".into(), crate::bot::account());
+        conversation.emit_transient(activity);
+        true
+    }
+
     pub fn end_conversation(&self, conversation_id: &str) -> bool {
         self.state.forget_conversation(conversation_id)
     }

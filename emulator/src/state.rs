@@ -249,10 +249,11 @@ impl State {
 
     /// Takes in an activity from a user (REST post, upload, or a multimodal stream frame):
     /// stamps and stores it, then lets the bot answer. Returns the new activity id once the
-    /// bot is done, as the service answers POST only after the bot (PROTOCOL §4.2).
+    /// bot is done, as the service answers POST only after the bot (PROTOCOL §4.2); a streamed
+    /// answer (`stream N`) goes on in its own task after that.
     pub(super) fn receive(
         &self,
-        conversation: &Conversation,
+        conversation: &Arc<Conversation>,
         mut activity: Map<String, Value>,
         user: Option<&str>,
     ) -> String {
@@ -261,6 +262,18 @@ impl State {
         }
         activity.insert("recipient".into(), bot::account());
         let (id, stored) = conversation.append(activity);
+        if let Some(plan) = bot::stream_plan(&stored) {
+            if plan.live && plan.chunks > 0 {
+                tokio::spawn(stream_answer(
+                    conversation.clone(),
+                    plan,
+                    self.faults.clone(),
+                ));
+            } else {
+                conversation.append(plan.final_message(None));
+            }
+            return id;
+        }
         let replies = bot::respond(&stored, self.faults.typing());
         if let Some(typing) = replies.typing {
             conversation.emit_transient(typing);
@@ -340,6 +353,28 @@ impl State {
     }
 }
 
+/// A livestreamed answer: `plan.chunks` interims, each live-only with its own id (the first
+/// one's id is the stream's id), `stream_interval` apart, then the stored final message.
+async fn stream_answer(
+    conversation: Arc<Conversation>,
+    plan: bot::StreamPlan,
+    faults: FaultControl,
+) {
+    let mut stream_id: Option<String> = None;
+    for sequence in 1..=plan.chunks {
+        let interim = plan.interim(sequence, stream_id.as_deref());
+        let id = conversation.emit_interim(interim);
+        stream_id.get_or_insert(id);
+        let interval = faults.stream_interval();
+        if interval.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    conversation.append(plan.final_message(stream_id.as_deref()));
+}
+
 /// `now + ttl`, saturating far in the future instead of overflowing.
 fn deadline(ttl: Duration) -> Instant {
     let now = Instant::now();
@@ -391,6 +426,9 @@ pub(super) struct Conversation {
     stall_kick: Notify,
     /// Sockets that took the stream slot so far (each one took it from the holder, if any).
     stream_opens: AtomicU64,
+    /// Numbers the ids of live-only interims (`<conversationId>|s0000001`), which take no
+    /// place in the history.
+    interims: AtomicU64,
 }
 
 #[derive(Default)]
@@ -463,6 +501,7 @@ impl Conversation {
             delivered: AtomicUsize::new(0),
             stall_kick: Notify::new(),
             stream_opens: AtomicU64::new(0),
+            interims: AtomicU64::new(0),
         }
     }
 
@@ -543,6 +582,17 @@ impl Conversation {
             }
         }
         self.wake.notify_waiters();
+    }
+
+    /// Delivers a streamed answer's interim to the open stream, if any, with an id of its
+    /// own (returned even when no stream is open: the stream's id is that of its first
+    /// interim, delivered or not). Never stored, never replayed, no watermark.
+    pub(super) fn emit_interim(&self, mut activity: Map<String, Value>) -> String {
+        let serial = self.interims.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("{}|s{serial:07}", self.id.as_str());
+        activity.insert("id".into(), Value::from(id.as_str()));
+        self.emit_transient(activity);
+        id
     }
 
     /// Stored activities from index `from`, at most `limit`, with the last one's sequence.

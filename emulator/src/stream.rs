@@ -218,7 +218,7 @@ async fn serve(
 /// One socket's delivery state.
 struct Delivery<'a> {
     state: &'a State,
-    conversation: &'a Conversation,
+    conversation: &'a Arc<Conversation>,
     cursor: Cursor,
     socket_id: u64,
     user: Option<Arc<str>>,

@@ -1528,3 +1528,116 @@ fn the_web_channel_security_flag_turns_the_token_endpoint_off() {
     let off = Cli::parse_from(["emulator"]);
     assert!(!off.args.config().web_channel_security);
 }
+
+/// Posts `text` with `deliveryMode` (when given).
+async fn say_with_mode(client: &Client, started: &Started, text: &str, mode: Option<&str>) {
+    let mut body = json!({ "type": "message", "from": { "id": "user1" }, "text": text });
+    if let Some(mode) = mode {
+        body["deliveryMode"] = Value::from(mode);
+    }
+    let reply = client
+        .post(
+            &activities_path(&started.conversation_id),
+            Some(&started.token),
+            &body,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "post: {reply:?}");
+}
+
+/// Where an answer keeps its stream fields, in either encoding.
+fn stream_fields(activity: &Value) -> Value {
+    activity["entities"]
+        .as_array()
+        .and_then(|entities| entities.iter().find(|e| e["type"] == "streaminfo"))
+        .cloned()
+        .unwrap_or_else(|| activity["channelData"].clone())
+}
+
+#[tokio::test]
+async fn stream_n_livestreams_interims_then_one_final_in_both_encodings() {
+    let (emulator, client) = emulator(with_faults(Faults {
+        stream_interval: Duration::from_millis(2),
+        ..Faults::default()
+    }))
+    .await;
+    for (text, entity) in [("stream 3", true), ("stream 3 channeldata", false)] {
+        let started = client.start(SECRET).await;
+        let mut ws = Ws::open(&started.stream_url).await;
+        eventually("socket holds the slot", || {
+            emulator.live_streams(&started.conversation_id) == 1
+        })
+        .await;
+        say_with_mode(&client, &started, text, Some("stream")).await;
+        let received = ws.activities(5).await;
+        assert_eq!(received[0].1["text"], text);
+        let mut stream_id = None;
+        for (sequence, (watermark, interim)) in received[1..4].iter().enumerate() {
+            let sequence = sequence + 1;
+            assert!(watermark.is_none(), "interims are live-only: {interim}");
+            assert_eq!(interim["type"], "typing");
+            let words: Vec<String> = (1..=sequence).map(|n| format!("w{n}")).collect();
+            assert_eq!(interim["text"], words.join(" "), "cumulative text");
+            let fields = stream_fields(interim);
+            assert_eq!(interim.get("entities").is_some(), entity, "{interim}");
+            assert_eq!(fields["streamType"], "streaming");
+            assert_eq!(fields["streamSequence"], sequence);
+            let id = interim["id"]
+                .as_str()
+                .expect("interims have ids")
+                .to_owned();
+            match &stream_id {
+                None => {
+                    assert!(fields.get("streamId").is_none(), "{interim}");
+                    stream_id = Some(id);
+                }
+                Some(first) => {
+                    assert_eq!(fields["streamId"], first.as_str());
+                    assert_ne!(&id, first);
+                }
+            }
+        }
+        let (watermark, last) = &received[4];
+        assert_eq!(watermark.as_deref(), Some("1"));
+        assert_eq!(last["type"], "message");
+        assert_eq!(last["text"], "w1 w2 w3");
+        let fields = stream_fields(last);
+        assert_eq!(fields["streamType"], "final");
+        assert_eq!(fields["streamId"], stream_id.as_deref().expect("stream id"));
+
+        let listed = client
+            .get(
+                &activities_path(&started.conversation_id),
+                Some(&started.token),
+            )
+            .await;
+        let types: Vec<_> = listed.body["activities"]
+            .as_array()
+            .expect("activities")
+            .iter()
+            .map(|a| a["type"].clone())
+            .collect();
+        assert_eq!(
+            types,
+            [json!("message"), json!("message")],
+            "no interims stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stream_n_without_stream_delivery_mode_is_the_final_alone() {
+    let (emulator, client) = default_emulator().await;
+    let started = client.start(SECRET).await;
+    let mut ws = Ws::open(&started.stream_url).await;
+    eventually("socket holds the slot", || {
+        emulator.live_streams(&started.conversation_id) == 1
+    })
+    .await;
+    say_with_mode(&client, &started, "stream 4", None).await;
+    let received = ws.activities(2).await;
+    assert_eq!(received[1].1["type"], "message");
+    assert_eq!(received[1].1["text"], "w1 w2 w3 w4");
+    assert!(received[1].1.get("entities").is_none());
+    assert!(ws.try_event(QUIET).await.is_none(), "nothing else");
+}

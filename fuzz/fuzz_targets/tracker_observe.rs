@@ -4,10 +4,13 @@
 //! separator, never raw inside JSON) into frames. A frame starting with `#` is a *structured*
 //! frame: its remaining bytes drive `arbitrary` to build ActivitySets with ids drawn from a small
 //! pool (so replays and overlaps are common), escaped ids, typing activities, odd watermarks,
-//! both key orders and odd spacing. Any other frame is sent to the tracker as it is.
+//! both key orders and odd spacing, and livestream interims (stream fields in a `streaminfo`
+//! entity or in `channelData`). Any other frame is sent to the tracker as it is.
 //! Seeds are readable: `\x00{"activities":[{"type":"message","id":"abc|0000001"}],"watermark":"1"}`.
 //!
 //! Invariants checked, frame by frame:
+//! - interims (a frame without watermark holding one typing activity with stream fields) are
+//!   live-only: forwarded whatever their id, never remembered, marked `StreamMark::Interim`;
 //! - an activity id is never forwarded twice while the tracker remembers it: the tracker forwards
 //!   an id iff it is not among the last `capacity` ids it forwarded (with a large capacity:
 //!   never twice at all), and `was_delivered` agrees;
@@ -26,7 +29,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
-use directline_gateway::stream::tracker::{ActivityKey, Forward, Observed, Tracker};
+use directline_gateway::stream::tracker::{ActivityKey, Forward, Observed, StreamMark, Tracker};
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -82,6 +85,12 @@ enum Kind {
     Event,
     /// Not an object at all: a string or number where an activity should be.
     NotAnObject,
+    /// A livestream interim: typing with stream fields.
+    Interim {
+        sequence: u8,
+        stream: u8,
+        channel_data: bool,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -132,8 +141,9 @@ fn long_id(n: u8) -> String {
 }
 
 /// The JSON text of a structured frame and what the tracker must see in it:
-/// each activity's id, and the watermark text if the frame sets one.
-fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>) {
+/// each activity's id, the watermark text if the frame sets one, and whether the frame is
+/// a livestream interim.
+fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>, bool) {
     let watermark = |w: &WatermarkSpec| -> (Option<String>, Option<String>) {
         match w {
             WatermarkSpec::Missing => (None, None),
@@ -151,7 +161,7 @@ fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>) {
         }
     };
     match spec {
-        SetSpec::Keepalive(n) => (" \r\n\t".repeat(usize::from(*n % 3)), vec![], None),
+        SetSpec::Keepalive(n) => (" \r\n\t".repeat(usize::from(*n % 3)), vec![], None, false),
         SetSpec::NoActivities { null, watermark: w } => {
             let (wm_json, wm) = watermark(w);
             let mut fields = Vec::new();
@@ -162,7 +172,7 @@ fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>) {
                 fields.push(format!("\"watermark\":{j}"));
             }
             fields.push("\"conversationId\":\"c\"".to_owned());
-            (format!("{{{}}}", fields.join(",")), vec![], wm)
+            (format!("{{{}}}", fields.join(",")), vec![], wm, false)
         }
         SetSpec::Set {
             activities,
@@ -201,15 +211,35 @@ fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>) {
                 };
                 let kind = match a.kind {
                     Kind::Message => "message",
-                    Kind::Typing => "typing",
+                    Kind::Typing | Kind::Interim { .. } => "typing",
                     _ => "event",
                 };
+                let mut stream_fields = None;
+                if let Kind::Interim {
+                    sequence,
+                    stream,
+                    channel_data,
+                } = a.kind
+                {
+                    let fields = format!(
+                        "\"streamType\":\"streaming\",\"streamSequence\":{},\"streamId\":\"stream-{}\"",
+                        u16::from(sequence) + 1,
+                        stream % 3
+                    );
+                    stream_fields = Some(if channel_data {
+                        format!("\"channelData\":{{{fields}}}")
+                    } else {
+                        format!("\"entities\":[{{\"type\":\"streaminfo\",{fields}}}]")
+                    });
+                }
                 let mut fields = vec![
                     format!("\"type\":\"{kind}\""),
                     format!("\"text\":{}", serde_json::to_string(&a.text).unwrap()),
                     "\"from\":{\"id\":\"bot\",\"name\":\"Bot\"}".to_owned(),
                 ];
-                if a.nested {
+                if let Some(stream) = stream_fields {
+                    fields.push(stream);
+                } else if a.nested {
                     // An `id` inside a nested object is not the activity's id.
                     fields.push(
                         "\"channelData\":{\"id\":\"nested-id\",\"list\":[{\"id\":\"x\"}]}".into(),
@@ -244,7 +274,10 @@ fn render(spec: &SetSpec) -> (String, Vec<Option<String>>, Option<String>) {
             } else {
                 format!("{{{}}}", root.join(","))
             };
-            (text, ids, wm)
+            let interim = items.len() == 1
+                && matches!(activities[0].kind, Kind::Interim { .. })
+                && wm.is_none();
+            (text, ids, wm, interim)
         }
     }
 }
@@ -304,6 +337,10 @@ fn check_observed(model: &mut Model, tracker: &Tracker, text: &str, observed: &O
 
 fn check_forward(model: &mut Model, text: &str, forward: &Forward) {
     let sent = forward.rebuilt.as_deref().unwrap_or(text);
+    let interim = matches!(forward.stream, StreamMark::Interim { .. });
+    if interim {
+        assert!(forward.watermark.is_none() && forward.activities.len() == 1, "{text:?}");
+    }
     assert_eq!(forward.rebuilt.is_some(), forward.dropped > 0, "{text:?}");
     // In order: with a small capacity an id may leave the memory and come back within one
     // frame, exactly as the model predicts. The tracker reports ids as keys; the id text is
@@ -318,7 +355,10 @@ fn check_forward(model: &mut Model, text: &str, forward: &Forward) {
             let id = parsed.id.unwrap_or_else(|| panic!("keyed span without id: {slice:?}"));
             assert!(!id.is_empty());
             assert_eq!(ActivityKey::of(&id), *key, "{slice:?}");
-            model.forwarded(Arc::from(&*id));
+            // Interims are live-only: never remembered, so never deduplicated.
+            if !interim {
+                model.forwarded(Arc::from(&*id));
+            }
         }
     }
     if forward.activities.is_empty() && forward.watermark.is_none() && forward.rebuilt.is_none() {
@@ -379,12 +419,17 @@ fn check_structured(
     text: &str,
     ids: &[Option<String>],
     watermark: Option<&str>,
+    interim: bool,
 ) {
     // Expected: which activities go out, which are dropped.
     let mut window: VecDeque<Arc<str>> = model.window.clone();
     let mut kept: Vec<Option<String>> = Vec::new();
     let mut dropped = 0;
     for id in ids {
+        if interim {
+            kept.push(id.clone());
+            continue;
+        }
         match id {
             Some(id) if window.iter().any(|w| &**w == id.as_str()) => dropped += 1,
             Some(id) => {
@@ -418,6 +463,11 @@ fn check_structured(
                 .collect();
             assert_eq!(got, kept, "{text:?}");
             assert_eq!(f.watermark.as_deref(), watermark, "{text:?}");
+            assert_eq!(
+                matches!(f.stream, StreamMark::Interim { .. }),
+                interim,
+                "{text:?}"
+            );
         }
     }
     assert_eq!(model.window, window);
@@ -448,8 +498,15 @@ fuzz_target!(|data: &[u8]| {
                 let Ok(spec) = SetSpec::arbitrary(&mut u) else {
                     break;
                 };
-                let (text, ids, watermark) = render(&spec);
-                check_structured(&mut model, &mut tracker, &text, &ids, watermark.as_deref());
+                let (text, ids, watermark, interim) = render(&spec);
+                check_structured(
+                    &mut model,
+                    &mut tracker,
+                    &text,
+                    &ids,
+                    watermark.as_deref(),
+                    interim,
+                );
             }
         } else {
             let text = String::from_utf8_lossy(frame);

@@ -47,8 +47,12 @@ pub struct FileConfig {
     pub tracing: Option<FileTracing>,
     /// Activity policy (`[policy]`): every bot's unless it has its own.
     pub policy: Option<super::policy::FilePolicy>,
+    /// Held polls (`[polling]`).
+    pub polling: Option<super::polling::FilePolling>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
+    /// Livestreamed answers: `"stream"` asks bots to livestream for every client.
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +80,7 @@ pub struct FileBot {
     pub auth: Option<FileAuth>,
     /// This bot's activity policy (`[bots.policy]`), instead of the top-level one.
     pub policy: Option<super::policy::FilePolicy>,
+    pub delivery_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +151,8 @@ pub struct FileStream {
     pub collision_poll_interval: Option<String>,
     pub collision_retry_base: Option<String>,
     pub collision_retry_max: Option<String>,
+    pub chunk_interval: Option<String>,
+    pub client_unsent_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -125,6 +125,7 @@ impl Config {
             stream: stream(file.stream)?,
             bots: bots(file.bots, top, env)?,
             tracing: super::tracing::section(file.tracing, env)?,
+            polling: super::polling::section(file.polling)?,
             watched_files,
         };
         config.validate()?;
@@ -132,6 +133,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        super::polling::validate(&self.polling)?;
         let s = &self.stream;
         if s.liveness_timeout <= s.keepalive_interval {
             return Err(invalid(
@@ -324,6 +326,9 @@ fn top_level_bot(
         file.resume_window.clone(),
     )?;
     top.rate_limits = parse_rates(top.rate_limits, &file.rate_limits)?;
+    if let Some(mode) = &file.delivery_mode {
+        top.delivery_mode = super::streaming::parse_delivery_mode("delivery_mode", mode)?;
+    }
     if let Some(policy) = &file.user_ids {
         top.user_ids = parse_user_ids(policy)?;
     }
@@ -551,6 +556,16 @@ fn stream(s: FileStream) -> Result<StreamConfig, ConfigError> {
         "stream.collision_retry_max",
         s.collision_retry_max,
     )?;
+    set_duration(
+        &mut stream.chunk_interval,
+        "stream.chunk_interval",
+        s.chunk_interval,
+    )?;
+    set_usize(
+        &mut stream.client_unsent_bytes,
+        "stream.client_unsent_bytes",
+        s.client_unsent_bytes,
+    )?;
     set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
     set_usize(
         &mut stream.buffer_bytes,
@@ -772,6 +787,12 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
     let mut resume_window = top.resume_window;
     set_duration(&mut resume_window, "bots.resume_window", file.resume_window).map_err(within)?;
     let auth = parse_auth(file.auth, Table::Bot, env).map_err(within)?;
+    let delivery_mode = match &file.delivery_mode {
+        Some(mode) => {
+            super::streaming::parse_delivery_mode("bots.delivery_mode", mode).map_err(within)?
+        }
+        None => top.delivery_mode,
+    };
     if auth.is_some() && user_ids == UserIdPolicy::Caller {
         return Err(within(invalid(
             "bots.user_ids",
@@ -800,6 +821,7 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
             .or_else(|| top.upstream_ca_file.clone()),
         token_endpoint,
         name,
+        delivery_mode,
     })
 }
 
@@ -1191,6 +1213,59 @@ activities_burst = 5
                 ..
             }
         ));
+    }
+
+    // Livestreamed answers: `delivery_mode` (top level, per bot) and `[stream]` keys.
+    #[test]
+    fn delivery_mode_is_inherited_and_only_stream_is_accepted() {
+        let config = load_str(
+            r#"
+delivery_mode = "stream"
+[stream]
+chunk_interval = "50ms"
+client_unsent_bytes = "8KiB"
+[[bots]]
+name = "a"
+upstream = "embedded"
+[[bots]]
+name = "b"
+path_prefix = "/b"
+upstream = "embedded"
+delivery_mode = "stream"
+"#,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            config
+                .bots
+                .iter()
+                .all(|bot| bot.delivery_mode == crate::config::DeliveryMode::Stream)
+        );
+        assert_eq!(config.stream.chunk_interval, Duration::from_millis(50));
+        assert_eq!(config.stream.client_unsent_bytes, 8 * 1024);
+        let plain = load_str("", &[]).unwrap();
+        assert_eq!(
+            plain.bots[0].delivery_mode,
+            crate::config::DeliveryMode::Unset
+        );
+        assert_eq!(plain.stream.chunk_interval, Duration::ZERO);
+        for (text, key) in [
+            ("delivery_mode = \"normal\"", "delivery_mode"),
+            (
+                "[[bots]]\nname = \"a\"\nupstream = \"embedded\"\ndelivery_mode = \"Stream\"",
+                "bots.delivery_mode",
+            ),
+            (
+                "[stream]\nchunk_interval = \"soon\"",
+                "stream.chunk_interval",
+            ),
+        ] {
+            match load_str(text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 }
 

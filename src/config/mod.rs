@@ -12,14 +12,18 @@
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (ARCHITECTURE §10);
 //! - `policy`: `[policy]` and `[bots.policy]` ([`PolicyConfig`]);
-//! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
+//! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]);
+//! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]);
+//! - `streaming`: livestreamed answers' `delivery_mode` ([`DeliveryMode`]).
 
 mod copilot;
 mod errors;
 mod file;
 mod load;
 mod policy;
+mod polling;
 mod sources;
+mod streaming;
 mod tracing;
 mod values;
 
@@ -30,11 +34,13 @@ use std::time::Duration;
 use url::Url;
 
 use crate::secret::Secret;
+pub use streaming::DeliveryMode;
 
 pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use policy::{ContentSafetyConfig, OnError, PolicyConfig, Redactions};
+pub use polling::PollingConfig;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -75,6 +81,8 @@ pub struct Config {
     pub bots: Vec<BotConfig>,
     /// Distributed tracing; `None` (the default) is off and costs nothing per request.
     pub tracing: Option<TracingConfig>,
+    /// Held polls (`[polling]`); off by default.
+    pub polling: PollingConfig,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -122,6 +130,9 @@ pub struct BotConfig {
     pub token_endpoint: Option<TokenEndpoint>,
     /// Activity policy (`[policy]` or `[bots.policy]`): `None` costs a request one branch.
     pub policy: Option<std::sync::Arc<PolicyConfig>>,
+    /// `delivery_mode`: `Stream` asks the bot to livestream on behalf of clients that do
+    /// not ask themselves.
+    pub delivery_mode: DeliveryMode,
 }
 
 /// PEM certificate chain and private key for the client listener, re-read when they change.
@@ -238,6 +249,13 @@ pub struct StreamConfig {
     /// doubles it, up to `collision_retry_max`, so two replicas cannot fight in a loop.
     pub collision_retry_base: Duration,
     pub collision_retry_max: Duration,
+    /// Livestreamed answers: at most one interim per stream per this interval to each
+    /// client, the newest winning; zero relays every interim the client can take.
+    pub chunk_interval: Duration,
+    /// Bytes a client socket's kernel buffer may hold not yet sent (`TCP_NOTSENT_LOWAT`):
+    /// beyond it the writer keeps frames itself, where a newer interim can replace an
+    /// older one. Zero leaves the kernel's default (up to megabytes).
+    pub client_unsent_bytes: usize,
 }
 
 impl Default for Config {
@@ -260,6 +278,7 @@ impl Default for Config {
             watched_files: Vec::new(),
             bots: vec![BotConfig::default()],
             tracing: None,
+            polling: PollingConfig::default(),
         }
     }
 }
@@ -283,6 +302,7 @@ impl Default for BotConfig {
             auth: None,
             token_endpoint: None,
             policy: None,
+            delivery_mode: DeliveryMode::Unset,
         }
     }
 }
@@ -348,6 +368,8 @@ impl Default for StreamConfig {
             collision_poll_interval: Duration::from_secs(1),
             collision_retry_base: Duration::from_secs(5),
             collision_retry_max: Duration::from_secs(60),
+            chunk_interval: Duration::ZERO,
+            client_unsent_bytes: 16 * 1024,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -28,7 +28,43 @@ pub async fn get_activities(
     ctx: &mut RequestContext,
     token: ClientToken,
 ) -> Result<Response<Body>, GatewayError> {
-    let watermark = rewrite::query_watermark(request.uri().query())?;
+    let mut watermark = rewrite::query_watermark(request.uri().query())?;
+    if ctx.live.config.polling.enabled() {
+        // Held polls (`[polling] hold`): served from the conversation's hub.
+        let held = crate::stream::poll::serve(
+            gateway,
+            &ctx.bot.name,
+            conversation,
+            ctx.client_ip,
+            watermark.clone(),
+            &token.upstream_token,
+            &token.user_id,
+        )
+        .await?;
+        match held {
+            Some(body) => {
+                let response = poll_response(body);
+                return match ctx.bot.policy.clone() {
+                    None => Ok(response),
+                    // The ring holds what the relay screened; a page read by REST for
+                    // the poll is screened here (verdicts are remembered by id: no
+                    // activity is asked about twice).
+                    Some(policy) => {
+                        let subject = Subject {
+                            bot: &ctx.bot.name,
+                            conversation: conversation.as_str(),
+                            user: &token.user_id,
+                        };
+                        screened_page(gateway, &policy, subject, response).await
+                    }
+                };
+            }
+            // Not held: passed through, from the upstream watermark the gateway's own holds.
+            None => {
+                watermark = crate::stream::poll::upstream_watermark(&ctx.live.sealer, watermark)?
+            }
+        }
+    }
     let path = format!(
         "/v3/directline/conversations/{conversation}/activities{}",
         rewrite::watermark_query(watermark.as_deref())
@@ -110,6 +146,22 @@ async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
     Ok(bytes.freeze())
 }
 
+/// A held poll's answer: an ActivitySet the gateway wrote itself.
+fn poll_response(body: String) -> Response<Body> {
+    let mut response = Response::new(crate::body::full(body.into_bytes()));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
 pub async fn post_activity(
     gateway: &Arc<Gateway>,
     conversation: &ConversationId,
@@ -126,7 +178,11 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    let mut body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    let mut body = activity_body::bind_sender_with_mode(
+        &bytes,
+        &token.user_id,
+        ctx.bot.settings.delivery_mode.default_for_activities(),
+    )?;
     if let Some(policy) = &ctx.bot.policy {
         // Before anything goes upstream: a refusal here leaves Direct Line untouched.
         let subject = Subject {

@@ -13,7 +13,9 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::chunks::{ClientStreams, Send};
 use super::hub::{Cursor, Event, Hub, Pending, filtered_text};
+use super::tracker::StreamMark;
 use super::websocket::close_frame;
 use crate::gateway::Gateway;
 
@@ -126,6 +128,14 @@ enum End {
     WriteFailed,
 }
 
+/// Waits until `due`, or for ever when nothing is held.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn serve(
     gateway: Arc<Gateway>,
     hub: Arc<Hub>,
@@ -137,15 +147,18 @@ pub async fn serve(
     let resumes_at_start = hub.resumes.load(std::sync::atomic::Ordering::Relaxed);
     let _open = gateway.metrics.client_socket_opened(&hub.bot);
     // Copied out so the task holds no settings handle: a reload applies to the next session.
-    let (keepalive_interval, write_timeout, lag_frames) = {
+    let (keepalive_interval, write_timeout, lag_frames, chunk_interval) = {
         let live = gateway.live();
         let s = &live.config.stream;
         (
             s.keepalive_interval,
             s.liveness_timeout,
             s.client_lag_frames,
+            s.chunk_interval,
         )
     };
+    let answers = &gateway.metrics.streamed_answers;
+    let mut streams: ClientStreams<Arc<Event>> = ClientStreams::default();
     let upstream_bytes = gateway
         .metrics
         .bytes_relayed
@@ -171,12 +184,45 @@ pub async fn serve(
         loop {
             // Mark before reading so a publish between the read and the wait still wakes us.
             published.borrow_and_update();
+            // Interims held back by `stream.chunk_interval` whose time came go first: the
+            // batch can only hold newer ones of their streams.
+            if !chunk_interval.is_zero() {
+                streams.take_due(Instant::now(), chunk_interval, &mut batch);
+            }
             let state = hub.pending(&mut cursor, &mut batch, lag_frames);
             let mut wrote = Wrote::Done;
             for event in batch.drain(..) {
                 if !matches!(wrote, Wrote::Done) {
                     continue;
                 }
+                let event = match event.stream {
+                    StreamMark::Interim { stream, sequence } => {
+                        match streams.interim(
+                            stream,
+                            sequence,
+                            event,
+                            Instant::now(),
+                            chunk_interval,
+                        ) {
+                            (Send::Now { skipped }, Some(event)) => {
+                                answers.interims_coalesced.inc_by(skipped);
+                                answers.interims_relayed.inc();
+                                event
+                            }
+                            (Send::Held(replaced), _) => {
+                                drop(replaced);
+                                continue;
+                            }
+                            (Send::Now { .. }, None) => continue,
+                        }
+                    }
+                    StreamMark::Final { stream } => {
+                        let missed = streams.finish(stream, event.last_sequence);
+                        answers.interims_coalesced.inc_by(missed);
+                        event
+                    }
+                    StreamMark::None => event,
+                };
                 let text = match &cursor.filter {
                     Some(filter) => match filtered_text(&event, filter) {
                         Some(text) => text,
@@ -229,7 +275,9 @@ pub async fn serve(
                     break 'session End::HubClosed;
                 }
             }
+            let held_due = streams.next_due(chunk_interval);
             tokio::select! {
+                () = sleep_until_due(held_due) => {}
                 changed = published.changed() => {
                     if changed.is_err() {
                         break 'session End::HubClosed;

@@ -32,8 +32,9 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::chunks::{Admit, OpenStreams};
 use super::ids::KeySet;
-use super::tracker::ActivitySpan;
+use super::tracker::{ActivitySpan, StreamMark};
 use crate::endpoint::ConversationId;
 
 /// One frame as clients receive it.
@@ -46,6 +47,13 @@ pub struct Event {
     pub received_at_ms: u64,
     /// What this event costs the ring budgets (text, spans and the event itself).
     pub size: usize,
+    /// Its part in a livestreamed answer; for a final, `last_sequence` is the last interim
+    /// sequence the hub relayed.
+    pub stream: StreamMark,
+    pub last_sequence: u64,
+    /// How many frames other than interims came before it: clients are behind by stored
+    /// frames only, never for interims they were spared.
+    pub stored_index: u64,
 }
 
 impl EventParts {
@@ -164,6 +172,19 @@ pub enum AttachError {
     Retired,
 }
 
+/// Where a held poll starts reading.
+#[derive(Debug, Clone, Copy)]
+pub enum PollFrom<'a> {
+    /// Everything in the ring (a hub this poll just opened at the poll's watermark).
+    Start,
+    /// Only what comes next.
+    Head,
+    /// This hub's sequence number, from the gateway's own poll watermark.
+    Seq(u64),
+    /// After this upstream watermark.
+    Watermark(&'a str),
+}
+
 /// What a client should do next.
 pub enum Pending {
     /// Frames to send (possibly none).
@@ -193,6 +214,12 @@ pub struct Hub {
     /// While tracing is on: the request that created this hub, which its stream spans
     /// link to (set once, by the stream route, right after creating it).
     pub trace: std::sync::OnceLock<crate::telemetry::Origin>,
+    /// Held polls: this hub's identity in the gateway's poll watermarks, so a position in
+    /// its ring is only ever used with the ring it came from.
+    pub nonce: u64,
+    /// Set when a poll opened this hub: its place under `polling.max_hubs`, given back when
+    /// the hub goes.
+    pub opened_by_poll: std::sync::OnceLock<super::held::PollHubSlot>,
 }
 
 /// How much one hub's ring may hold, fixed when the hub is made.
@@ -213,6 +240,27 @@ struct HubState {
     closed: Option<CloseFrame>,
     retired: bool,
     last_client_left: Instant,
+    // Livestreamed answers (ARCHITECTURE §14): only the newest interim of each open stream
+    // stays in the ring, so events leave it from the middle too; positions are found by
+    // sequence number, and a client lags only when an event it had not read was evicted.
+    streams: OpenStreams,
+    stored_count: u64,
+    /// One past the newest event evicted for space.
+    evicted_below: u64,
+    /// When the last frame other than an interim was published: the start of the time to
+    /// a stream's first interim.
+    last_stored_at: Instant,
+}
+
+/// What publishing a frame did, for the relay's metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// An interim after its final or out of order: not published.
+    pub dropped: bool,
+    /// A stream's first interim, this long after the frame before it.
+    pub first_interim_after: Option<Duration>,
+    pub finalized: bool,
+    pub abandoned: usize,
 }
 
 impl Hub {
@@ -241,6 +289,10 @@ impl Hub {
                 closed: None,
                 retired: false,
                 last_client_left: Instant::now(),
+                streams: OpenStreams::default(),
+                stored_count: 0,
+                evicted_below: 0,
+                last_stored_at: Instant::now(),
             }),
             published,
             stop,
@@ -249,6 +301,8 @@ impl Hub {
             upstream_token: Mutex::new(Arc::from(upstream_token)),
             budget,
             trace: std::sync::OnceLock::new(),
+            nonce: super::held::hub_nonce(),
+            opened_by_poll: std::sync::OnceLock::new(),
         }
     }
 
@@ -339,6 +393,41 @@ impl Hub {
         })
     }
 
+    /// Adds a held poll reading from `from`. Unlike a socket, a poll gets the live-only
+    /// frames (interims) after its position too: it was not connected when they passed.
+    pub fn attach_poll(&self, from: PollFrom<'_>) -> Result<Cursor, AttachError> {
+        let state = self.lock();
+        if state.retired {
+            return Err(AttachError::Retired);
+        }
+        let head = state.next_seq;
+        let oldest = state.events.front().map_or(head, |e| e.seq);
+        let next_seq = match from {
+            PollFrom::Start => oldest,
+            PollFrom::Head => head,
+            // Interims a newer one replaced left the ring without being evicted: a position
+            // among them is still good, one below an evicted frame is not.
+            PollFrom::Seq(seq) if seq >= state.evicted_below && seq <= head => seq,
+            PollFrom::Seq(_) => return Err(AttachError::NotBuffered),
+            PollFrom::Watermark(w) => match state
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.watermark.as_deref() == Some(w))
+            {
+                Some(event) => event.seq + 1,
+                None if state.last_watermark.as_deref() == Some(w) => head,
+                None => return Err(AttachError::NotBuffered),
+            },
+        };
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        Ok(Cursor {
+            next_seq,
+            live_from: next_seq,
+            filter: None,
+        })
+    }
+
     pub fn detach(&self) {
         let mut state = self.lock();
         if self.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
@@ -356,15 +445,10 @@ impl Hub {
     ) -> Pending {
         let state = self.lock();
         let head = state.next_seq;
-        let oldest = state.events.front().map_or(head, |e| e.seq);
-        if cursor.next_seq < oldest {
+        if state.is_behind(cursor.next_seq, cursor.live_from, lag_limit) {
             return Pending::Lagged;
         }
-        let live_behind = head.saturating_sub(cursor.next_seq.max(cursor.live_from));
-        if live_behind > lag_limit as u64 {
-            return Pending::Lagged;
-        }
-        let start = (cursor.next_seq - oldest) as usize;
+        let start = state.position(cursor.next_seq);
         out.extend(
             state
                 .events
@@ -381,10 +465,52 @@ impl Hub {
     }
 
     /// Publishes a frame to every client; `watermark` is the tracker's position after it.
-    pub fn publish(&self, event: EventParts, watermark: Option<&Arc<str>>) {
+    pub fn publish(&self, event: EventParts, watermark: Option<&Arc<str>>) -> Published {
         let size = event.size();
         let mut state = self.lock();
         let seq = state.next_seq;
+        let mut published = Published::default();
+        let mut last_sequence = 0;
+        let now = Instant::now();
+        match event.stream {
+            StreamMark::Interim { stream, sequence } => {
+                match state.streams.interim(stream, sequence, seq, now) {
+                    Admit::Drop => {
+                        published.dropped = true;
+                        return published;
+                    }
+                    Admit::Publish {
+                        replaces,
+                        first,
+                        abandoned,
+                    } => {
+                        if let Some(old) = replaces {
+                            self.remove(&mut state, old);
+                        }
+                        if first {
+                            published.first_interim_after =
+                                Some(now.saturating_duration_since(state.last_stored_at));
+                        }
+                        published.abandoned = abandoned;
+                    }
+                }
+            }
+            StreamMark::Final { stream } => {
+                let finish = state.streams.finish(stream);
+                if let Some(old) = finish.removes {
+                    self.remove(&mut state, old);
+                }
+                last_sequence = finish.last_sequence;
+                published.finalized = true;
+            }
+            StreamMark::None => {}
+        }
+        let interim = matches!(event.stream, StreamMark::Interim { .. });
+        if !interim {
+            state.last_stored_at = now;
+        }
+        let stored_index = state.stored_count;
+        state.stored_count += u64::from(!interim);
         state.next_seq += 1;
         state.events.push_back(Arc::new(Event {
             seq,
@@ -393,6 +519,9 @@ impl Hub {
             activities: event.activities,
             received_at_ms: crate::clock::unix_millis(),
             size,
+            stream: event.stream,
+            last_sequence,
+            stored_index,
         }));
         state.bytes += size;
         self.budget.add(size);
@@ -402,6 +531,18 @@ impl Hub {
         }
         drop(state);
         self.published.send_replace(seq + 1);
+        published
+    }
+
+    /// Takes event `seq` out of the ring (a superseded interim), if it is still there.
+    fn remove(&self, state: &mut HubState, seq: u64) {
+        let at = state.position(seq);
+        if state.events.get(at).is_some_and(|e| e.seq == seq) {
+            if let Some(event) = state.events.remove(at) {
+                state.bytes -= event.size;
+                self.budget.sub(event.size);
+            }
+        }
     }
 
     /// Oldest frames out until the ring is within its frame and byte limits (keeping the
@@ -431,6 +572,10 @@ impl Hub {
         let Some(event) = state.events.pop_front() else {
             return false;
         };
+        state.evicted_below = event.seq + 1;
+        if matches!(event.stream, StreamMark::Interim { .. }) {
+            state.streams.left_ring(event.seq);
+        }
         state.bytes -= event.size;
         self.budget.sub(event.size);
         true
@@ -441,10 +586,7 @@ impl Hub {
     /// client's socket is blocked on a write, so a client that stops reading is closed when
     /// it falls behind rather than when the write times out.
     pub fn is_behind(&self, next_seq: u64, live_from: u64, lag_limit: usize) -> bool {
-        let state = self.lock();
-        let head = state.next_seq;
-        let oldest = state.events.front().map_or(head, |e| e.seq);
-        next_seq < oldest || head.saturating_sub(next_seq.max(live_from)) > lag_limit as u64
+        self.lock().is_behind(next_seq, live_from, lag_limit)
     }
 
     /// Records the upstream position without a frame (all of a replayed frame was dropped).
@@ -484,6 +626,27 @@ impl Hub {
     }
 }
 
+impl HubState {
+    /// Index in the ring of the first event at or after `seq`.
+    fn position(&self, seq: u64) -> usize {
+        self.events.partition_point(|e| e.seq < seq)
+    }
+
+    /// An event at or after `next_seq` was evicted, or more than `lag_limit` stored frames
+    /// (interims do not count) wait at or after `max(next_seq, live_from)`.
+    fn is_behind(&self, next_seq: u64, live_from: u64, lag_limit: usize) -> bool {
+        if next_seq < self.evicted_below {
+            return true;
+        }
+        let from = self.position(next_seq.max(live_from));
+        let waiting = self
+            .events
+            .get(from)
+            .map_or(0, |e| self.stored_count - e.stored_index);
+        waiting > lag_limit as u64
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         let state = self
@@ -500,6 +663,7 @@ pub struct EventParts {
     pub text: Utf8Bytes,
     pub watermark: Option<Arc<str>>,
     pub activities: Vec<ActivitySpan>,
+    pub stream: StreamMark,
 }
 
 /// The event's text for a client that must not see `filter`'s activities again;
@@ -567,6 +731,7 @@ mod tests {
             text: Utf8Bytes::from(text.to_owned()),
             watermark: watermark.map(Arc::from),
             activities: Vec::new(),
+            stream: StreamMark::None,
         }
     }
 
@@ -653,6 +818,9 @@ mod tests {
             ],
             received_at_ms: 0,
             size: 0,
+            stream: StreamMark::None,
+            last_sequence: 0,
+            stored_index: 0,
         };
         let only_a: KeySet = [ActivityKey::of("a")].into_iter().collect();
         let both: KeySet = [ActivityKey::of("a"), ActivityKey::of("b")]
@@ -728,6 +896,58 @@ mod tests {
         assert!(shared.used() < used_by_a);
         drop(b);
         assert_eq!(shared.used(), 0);
+    }
+
+    fn interim(text: &str, stream: &str, sequence: u64) -> EventParts {
+        EventParts {
+            stream: StreamMark::Interim {
+                stream: ActivityKey::of(stream),
+                sequence,
+            },
+            ..parts(text, None)
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_interim_per_stream_and_none_after_its_final() {
+        let hub = hub(16);
+        let mut reader = hub.attach(&ResumeFrom::Start).unwrap();
+        let mut behind = hub.attach(&ResumeFrom::Start).unwrap();
+        hub.publish(parts("question", Some("1")), None);
+        for sequence in 1..=50 {
+            hub.publish(interim(&format!("i{sequence}"), "s", sequence), None);
+            if sequence == 10 {
+                assert_eq!(texts(&hub, &mut reader), ["question", "i10"]);
+            }
+        }
+        hub.publish(interim("other1", "t", 1), None);
+        // 52 frames published into a 16-frame ring, yet the client that read nothing is
+        // behind by one stored frame only, and gets the newest interim of each stream.
+        assert!(!hub.is_behind(behind.next_seq, behind.live_from, 1));
+        assert_eq!(texts(&hub, &mut behind), ["question", "i50", "other1"]);
+        assert_eq!(
+            hub.publish(interim("late", "s", 50), None),
+            Published {
+                dropped: true,
+                ..Published::default()
+            }
+        );
+        let finished = hub.publish(
+            EventParts {
+                stream: StreamMark::Final {
+                    stream: ActivityKey::of("s"),
+                },
+                ..parts("final", Some("2"))
+            },
+            None,
+        );
+        assert!(finished.finalized);
+        assert!(hub.publish(interim("after", "s", 51), None).dropped);
+        // The reader never sees i11..i49 queued behind the final, nor anything after it.
+        assert_eq!(texts(&hub, &mut reader), ["other1", "final"]);
+        let late = hub.attach(&ResumeFrom::Start).unwrap();
+        let mut late = late;
+        assert_eq!(texts(&hub, &mut late), ["question", "other1", "final"]);
     }
 
     #[test]

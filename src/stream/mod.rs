@@ -5,19 +5,26 @@
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
 //! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
-//! `tracker` (watermarks and ids), `ids`, `backoff`, `websocket` (settings, close frames),
-//! `collision` (polling while another replica's hub holds the conversation's stream).
+//! `tracker` (watermarks and ids), `chunks` (livestreamed answers' interims and finals),
+//! `ids`, `backoff`, `websocket` (settings, close frames), `collision` (polling while
+//! another replica's hub holds the conversation's stream), `poll` (held
+//! `GET …/activities` polls served from the hub) and `held` (their bounds).
 //! The route that accepts client sockets is `routes::stream`.
 
+pub mod answer_metrics;
 pub(crate) mod backoff;
+pub mod chunks;
 pub(crate) mod client;
 pub(crate) mod collision;
+pub(crate) mod held;
 pub(crate) mod hub;
 pub(crate) mod ids;
 pub(crate) mod keeper;
 pub(crate) mod link;
 pub(crate) mod multimodal;
+pub(crate) mod poll;
 pub(crate) mod registry;
 pub(crate) mod relay;
+pub(crate) mod send_buffer;
 pub mod tracker;
 pub(crate) mod websocket;

@@ -77,13 +77,14 @@ pub async fn bridge(
         return;
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
-    let Some((max_activity, rate, policy)) = ({
+    let Some((max_activity, rate, policy, delivery_mode)) = ({
         let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
                 live.config.limits.activity_body_bytes,
                 bot.settings.rate_limits.activities,
                 bot.policy.clone(),
+                bot.settings.delivery_mode.default_for_activities(),
             )
         })
     }) else {
@@ -129,11 +130,14 @@ pub async fn bridge(
                                 .inc();
                             break Some(RATE_LIMITED);
                         }
-                        let bound =
-                            match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
-                                Ok(bound) => bound,
-                                Err(_) => break Some(NOT_ACTIVITY),
-                            };
+                        let bound = match activity_body::bind_sender_with_mode(
+                            text.as_bytes(),
+                            &ticket.user_id,
+                            delivery_mode,
+                        ) {
+                            Ok(bound) => bound,
+                            Err(_) => break Some(NOT_ACTIVITY),
+                        };
                         let bound = match &policy {
                             None => Ok(bound),
                             Some(policy) => {

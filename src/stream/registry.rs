@@ -157,6 +157,14 @@ impl Hubs {
             .map(|entry| entry.value().upstream_token())
     }
 
+    /// The conversation's live hub on this replica, if it has one.
+    pub fn get(&self, bot: &Arc<str>, conversation: &ConversationId) -> Option<Arc<Hub>> {
+        self.map
+            .get(&(bot.clone(), conversation.clone()))
+            .map(|entry| entry.value().clone())
+            .filter(|hub| !hub.is_retired())
+    }
+
     pub fn remove(&self, hub: &Arc<Hub>) {
         self.map
             .remove_if(&(hub.bot.clone(), hub.conversation.clone()), |_, live| {

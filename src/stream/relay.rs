@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::backoff;
 use super::hub::{EventParts, Hub};
 use super::link::{self, DialError, FetchError, UpstreamSocket};
+use super::tracker::StreamMark;
 use super::tracker::{Observed, Tracker};
 use crate::gateway::Gateway;
 
@@ -491,14 +492,19 @@ pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, te
                 Some(rebuilt) => Utf8Bytes::from(rebuilt),
                 None => text,
             };
-            hub.publish(
+            let stream = forward.stream;
+            let published = hub.publish(
                 EventParts {
                     text,
                     watermark: forward.watermark,
                     activities: forward.activities,
+                    stream,
                 },
                 tracker.watermark(),
             );
+            if stream != StreamMark::None {
+                gateway.metrics.streamed_answers.observe(&published);
+            }
         }
     }
 }

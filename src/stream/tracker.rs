@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::chunks::StreamRole;
 pub use super::ids::ActivityKey;
 use super::ids::KeySet;
 
@@ -40,6 +41,20 @@ pub struct Forward {
     /// Ids of the activities in `text`, and each one's byte range inside `text`.
     pub activities: Vec<ActivitySpan>,
     pub dropped: usize,
+    /// What the frame is to a livestreamed answer.
+    pub stream: StreamMark,
+}
+
+/// A frame's part in a livestreamed answer (see `chunks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamMark {
+    #[default]
+    None,
+    /// A live-only frame holding one interim and nothing else: a newer one of its stream
+    /// may replace it.
+    Interim { stream: ActivityKey, sequence: u64 },
+    /// The frame holds the final of this stream.
+    Final { stream: ActivityKey },
 }
 
 pub struct Tracker {
@@ -81,6 +96,7 @@ impl Tracker {
                 watermark: None,
                 activities: Vec::new(),
                 dropped: 0,
+                stream: StreamMark::None,
             });
         };
         let watermark = set.watermark.and_then(watermark_text);
@@ -89,8 +105,34 @@ impl Tracker {
         }
         let mut kept: Vec<ActivitySpan> = Vec::with_capacity(set.activities.len());
         let mut dropped = 0;
+        let mut stream = StreamMark::None;
+        let single = set.activities.len() == 1;
         for (range, id) in set.activities {
             let key = id.map(|id| ActivityKey::of(&id));
+            match super::chunks::role(&text[range.clone()]) {
+                // Interims are live-only and never replayed, and an answer has hundreds:
+                // remembering their ids would push stored activities' ids out of the
+                // bounded set that catches replays.
+                Some(StreamRole::Interim {
+                    stream: of,
+                    sequence,
+                }) if single && watermark.is_none() => {
+                    stream = StreamMark::Interim {
+                        stream: of,
+                        sequence,
+                    };
+                    kept.push((key, range));
+                    continue;
+                }
+                // Marked only when kept: a replayed final was handled when it first came.
+                Some(StreamRole::Final { stream: of })
+                    if stream == StreamMark::None
+                        && key.is_none_or(|key| !self.delivered.contains(&key)) =>
+                {
+                    stream = StreamMark::Final { stream: of };
+                }
+                _ => {}
+            }
             if let Some(key) = key {
                 if self.delivered.contains(&key) {
                     dropped += 1;
@@ -109,6 +151,7 @@ impl Tracker {
                 watermark,
                 activities: kept,
                 dropped,
+                stream,
             });
         }
         let (text, activities) = rebuild(text, &kept, set.watermark);
@@ -117,6 +160,7 @@ impl Tracker {
             watermark,
             activities,
             dropped,
+            stream,
         })
     }
 
@@ -185,6 +229,46 @@ pub fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interims_are_marked_and_never_remembered_finals_are_marked_once() {
+        let interim = r#"{"activities":[{"type":"typing","id":"c|s1","entities":[{"type":"streaminfo","streamType":"streaming","streamSequence":1}]}]}"#;
+        let mut tracker = Tracker::new(2, None);
+        for _ in 0..2 {
+            let Observed::Forward(forward) = tracker.observe(interim) else {
+                panic!("forwarded");
+            };
+            assert_eq!(
+                forward.stream,
+                StreamMark::Interim {
+                    stream: ActivityKey::of("c|s1"),
+                    sequence: 1
+                }
+            );
+        }
+        assert!(!tracker.was_delivered("c|s1"));
+        let last = r#"{"activities":[{"type":"message","id":"c|0000001","entities":[{"type":"streaminfo","streamType":"final","streamId":"c|s1"}]}],"watermark":"1"}"#;
+        let Observed::Forward(forward) = tracker.observe(last) else {
+            panic!("forwarded");
+        };
+        assert_eq!(
+            forward.stream,
+            StreamMark::Final {
+                stream: ActivityKey::of("c|s1")
+            }
+        );
+        assert!(matches!(
+            tracker.observe(last),
+            Observed::AllDuplicates { dropped: 1 }
+        ));
+        // With a watermark, a stream-marked typing is a stored activity like any other.
+        let stored = r#"{"activities":[{"type":"typing","id":"c|0000002","channelData":{"streamType":"streaming","streamSequence":2,"streamId":"c|s1"}}],"watermark":"2"}"#;
+        let Observed::Forward(forward) = tracker.observe(stored) else {
+            panic!("forwarded");
+        };
+        assert_eq!(forward.stream, StreamMark::None);
+        assert!(tracker.was_delivered("c|0000002"));
+    }
 
     fn set(ids: &[u32], watermark: Option<u32>) -> String {
         let activities: Vec<String> = ids
