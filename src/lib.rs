@@ -19,7 +19,7 @@
 //! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
 //!    (fetched and cached), the pseudonym.
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
-//!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
+//!    [`secret`], `ratelimit`, `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
 //!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`,
 //!    [`error`], `metrics`, [`clock`], `demo`; and `telemetry` (OpenTelemetry spans, issue
 //!    21: it imports only config, metrics and endpoint types, and its export runs on threads
@@ -50,6 +50,7 @@ pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod ratelimit;
+pub(crate) mod refresh_share;
 pub(crate) mod reload;
 pub mod rewrite;
 pub(crate) mod routes;

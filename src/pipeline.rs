@@ -72,6 +72,14 @@ impl Authorized {
             Authorized::Nothing | Authorized::SignIn(_) => Err(GatewayError::Internal),
         }
     }
+
+    /// The conversation a `tokens/refresh` is for, which its bucket is keyed by.
+    fn refreshing(&self) -> Option<&str> {
+        match self {
+            Authorized::Refresh(token, _) => Some(&token.conversation_id),
+            _ => None,
+        }
+    }
 }
 
 /// Serves one client request through every phase; never fails (errors are responses).
@@ -185,11 +193,11 @@ async fn run(
     // A sign-in is checked after its bucket (see `Credential::SignIn`), every other
     // credential before, so forged tokens cannot spend a real caller's rate.
     let authorized = if needs.credential == Credential::SignIn {
-        rate_limit(gateway, &endpoint, needs, ctx)?;
+        rate_limit(gateway, &endpoint, needs, ctx, None)?;
         authorize(&endpoint, needs, request.headers(), ctx).await?
     } else {
         let authorized = authorize(&endpoint, needs, request.headers(), ctx).await?;
-        rate_limit(gateway, &endpoint, needs, ctx)?;
+        rate_limit(gateway, &endpoint, needs, ctx, authorized.refreshing())?;
         authorized
     };
     dispatch(gateway, endpoint, authorized, request, ctx).await
@@ -276,11 +284,13 @@ async fn authorize(
 }
 
 /// Rate-limit: one token from the route's bucket, or 429 with a whole-second Retry-After.
+/// `refreshing` is the conversation of a `tokens/refresh`'s token.
 fn rate_limit(
     gateway: &Gateway,
     endpoint: &Endpoint,
     needs: Needs,
     ctx: &RequestContext,
+    refreshing: Option<&str>,
 ) -> Result<(), GatewayError> {
     let rates = &ctx.bot.settings.rate_limits;
     let now = Instant::now();
@@ -299,6 +309,27 @@ fn rate_limit(
             now,
         ),
         (Bucket::Activities, None) => return Err(GatewayError::Internal),
+        // Per conversation, then per client IP: a loop on one conversation and many
+        // conversations from one address are both cut off before they reach Direct Line.
+        (Bucket::Refresh, _) => {
+            let Some(conversation) = refreshing else {
+                return Err(GatewayError::Internal);
+            };
+            gateway
+                .refresh_limits
+                .check(
+                    (ctx.bot.name.clone(), conversation.to_owned()),
+                    rates.refresh,
+                    now,
+                )
+                .and_then(|()| {
+                    gateway.refresh_ip_limits.check(
+                        (ctx.bot.name.clone(), ctx.client_ip),
+                        rates.refresh_per_ip,
+                        now,
+                    )
+                })
+        }
     };
     refused.map_err(|wait| {
         gateway

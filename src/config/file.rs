@@ -89,6 +89,10 @@ pub struct FileRateLimits {
     pub sessions_burst: Option<u32>,
     pub activities_per_minute: Option<u32>,
     pub activities_burst: Option<u32>,
+    pub refresh_per_minute: Option<u32>,
+    pub refresh_burst: Option<u32>,
+    pub refresh_per_ip_per_minute: Option<u32>,
+    pub refresh_per_ip_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -622,6 +622,18 @@ fn parse_rates(base: RateLimits, file: &FileRateLimits) -> Result<RateLimits, Co
             file.activities_per_minute,
             file.activities_burst,
         ),
+        (
+            &mut rates.refresh,
+            "rate_limits.refresh_burst",
+            file.refresh_per_minute,
+            file.refresh_burst,
+        ),
+        (
+            &mut rates.refresh_per_ip,
+            "rate_limits.refresh_per_ip_burst",
+            file.refresh_per_ip_per_minute,
+            file.refresh_per_ip_burst,
+        ),
     ] {
         if let Some(per_minute) = per_minute {
             slot.per_minute = per_minute;

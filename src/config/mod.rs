@@ -134,6 +134,10 @@ pub struct RateLimits {
     pub sessions: Rate,
     /// POST activities and uploads, per conversation.
     pub activities: Rate,
+    /// tokens/refresh, per conversation (each may call Direct Line with the bot's secret).
+    pub refresh: Rate,
+    /// tokens/refresh, per client IP (so many conversations cannot add up past it).
+    pub refresh_per_ip: Rate,
 }
 
 impl Default for RateLimits {
@@ -147,6 +151,16 @@ impl Default for RateLimits {
             activities: Rate {
                 per_minute: 600,
                 burst: 100,
+            },
+            // A page refreshes about once per token life and once per reload; a loop is cut
+            // off after a few, and the per-IP bucket leaves room for many users behind one NAT.
+            refresh: Rate {
+                per_minute: 6,
+                burst: 6,
+            },
+            refresh_per_ip: Rate {
+                per_minute: 120,
+                burst: 60,
             },
         }
     }

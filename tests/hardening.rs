@@ -1,0 +1,163 @@
+//! Hardening, round 3: what a hostile caller could make the gateway do before, on real
+//! processes (gateway + emulator on 127.0.0.1): refresh floods, idle HTTP/2 connections,
+//! client addresses behind a proxy, names in signed-in mode, start-up and discovery.
+
+mod support;
+
+use std::time::Duration;
+
+use directline_emulator::SeenCredential;
+use directline_gateway::seal::{ClientToken, Purpose, Sealer};
+use futures_util::future::join_all;
+use http::StatusCode;
+use support::{Harness, TOKEN_KEY, metric};
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `token` re-sealed so that it ends at `expires_at` (its upstream token is unchanged): a
+/// token near its end, or expired inside `resume_window`, without waiting for it.
+fn ending_at(token: &str, expires_at: u64) -> String {
+    let sealer = Sealer::new(TOKEN_KEY, &[]).unwrap();
+    let mut opened: ClientToken = sealer.open(Purpose::ClientToken, token).unwrap();
+    opened.expires_at = expires_at;
+    sealer.seal(Purpose::ClientToken, &opened)
+}
+
+/// Upstream calls a refresh can make: `tokens/refresh` with the conversation's token, and
+/// the reconnect GET with the secret that resumes an expired one.
+fn upstream_refreshes(h: &Harness, conversation: &str) -> (usize, usize) {
+    let requests = h.emulator.requests();
+    let refreshes = requests
+        .iter()
+        .filter(|r| r.path == "/v3/directline/tokens/refresh")
+        .count();
+    let reconnect = format!("/v3/directline/conversations/{conversation}");
+    let resumes = requests
+        .iter()
+        .filter(|r| r.path == reconnect && matches!(r.credential, SeenCredential::Secret))
+        .count();
+    (refreshes, resumes)
+}
+
+/// A refresh loop with a token whose upstream token is near its end: one upstream
+/// `tokens/refresh`, whose result every later refresh of the conversation shares.
+#[tokio::test]
+async fn a_refresh_loop_makes_one_upstream_call_when_the_limit_is_off() {
+    let h = Harness::builder()
+        .config(|c| {
+            let rates = &mut c.bot_mut().rate_limits;
+            rates.refresh.per_minute = 0;
+            rates.refresh_per_ip.per_minute = 0;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    // 60 s left, inside the default `upstream_refresh_before` (30 min).
+    let near_end = ending_at(&conversation.token, unix_now() + 60);
+    let concurrent = join_all((0..20).map(|_| h.refresh(&near_end))).await;
+    for reply in &concurrent {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    for _ in 0..20 {
+        let reply = h.refresh(&near_end).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(reply.json()["expires_in"].as_u64().unwrap() > 1800);
+    }
+    assert_eq!(upstream_refreshes(&h, &conversation.id), (1, 0));
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "directline_gateway_token_refreshes_shared_total"),
+        39.0,
+        "{metrics}"
+    );
+}
+
+/// The same with an expired token inside `resume_window`: one reconnect with the secret.
+#[tokio::test]
+async fn a_resume_loop_makes_one_secret_call_when_the_limit_is_off() {
+    let h = Harness::builder()
+        .config(|c| {
+            let bot = c.bot_mut();
+            bot.resume_window = Duration::from_secs(600);
+            bot.rate_limits.refresh.per_minute = 0;
+            bot.rate_limits.refresh_per_ip.per_minute = 0;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let expired = ending_at(&conversation.token, unix_now() - 10);
+    let replies = join_all((0..30).map(|_| h.refresh(&expired))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(upstream_refreshes(&h, &conversation.id), (0, 1));
+}
+
+/// With the default limits, a loop on one conversation gets 429 with Retry-After past the
+/// per-conversation burst, and many conversations from one address past the per-IP one;
+/// every refusal is counted.
+#[tokio::test]
+async fn refreshes_past_the_limits_get_429_and_are_counted() {
+    let h = Harness::builder()
+        .config(|c| {
+            let bot = c.bot_mut();
+            bot.resume_window = Duration::from_secs(600);
+            bot.rate_limits.refresh_per_ip.burst = 8;
+            bot.rate_limits.sessions.per_minute = 0;
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let expired = ending_at(&conversation.token, unix_now() - 10);
+    let mut ok = 0;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let reply = h.refresh(&expired).await;
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(reply.error_code(), "TooManyRequests", "{}", reply.text());
+                let wait: u64 = reply.headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(wait >= 1);
+            }
+            other => panic!("{other}: {}", reply.text()),
+        }
+    }
+    // Per conversation: the default burst of 6.
+    assert_eq!((ok, refused), (6, 14));
+    let (refreshes, resumes) = upstream_refreshes(&h, &conversation.id);
+    assert!(refreshes + resumes <= 1, "{refreshes} {resumes}");
+
+    // Other conversations from the same address: the per-IP burst (8) is 6 spent + 2.
+    let mut ip_refused = 0;
+    for _ in 0..4 {
+        let other = h.conversation().await;
+        if h.refresh(&ending_at(&other.token, unix_now() - 10))
+            .await
+            .status
+            == StatusCode::TOO_MANY_REQUESTS
+        {
+            ip_refused += 1;
+        }
+    }
+    assert_eq!(ip_refused, 2);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "directline_gateway_rate_limited_total{route=\"tokens_refresh\",bot=\"default\"}"
+        ),
+        16.0,
+        "{metrics}"
+    );
+}
