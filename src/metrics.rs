@@ -80,7 +80,7 @@ pub const TOKEN_RESUME_RESULTS: [&str; 5] = ["ok", "past_window", "gone", "unava
 /// `upstream_bodies_scrubbed_total`'s kinds (`rest`, `scrub`).
 pub const SCRUB_KINDS: [&str; 3] = ["error_replaced", "error_scrubbed", "success_scrubbed"];
 /// `client_timeouts_total`'s phases.
-pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"];
+pub const CLIENT_TIMEOUT_PHASES: [&str; 4] = ["first_request", "body", "upload", "http2_idle"];
 /// `stream_buffer_evictions_total`'s reasons (`stream::hub::Eviction`).
 pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
 /// `upstream_requests_total`'s status label: a class, or no answer at all.

@@ -21,10 +21,10 @@ use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError};
+use crate::forwarded::{client_ip, client_key, forwarded_for_value};
 use crate::gateway::{Bot, Gateway};
 use crate::identity::SignedIn;
 use crate::metrics::status_class;
-use crate::ratelimit::client_ip;
 use crate::routes::context::RequestContext;
 use crate::routes::needs::{self, Bucket, Credential, Needs};
 use crate::routes::{activities, conversations, session, stream, tokens, upload};
@@ -47,8 +47,7 @@ impl Connection {
         Self {
             peer,
             local,
-            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_for: forwarded_for_value(peer),
             opened: Arc::default(),
         }
     }
@@ -294,6 +293,7 @@ fn rate_limit(
 ) -> Result<(), GatewayError> {
     let rates = &ctx.bot.settings.rate_limits;
     let now = Instant::now();
+    let client = client_key(ctx.client_ip, ctx.live.config.client_ipv6_prefix);
     let refused = match (needs.bucket, endpoint.conversation()) {
         (Bucket::None, _) => return Ok(()),
         // Before the key is built: it clones the conversation id.
@@ -301,7 +301,7 @@ fn rate_limit(
         (Bucket::Sessions, _) => {
             gateway
                 .session_limits
-                .check((ctx.bot.name.clone(), ctx.client_ip), rates.sessions, now)
+                .check((ctx.bot.name.clone(), client), rates.sessions, now)
         }
         (Bucket::Activities, Some(conversation)) => gateway.activity_limits.check_key(
             &(ctx.bot.name.clone(), conversation.clone()),
@@ -324,7 +324,7 @@ fn rate_limit(
                 )
                 .and_then(|()| {
                     gateway.refresh_ip_limits.check(
-                        (ctx.bot.name.clone(), ctx.client_ip),
+                        (ctx.bot.name.clone(), client),
                         rates.refresh_per_ip,
                         now,
                     )
@@ -650,22 +650,6 @@ mod tests {
         assert_eq!(request_id(&sent), "trace-7");
         sent.insert("x-request-id", HeaderValue::from_static("has space"));
         assert_eq!(request_id(&sent).len(), 32);
-    }
-
-    #[test]
-    fn forwarded_for_is_the_peer_ip_without_its_port() {
-        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        for (peer, expected) in [
-            ("192.0.2.7:50123", "192.0.2.7"),
-            ("[2001:db8::1]:443", "2001:db8::1"),
-            (
-                "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1",
-                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            ),
-        ] {
-            let connection = Connection::new(peer.parse().unwrap(), local);
-            assert_eq!(connection.forwarded_for, expected);
-        }
     }
 
     #[test]

@@ -161,3 +161,107 @@ async fn refreshes_past_the_limits_get_429_and_are_counted() {
         "{metrics}"
     );
 }
+
+fn client_addr(h: &Harness) -> String {
+    h.base.trim_start_matches("http://").to_owned()
+}
+
+/// One request on an h2c connection, then nothing but answers to the gateway's pings: the
+/// connection is closed after `limits.http2_idle_timeout` (held forever before), as an idle
+/// HTTP/1.1 keep-alive connection is at `header_read_timeout`.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let h = Harness::builder()
+        .config(|c| c.limits.http2_idle_timeout = Duration::from_secs(1))
+        .start()
+        .await;
+    let tcp = tokio::net::TcpStream::connect(client_addr(&h))
+        .await
+        .unwrap();
+    let (mut send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(connection);
+    let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    tokio::time::timeout(support::WAIT, ended)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap()
+        .ok();
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "directline_gateway_client_timeouts_total{phase=\"http2_idle\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// `tokens/generate` through a trusted proxy that says the client is `forwarded_for`.
+async fn generate_as(h: &Harness, forwarded_for: &str) -> StatusCode {
+    let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+        .header("x-forwarded-for", forwarded_for);
+    h.send(support::api_request(request, None, None))
+        .await
+        .status
+}
+
+/// Behind a trusted proxy, clients written as `ip:port` (Azure Application Gateway) and
+/// `[v6]:port` are told apart (all were the proxy before), an IPv4 client written as an
+/// IPv4-mapped IPv6 address is the same client (a fresh allowance before), and the
+/// addresses of one IPv6 /64 share one allowance (one each before).
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_told_apart_and_not_multiplied() {
+    let h = Harness::builder()
+        .config(|c| {
+            c.trusted_proxies =
+                vec![directline_gateway::config::IpNet::parse("127.0.0.1/32").unwrap()];
+            let sessions = &mut c.bot_mut().rate_limits.sessions;
+            sessions.per_minute = 1;
+            sessions.burst = 2;
+        })
+        .start()
+        .await;
+    for client in ["203.0.113.5:4711", "203.0.113.6:50000"] {
+        assert_eq!(generate_as(&h, client).await, StatusCode::OK, "{client}");
+        assert_eq!(generate_as(&h, client).await, StatusCode::OK, "{client}");
+    }
+    for same in [
+        "203.0.113.5",
+        "::ffff:203.0.113.5",
+        "[::ffff:203.0.113.5]:1",
+    ] {
+        assert_eq!(
+            generate_as(&h, same).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{same} is 203.0.113.5"
+        );
+    }
+    assert_eq!(
+        generate_as(&h, "[2001:db8:0:7::1]:443").await,
+        StatusCode::OK
+    );
+    assert_eq!(generate_as(&h, "2001:db8:0:7::2").await, StatusCode::OK);
+    assert_eq!(
+        generate_as(&h, "2001:db8:0:7:ffff::3").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same /64"
+    );
+    assert_eq!(
+        generate_as(&h, "2001:db8:0:8::1").await,
+        StatusCode::OK,
+        "another /64"
+    );
+}

@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    pub client_ipv6_prefix: Option<u8>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
@@ -105,6 +106,7 @@ pub struct FileLimits {
     pub max_url: Option<String>,
     pub max_headers: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub http2_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_header_count: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
