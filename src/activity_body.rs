@@ -28,6 +28,25 @@ pub const MAX_DEPTH: usize = 127;
 /// JSON that is not an object (`InvalidActivity`). A field given twice keeps its last
 /// value, as JSON parsers do.
 pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> {
+    bind_sender_named(body, user_id, SenderName::Caller)
+}
+
+/// Where `from.name` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderName<'a> {
+    /// The caller's, as on Direct Line itself (anonymous users).
+    Caller,
+    /// Signed-in mode: the identity provider's name for the user, or none; the caller's is
+    /// dropped, since a bot may show it as the person's.
+    Verified(Option<&'a str>),
+}
+
+/// [`bind_sender`] with `from.name` chosen by `name`.
+pub fn bind_sender_named(
+    body: &[u8],
+    user_id: &str,
+    name: SenderName<'_>,
+) -> Result<Vec<u8>, GatewayError> {
     if jsonscan::nests_deeper_than(body, MAX_DEPTH) {
         return Err(GatewayError::MalformedJson);
     }
@@ -67,7 +86,7 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
         Some(Ok(Value::Object(map))) => map,
         _ => Map::new(),
     };
-    let sender = bound_sender(claimed, user_id);
+    let sender = bound_sender(claimed, user_id, name);
     out.extend_from_slice(b"\"from\":");
     serde_json::to_writer(&mut out, &sender).map_err(|_| GatewayError::Internal)?;
     out.push(b'}');
@@ -79,11 +98,23 @@ pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> 
 /// is kept: a bot may trust `role` ("bot" would pass a user's text off as the bot's) and
 /// channel fields such as `aadObjectId`, which only a channel may set. The name stays the
 /// caller's choice, as on Direct Line itself; bots must not treat it as an identity.
-fn bound_sender(mut claimed: Map<String, Value>, user_id: &str) -> Map<String, Value> {
+fn bound_sender(
+    mut claimed: Map<String, Value>,
+    user_id: &str,
+    name: SenderName<'_>,
+) -> Map<String, Value> {
     let mut sender = Map::new();
     sender.insert("id".into(), Value::String(user_id.to_owned()));
-    if let Some(name @ Value::String(_)) = claimed.remove("name") {
-        sender.insert("name".into(), name);
+    match name {
+        SenderName::Caller => {
+            if let Some(name @ Value::String(_)) = claimed.remove("name") {
+                sender.insert("name".into(), name);
+            }
+        }
+        SenderName::Verified(Some(name)) => {
+            sender.insert("name".into(), Value::String(name.to_owned()));
+        }
+        SenderName::Verified(None) => {}
     }
     if claimed.get("role").and_then(Value::as_str) == Some("user") {
         sender.insert("role".into(), Value::String("user".into()));
@@ -197,6 +228,23 @@ mod tests {
 
     fn bound(body: &str, user: &str) -> Result<Value, GatewayError> {
         bind_sender(body.as_bytes(), user).map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn a_verified_name_replaces_the_callers_or_removes_it() {
+        let body = br#"{"text":"t","from":{"id":"x","name":"Mallory","role":"user"}}"#;
+        let named = |name| -> Value {
+            serde_json::from_slice(&bind_sender_named(body, "dl_a", name).unwrap()).unwrap()
+        };
+        assert_eq!(
+            named(SenderName::Verified(Some("Alice")))["from"],
+            serde_json::json!({"id": "dl_a", "name": "Alice", "role": "user"})
+        );
+        assert_eq!(
+            named(SenderName::Verified(None))["from"],
+            serde_json::json!({"id": "dl_a", "role": "user"})
+        );
+        assert_eq!(named(SenderName::Caller)["from"]["name"], "Mallory");
     }
 
     /// The rule on a full parse: `from` becomes the bound id plus a string name and a

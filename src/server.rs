@@ -156,9 +156,6 @@ pub async fn start_on(
     metrics.initialise(&bot_names(&live));
     metrics.initialise_workers(workers.count());
     let gateway = Gateway::new(live, metrics);
-    // Copilot Studio bots learn their Direct Line host before the first request; a failure
-    // is logged and retried by the loop below, never fatal.
-    crate::upstream::discovery::round(&gateway).await;
     let (stop, stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let client_task = tokio::spawn(serve_client(
@@ -171,6 +168,9 @@ pub async fn start_on(
     let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
     let mut background = vec![
         tokio::spawn(sweep_rate_limits(gateway.clone())),
+        // Copilot Studio bots learn their Direct Line host in the background, from the first
+        // moment: the gateway serves at once (their Direct Line routes answer 503 with
+        // Retry-After until it is known), so an environment that hangs delays nothing else.
         // Also for configurations without a Copilot Studio bot: a reload may add one.
         tokio::spawn(crate::upstream::discovery::run(gateway.clone())),
     ];

@@ -68,7 +68,12 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    let body = activity_body::bind_sender(&bytes, &token.user_id)?;
+    let name = if ctx.bot.identity.is_some() {
+        activity_body::SenderName::Verified(token.name.as_deref())
+    } else {
+        activity_body::SenderName::Caller
+    };
+    let body = activity_body::bind_sender_named(&bytes, &token.user_id, name)?;
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let reply = ctx
         .upstream(

@@ -104,6 +104,8 @@ pub async fn generate_token(
         user_id,
         upstream_token: upstream_token.to_owned(),
         expires_at: clock::unix_seconds().saturating_add(expires_in),
+        // Kept so every later activity of a signed-in user carries only this name.
+        name: signed_in.as_ref().and_then(|s| s.name.clone()),
     };
     gateway
         .metrics

@@ -64,12 +64,13 @@ pub async fn bridge(
         return;
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
-    let Some((max_activity, rate)) = ({
+    let Some((max_activity, rate, signed_in)) = ({
         let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
                 live.config.limits.activity_body_bytes,
                 bot.settings.rate_limits.activities,
+                bot.identity.is_some(),
             )
         })
     }) else {
@@ -115,7 +116,16 @@ pub async fn bridge(
                                 .inc();
                             break Some(RATE_LIMITED);
                         }
-                        match activity_body::bind_sender(text.as_bytes(), &ticket.user_id) {
+                        let name = if signed_in {
+                            activity_body::SenderName::Verified(ticket.name.as_deref())
+                        } else {
+                            activity_body::SenderName::Caller
+                        };
+                        match activity_body::bind_sender_named(
+                            text.as_bytes(),
+                            &ticket.user_id,
+                            name,
+                        ) {
                             Ok(bound) => match String::from_utf8(bound) {
                                 Ok(bound) => {
                                     upstream_bytes.inc_by(bound.len() as u64);
