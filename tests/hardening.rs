@@ -459,3 +459,63 @@ async fn start_up_does_not_wait_for_a_hanging_discovery() {
     held.abort();
     running.shutdown().await;
 }
+
+/// A caller's `traceparent` (sampled) with a 16 KiB `tracestate`, by default: the request
+/// starts a trace of its own that links the caller's span, and carries no tracestate (the
+/// caller chose the trace, its sampling and 16 KiB in every span before).
+#[tokio::test]
+async fn a_callers_trace_context_is_linked_not_trusted() {
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    // OTLP's SpanKind: the gateway's own span of the request, not its upstream call's.
+    const SERVER_KIND: i32 = 2;
+    let collector = support::otlp::Collector::start().await;
+    let tracing = directline_gateway::config::TracingConfig {
+        traces_url: url::Url::parse(&format!("{}/v1/traces", collector.endpoint)).unwrap(),
+        service_name: "gateway-under-test".to_owned(),
+        sampling_ratio: 1.0,
+        propagate_upstream: false,
+        include_conversation_ids: false,
+        export_interval: Duration::from_millis(50),
+        export_timeout: Duration::from_secs(2),
+        queue_size: 2048,
+        trust_incoming_context: false,
+    };
+    let h = Harness::builder()
+        .config(move |c| c.tracing = Some(tracing))
+        .start()
+        .await;
+    let tracestate = format!("vendor={}", "a".repeat(16 * 1024));
+    let request = http::Request::post(h.url("/v3/directline/tokens/generate"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", tracestate);
+    let reply = h.send(support::api_request(request, None, None)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let spans = collector
+        .wait_for("the generate's server span", |spans| {
+            spans.iter().any(|s| {
+                s.span.kind == SERVER_KIND
+                    && s.attr("directline.route").as_deref() == Some("tokens_generate")
+            })
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| {
+            s.span.kind == SERVER_KIND
+                && s.attr("directline.route").as_deref() == Some("tokens_generate")
+        })
+        .unwrap();
+    assert_ne!(server.trace_id(), CALLER_TRACE, "a trace of its own");
+    assert_ne!(
+        server.parent_id(),
+        CALLER_SPAN,
+        "not under the caller's span"
+    );
+    assert_eq!(server.span.trace_state, "");
+    assert_eq!(server.span.links.len(), 1, "{server:#?}");
+    let link = &server.span.links[0];
+    assert_eq!(support::otlp::hex(&link.trace_id), CALLER_TRACE);
+    assert_eq!(support::otlp::hex(&link.span_id), CALLER_SPAN);
+    assert_eq!(link.trace_state, "");
+}

@@ -159,4 +159,5 @@ pub struct FileTracing {
     pub export_interval: Option<String>,
     pub export_timeout: Option<String>,
     pub queue_size: Option<usize>,
+    pub trust_incoming_context: Option<bool>,
 }
