@@ -116,6 +116,7 @@ async fn run(iterations: usize, requests: usize) {
         user_id: pseudonyms.user_id(&settings.issuer, "alice"),
         upstream_token: "x".repeat(200),
         expires_at: 1_900_000_000,
+        name: None,
     };
     let ns = time(iterations, || {
         std::hint::black_box(sealer.seal(Purpose::ClientToken, &claims));

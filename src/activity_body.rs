@@ -28,16 +28,27 @@ pub const MAX_DEPTH: usize = 127;
 /// JSON that is not an object (`InvalidActivity`). A field given twice keeps its last
 /// value, as JSON parsers do.
 pub fn bind_sender(body: &[u8], user_id: &str) -> Result<Vec<u8>, GatewayError> {
-    bind_sender_with_mode(body, user_id, None)
+    bind_sender_as(body, user_id, SenderName::Caller, None)
 }
 
-/// [`bind_sender`], and `deliveryMode: delivery_mode` added when the activity has no
-/// `deliveryMode` of its own (`delivery_mode = "stream"`, ARCHITECTURE §14): a client's
-/// value, whatever it is, stays. Found during the one pass over the fields, so it costs a
-/// key comparison per field.
-pub fn bind_sender_with_mode(
+/// Where `from.name` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderName<'a> {
+    /// The caller's, as on Direct Line itself (anonymous users).
+    Caller,
+    /// Signed-in mode: the identity provider's name for the user, or none; the caller's is
+    /// dropped, since a bot may show it as the person's.
+    Verified(Option<&'a str>),
+}
+
+/// [`bind_sender`] with `from.name` chosen by `name`, and `deliveryMode: delivery_mode`
+/// added when the activity has no `deliveryMode` of its own (`delivery_mode = "stream"`,
+/// ARCHITECTURE §14): a client's value, whatever it is, stays. Found during the one pass
+/// over the fields, so it costs a key comparison per field.
+pub fn bind_sender_as(
     body: &[u8],
     user_id: &str,
+    name: SenderName<'_>,
     delivery_mode: Option<&str>,
 ) -> Result<Vec<u8>, GatewayError> {
     if jsonscan::nests_deeper_than(body, MAX_DEPTH) {
@@ -86,7 +97,7 @@ pub fn bind_sender_with_mode(
         Some(Ok(Value::Object(map))) => map,
         _ => Map::new(),
     };
-    let sender = bound_sender(claimed, user_id);
+    let sender = bound_sender(claimed, user_id, name);
     out.extend_from_slice(b"\"from\":");
     serde_json::to_writer(&mut out, &sender).map_err(|_| GatewayError::Internal)?;
     out.push(b'}');
@@ -98,11 +109,23 @@ pub fn bind_sender_with_mode(
 /// is kept: a bot may trust `role` ("bot" would pass a user's text off as the bot's) and
 /// channel fields such as `aadObjectId`, which only a channel may set. The name stays the
 /// caller's choice, as on Direct Line itself; bots must not treat it as an identity.
-fn bound_sender(mut claimed: Map<String, Value>, user_id: &str) -> Map<String, Value> {
+fn bound_sender(
+    mut claimed: Map<String, Value>,
+    user_id: &str,
+    name: SenderName<'_>,
+) -> Map<String, Value> {
     let mut sender = Map::new();
     sender.insert("id".into(), Value::String(user_id.to_owned()));
-    if let Some(name @ Value::String(_)) = claimed.remove("name") {
-        sender.insert("name".into(), name);
+    match name {
+        SenderName::Caller => {
+            if let Some(name @ Value::String(_)) = claimed.remove("name") {
+                sender.insert("name".into(), name);
+            }
+        }
+        SenderName::Verified(Some(name)) => {
+            sender.insert("name".into(), Value::String(name.to_owned()));
+        }
+        SenderName::Verified(None) => {}
     }
     if claimed.get("role").and_then(Value::as_str) == Some("user") {
         sender.insert("role".into(), Value::String("user".into()));
@@ -218,6 +241,23 @@ mod tests {
         bind_sender(body.as_bytes(), user).map(|bytes| serde_json::from_slice(&bytes).unwrap())
     }
 
+    #[test]
+    fn a_verified_name_replaces_the_callers_or_removes_it() {
+        let body = br#"{"text":"t","from":{"id":"x","name":"Mallory","role":"user"}}"#;
+        let named = |name| -> Value {
+            serde_json::from_slice(&bind_sender_as(body, "dl_a", name, None).unwrap()).unwrap()
+        };
+        assert_eq!(
+            named(SenderName::Verified(Some("Alice")))["from"],
+            serde_json::json!({"id": "dl_a", "name": "Alice", "role": "user"})
+        );
+        assert_eq!(
+            named(SenderName::Verified(None))["from"],
+            serde_json::json!({"id": "dl_a", "role": "user"})
+        );
+        assert_eq!(named(SenderName::Caller)["from"]["name"], "Mallory");
+    }
+
     /// The rule on a full parse: `from` becomes the bound id plus a string name and a
     /// `user` role, everything outside `from` kept.
     fn by_tree(body: &str, user: &str) -> Value {
@@ -310,7 +350,8 @@ mod tests {
     #[test]
     fn delivery_mode_is_added_only_where_the_client_set_none() {
         let with = |body: &str| -> Value {
-            let bytes = bind_sender_with_mode(body.as_bytes(), "dl_u", Some("stream")).unwrap();
+            let bytes = bind_sender_as(body.as_bytes(), "dl_u", SenderName::Caller, Some("stream"))
+                .unwrap();
             serde_json::from_slice(&bytes).unwrap()
         };
         let added = with(r#"{"type":"message","text":"hi"}"#);
@@ -336,9 +377,13 @@ mod tests {
             assert_eq!(value["deliveryMode"], kept, "{body}");
         }
         // The escaped spelling of the key is the same key.
-        let escaped =
-            bind_sender_with_mode(br#"{"delivery\u004dode":"normal"}"#, "dl_u", Some("stream"))
-                .unwrap();
+        let escaped = bind_sender_as(
+            br#"{"delivery\u004dode":"normal"}"#,
+            "dl_u",
+            SenderName::Caller,
+            Some("stream"),
+        )
+        .unwrap();
         let escaped: Value = serde_json::from_slice(&escaped).unwrap();
         assert_eq!(escaped["deliveryMode"], "normal");
         // Without the setting nothing is added.

@@ -181,6 +181,7 @@ mod tests {
             user_id: "dl_u".into(),
             upstream_token: "up".into(),
             expires_at,
+            name: None,
         }
     }
 

@@ -29,6 +29,11 @@ pub struct Gateway {
     pub session_limits: Limiter<(Arc<str>, IpAddr)>,
     /// POST activities and uploads, per bot and conversation.
     pub activity_limits: Limiter<(Arc<str>, ConversationId)>,
+    /// tokens/refresh per bot and conversation, per bot and client IP, and the upstream
+    /// refresh each conversation shares (`refresh_share`).
+    pub refresh_limits: Limiter<(Arc<str>, String)>,
+    pub refresh_ip_limits: Limiter<(Arc<str>, IpAddr)>,
+    pub refreshes: crate::refresh_share::RefreshShare,
     draining: AtomicBool,
     /// The tracer while `[tracing]` is on (fixed at start; a reload that changes it is
     /// refused); `None` costs each request one branch.
@@ -124,6 +129,9 @@ impl Gateway {
             ),
             session_limits: Limiter::default(),
             activity_limits: Limiter::default(),
+            refresh_limits: Limiter::default(),
+            refresh_ip_limits: Limiter::default(),
+            refreshes: Default::default(),
             live: ArcSwap::from_pointee(live),
             metrics,
             draining: AtomicBool::new(false),
@@ -192,6 +200,13 @@ impl Gateway {
         self.activity_limits.sweep(now, |(bot, _)| {
             live.bot(bot).map(|b| b.settings.rate_limits.activities)
         });
+        self.refresh_limits.sweep(now, |(bot, _)| {
+            live.bot(bot).map(|b| b.settings.rate_limits.refresh)
+        });
+        self.refresh_ip_limits.sweep(now, |(bot, _)| {
+            live.bot(bot).map(|b| b.settings.rate_limits.refresh_per_ip)
+        });
+        self.refreshes.sweep(crate::clock::unix_seconds());
     }
 }
 

@@ -3,7 +3,8 @@
 //! Layers, each importing only from the ones below it (ARCHITECTURE §9; `tests/layers.rs` fails
 //! on any import cycle between files):
 //! 1. **server**: [`server`] (listeners, connections, admin, [`server::start`]), [`signals`],
-//!    `admission` (per-IP cap, first-request deadline), `tls`, [`cli`], [`logging`], and
+//!    `admission` (per-IP cap, first-request deadline), `h2_idle` (idle HTTP/2
+//!    connections), `tls`, [`cli`], [`logging`], and
 //!    `workers` (the threads connections run on; below every layer, since routes and the
 //!    upstream client ask it which thread they are on).
 //! 2. **pipeline**: `pipeline`, a request in named phases (admit → select bot → parse →
@@ -21,7 +22,7 @@
 //! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
 //!    (fetched and cached), the pseudonym.
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
-//!    [`secret`], `ratelimit`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
+//!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`, `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
 //!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`,
 //!    [`error`], `metrics`, [`clock`], `demo`; and `telemetry` (OpenTelemetry spans, issue
 //!    21: it imports only config, metrics and endpoint types, and its export runs on threads
@@ -45,7 +46,9 @@ pub(crate) mod cors;
 pub(crate) mod demo;
 pub mod endpoint;
 pub mod error;
+pub(crate) mod forwarded;
 pub(crate) mod gateway;
+pub(crate) mod h2_idle;
 pub mod identity;
 pub(crate) mod jsonscan;
 pub mod logging;
@@ -53,6 +56,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod policy;
 pub(crate) mod ratelimit;
+pub(crate) mod refresh_share;
 pub(crate) mod reload;
 pub mod rewrite;
 pub(crate) mod routes;

@@ -63,8 +63,9 @@ pub const DIRECTIONS: [&str; 2] = ["downstream", "upstream"];
 pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 /// Routes a rate limit applies to (per client IP: tokens and starts; per conversation:
 /// activities and uploads).
-pub const RATE_LIMITED_ROUTES: [&str; 5] = [
+pub const RATE_LIMITED_ROUTES: [&str; 6] = [
     "tokens_generate",
+    "tokens_refresh",
     "conversations_start",
     "activities_post",
     "upload",
@@ -98,7 +99,7 @@ pub const TOKEN_RESUME_RESULTS: [&str; 5] = ["ok", "past_window", "gone", "unava
 /// `upstream_bodies_scrubbed_total`'s kinds (`rest`, `scrub`).
 pub const SCRUB_KINDS: [&str; 3] = ["error_replaced", "error_scrubbed", "success_scrubbed"];
 /// `client_timeouts_total`'s phases.
-pub const CLIENT_TIMEOUT_PHASES: [&str; 3] = ["first_request", "body", "upload"];
+pub const CLIENT_TIMEOUT_PHASES: [&str; 4] = ["first_request", "body", "upload", "http2_idle"];
 /// `stream_buffer_evictions_total`'s reasons (`stream::hub::Eviction`).
 pub const EVICTION_REASONS: [&str; 3] = ["frames", "conversation_bytes", "process_bytes"];
 /// `upstream_requests_total`'s status label: a class, or no answer at all.
@@ -189,6 +190,8 @@ pub struct Metrics {
     pub client_replays: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    /// tokens/refresh answered with the conversation's current upstream token, no call.
+    pub token_refreshes_shared: IntCounter,
     pub client_connections: IntGauge,
     /// Connections (WebSockets included) each worker thread serves, by worker number.
     pub worker_connections: IntGaugeVec,
@@ -473,9 +476,14 @@ impl Metrics {
             rate_limited: IntCounterVec::new(
                 Opts::new(
                     "rate_limited_total",
-                    "Requests refused with 429 by a rate limit, by route and bot (per client IP for tokens and conversation starts, per conversation for activities and uploads).",
+                    "Requests refused with 429 by a rate limit, by route and bot (per client IP for tokens and conversation starts, per conversation for activities and uploads, per conversation and per client IP for token refreshes).",
                 ),
                 &["route", "bot"],
+            )
+            .expect("valid metric"),
+            token_refreshes_shared: IntCounter::new(
+                "token_refreshes_shared_total",
+                "tokens/refresh calls answered with the upstream token another refresh of the same conversation had just obtained (no Direct Line call).",
             )
             .expect("valid metric"),
             client_connections: IntGauge::new(
@@ -699,6 +707,7 @@ impl Metrics {
             Box::new(self.client_replays.clone()),
             Box::new(self.config_reloads.clone()),
             Box::new(self.rate_limited.clone()),
+            Box::new(self.token_refreshes_shared.clone()),
             Box::new(self.client_connections.clone()),
             Box::new(self.worker_connections.clone()),
             Box::new(self.connections_refused.clone()),

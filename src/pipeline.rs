@@ -21,10 +21,10 @@ use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError};
+use crate::forwarded::{client_ip, client_key, forwarded_for_value};
 use crate::gateway::{Bot, Gateway};
 use crate::identity::SignedIn;
 use crate::metrics::status_class;
-use crate::ratelimit::client_ip;
 use crate::routes::context::RequestContext;
 use crate::routes::needs::{self, Bucket, Credential, Needs};
 use crate::routes::{activities, conversations, session, stream, tokens, upload};
@@ -47,8 +47,7 @@ impl Connection {
         Self {
             peer,
             local,
-            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_for: forwarded_for_value(peer),
             opened: Arc::default(),
         }
     }
@@ -70,6 +69,14 @@ impl Authorized {
         match self {
             Authorized::Token(token) | Authorized::Refresh(token, _) => Ok(token),
             Authorized::Nothing | Authorized::SignIn(_) => Err(GatewayError::Internal),
+        }
+    }
+
+    /// The conversation a `tokens/refresh` is for, which its bucket is keyed by.
+    fn refreshing(&self) -> Option<&str> {
+        match self {
+            Authorized::Refresh(token, _) => Some(&token.conversation_id),
+            _ => None,
         }
     }
 }
@@ -185,11 +192,11 @@ async fn run(
     // A sign-in is checked after its bucket (see `Credential::SignIn`), every other
     // credential before, so forged tokens cannot spend a real caller's rate.
     let authorized = if needs.credential == Credential::SignIn {
-        rate_limit(gateway, &endpoint, needs, ctx)?;
+        rate_limit(gateway, &endpoint, needs, ctx, None)?;
         authorize(&endpoint, needs, request.headers(), ctx).await?
     } else {
         let authorized = authorize(&endpoint, needs, request.headers(), ctx).await?;
-        rate_limit(gateway, &endpoint, needs, ctx)?;
+        rate_limit(gateway, &endpoint, needs, ctx, authorized.refreshing())?;
         authorized
     };
     dispatch(gateway, endpoint, authorized, request, ctx).await
@@ -276,14 +283,17 @@ async fn authorize(
 }
 
 /// Rate-limit: one token from the route's bucket, or 429 with a whole-second Retry-After.
+/// `refreshing` is the conversation of a `tokens/refresh`'s token.
 fn rate_limit(
     gateway: &Gateway,
     endpoint: &Endpoint,
     needs: Needs,
     ctx: &RequestContext,
+    refreshing: Option<&str>,
 ) -> Result<(), GatewayError> {
     let rates = &ctx.bot.settings.rate_limits;
     let now = Instant::now();
+    let client = client_key(ctx.client_ip, ctx.live.config.client_ipv6_prefix);
     let refused = match (needs.bucket, endpoint.conversation()) {
         (Bucket::None, _) => return Ok(()),
         // Before the key is built: it clones the conversation id.
@@ -291,7 +301,7 @@ fn rate_limit(
         (Bucket::Sessions, _) => {
             gateway
                 .session_limits
-                .check((ctx.bot.name.clone(), ctx.client_ip), rates.sessions, now)
+                .check((ctx.bot.name.clone(), client), rates.sessions, now)
         }
         (Bucket::Activities, Some(conversation)) => gateway.activity_limits.check_key(
             &(ctx.bot.name.clone(), conversation.clone()),
@@ -299,6 +309,27 @@ fn rate_limit(
             now,
         ),
         (Bucket::Activities, None) => return Err(GatewayError::Internal),
+        // Per conversation, then per client IP: a loop on one conversation and many
+        // conversations from one address are both cut off before they reach Direct Line.
+        (Bucket::Refresh, _) => {
+            let Some(conversation) = refreshing else {
+                return Err(GatewayError::Internal);
+            };
+            gateway
+                .refresh_limits
+                .check(
+                    (ctx.bot.name.clone(), conversation.to_owned()),
+                    rates.refresh,
+                    now,
+                )
+                .and_then(|()| {
+                    gateway.refresh_ip_limits.check(
+                        (ctx.bot.name.clone(), client),
+                        rates.refresh_per_ip,
+                        now,
+                    )
+                })
+        }
     };
     refused.map_err(|wait| {
         gateway
@@ -619,22 +650,6 @@ mod tests {
         assert_eq!(request_id(&sent), "trace-7");
         sent.insert("x-request-id", HeaderValue::from_static("has space"));
         assert_eq!(request_id(&sent).len(), 32);
-    }
-
-    #[test]
-    fn forwarded_for_is_the_peer_ip_without_its_port() {
-        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        for (peer, expected) in [
-            ("192.0.2.7:50123", "192.0.2.7"),
-            ("[2001:db8::1]:443", "2001:db8::1"),
-            (
-                "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1",
-                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            ),
-        ] {
-            let connection = Connection::new(peer.parse().unwrap(), local);
-            assert_eq!(connection.forwarded_for, expected);
-        }
     }
 
     #[test]

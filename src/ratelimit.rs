@@ -1,16 +1,13 @@
-//! Token buckets keyed by client IP (tokens/generate, starting conversations) or by
+//! Token buckets keyed by client (`forwarded::client_key`) (tokens/generate, starting conversations) or by
 //! conversation (POST activities, uploads). Sharded map, one short lock per check; buckets
 //! that have refilled are forgotten by a periodic sweep, so memory follows active callers.
 
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use http::HeaderMap;
 
-use crate::config::{IpNet, Rate};
-use crate::rewrite::is_trusted;
+use crate::config::Rate;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -84,36 +81,9 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
     }
 }
 
-/// The caller's address: the socket peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries further
-/// left were written by the client and prove nothing).
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    if !is_trusted(trusted, peer) {
-        return peer.ip();
-    }
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','))
-        .map(str::trim);
-    for hop in hops {
-        let Ok(ip) = hop.parse::<IpAddr>() else {
-            // A malformed hop: stop believing the chain at this point.
-            break;
-        };
-        if !trusted.iter().any(|net| net.contains(ip)) {
-            return ip;
-        }
-    }
-    peer.ip()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn rate(per_minute: u32, burst: u32) -> Rate {
         Rate { per_minute, burst }
@@ -160,25 +130,5 @@ mod tests {
         assert_eq!(limiter.len(), 2, "not refilled yet");
         limiter.sweep(now + Duration::from_secs(2), |_| Some(r));
         assert!(limiter.is_empty(), "refilled buckets are forgotten");
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxy: SocketAddr = "10.0.0.5:443".parse().unwrap();
-        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.7"),
-        );
-        assert_eq!(
-            client_ip(proxy, &headers, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap(),
-            "the right-most untrusted hop; the client-written 1.1.1.1 is ignored"
-        );
-        let stranger: SocketAddr = "198.51.100.1:5000".parse().unwrap();
-        assert_eq!(client_ip(stranger, &headers, &trusted), stranger.ip());
-        headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
-        assert_eq!(client_ip(proxy, &headers, &trusted), proxy.ip());
     }
 }

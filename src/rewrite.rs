@@ -5,7 +5,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use std::net::SocketAddr;
 use url::Url;
 
-use crate::config::{Config, IpNet};
+use crate::config::Config;
 use crate::endpoint::ConversationId;
 
 /// Characters escaped in a watermark query value: it is opaque (PROTOCOL §4.1) and may hold
@@ -50,15 +50,8 @@ pub fn public_ws_base(
         let path = public.path().trim_end_matches('/');
         return format!("{scheme}://{host}{port}{path}");
     }
-    let trusted = is_trusted(&config.trusted_proxies, peer);
-    let forwarded = |name: &str| -> Option<String> {
-        if !trusted {
-            return None;
-        }
-        let value = headers.get(name)?.to_str().ok()?;
-        let first = value.split(',').next()?.trim();
-        (!first.is_empty()).then(|| first.to_owned())
-    };
+    let forwarded =
+        |name: &str| crate::forwarded::trusted_header(&config.trusted_proxies, peer, headers, name);
     let scheme = match forwarded("x-forwarded-proto").as_deref() {
         Some("https") | Some("wss") => "wss",
         Some(_) => "ws",
@@ -76,10 +69,6 @@ pub fn public_ws_base(
         .filter(|h| is_host(h))
         .unwrap_or_else(|| local.to_string());
     format!("{scheme}://{host}")
-}
-
-pub fn is_trusted(proxies: &[IpNet], peer: SocketAddr) -> bool {
-    proxies.iter().any(|net| net.contains(peer.ip()))
 }
 
 /// A `Host` value we are willing to echo into a URL: a name or address with an optional port.
@@ -296,6 +285,7 @@ pub fn watermark_query(watermark: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IpNet;
 
     fn conv() -> ConversationId {
         ConversationId::parse("FBfSqjVTqId8YuZUagotOF-us").unwrap()

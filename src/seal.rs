@@ -251,6 +251,10 @@ pub struct ClientToken {
     /// Unix seconds; also the upstream token's own expiry.
     #[serde(rename = "x")]
     pub expires_at: u64,
+    /// Signed-in mode: the name the identity provider vouched for at sign-in (`name_claim`),
+    /// the only `from.name` the user's activities carry. Unused otherwise.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl fmt::Debug for ClientToken {
@@ -279,6 +283,9 @@ pub struct StreamTicket {
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub upstream_stream_url: Option<String>,
     /// Upstream conversation token, for reconnects under enhanced authentication.
+    /// The signed-in user's verified name, as in [`ClientToken::name`].
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(rename = "t")]
     pub upstream_token: String,
     /// Unix milliseconds when the ticket was minted.
@@ -317,6 +324,7 @@ mod tests {
             user_id: "dl_user".into(),
             upstream_token: "upstream-secret-token".into(),
             expires_at: 1_900_000_000,
+            name: None,
         }
     }
 

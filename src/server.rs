@@ -18,11 +18,12 @@ use tokio::task::JoinHandle;
 use crate::admission::{FirstRequest, IpSlot, PerIp, within_first_request};
 use crate::body::{self, Body};
 use crate::config::{Config, ConfigError, UpstreamTarget};
+use crate::forwarded::{client_key, is_trusted};
 use crate::gateway::Gateway;
+use crate::h2_idle;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Connection};
 use crate::reload::{BuildError, ReloadError, bot_names, build_live, check_reloadable};
-use crate::rewrite::is_trusted;
 use crate::secret::Secret;
 use crate::tls::ListenerTls;
 use crate::workers::{self, Placed, Workers};
@@ -155,9 +156,6 @@ pub async fn start_on(
     metrics.initialise(&bot_names(&live));
     metrics.initialise_workers(workers.count());
     let gateway = Gateway::new(live, metrics);
-    // Copilot Studio bots learn their Direct Line host before the first request; a failure
-    // is logged and retried by the loop below, never fatal.
-    crate::upstream::discovery::round(&gateway).await;
     let (stop, stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let client_task = tokio::spawn(serve_client(
@@ -170,6 +168,9 @@ pub async fn start_on(
     let admin_task = tokio::spawn(serve_admin(admin, gateway.clone(), admin_stopped));
     let mut background = vec![
         tokio::spawn(sweep_rate_limits(gateway.clone())),
+        // Copilot Studio bots learn their Direct Line host in the background, from the first
+        // moment: the gateway serves at once (their Direct Line routes answer 503 with
+        // Retry-After until it is known), so an environment that hangs delays nothing else.
         // Also for configurations without a Copilot Studio bot: a reload may add one.
         tokio::spawn(crate::upstream::discovery::run(gateway.clone())),
     ];
@@ -344,7 +345,7 @@ async fn serve_client(
                 // An upgraded connection leaves hyper's count and joins the WebSocket gauge.
                 let connections = &gateway.metrics.client_connections;
                 let open_now = connections.get() + gateway.metrics.open_client_sockets();
-                let (max_connections, max_per_ip, first_request_deadline, exempt) = {
+                let (max_connections, max_per_ip, first_request_deadline, exempt, client) = {
                     let live = gateway.live();
                     let limits = &live.config.limits;
                     (
@@ -352,6 +353,8 @@ async fn serve_client(
                         limits.max_connections_per_ip,
                         limits.header_read_timeout,
                         is_trusted(&live.config.trusted_proxies, peer),
+                        // One IPv6 client holds a whole prefix: capped as one.
+                        client_key(peer.ip(), live.config.client_ipv6_prefix),
                     )
                 };
                 if open_now >= max_connections {
@@ -360,7 +363,7 @@ async fn serve_client(
                     continue;
                 }
                 // Trusted proxies carry everyone's connections: counted, never capped.
-                let Some(ip_slot) = per_ip.admit(peer.ip(), if exempt { 0 } else { max_per_ip }) else {
+                let Some(ip_slot) = per_ip.admit(client, if exempt { 0 } else { max_per_ip }) else {
                     gateway.metrics.connections_refused_per_ip.inc();
                     drop(stream);
                     continue;
@@ -449,8 +452,15 @@ async fn serve_connection(
         .metrics
         .client_timeouts
         .with_label_values(&["first_request"]);
+    let idle_closed = gateway
+        .metrics
+        .client_timeouts
+        .with_label_values(&["http2_idle"]);
     let first_request = Arc::new(FirstRequest::default());
     let arrived = first_request.clone();
+    let idle_timeout = gateway.live().config.limits.http2_idle_timeout;
+    let streams = Arc::new(h2_idle::Streams::default());
+    let counted = streams.clone();
     // An upgraded WebSocket outlives this connection's task and keeps its places: under the
     // per-IP cap and in its worker's count.
     let placed = Arc::new(placed);
@@ -462,16 +472,26 @@ async fn serve_connection(
             extensions.insert(places.0.clone());
             extensions.insert(places.1.clone());
         }
+        // HTTP/1.1 connections are bounded by hyper's header timer; only HTTP/2 streams
+        // are counted (one reference-count increment per request).
+        let open = (request.version() == http::Version::HTTP_2).then(|| counted.open());
         let gateway = gateway.clone();
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, &connection).await) }
+        async move {
+            let response = pipeline::handle(&gateway, request, &connection).await;
+            Ok::<_, Infallible>(response.map(|body| h2_idle::Tracked::new(body, open)))
+        }
     });
     let _places = (ip_slot, placed);
     let ended = match tls {
         None => {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             within_first_request(
-                Box::pin(watcher.watch(connection.into_owned())),
+                Box::pin(h2_idle::close_when_idle(
+                    Box::pin(watcher.watch(connection.into_owned())),
+                    streams,
+                    idle_timeout,
+                )),
                 first_request,
                 first_request_deadline,
             )
@@ -496,7 +516,11 @@ async fn serve_connection(
                 };
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             within_first_request(
-                Box::pin(watcher.watch(connection.into_owned())),
+                Box::pin(h2_idle::close_when_idle(
+                    Box::pin(watcher.watch(connection.into_owned())),
+                    streams,
+                    idle_timeout,
+                )),
                 first_request,
                 first_request_deadline,
             )
@@ -505,10 +529,11 @@ async fn serve_connection(
     };
     match ended {
         None => timeouts.inc(),
-        Some(Err(error)) => {
+        Some(None) => idle_closed.inc(),
+        Some(Some(Err(error))) => {
             tracing::debug!(error = %error, "client connection ended with an error")
         }
-        Some(Ok(())) => {}
+        Some(Some(Ok(()))) => {}
     }
 }
 

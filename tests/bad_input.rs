@@ -122,6 +122,7 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
                     user_id: "dl_x".into(),
                     upstream_token: "x".into(),
                     expires_at: u64::MAX / 2,
+                    name: None,
                 },
             );
     let stream_path = |conversation: &Conversation| {
@@ -155,6 +156,7 @@ async fn every_bad_request_gets_its_answer_and_nothing_reaches_upstream() {
                 upstream_token: "x".into(),
                 issued_at_ms: 0,
                 from_start: false,
+                name: None,
                 expires_at: 1,
             },
         );

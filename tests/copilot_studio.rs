@@ -66,10 +66,33 @@ fn agent_config(emulator: &EmulatorHandle, secret: Option<&str>) -> Config {
     config
 }
 
+/// The gateway started in front of `emulator`, once its first discovery (if it discovers)
+/// has ended, well or not: it serves at once and discovers in the background, and these
+/// scenarios start from a known host (or a known failure).
 async fn gateway(emulator: EmulatorHandle, config: Config) -> Harness {
+    let discovers = config
+        .bots
+        .iter()
+        .any(|bot| bot.upstream == UpstreamTarget::Discovered);
     let running = start_gateway(config).await;
     let mut harness = Harness::attach_in_process(emulator, &running);
     harness.gateway = Some(running);
+    if discovers {
+        eventually("the first discovery ended", async || {
+            let metrics = harness.metrics().await;
+            ["ok", "unreachable", "refused", "invalid", "foreign_host"]
+                .iter()
+                .any(|result| {
+                    metric(
+                        &metrics,
+                        &format!(
+                            "directline_gateway_discoveries_total{{bot=\"default\",result=\"{result}\"}}"
+                        ),
+                    ) >= 1.0
+                })
+        })
+        .await;
+    }
     harness
 }
 

@@ -168,6 +168,7 @@ async fn refusals_never_reach_upstream() {
         user_id: "dl_x".into(),
         upstream_token: "x".into(),
         expires_at,
+        name: None,
     };
     // Past the default resume_window too, so even tokens/refresh refuses it
     // (tests/resume.rs covers refreshes inside the window).

@@ -393,6 +393,7 @@ async fn bad_tickets_are_refused_before_upgrade() {
             issued_at_ms: clock::unix_millis() - 120_000,
             expires_at: clock::unix_seconds() - 60,
             from_start: true,
+            name: None,
         },
     );
     let base = h.gateway().client_addr;

@@ -29,6 +29,7 @@ fn tracing_to(endpoint: &str) -> TracingConfig {
         export_interval: Duration::from_millis(50),
         export_timeout: Duration::from_secs(2),
         queue_size: 2048,
+        trust_incoming_context: true,
     }
 }
 
@@ -580,7 +581,7 @@ async fn the_binary_traces_from_its_config_file_and_logs_trace_ids() {
     let config = dir.write(
         "gateway.toml",
         &format!(
-            "upstream = \"embedded\"\n\n[tracing]\nendpoint = \"{}\"\nservice_name = \"from-the-file\"\nexport_interval = \"50ms\"\n",
+            "upstream = \"embedded\"\n\n[tracing]\nendpoint = \"{}\"\nservice_name = \"from-the-file\"\nexport_interval = \"50ms\"\ntrust_incoming_context = true\n",
             collector.endpoint
         ),
     );

@@ -191,6 +191,7 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 user_id: user_id.clone(),
                 upstream_token: upstream_token.clone(),
                 expires_at: *expires_at,
+                name: None,
             };
             let sealed = SEALER_B.seal(purpose, &claims);
             if sealed.len() > MAX_SEALED_LEN {
@@ -227,6 +228,7 @@ fn check_tamper(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 issued_at_ms: *issued_at_ms,
                 from_start: *from_start,
                 expires_at: *expires_at,
+                name: None,
             };
             let sealed = SEALER_B.seal(purpose, &claims);
             if sealed.len() > MAX_SEALED_LEN {

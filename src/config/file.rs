@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    pub client_ipv6_prefix: Option<u8>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
@@ -98,6 +99,10 @@ pub struct FileRateLimits {
     pub sessions_burst: Option<u32>,
     pub activities_per_minute: Option<u32>,
     pub activities_burst: Option<u32>,
+    pub refresh_per_minute: Option<u32>,
+    pub refresh_burst: Option<u32>,
+    pub refresh_per_ip_per_minute: Option<u32>,
+    pub refresh_per_ip_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +115,7 @@ pub struct FileLimits {
     pub max_url: Option<String>,
     pub max_headers: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub http2_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_header_count: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
@@ -168,4 +174,5 @@ pub struct FileTracing {
     pub export_interval: Option<String>,
     pub export_timeout: Option<String>,
     pub queue_size: Option<usize>,
+    pub trust_incoming_context: Option<bool>,
 }

@@ -104,6 +104,7 @@ impl Config {
             token_key_overlap,
             tls: tls(file.tls)?,
             trusted_proxies: trusted_proxies(&file.trusted_proxies)?,
+            client_ipv6_prefix: client_ipv6_prefix(file.client_ipv6_prefix)?,
             upstream_refresh_before: duration_or(
                 defaults.upstream_refresh_before,
                 "upstream_refresh_before",
@@ -407,6 +408,15 @@ fn workers(file: Option<usize>) -> Result<usize, ConfigError> {
     }
 }
 
+/// 1..=128 bits; unset: a /64, the block one IPv6 subscriber or host is given.
+fn client_ipv6_prefix(file: Option<u8>) -> Result<u8, ConfigError> {
+    match file {
+        None => Ok(64),
+        Some(bits @ 1..=128) => Ok(bits),
+        Some(_) => Err(invalid("client_ipv6_prefix", "must be 1 to 128")),
+    }
+}
+
 fn trusted_proxies(file: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     file.iter()
         .map(|t| IpNet::parse(t).ok_or_else(|| invalid("trusted_proxies", t.clone())))
@@ -451,6 +461,11 @@ fn limits(l: FileLimits) -> Result<Limits, ConfigError> {
         &mut limits.header_read_timeout,
         "limits.header_read_timeout",
         l.header_read_timeout,
+    )?;
+    set_duration(
+        &mut limits.http2_idle_timeout,
+        "limits.http2_idle_timeout",
+        l.http2_idle_timeout,
     )?;
 
     if let Some(max) = l.max_connections {
@@ -671,6 +686,18 @@ fn parse_rates(base: RateLimits, file: &FileRateLimits) -> Result<RateLimits, Co
             "rate_limits.activities_burst",
             file.activities_per_minute,
             file.activities_burst,
+        ),
+        (
+            &mut rates.refresh,
+            "rate_limits.refresh_burst",
+            file.refresh_per_minute,
+            file.refresh_burst,
+        ),
+        (
+            &mut rates.refresh_per_ip,
+            "rate_limits.refresh_per_ip_burst",
+            file.refresh_per_ip_per_minute,
+            file.refresh_per_ip_burst,
         ),
     ] {
         if let Some(per_minute) = per_minute {

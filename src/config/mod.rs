@@ -58,6 +58,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// An IPv6 client is counted (rate buckets, the per-IP connection cap) by this many
+    /// leading bits of its address: one user holds a whole /64.
+    pub client_ipv6_prefix: u8,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub stream: StreamConfig,
@@ -150,6 +153,10 @@ pub struct RateLimits {
     pub sessions: Rate,
     /// POST activities and uploads, per conversation.
     pub activities: Rate,
+    /// tokens/refresh, per conversation (each may call Direct Line with the bot's secret).
+    pub refresh: Rate,
+    /// tokens/refresh, per client IP (so many conversations cannot add up past it).
+    pub refresh_per_ip: Rate,
 }
 
 impl Default for RateLimits {
@@ -163,6 +170,16 @@ impl Default for RateLimits {
             activities: Rate {
                 per_minute: 600,
                 burst: 100,
+            },
+            // A page refreshes about once per token life and once per reload; a loop is cut
+            // off after a few, and the per-IP bucket leaves room for many users behind one NAT.
+            refresh: Rate {
+                per_minute: 6,
+                burst: 6,
+            },
+            refresh_per_ip: Rate {
+                per_minute: 120,
+                burst: 60,
             },
         }
     }
@@ -179,6 +196,9 @@ pub struct Limits {
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    /// An HTTP/2 connection with no open stream this long is closed (zero: never), as an
+    /// idle HTTP/1.1 one is at `header_read_timeout`.
+    pub http2_idle_timeout: Duration,
     /// Open client connections (HTTP and WebSocket) on this replica; more are closed at accept.
     pub max_connections: usize,
     /// Request header fields per request (431 beyond: by the HTTP/1.1 parser, and for
@@ -268,6 +288,7 @@ impl Default for Config {
             token_key_overlap: Duration::from_secs(3600),
             tls: None,
             trusted_proxies: Vec::new(),
+            client_ipv6_prefix: 64,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             stream: StreamConfig::default(),
@@ -318,6 +339,7 @@ impl Default for Limits {
             max_url_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            http2_idle_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             max_header_count: 100,
             // A tenth of the replica: one host (a NATed office may be hundreds of users with

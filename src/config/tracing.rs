@@ -39,6 +39,10 @@ pub struct TracingConfig {
     pub export_timeout: Duration,
     /// Ended spans waiting to be sent; past it new spans are dropped and counted.
     pub queue_size: usize,
+    /// Continue a caller's `traceparent` (its trace, its sampling decision). Off: every
+    /// request starts a new trace (sampled by `sampling_ratio`) that links the caller's,
+    /// since any client could otherwise force recording or pick the trace its spans join.
+    pub trust_incoming_context: bool,
 }
 
 /// The section, with the environment filling what the file leaves unset: explicit
@@ -138,6 +142,7 @@ pub fn section(
         export_interval,
         export_timeout,
         queue_size,
+        trust_incoming_context: file.trust_incoming_context.unwrap_or(false),
     }))
 }
 

@@ -171,6 +171,8 @@ struct Cache {
     keys: HashMap<String, Arc<Key>>,
     fresh_until: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// Fetches failed in a row while no key was cached: they set the short backoff.
+    failures_while_empty: u32,
     /// From discovery, kept once found.
     jwks_url: Option<Url>,
 }
@@ -259,9 +261,18 @@ impl KeySet {
     }
 
     fn may_fetch(&self, now: Instant) -> bool {
-        self.cache()
+        let cache = self.cache();
+        // With no key at all every sign-in fails: retry soon (1 s, 2 s, 4 s … up to the
+        // cooldown), so an issuer that was briefly down at start is used once it is back.
+        // With keys, only unknown `kid`s wait, and the cooldown bounds what they cost it.
+        let wait = if cache.keys.is_empty() {
+            empty_backoff(cache.failures_while_empty).min(self.limits.jwks_cooldown)
+        } else {
+            self.limits.jwks_cooldown
+        };
+        cache
             .last_attempt
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.limits.jwks_cooldown)
+            .is_none_or(|last| now.saturating_duration_since(last) >= wait)
     }
 
     /// One fetch, unless another caller's fetch ran within the cooldown (then waiting for
@@ -289,9 +300,16 @@ impl KeySet {
                 let mut cache = self.cache();
                 cache.keys = keys;
                 cache.fresh_until = Some(Instant::now() + ttl);
+                cache.failures_while_empty = 0;
             }
             Err(error) => {
-                let cached = self.cache().keys.len();
+                let cached = {
+                    let mut cache = self.cache();
+                    if cache.keys.is_empty() {
+                        cache.failures_while_empty = cache.failures_while_empty.saturating_add(1);
+                    }
+                    cache.keys.len()
+                };
                 tracing::warn!(bot = %self.bot, issuer = %self.issuer, cached, %error, "identity provider keys could not be fetched; the cached keys stay");
             }
         }
@@ -437,6 +455,11 @@ impl KeySet {
 }
 
 /// `max-age` of `Cache-Control`; `no-store`/`no-cache` count as 0 (then the minimum).
+/// The wait after `failures` failed fetches in a row with no key cached: 1 s, 2 s, 4 s …
+fn empty_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.saturating_sub(1).min(6))
+}
+
 fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
     let mut found = None;
     for directive in headers
@@ -528,6 +551,12 @@ mod tests {
         ] {
             assert_eq!(Key::from_jwk(&entry).err(), Some(why), "{entry}");
         }
+    }
+
+    #[test]
+    fn an_empty_cache_retries_with_a_growing_backoff() {
+        let waits: Vec<u64> = (1..=8).map(|n| empty_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 64]);
     }
 
     #[test]

@@ -178,9 +178,15 @@ pub async fn post_activity(
         ctx,
     )
     .await?;
-    let mut body = activity_body::bind_sender_with_mode(
+    let name = if ctx.bot.identity.is_some() {
+        activity_body::SenderName::Verified(token.name.as_deref())
+    } else {
+        activity_body::SenderName::Caller
+    };
+    let mut body = activity_body::bind_sender_as(
         &bytes,
         &token.user_id,
+        name,
         ctx.bot.settings.delivery_mode.default_for_activities(),
     )?;
     if let Some(policy) = &ctx.bot.policy {

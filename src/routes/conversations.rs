@@ -197,6 +197,7 @@ fn conversation_response(
             bot: token.bot.clone(),
             conversation_id: conversation.to_string(),
             user_id: token.user_id.clone(),
+            name: token.name.clone(),
             watermark: watermark.or(url_watermark),
             upstream_stream_url: Some(upstream_url),
             upstream_token: token.upstream_token.clone(),

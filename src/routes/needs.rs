@@ -32,6 +32,8 @@ pub enum Bucket {
     Sessions,
     /// Per bot and conversation: posting activities and uploads.
     Activities,
+    /// Per bot and conversation (the token's), and per bot and client IP: tokens/refresh.
+    Refresh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,7 @@ pub fn of(endpoint: &Endpoint) -> Needs {
             origin_checked: true,
             ..Needs::new(Token, Sessions)
         },
-        Endpoint::TokensRefresh => Needs::new(RefreshableToken, Bucket::None),
+        Endpoint::TokensRefresh => Needs::new(RefreshableToken, Bucket::Refresh),
         Endpoint::Reconnect(_) | Endpoint::GetActivities(_) => {
             Needs::new(ConversationToken, Bucket::None)
         }

@@ -20,6 +20,7 @@ use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::identity::SignedIn;
+use crate::refresh_share::{Fresh, Source};
 use crate::seal::{ClientToken, Purpose};
 use crate::upstream::call::{Answer, Credential};
 
@@ -103,6 +104,8 @@ pub async fn generate_token(
         user_id,
         upstream_token: upstream_token.to_owned(),
         expires_at: clock::unix_seconds().saturating_add(expires_in),
+        // Kept so every later activity of a signed-in user carries only this name.
+        name: signed_in.as_ref().and_then(|s| s.name.clone()),
     };
     gateway
         .metrics
@@ -135,9 +138,13 @@ pub async fn refresh_token(
         // The Direct Line token inside expired with it; the conversation lives on upstream,
         // and the secret can reconnect to it (PROTOCOL §3). The sealed token is the proof that
         // the caller owned it.
-        match resume_expired(gateway, &mut token, ctx).await {
-            Ok(Ok(())) => resumes("ok", ctx),
-            Ok(Err(refused)) => {
+        match current_upstream_token(gateway, ctx, &token, true).await {
+            Ok(fresh) => {
+                resumes("ok", ctx);
+                token.upstream_token = fresh.upstream_token;
+                token.expires_at = fresh.expires_at;
+            }
+            Err(Refused::Answer(refused)) => {
                 resumes(
                     if refused.status() == StatusCode::NOT_FOUND {
                         "gone"
@@ -148,7 +155,7 @@ pub async fn refresh_token(
                 );
                 return Ok(refused);
             }
-            Err(error) => {
+            Err(Refused::Error(error)) => {
                 resumes(
                     if error == GatewayError::ResumeUnavailable {
                         "unavailable"
@@ -163,29 +170,13 @@ pub async fn refresh_token(
     } else if token.expires_at.saturating_sub(now)
         < ctx.live.config.upstream_refresh_before.as_secs()
     {
-        let timeout = ctx.live.config.timeouts.default;
-        let reply = ctx
-            .upstream(
-                Method::POST,
-                "/v3/directline/tokens/refresh",
-                Credential::Token(&token.upstream_token),
-                timeout,
-            )
-            .send(&gateway.metrics)
-            .await?;
-        ctx.saw(&reply);
-        let sent = &token.upstream_token;
-        let json = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
-            Ok((_, json)) => json,
-            Err(error_response) => return Ok(error_response),
-        };
-        let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
-        token.upstream_token = fresh.to_owned();
-        token.expires_at = now.saturating_add(upstream_lifetime(gateway, ctx, &json));
-        if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
-            gateway
-                .hubs
-                .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
+        match current_upstream_token(gateway, ctx, &token, false).await {
+            Ok(fresh) => {
+                token.upstream_token = fresh.upstream_token;
+                token.expires_at = fresh.expires_at;
+            }
+            Err(Refused::Answer(refused)) => return Ok(refused),
+            Err(Refused::Error(error)) => return Err(error),
         }
     }
     gateway
@@ -201,21 +192,100 @@ pub async fn refresh_token(
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// Why no fresh upstream token: Direct Line's own refusal (the client's answer), or ours.
+enum Refused {
+    Answer(Response<Body>),
+    Error(GatewayError),
+}
+
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Self {
+        Refused::Error(error)
+    }
+}
+
+/// The conversation's current upstream token: the one another refresh of it obtained, while
+/// that is not near its end, else one upstream call shared by every refresh of the
+/// conversation waiting meanwhile (`refresh_share`). `expired`: the caller's token is past
+/// its life (a durable resume, with the secret), else near its end (a refresh with it).
+async fn current_upstream_token(
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+    token: &ClientToken,
+    expired: bool,
+) -> Result<Fresh, Refused> {
+    let refresh_before = ctx.live.config.upstream_refresh_before.as_secs();
+    let key = (
+        ctx.bot.name.clone(),
+        token.conversation_id.clone(),
+        token.user_id.clone(),
+    );
+    let (fresh, source) = gateway
+        .refreshes
+        .get(
+            key,
+            |fresh| fresh.reusable(clock::unix_seconds(), refresh_before),
+            async || {
+                if expired {
+                    resume_expired(gateway, token, ctx).await
+                } else {
+                    refresh_upstream(gateway, token, ctx).await
+                }
+            },
+        )
+        .await?;
+    if source == Source::Shared {
+        gateway.metrics.token_refreshes_shared.inc();
+    }
+    Ok(fresh)
+}
+
+/// `tokens/refresh` upstream with the conversation's live token (never the secret).
+async fn refresh_upstream(
+    gateway: &Gateway,
+    token: &ClientToken,
+    ctx: &mut RequestContext,
+) -> Result<Fresh, Refused> {
+    let timeout = ctx.live.config.timeouts.default;
+    let reply = ctx
+        .upstream(
+            Method::POST,
+            "/v3/directline/tokens/refresh",
+            Credential::Token(&token.upstream_token),
+            timeout,
+        )
+        .send(&gateway.metrics)
+        .await?;
+    ctx.saw(&reply);
+    let sent = &token.upstream_token;
+    let json = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
+        Ok((_, json)) => json,
+        Err(error_response) => return Err(Refused::Answer(error_response)),
+    };
+    let fresh = fresh_from(gateway, ctx, &json)?;
+    if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
+        gateway
+            .hubs
+            .adopt_upstream_token(&ctx.bot.name, &conversation, &fresh.upstream_token);
+    }
+    Ok(fresh)
+}
+
 /// A fresh upstream token for an expired gateway token's conversation, from a reconnect
 /// GET with the secret. Under enhanced authentication that GET needs a live conversation
 /// token, which an expired one is not: nothing can resume then. Direct Line's refusals
 /// (404 for a conversation it no longer knows) come back as the client's answer.
 async fn resume_expired(
     gateway: &Gateway,
-    token: &mut ClientToken,
+    token: &ClientToken,
     ctx: &mut RequestContext,
-) -> Result<Result<(), Response<Body>>, GatewayError> {
+) -> Result<Fresh, Refused> {
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if ctx.bot.secret.is_none() {
         // A Copilot Studio token endpoint's bot has no secret, and a dead token cannot
         // reconnect: nothing can bring the conversation back.
-        return Err(GatewayError::ResumeUnavailable);
+        return Err(GatewayError::ResumeUnavailable.into());
     }
     let timeout = ctx.live.config.timeouts.default;
     let path = format!("/v3/directline/conversations/{conversation}");
@@ -228,24 +298,37 @@ async fn resume_expired(
     if parts.status == StatusCode::BAD_REQUEST
         && crate::upstream::body::error_code(&bytes).as_deref() == Some("MissingProperty")
     {
-        return Err(GatewayError::ResumeUnavailable);
+        return Err(GatewayError::ResumeUnavailable.into());
     }
-    let sent = token.upstream_token.clone();
+    let sent = &token.upstream_token;
     let answer = Answer::Read(parts, bytes);
-    let json = match read_json_or_error(gateway, ctx, answer, timeout, &sent).await? {
+    let json = match read_json_or_error(gateway, ctx, answer, timeout, sent).await? {
         Ok((_, json)) => json,
-        Err(refused) => return Ok(Err(refused)),
+        Err(refused) => return Err(Refused::Answer(refused)),
     };
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::UpstreamInvalid.into());
     }
-    let fresh = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
-    token.upstream_token = fresh.to_owned();
-    token.expires_at = clock::unix_seconds().saturating_add(upstream_lifetime(gateway, ctx, &json));
+    let fresh = fresh_from(gateway, ctx, &json)?;
     gateway
         .hubs
-        .adopt_upstream_token(&ctx.bot.name, &conversation, &token.upstream_token);
-    Ok(Ok(()))
+        .adopt_upstream_token(&ctx.bot.name, &conversation, &fresh.upstream_token);
+    Ok(fresh)
+}
+
+/// The token and its (clamped) life from an upstream answer.
+fn fresh_from(
+    gateway: &Gateway,
+    ctx: &RequestContext,
+    json: &Map<String, Value>,
+) -> Result<Fresh, GatewayError> {
+    let upstream_token = json_str(json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    let obtained_at = clock::unix_seconds();
+    Ok(Fresh {
+        upstream_token: upstream_token.to_owned(),
+        obtained_at,
+        expires_at: obtained_at.saturating_add(upstream_lifetime(gateway, ctx, json)),
+    })
 }
 
 /// Property names in TokenParameters match case-insensitively (PROTOCOL §1.2).

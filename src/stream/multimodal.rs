@@ -77,7 +77,7 @@ pub async fn bridge(
         return;
     };
     // Copied out: the bridge holds no settings handle, a reload applies to the next socket.
-    let Some((max_activity, rate, policy, delivery_mode)) = ({
+    let Some((max_activity, rate, policy, delivery_mode, signed_in)) = ({
         let live = gateway.live();
         live.bot(&ticket.bot).map(|bot| {
             (
@@ -85,6 +85,7 @@ pub async fn bridge(
                 bot.settings.rate_limits.activities,
                 bot.policy.clone(),
                 bot.settings.delivery_mode.default_for_activities(),
+                bot.identity.is_some(),
             )
         })
     }) else {
@@ -130,9 +131,15 @@ pub async fn bridge(
                                 .inc();
                             break Some(RATE_LIMITED);
                         }
-                        let bound = match activity_body::bind_sender_with_mode(
+                        let name = if signed_in {
+                            activity_body::SenderName::Verified(ticket.name.as_deref())
+                        } else {
+                            activity_body::SenderName::Caller
+                        };
+                        let bound = match activity_body::bind_sender_as(
                             text.as_bytes(),
                             &ticket.user_id,
+                            name,
                             delivery_mode,
                         ) {
                             Ok(bound) => bound,

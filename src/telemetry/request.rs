@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, Status, TraceContextExt, TraceId, TraceState, Tracer as _,
+};
 use opentelemetry::{Context, KeyValue};
 
 use super::setup::Telemetry;
@@ -38,9 +40,18 @@ pub struct Finish<'a> {
 /// Reads only the two W3C headers; the propagator asks for nothing else.
 struct W3cHeaders<'a>(&'a HeaderMap);
 
+/// The longest `tracestate` taken from a caller (W3C Trace Context asks vendors to pass on
+/// at least 512 characters); a longer one is dropped whole rather than copied into every
+/// span and held in the export queue.
+const MAX_TRACESTATE: usize = 512;
+
 impl Extractor for W3cHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        let value = self.0.get(key)?;
+        if key == "tracestate" && value.len() > MAX_TRACESTATE {
+            return None;
+        }
+        value.to_str().ok()
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -57,19 +68,45 @@ impl Telemetry {
         let caller = self
             .propagator
             .extract_with_context(&Context::new(), &W3cHeaders(headers));
-        let continued = caller.span().span_context().is_valid();
-        let span = self
+        let valid = caller.span().span_context().is_valid();
+        let builder = self
             .tracer
             .span_builder(method_name(method))
             .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("http.request.method", method_value(method))])
-            .start_with_context(&self.tracer, &caller);
+            .with_attributes([KeyValue::new("http.request.method", method_value(method))]);
+        if self.trust_incoming_context {
+            let span = builder.start_with_context(&self.tracer, &caller);
+            return RequestTrace {
+                scope: Arc::new(Scope {
+                    telemetry: self.clone(),
+                    cx: caller.with_span(span),
+                }),
+                continued: valid,
+            };
+        }
+        // Untrusted: a new trace, sampled by our ratio; the caller's span only as a link
+        // (without its tracestate), so its trace can still be found.
+        let builder = if valid {
+            let linked = caller.span().span_context().clone();
+            let linked = SpanContext::new(
+                linked.trace_id(),
+                linked.span_id(),
+                linked.trace_flags(),
+                linked.is_remote(),
+                TraceState::default(),
+            );
+            builder.with_links(vec![Link::with_context(linked)])
+        } else {
+            builder
+        };
+        let root = Context::new();
+        let span = builder.start_with_context(&self.tracer, &root);
         RequestTrace {
             scope: Arc::new(Scope {
                 telemetry: self.clone(),
-                cx: caller.with_span(span),
+                cx: root.with_span(span),
             }),
-            continued,
+            continued: false,
         }
     }
 }

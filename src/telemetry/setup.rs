@@ -19,6 +19,7 @@ pub struct Telemetry {
     pub(super) propagator: TraceContextPropagator,
     pub(super) propagate_upstream: bool,
     pub(super) include_conversation_ids: bool,
+    pub(super) trust_incoming_context: bool,
 }
 
 impl Telemetry {
@@ -40,6 +41,7 @@ impl Telemetry {
                     propagator: TraceContextPropagator::new(),
                     propagate_upstream: config.propagate_upstream,
                     include_conversation_ids: config.include_conversation_ids,
+                    trust_incoming_context: config.trust_incoming_context,
                 }))
             }
             Err(error) => {

@@ -1,6 +1,7 @@
 //! Discovering a Copilot Studio agent's Direct Line host (ARCHITECTURE §10): `GET
 //! {environment}/powervirtualagents/regionalchannelsettings?api-version=…` names it in
-//! `channelUrlsById.directline`. Done at start, for a bot a reload added or changed, every
+//! `channelUrlsById.directline`. Done in the background from start (the gateway does not
+//! wait for it), for a bot a reload added or changed, every
 //! [`REDISCOVER_EVERY`](super::base::REDISCOVER_EVERY), and after the host stopped
 //! answering. The answer is hostile until checked: bounded, and only a Direct Line host form
 //! the gateway accepts is used (never an arbitrary URL), so stream URL pinning then pins to
@@ -41,8 +42,8 @@ pub enum Unusable {
 /// Runs discoveries as they fall due, for as long as the gateway runs.
 pub async fn run(gateway: Arc<Gateway>) {
     loop {
-        tokio::time::sleep(POLL).await;
         round(&gateway).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -167,15 +168,23 @@ async fn ask(live: &Live, bot: &Bot, path: &str, gateway: &Gateway) -> Result<Ur
         .await
         .map_err(Failure::Unreachable)?;
     let body = body.ok_or(Failure::Invalid(Unusable::Invalid))?;
-    directline_base(&body).map_err(Failure::Invalid)
+    // A loopback Direct Line host is a test set-up (the emulator); from an environment that
+    // is not itself on loopback it can only be an answer meant to aim the secret elsewhere.
+    let loopback_allowed = bot
+        .environment
+        .as_deref()
+        .and_then(|environment| environment.endpoint.url().host_str())
+        .is_some_and(is_loopback);
+    directline_base(&body, loopback_allowed).map_err(Failure::Invalid)
 }
 
 /// The Direct Line base named by a regional channel settings answer
 /// (`{"channelUrlsById": {"directline": "https://europe.directline.botframework.com/"}}`),
 /// if it is one the gateway accepts: https to `directline.botframework.com`, `…azure.us`
 /// or `…azure.cn` or one region label below them, on the default port, with no path,
-/// query, fragment or user; or (tests, the emulator) http(s) to a loopback address.
-pub fn directline_base(body: &[u8]) -> Result<Url, Unusable> {
+/// query, fragment or user; or, when `loopback_allowed` (the token endpoint is itself on
+/// loopback: tests, the emulator), http(s) to a loopback address.
+pub fn directline_base(body: &[u8], loopback_allowed: bool) -> Result<Url, Unusable> {
     let json: serde_json::Value = serde_json::from_slice(body).map_err(|_| Unusable::Invalid)?;
     let urls = json
         .get("channelUrlsById")
@@ -206,8 +215,10 @@ pub fn directline_base(body: &[u8]) -> Result<Url, Unusable> {
         return Err(foreign());
     }
     let accepted = match url.scheme() {
-        "https" if url.port().is_none() => is_directline_host(&host) || is_loopback(&host),
-        "https" | "http" => is_loopback(&host),
+        "https" if url.port().is_none() => {
+            is_directline_host(&host) || (loopback_allowed && is_loopback(&host))
+        }
+        "https" | "http" => loopback_allowed && is_loopback(&host),
         _ => false,
     };
     if !accepted {
@@ -292,9 +303,37 @@ mod tests {
             "http://127.0.0.1:3978/",
             "http://localhost:1/",
         ] {
-            let base = directline_base(&answer(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+            let base =
+                directline_base(&answer(good), true).unwrap_or_else(|e| panic!("{good}: {e}"));
             assert!(matches!(base.path(), "/" | ""), "{good}");
         }
+    }
+
+    /// A loopback host is taken only from an environment that is itself on loopback: from
+    /// a real one, `http://127.0.0.1:<port>/` would be dialled with the secret.
+    #[test]
+    fn a_loopback_host_is_refused_unless_the_token_endpoint_is_on_loopback() {
+        for loopback in [
+            "http://127.0.0.1:3978/",
+            "http://localhost:1/",
+            "https://127.0.0.1/",
+            "http://[::1]:80/",
+        ] {
+            assert!(
+                matches!(
+                    directline_base(&answer(loopback), false),
+                    Err(Unusable::ForeignHost(_))
+                ),
+                "{loopback}"
+            );
+        }
+        assert!(
+            directline_base(
+                &answer("https://europe.directline.botframework.com/"),
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -315,7 +354,10 @@ mod tests {
         ];
         for bad in foreign {
             assert!(
-                matches!(directline_base(&answer(bad)), Err(Unusable::ForeignHost(_))),
+                matches!(
+                    directline_base(&answer(bad), true),
+                    Err(Unusable::ForeignHost(_))
+                ),
                 "{bad}"
             );
         }
@@ -329,7 +371,7 @@ mod tests {
             answer(&long),
         ] {
             assert_eq!(
-                directline_base(&invalid),
+                directline_base(&invalid, true),
                 Err(Unusable::Invalid),
                 "{}",
                 String::from_utf8_lossy(&invalid)
