@@ -95,7 +95,7 @@ pub const NO_HOST: &str = "none";
 /// `stream_catch_up`: the REST pages a client or a hub catches up with;
 /// `stream_token_refresh`: a hub keeping a secretless bot's token alive; `discovery`: a
 /// Copilot Studio environment's regional settings).
-pub const UPSTREAM_ROUTES: [&str; 11] = [
+pub const UPSTREAM_ROUTES: [&str; 12] = [
     "tokens_generate",
     "tokens_refresh",
     "conversations_start",
@@ -107,6 +107,8 @@ pub const UPSTREAM_ROUTES: [&str; 11] = [
     "stream_catch_up",
     "stream_token_refresh",
     "discovery",
+    // The secret's check at start and after each reload (`upstream::credential`).
+    "credential_check",
 ];
 /// Client routes with the method each is called with (preflight and the rest return 4xx
 /// for other methods, counted as they come).
@@ -178,6 +180,9 @@ pub struct Metrics {
     /// Tracing (issue 21): spans the collector accepted, and spans lost by reason.
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
+    /// Answers 401/403 from Direct Line to a call carrying a bot's secret (issue 29): a
+    /// wrong or revoked secret, counted per bot.
+    pub upstream_credential_refusals: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -521,6 +526,14 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            upstream_credential_refusals: IntCounterVec::new(
+                Opts::new(
+                    "upstream_credential_refusals_total",
+                    "Answers 401 or 403 from Direct Line to a call made with the bot's secret (the start-up and reload check, and normal traffic): the secret is wrong or revoked, and /readyz answers 503 until a call with it succeeds.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -570,6 +583,7 @@ impl Metrics {
             Box::new(self.discovered_upstream.clone()),
             Box::new(self.trace_spans_exported.clone()),
             Box::new(self.trace_spans_dropped.clone()),
+            Box::new(self.upstream_credential_refusals.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -658,6 +672,7 @@ impl Metrics {
                 self.discoveries.with_label_values(&[bot, result]);
             }
             self.discovered_upstream.with_label_values(&[bot, NO_HOST]);
+            self.upstream_credential_refusals.with_label_values(&[bot]);
         }
         for (route, _) in CLIENT_ROUTES {
             self.http_duration.with_label_values(&[route]);

@@ -209,6 +209,7 @@ fn build_bot(
         upstream,
         identity,
         environment,
+        credential: Default::default(),
     }))
 }
 

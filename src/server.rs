@@ -158,6 +158,10 @@ pub async fn start_on(
     // Copilot Studio bots learn their Direct Line host before the first request; a failure
     // is logged and retried by the loop below, never fatal.
     crate::upstream::discovery::round(&gateway).await;
+    // Each bot's secret, before the listeners answer: with a wrong one /readyz is 503 from
+    // the first probe. Bounded; an upstream that does not answer is checked in the background.
+    let bound = gateway.live().config.timeouts.connect + gateway.live().config.timeouts.default;
+    crate::upstream::credential::check_all(&gateway, bound).await;
     let (stop, stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let client_task = tokio::spawn(serve_client(
@@ -217,6 +221,12 @@ impl Running {
                     .hubs
                     .close_removed_bots(|bot| names.iter().any(|n| &**n == bot));
                 tracing::info!(bots = names.len(), "configuration reloaded");
+                // The secrets again (each reloaded bot starts unjudged), in the background:
+                // the reload itself never waits on Direct Line.
+                let gateway = self.gateway.clone();
+                tokio::spawn(async move {
+                    crate::upstream::credential::check_all(&gateway, Duration::ZERO).await;
+                });
                 Ok(())
             }
             Err(error) => {
@@ -531,8 +541,9 @@ async fn serve_admin(
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` (serving and not draining; deliberately not
-/// tied to Direct Line reachability, so an upstream outage restarts nothing), `/metrics`.
+/// `/healthz` (the process answers), `/readyz` (serving, not draining, and no bot's secret
+/// refused by Direct Line; deliberately not tied to Direct Line reachability, so an
+/// upstream outage takes no replica out of service), `/metrics`.
 fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
     let (status, content_type, text) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -541,7 +552,17 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
             "text/plain",
             "draining\n".to_owned(),
         ),
-        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" => match gateway.refused_credentials().as_slice() {
+            [] => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            refused => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!(
+                    "Direct Line refuses the secret of bot {}\n",
+                    refused.join(", ")
+                ),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
