@@ -326,11 +326,12 @@ async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_sess
     let reply = h.send(request).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers["x-request-id"], "caller-request-0001");
+    // The last one: the gateway's own check of the secret at start came first.
     let upstream = h
         .emulator
         .requests()
         .into_iter()
-        .find(|r| r.path == "/v3/directline/tokens/generate")
+        .rfind(|r| r.path == "/v3/directline/tokens/generate")
         .unwrap();
     assert_eq!(upstream.request_id.as_deref(), Some("caller-request-0001"));
 
@@ -373,6 +374,28 @@ async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_sess
             "an access line for {route}"
         );
     }
+    // Every line the process wrote is JSON: the start-up banner is an event with the
+    // version, the listeners, the bots and their upstreams, and stdout holds nothing else.
+    for line in gateway.stdout.lock().unwrap().iter() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON on stdout: {line}"
+        );
+    }
+    let banner = lines
+        .iter()
+        .find(|l| l["message"] == "gateway listening")
+        .expect("the banner event");
+    assert_eq!(banner["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(banner["listen"], gateway.base.as_str());
+    assert_eq!(banner["bots"][0]["name"], "default");
+    assert_eq!(
+        banner["bots"][0]["domain"],
+        format!("{}/v3/directline", gateway.base)
+    );
+    let upstream = format!("{}/", h.emulator.base_url().trim_end_matches('/'));
+    assert_eq!(banner["bots"][0]["upstream"], upstream.as_str());
+    assert_eq!(banner["upstreams"][0], upstream.as_str());
     let session = lines.iter().find(|l| l["target"] == "session").unwrap();
     assert!(session["duration_ms"].is_u64());
     assert_eq!(session["activities"], 2);

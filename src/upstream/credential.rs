@@ -19,12 +19,17 @@ const CHECK_PATH: &str = "/v3/directline/tokens/generate";
 /// Copilot Studio host not discovered yet): doubling from the first, up to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// While Direct Line refuses the secret, it is asked again this often: a refusal that was
+/// Direct Line's mistake heals by itself, and the refusal counter keeps rising while the
+/// pod, unready, gets no traffic that would count it (what the alert rule relies on).
+const RECHECK_REFUSED: Duration = Duration::from_secs(60);
 
 /// Checks every bot of the current settings that holds a secret (not an embedded
 /// emulator's, which the gateway made itself). Waits, at most `bound`, for each first
-/// answer, so a gateway that starts with a wrong secret is unready from its first probe;
-/// undecided checks go on in the background until they get an answer about the secret or
-/// a reload replaces their bot.
+/// answer, so a gateway that starts with a wrong secret is unready from its first probe.
+/// The checks go on in the background until Direct Line accepts the secret (a refused one
+/// is asked again every minute, an unanswered one with backoff) or a reload replaces their
+/// bot.
 pub async fn check_all(gateway: &Arc<Gateway>, bound: Duration) {
     let bots: Vec<Arc<Bot>> = gateway
         .live()
@@ -75,23 +80,25 @@ async fn check(gateway: Weak<Gateway>, bot: Arc<Bot>, answered: oneshot::Sender<
             timeout,
             limit,
         );
-        // The call path judged the answer already (`call::judge_secret`); here only
-        // whether it was one about the secret.
-        let decided = match call.send(&gateway.metrics).await {
-            Ok(reply) => {
-                let status = reply.answer.status();
-                status.is_success() || matches!(status.as_u16(), 401 | 403)
-            }
-            Err(_) => false,
+        // The call path judged the answer already (`call::judge_secret`); here only what
+        // to do next.
+        let status = match call.send(&gateway.metrics).await {
+            Ok(reply) => Some(reply.answer.status()),
+            Err(_) => None,
         };
         if let Some(answered) = answered.take() {
             let _ = answered.send(());
         }
-        if decided {
-            return;
-        }
         drop(gateway);
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RETRY_MAX);
+        let wait = match status {
+            Some(status) if status.is_success() => return,
+            Some(status) if matches!(status.as_u16(), 401 | 403) => RECHECK_REFUSED,
+            _ => {
+                let wait = delay;
+                delay = (delay * 2).min(RETRY_MAX);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
