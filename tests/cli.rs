@@ -483,3 +483,92 @@ fn json_mode_failures_are_json_too() {
             .starts_with("configuration OK")
     );
 }
+
+/// The signed-in demo as documented: the emulator with its test issuer, a gateway with
+/// `[auth]` naming it, a token from `/demo/token`: tokens/generate answers 200 with it and
+/// 401 without. The issuer only listens on loopback.
+#[test]
+fn the_signed_in_demo_runs_from_two_commands() {
+    assert_eq!(
+        run_bounded(&["emulator", "--issuer-listen", "0.0.0.0:0"], &[]).0,
+        64,
+        "the demo issuer is loopback only"
+    );
+    let mut emulator = Command::new(BIN)
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--issuer-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DIRECTLINE_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("emulator starts");
+    let mut lines = BufReader::new(emulator.stdout.take().unwrap()).lines();
+    let mut next_url = || {
+        let line = lines.next().unwrap().unwrap();
+        line.split(' ')
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("an address in {line}"))
+            .to_owned()
+    };
+    let (upstream, issuer) = (next_url(), next_url());
+    let dir = support::process::TempDir::new("cli-signed-in");
+    let config = dir.write(
+        "signed-in.toml",
+        &format!(
+            "upstream = \"{upstream}\"\n[auth]\nissuer = \"{issuer}\"\naudience = \"api://directline-gateway\"\nname_claim = \"name\"\n"
+        ),
+    );
+    let gateway = support::process::GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("DIRECTLINE_SECRET", "emulator-secret"),
+            (
+                "DIRECTLINE_GATEWAY_PSEUDONYM_KEY",
+                "cli-demo-pseudonym-key-0123456789abcdef",
+            ),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let get = http::Request::get(format!("{issuer}/demo/token?sub=alice"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let answer = client.request(get).await.unwrap();
+        let id_token = http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let id_token = String::from_utf8(id_token.to_vec()).unwrap();
+        let mut statuses = Vec::new();
+        for bearer in [Some(id_token.as_str()), None] {
+            let mut request =
+                http::Request::post(format!("{}/v3/directline/tokens/generate", gateway.base));
+            if let Some(bearer) = bearer {
+                request = request.header("authorization", format!("Bearer {bearer}"));
+            }
+            let request = request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            statuses.push(client.request(request).await.unwrap().status().as_u16());
+        }
+        statuses
+    });
+    assert_eq!(statuses, [200, 401]);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+}
