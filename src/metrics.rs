@@ -669,9 +669,9 @@ impl Metrics {
             self.upstream_sockets.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
             for result in DISCOVERY_RESULTS {
-                self.discoveries.with_label_values(&[bot, result]);
+                self.discoveries.with_label_values(&[*bot, result]);
             }
-            self.discovered_upstream.with_label_values(&[bot, NO_HOST]);
+            self.discovered_upstream.with_label_values(&[*bot, NO_HOST]);
             self.upstream_credential_refusals.with_label_values(&[bot]);
         }
         for (route, _) in CLIENT_ROUTES {

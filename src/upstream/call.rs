@@ -363,7 +363,7 @@ impl<'a> UpstreamCall<'a> {
 /// What an answer to a call carrying the secret says about it (`credential`): a 401/403 is
 /// counted and, when it is new, logged as an ERROR naming the bot; a success after a
 /// refusal makes the gateway ready again. No body is read: the status is enough.
-pub fn judge_secret(bot: &Bot, metrics: &Metrics, label: &'static str, status: StatusCode) {
+fn judge_secret(bot: &Bot, metrics: &Metrics, label: &'static str, status: StatusCode) {
     use crate::credential::Change;
     let refused = matches!(status.as_u16(), 401 | 403);
     if refused {
