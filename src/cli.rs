@@ -15,13 +15,17 @@ Environment:
                                 needed unless the upstream is embedded
   DIRECTLINE_GATEWAY_TOKEN_KEY  at least 32 characters, the same on every replica (or
                                 token_key_file); without it a random key per process
+  DIRECTLINE_GATEWAY_PSEUDONYM_KEY
+                                signed-in users ([auth]): at least 32 characters, the same
+                                on every replica and never rotated (or pseudonym_key_file)
   RUST_LOG                      log filter (default: info)
   OTEL_EXPORTER_OTLP_ENDPOINT   an OTLP/HTTP collector: tracing on (unless [tracing] in
                                 the config says otherwise); also OTEL_SERVICE_NAME,
                                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_SDK_DISABLED
 
 Signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the config file and key files.
-A bad configuration or command line prints one line on stderr and exits 64.
+A bad configuration or command line prints one line on stderr and exits 64;
+`validate` checks a configuration the same way without starting anything.
 With no arguments: the gateway on 127.0.0.1:8080 in front of an embedded Direct Line
 emulator with an echo bot (open http://127.0.0.1:8080/), admin on 127.0.0.1:9464.";
 
@@ -64,6 +68,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the embedded Direct Line emulator alone.
     Emulator(EmulatorArgs),
+    /// Check the whole configuration (the file, the files it names, secrets and keys
+    /// present, URLs, certificates) without binding anything: exit 0 with a one-line
+    /// summary, or one line saying what is wrong and exit 64.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// TOML configuration file (the same as the gateway's --config, which also works).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// A command line that does not parse, as the one stderr line the operator interface

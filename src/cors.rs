@@ -28,7 +28,11 @@ pub fn allowed_origin<'a>(
     allowed.then_some(origin)
 }
 
-pub fn preflight(allowed_origins: &[String], headers: &HeaderMap) -> Response<Body> {
+pub fn preflight(
+    allowed_origins: &[String],
+    allow_credentials: bool,
+    headers: &HeaderMap,
+) -> Response<Body> {
     let Some(origin) = allowed_origin(allowed_origins, headers) else {
         return GatewayError::OriginNotAllowed.into_response();
     };
@@ -47,7 +51,7 @@ pub fn preflight(allowed_origins: &[String], headers: &HeaderMap) -> Response<Bo
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    decorate(h, origin);
+    decorate(h, origin, allow_credentials);
     response
 }
 
@@ -73,14 +77,18 @@ fn allowed_headers(request: &HeaderMap) -> HeaderValue {
     }
 }
 
-/// Adds the CORS response headers. Credentials are allowed because DLJS's
-/// `getSessionId` uses `withCredentials` (PROTOCOL §7.5), so the origin is echoed, never `*`.
-pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue) {
+/// Adds the CORS response headers; the origin is echoed, never `*`. Direct Line clients
+/// authenticate with bearer tokens, not cookies, so credentials are allowed only when the
+/// bot's `allow_credentials` says so: DLJS's `getSessionId` sends cookies
+/// (`withCredentials`, PROTOCOL §7.5) for sign-in without a magic code, and nothing else does.
+pub fn decorate(headers: &mut HeaderMap, origin: &HeaderValue, allow_credentials: bool) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
+    if allow_credentials {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSED_HEADERS),
@@ -101,7 +109,7 @@ mod tests {
                 HeaderValue::from_static(requested),
             );
         }
-        preflight(&[], &headers)
+        preflight(&[], false, &headers)
     }
 
     fn allow_headers(response: &Response<Body>) -> &str {

@@ -1,6 +1,7 @@
-//! The chat page served at `/` when the upstream is the embedded emulator, so the
-//! no-argument run is something a person can try in a browser. Never served in front of a
-//! real Direct Line: an organisation's domain root is theirs.
+//! The chat page served at a bot's root when the upstream is the embedded emulator, so the
+//! no-argument run is something a person can try in a browser, and in front of a real
+//! Direct Line only when the bot's `demo_page = true` (off by default: an organisation's
+//! domain root is theirs), to chat with one's own bot through the gateway on day one.
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -13,9 +14,20 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
      style-src 'unsafe-inline'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'";
 
 /// The page for bot `bot` (a configuration name: `a-z`, `0-9`, `-`, `_`, so nothing to
-/// escape), which it names, so two demo bots' pages are told apart.
-pub fn page(bot: &str) -> Response<Body> {
-    let mut response = Response::new(body::full(PAGE.replace("{{BOT}}", bot)));
+/// escape), which it names, so two demo bots' pages are told apart; `embedded` says the
+/// bot is the emulator's echo bot rather than the organisation's own.
+pub fn page(bot: &str, embedded: bool) -> Response<Body> {
+    let (kind, heading, via) = if embedded {
+        ("echo bot", "Echo bot", " and its embedded emulator")
+    } else {
+        ("bot", "Bot", "")
+    };
+    let text = PAGE
+        .replace("{{BOT}}", bot)
+        .replace("{{KIND}}", kind)
+        .replace("{{HEADING}}", heading)
+        .replace("{{VIA}}", via);
+    let mut response = Response::new(body::full(text));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

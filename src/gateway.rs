@@ -70,6 +70,8 @@ pub struct Bot {
     /// The activity policy (`[policy]`); kept across reloads that leave it unchanged, so
     /// its verdict cache and webhook connections survive.
     pub policy: Option<Arc<crate::policy::Policy>>,
+    /// Whether Direct Line accepts `secret` (fresh with each reload, which checks it again).
+    pub credential: crate::credential::CredentialState,
 }
 
 impl Bot {
@@ -152,6 +154,16 @@ impl Gateway {
     /// Installs reloaded settings; requests already running finish with the ones they loaded.
     pub fn replace_live(&self, live: Live) {
         self.live.store(Arc::new(live));
+    }
+
+    /// The bots whose secret Direct Line refuses now (`/readyz` answers 503 while any does).
+    pub fn refused_credentials(&self) -> Vec<Arc<str>> {
+        self.live()
+            .bots
+            .iter()
+            .filter(|bot| bot.credential.is_refused())
+            .map(|bot| bot.name.clone())
+            .collect()
     }
 
     pub fn is_draining(&self) -> bool {

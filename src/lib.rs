@@ -24,7 +24,8 @@
 //! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`, `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
 //!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`,
-//!    [`error`], `metrics`, [`clock`], `demo`; and `telemetry` (OpenTelemetry spans, issue
+//!    [`error`], `metrics`, [`clock`], `demo`, `credential` (whether Direct Line accepts a
+//!    bot's secret); and `telemetry` (OpenTelemetry spans, issue
 //!    21: it imports only config, metrics and endpoint types, and its export runs on threads
 //!    of its own).
 //!
@@ -43,6 +44,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub(crate) mod cors;
+pub(crate) mod credential;
 pub(crate) mod demo;
 pub mod endpoint;
 pub mod error;

@@ -41,3 +41,38 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// A line the process writes itself rather than through `tracing` (the start-up banner, a
+/// fatal configuration error): in JSON mode an object shaped like the log lines
+/// (`timestamp`, `level`, `message`, `target`, then `fields`), so that every line the
+/// process writes parses as JSON.
+pub fn json_line(
+    level: &str,
+    target: &str,
+    message: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    let mut timestamp = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+    let mut line = serde_json::Map::new();
+    line.insert("timestamp".into(), timestamp.into());
+    line.insert("level".into(), level.into());
+    line.insert("message".into(), message.into());
+    line.insert("target".into(), target.into());
+    line.extend(fields);
+    serde_json::Value::Object(line).to_string()
+}
+
+/// The one stderr line of a failure before or instead of serving (exit 64 and the like):
+/// `directline-gateway: …` for a person, an ERROR object in JSON mode.
+pub fn report_failure(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Human => eprintln!("directline-gateway: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            json_line("ERROR", "directline_gateway", message, Default::default())
+        ),
+    }
+}

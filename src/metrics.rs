@@ -118,8 +118,8 @@ pub const NO_HOST: &str = "none";
 /// `stream_catch_up`: the REST pages a client or a hub catches up with;
 /// `stream_token_refresh`: a hub keeping a secretless bot's token alive; `discovery`: a
 /// Copilot Studio environment's regional settings; `stream_poll`: a hub polling after a
-/// collision).
-pub const UPSTREAM_ROUTES: [&str; 12] = [
+/// collision; `credential_check`: the secret's check at start and after each reload).
+pub const UPSTREAM_ROUTES: [&str; 13] = [
     "tokens_generate",
     "tokens_refresh",
     "conversations_start",
@@ -132,6 +132,8 @@ pub const UPSTREAM_ROUTES: [&str; 12] = [
     "stream_token_refresh",
     "discovery",
     "stream_poll",
+    // The secret's check at start and after each reload (`upstream::credential`).
+    "credential_check",
 ];
 /// Client routes with the method each is called with (preflight and the rest return 4xx
 /// for other methods, counted as they come).
@@ -225,6 +227,9 @@ pub struct Metrics {
     pub poll_hubs: IntGauge,
     pub polls: IntCounterVec,
     pub polls_refused: IntCounterVec,
+    /// Answers 401/403 from Direct Line to a call carrying a bot's secret: a
+    /// wrong or revoked secret, counted per bot.
+    pub upstream_credential_refusals: IntCounterVec,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -573,6 +578,14 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            upstream_credential_refusals: IntCounterVec::new(
+                Opts::new(
+                    "upstream_credential_refusals_total",
+                    "Answers 401 or 403 from Direct Line to a call made with the bot's secret (the start-up and reload check, and normal traffic): the secret is wrong or revoked, and /readyz answers 503 until a call with it succeeds.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
             upstream_stream_opens: IntCounterVec::new(
                 Opts::new(
                     "upstream_stream_opens_total",
@@ -732,6 +745,7 @@ impl Metrics {
             Box::new(self.poll_hubs.clone()),
             Box::new(self.polls.clone()),
             Box::new(self.polls_refused.clone()),
+            Box::new(self.upstream_credential_refusals.clone()),
         ];
         let collectors = collectors
             .into_iter()
@@ -820,9 +834,10 @@ impl Metrics {
             self.upstream_sockets.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
             for result in DISCOVERY_RESULTS {
-                self.discoveries.with_label_values(&[bot, result]);
+                self.discoveries.with_label_values(&[*bot, result]);
             }
-            self.discovered_upstream.with_label_values(&[bot, NO_HOST]);
+            self.discovered_upstream.with_label_values(&[*bot, NO_HOST]);
+            self.upstream_credential_refusals.with_label_values(&[bot]);
             self.upstream_stream_opens.with_label_values(&[bot]);
             self.upstream_stream_collisions.with_label_values(&[bot]);
             self.upstream_polling_seconds.with_label_values(&[bot]);

@@ -171,7 +171,8 @@ async fn run(
     let bot = ctx.bot.clone();
     if serves_demo(&bot.settings, request.method(), request.uri().path()) {
         ctx.route = Route::Demo;
-        return Ok(crate::demo::page(&bot.name));
+        let embedded = bot.settings.upstream == UpstreamTarget::Embedded;
+        return Ok(crate::demo::page(&bot.name, embedded));
     }
     let endpoint = Endpoint::parse(
         request.method(),
@@ -354,6 +355,7 @@ async fn dispatch(
     match endpoint {
         Endpoint::Preflight(_) => Ok(cors::preflight(
             &ctx.bot.settings.allowed_origins,
+            ctx.bot.settings.allow_credentials,
             request.headers(),
         )),
         Endpoint::TokensGenerate => {
@@ -411,7 +413,11 @@ fn respond(
     if let Some(origin) = origin
         && ctx.route != Route::Preflight
     {
-        cors::decorate(response.headers_mut(), origin);
+        cors::decorate(
+            response.headers_mut(),
+            origin,
+            ctx.bot.settings.allow_credentials,
+        );
     }
     response
 }
@@ -564,7 +570,7 @@ fn host_of(authority: &str) -> &str {
 }
 
 fn serves_demo(config: &BotConfig, method: &Method, path: &str) -> bool {
-    config.upstream == UpstreamTarget::Embedded
+    (config.upstream == UpstreamTarget::Embedded || config.demo_page)
         && *method == Method::GET
         && path
             .strip_prefix(config.path_prefix.as_str())

@@ -230,6 +230,7 @@ fn build_bot(
         upstream,
         identity,
         environment,
+        credential: Default::default(),
     }))
 }
 

@@ -139,6 +139,7 @@ pub async fn start_on(
     // Before the settings: a bot's signed-in mode counts its key fetches from the start.
     let metrics = Arc::new(Metrics::new());
     let live = build_live(config, &emulators, None, &metrics)?;
+    warn_any_origin(&live.config);
     let client_addr = client.local_addr().map_err(|source| StartError::Bind {
         listener: "listen",
         addr: live.config.listen,
@@ -156,6 +157,12 @@ pub async fn start_on(
     metrics.initialise(&bot_names(&live));
     metrics.initialise_workers(workers.count());
     let gateway = Gateway::new(live, metrics);
+    // Each bot's secret, before the listeners answer: with a wrong one /readyz is 503 from
+    // the first probe. Bounded; an upstream that does not answer is checked in the background.
+    if gateway.live().config.check_credentials {
+        let timeouts = gateway.live().config.timeouts.clone();
+        crate::upstream::credential::check_all(&gateway, timeouts.connect + timeouts.default).await;
+    }
     let (stop, stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let client_task = tokio::spawn(serve_client(
@@ -192,6 +199,47 @@ pub async fn start_on(
     })
 }
 
+/// What `directline-gateway validate` checks beyond loading the configuration: the files
+/// only a start reads (the listener's certificate and key, each bot's upstream CA file).
+/// Binds nothing and starts nothing.
+pub fn check_files(config: &Config) -> Result<(), StartError> {
+    install_crypto_provider();
+    if let Some(files) = &config.tls {
+        ListenerTls::new(files).map_err(StartError::Tls)?;
+    }
+    for bot in &config.bots {
+        crate::upstream::client::tls_client_config(bot.upstream_ca_file.as_deref()).map_err(
+            |message| {
+                StartError::Build(BuildError::UpstreamCa {
+                    bot: bot.name.clone(),
+                    message,
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Reachable from other machines with no `allowed_origins`: any web site can mint tokens
+/// for the bot from its visitors' browsers. Said once at start; a loopback listener (a
+/// developer's machine, a sidecar behind a proxy on the same host) is left alone.
+fn warn_any_origin(config: &Config) {
+    if config.listen.ip().is_loopback() {
+        return;
+    }
+    for bot in config
+        .bots
+        .iter()
+        .filter(|bot| bot.allowed_origins.is_empty())
+    {
+        tracing::warn!(
+            bot = %bot.name,
+            listen = %config.listen,
+            "allowed_origins is empty: a page on any web site can get tokens for this bot and talk to it through the gateway; list the sites that embed the chat"
+        );
+    }
+}
+
 impl Running {
     /// Applies a new configuration without dropping a socket: new requests and upstream
     /// reconnects use the new secret and keys at once; the replaced token key keeps opening
@@ -200,8 +248,9 @@ impl Running {
     /// parses is refused like any other invalid configuration.
     pub fn reload(&self, loaded: Result<Config, ConfigError>) -> Result<(), ReloadError> {
         let current = self.gateway.live_owned();
-        let result = loaded.map_err(ReloadError::from).and_then(|config| {
+        let result = loaded.map_err(ReloadError::from).and_then(|mut config| {
             check_reloadable(&current.config, &config)?;
+            config.check_credentials = current.config.check_credentials;
             Ok(build_live(
                 config,
                 &self.emulators,
@@ -218,6 +267,14 @@ impl Running {
                     .hubs
                     .close_removed_bots(|bot| names.iter().any(|n| &**n == bot));
                 tracing::info!(bots = names.len(), "configuration reloaded");
+                // The secrets again (each reloaded bot starts unjudged), in the background:
+                // the reload itself never waits on Direct Line.
+                if current.config.check_credentials {
+                    let gateway = self.gateway.clone();
+                    tokio::spawn(async move {
+                        crate::upstream::credential::check_all(&gateway, Duration::ZERO).await;
+                    });
+                }
                 Ok(())
             }
             Err(error) => {
@@ -562,8 +619,9 @@ async fn serve_admin(
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` (serving and not draining; deliberately not
-/// tied to Direct Line reachability, so an upstream outage restarts nothing), `/metrics`.
+/// `/healthz` (the process answers), `/readyz` (serving, not draining, and no bot's secret
+/// refused by Direct Line; deliberately not tied to Direct Line reachability, so an
+/// upstream outage takes no replica out of service), `/metrics`.
 fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
     let (status, content_type, text) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -572,7 +630,17 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
             "text/plain",
             "draining\n".to_owned(),
         ),
-        "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" => match gateway.refused_credentials().as_slice() {
+            [] => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            refused => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!(
+                    "Direct Line refuses the secret of bot {}\n",
+                    refused.join(", ")
+                ),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",

@@ -59,6 +59,8 @@ fn bot(name: &str, route: Route, upstream: &EmulatorHandle, secret: &str) -> Bot
         secret: Some(Secret::new(secret)),
         public_url: None,
         allowed_origins: Vec::new(),
+        allow_credentials: false,
+        demo_page: false,
         trusted_origins: Vec::new(),
         rate_limits: RateLimits::default(),
         user_ids: UserIdPolicy::Minted,

@@ -119,6 +119,8 @@ fn help_names_the_environment_and_exits_0() {
     for text in [
         "DIRECTLINE_SECRET",
         "DIRECTLINE_GATEWAY_TOKEN_KEY",
+        "DIRECTLINE_GATEWAY_PSEUDONYM_KEY",
+        "validate",
         "SIGHUP",
         "exits 64",
     ] {
@@ -338,4 +340,235 @@ fn emulator_subcommand_serves_direct_line() {
     assert_eq!(statuses, [200, 403]);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The binary run to its exit within a bound (a `validate` that served instead of exiting
+/// fails here rather than hanging): exit code, stdout, stderr.
+fn run_bounded(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("DIRECTLINE_SECRET")
+        .env_remove("DIRECTLINE_GATEWAY_TOKEN_KEY")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `validate` reads the whole configuration as a start would and binds nothing: a good one
+/// gives exit 0 and one summary line, even with its listen port taken; a bad one the usual
+/// one line and exit 64. Bare numbers are seconds and bytes.
+#[test]
+fn validate_checks_the_configuration_without_binding() {
+    let dir = support::process::TempDir::new("cli-validate");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let secret = dir.write("secret", "a-direct-line-secret-0123456789");
+    let good = dir.write(
+        "good.toml",
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"https://europe.directline.botframework.com\"\n\
+             secret_file = \"{secret}\"\nshutdown_grace = 20\n[limits]\nactivity_body = 65536\n"
+        ),
+    );
+    let (code, stdout, stderr) = run_bounded(&["validate", "--config", &good], &[]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].starts_with("directline-gateway: configuration OK"),
+        "{stdout}"
+    );
+    assert!(lines[0].contains("default → https://europe.directline.botframework.com/"));
+    assert!(!stdout.contains("a-direct-line-secret"), "{stdout}");
+    // The gateway's own --config before the subcommand works the same.
+    assert_eq!(run_bounded(&["--config", &good, "validate"], &[]).0, 0);
+
+    // A secret file that is not there, an unknown key, a token key too short: exit 64.
+    let missing = dir.write(
+        "missing.toml",
+        "upstream = \"https://directline.botframework.com\"\nsecret_file = \"/nonexistent/secret\"\n",
+    );
+    let typo = dir.write("typo.toml", "shutdown_grace = 20\nshutdown_graec = 20\n");
+    for (args, env, expected) in [
+        (
+            vec!["validate", "--config", missing.as_str()],
+            vec![],
+            "/nonexistent/secret",
+        ),
+        (
+            vec!["validate", "--config", typo.as_str()],
+            vec![],
+            "shutdown_graec",
+        ),
+        (
+            vec!["validate", "--config", good.as_str()],
+            vec![("DIRECTLINE_GATEWAY_TOKEN_KEY", "short")],
+            "token key",
+        ),
+    ] {
+        let (code, stdout, stderr) = run_bounded(&args, &env);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!((code, lines.len()), (64, 1), "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("directline-gateway: "), "{stderr}");
+        assert!(lines[0].contains(expected), "{expected:?} in {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    drop(taken);
+}
+
+/// A plain-http upstream on another machine would carry the secret in clear: refused at
+/// start with exit 64 unless `allow_http_upstream = true`; loopback is always fine.
+#[test]
+fn a_plain_http_upstream_off_this_machine_is_refused_unless_allowed() {
+    let env = [("DIRECTLINE_SECRET", "a-direct-line-secret-0123456789")];
+    let (code, _, stderr) = run_bounded(&["--upstream", "http://directline.example.com"], &env);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("upstream")
+            && stderr.contains("in clear")
+            && stderr.contains("allow_http_upstream"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let dir = support::process::TempDir::new("cli-http");
+    let allowed = dir.write(
+        "allowed.toml",
+        "upstream = \"http://directline.example.com\"\nallow_http_upstream = true\n",
+    );
+    let (code, stdout, stderr) = run_bounded(&["validate", "--config", &allowed], &env);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let (code, stdout, stderr) =
+        run_bounded(&["--upstream", "http://127.0.0.1:3978", "validate"], &env);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+}
+
+/// With `--log-format json` even the failure before serving is a JSON line.
+#[test]
+fn json_mode_failures_are_json_too() {
+    let (code, stdout, stderr) =
+        run_bounded(&["--log-format", "json", "--upstream", "ftp://x"], &[]);
+    assert_eq!(code, 64);
+    assert!(stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"].as_str().unwrap().contains("upstream"),
+        "{line}"
+    );
+    let (code, stdout, _) = run_bounded(&["--log-format", "json", "validate"], &[]);
+    assert_eq!(code, 0);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("configuration OK")
+    );
+}
+
+/// The signed-in demo as documented: the emulator with its test issuer, a gateway with
+/// `[auth]` naming it, a token from `/demo/token`: tokens/generate answers 200 with it and
+/// 401 without. The issuer only listens on loopback.
+#[test]
+fn the_signed_in_demo_runs_from_two_commands() {
+    assert_eq!(
+        run_bounded(&["emulator", "--issuer-listen", "0.0.0.0:0"], &[]).0,
+        64,
+        "the demo issuer is loopback only"
+    );
+    let mut emulator = Command::new(BIN)
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--issuer-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DIRECTLINE_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("emulator starts");
+    let mut lines = BufReader::new(emulator.stdout.take().unwrap()).lines();
+    let mut next_url = || {
+        let line = lines.next().unwrap().unwrap();
+        line.split(' ')
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("an address in {line}"))
+            .to_owned()
+    };
+    let (upstream, issuer) = (next_url(), next_url());
+    let dir = support::process::TempDir::new("cli-signed-in");
+    let config = dir.write(
+        "signed-in.toml",
+        &format!(
+            "upstream = \"{upstream}\"\n[auth]\nissuer = \"{issuer}\"\naudience = \"api://directline-gateway\"\nname_claim = \"name\"\n"
+        ),
+    );
+    let gateway = support::process::GatewayProcess::start(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("DIRECTLINE_SECRET", "emulator-secret"),
+            (
+                "DIRECTLINE_GATEWAY_PSEUDONYM_KEY",
+                "cli-demo-pseudonym-key-0123456789abcdef",
+            ),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let statuses = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let get = http::Request::get(format!("{issuer}/demo/token?sub=alice"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let answer = client.request(get).await.unwrap();
+        let id_token = http_body_util::BodyExt::collect(answer.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let id_token = String::from_utf8(id_token.to_vec()).unwrap();
+        let mut statuses = Vec::new();
+        for bearer in [Some(id_token.as_str()), None] {
+            let mut request =
+                http::Request::post(format!("{}/v3/directline/tokens/generate", gateway.base));
+            if let Some(bearer) = bearer {
+                request = request.header("authorization", format!("Bearer {bearer}"));
+            }
+            let request = request
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            statuses.push(client.request(request).await.unwrap().status().as_u16());
+        }
+        statuses
+    });
+    assert_eq!(statuses, [200, 401]);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
 }

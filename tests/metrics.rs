@@ -81,6 +81,8 @@ async fn a_bot_added_by_reload_has_its_series_at_zero() {
         secret: Some(Secret::new(SECRET)),
         public_url: None,
         allowed_origins: Vec::new(),
+        allow_credentials: false,
+        demo_page: false,
         trusted_origins: Vec::new(),
         rate_limits: RateLimits::default(),
         user_ids: UserIdPolicy::Minted,

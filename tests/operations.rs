@@ -326,11 +326,12 @@ async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_sess
     let reply = h.send(request).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers["x-request-id"], "caller-request-0001");
+    // The last one: the gateway's own check of the secret at start came first.
     let upstream = h
         .emulator
         .requests()
         .into_iter()
-        .find(|r| r.path == "/v3/directline/tokens/generate")
+        .rfind(|r| r.path == "/v3/directline/tokens/generate")
         .unwrap();
     assert_eq!(upstream.request_id.as_deref(), Some("caller-request-0001"));
 
@@ -373,6 +374,28 @@ async fn json_logs_have_one_access_line_per_request_and_one_line_per_stream_sess
             "an access line for {route}"
         );
     }
+    // Every line the process wrote is JSON: the start-up banner is an event with the
+    // version, the listeners, the bots and their upstreams, and stdout holds nothing else.
+    for line in gateway.stdout.lock().unwrap().iter() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON on stdout: {line}"
+        );
+    }
+    let banner = lines
+        .iter()
+        .find(|l| l["message"] == "gateway listening")
+        .expect("the banner event");
+    assert_eq!(banner["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(banner["listen"], gateway.base.as_str());
+    assert_eq!(banner["bots"][0]["name"], "default");
+    assert_eq!(
+        banner["bots"][0]["domain"],
+        format!("{}/v3/directline", gateway.base)
+    );
+    let upstream = format!("{}/", h.emulator.base_url().trim_end_matches('/'));
+    assert_eq!(banner["bots"][0]["upstream"], upstream.as_str());
+    assert_eq!(banner["upstreams"][0], upstream.as_str());
     let session = lines.iter().find(|l| l["target"] == "session").unwrap();
     assert!(session["duration_ms"].is_u64());
     assert_eq!(session["activities"], 2);
@@ -540,4 +563,71 @@ async fn a_changed_secret_file_is_picked_up_without_a_signal_or_a_restart() {
         "{:?}",
         gateway.logs()
     );
+}
+
+/// A rotation with a typo: Direct Line refuses the secret, and the gateway says so where an
+/// operator and an orchestrator look (readiness, an ERROR line naming the bot, a counter)
+/// instead of answering every user 403 while looking healthy. A reload with the right
+/// secret makes it ready again; an upstream that does not answer at all does not make it
+/// unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_makes_the_gateway_unready_until_a_reload_brings_the_right_one() {
+    let emulator = emulator(None).await;
+    let dir = TempDir::new("refused");
+    dir.write("secret", SECOND_SECRET);
+    dir.write("token-key", KEY_1);
+    let config = config_file(&dir, &emulator.base_url(), "");
+    let gateway = GatewayProcess::with_config(&config);
+    let h = Harness::attach(emulator, &gateway);
+    let refusals = "directline_gateway_upstream_credential_refusals_total{bot=\"default\"}";
+
+    // The check at start has answered before the listeners did: unready from the first probe.
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text()
+    );
+    assert!(ready.text().contains("default"), "{}", ready.text());
+    assert!(metric(&h.metrics().await, refusals) >= 1.0);
+    let logged = gateway.logs().into_iter().find(|line| {
+        line.contains("ERROR") && line.contains("default") && line.contains("refuses")
+    });
+    let logged = logged.unwrap_or_else(|| panic!("an ERROR line: {:?}", gateway.logs()));
+    assert!(logged.contains("403"), "the cause: {logged}");
+    assert!(!logged.contains(SECOND_SECRET), "{logged}");
+    // Normal traffic with the refused secret counts too.
+    let before = metric(&h.metrics().await, refusals);
+    let reply = h
+        .request(Method::POST, "/v3/directline/tokens/generate", None, None)
+        .await;
+    assert!(reply.status.is_client_error(), "{}", reply.text());
+    assert!(metric(&h.metrics().await, refusals) > before);
+
+    // The corrected secret, reloaded: ready again without a restart.
+    dir.write("secret", SECRET);
+    gateway.signal("HUP");
+    reloads_counted(&h, "ok").await;
+    eventually("ready after the reload", async || {
+        h.admin_get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    h.generate().await;
+    assert_eq!(h.admin_get("/readyz").await.status, StatusCode::OK);
+
+    // Direct Line unreachable says nothing about the secret: still ready.
+    let outage = GatewayProcess::in_front_of(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        KEY_1,
+        &[],
+        &[],
+    );
+    let o = Harness::attach(Harness::emulator(EmulatorConfig::default()).await, &outage);
+    let reply = o
+        .request(Method::POST, "/v3/directline/tokens/generate", None, None)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(o.admin_get("/readyz").await.status, StatusCode::OK);
+    assert_eq!(metric(&o.metrics().await, refusals), 0.0);
 }

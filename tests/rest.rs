@@ -737,6 +737,92 @@ async fn the_demo_page_is_served_only_in_front_of_the_embedded_emulator() {
     assert_eq!(reply.json()["error"]["code"], "NotFound");
 }
 
+/// `demo_page = true`: the same page for a real upstream, so an organisation can chat with
+/// its own bot through the gateway on day one; it names the bot, not an echo bot.
+#[tokio::test]
+async fn demo_page_true_serves_the_page_in_front_of_a_real_upstream() {
+    let h = Harness::builder()
+        .config(|c| c.bot_mut().demo_page = true)
+        .start()
+        .await;
+    let reply = h.request(Method::GET, "/", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/html; charset=utf-8");
+    let page = reply.text();
+    assert!(page.contains("/tokens/generate") && page.contains("new WebSocket"));
+    assert!(!page.contains("echo bot") && !page.contains("{{"), "{page}");
+    // The page's own calls work through the gateway.
+    h.conversation().await;
+}
+
+/// Direct Line clients authenticate with bearer tokens, not cookies: by default no CORS
+/// answer allows credentials, for an allowed origin or any (empty `allowed_origins`), and a
+/// foreign origin's preflight gets no CORS headers at all when origins are listed.
+#[tokio::test]
+async fn cors_answers_allow_no_credentials_unless_configured() {
+    let preflight = |h: &Harness, origin: &'static str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(h.url("/v3/directline/tokens/generate"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let any = Harness::start().await;
+    let reply = any.send(preflight(&any, "https://foreign.example")).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        reply.headers["access-control-allow-origin"],
+        "https://foreign.example"
+    );
+    assert!(
+        reply
+            .headers
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let generated = any
+        .send(
+            Request::post(any.url("/v3/directline/tokens/generate"))
+                .header("origin", "https://foreign.example")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(generated.status, StatusCode::OK);
+    assert!(
+        generated
+            .headers
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+
+    let with_credentials = Harness::builder()
+        .config(|c| {
+            let bot = c.bot_mut();
+            bot.allowed_origins = vec!["https://chat.contoso.com".into()];
+            bot.allow_credentials = true;
+        })
+        .start()
+        .await;
+    let h = &with_credentials;
+    let allowed = h.send(preflight(h, "https://chat.contoso.com")).await;
+    assert_eq!(allowed.status, StatusCode::NO_CONTENT);
+    assert_eq!(allowed.headers["access-control-allow-credentials"], "true");
+    let foreign = h.send(preflight(h, "https://foreign.example")).await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    assert!(foreign.headers.get("access-control-allow-origin").is_none());
+    assert!(
+        foreign
+            .headers
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    assert_eq!(foreign.json()["error"]["code"], "BadArgument");
+}
+
 #[tokio::test]
 async fn cleartext_http2_is_served_alongside_http1() {
     let h = Harness::start().await;

@@ -119,14 +119,13 @@ pub fn run_dir() -> &'static Path {
 /// The shell wrapper's safety net: it kills what is listed here if the bench dies
 /// without running its destructors.
 fn record_pid(pid: u32) {
-    if let Some(file) = std::env::var_os("COMPARE_PIDFILE") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(file) = std::env::var_os("COMPARE_PIDFILE")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(file)
-        {
-            let _ = writeln!(f, "{pid}");
-        }
+    {
+        let _ = writeln!(f, "{pid}");
     }
 }
 

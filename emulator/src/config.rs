@@ -96,6 +96,23 @@ pub struct EmulatorArgs {
     /// only the secrets work.
     #[arg(long)]
     pub web_channel_security: bool,
+    /// Also run the OpenID Connect test issuer on this loopback address, for trying
+    /// signed-in users: `GET /demo/token?sub=NAME` there signs an ID token for NAME
+    /// (audience api://directline-gateway). A demo, never an identity provider.
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
+    pub issuer_listen: Option<SocketAddr>,
+}
+
+/// The demo issuer signs a token for anyone who asks: never reachable from elsewhere.
+fn parse_loopback(value: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not an IP:port address"))?;
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err("must be a loopback address (127.0.0.1:PORT): the demo issuer signs for anyone".into())
+    }
 }
 
 fn parse_secret(value: &str) -> Result<Secret, String> {

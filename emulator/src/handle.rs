@@ -61,7 +61,29 @@ pub async fn run_cli(
         .map(|a| a.to_string())
         .unwrap_or_default();
     println!("Direct Line emulator listening on http://{addr}");
-    match run(listener, args.config(), shutdown).await {
+    let issuer = match args.issuer_listen {
+        None => None,
+        Some(issuer_addr) => match TcpListener::bind(issuer_addr).await {
+            Ok(listener) => {
+                let issuer = crate::oidc::OidcIssuer::spawn_demo(listener);
+                println!(
+                    "OpenID Connect test issuer on {} (a signed-in token: GET {}/demo/token?sub=alice)",
+                    issuer.issuer(),
+                    issuer.issuer()
+                );
+                Some(issuer)
+            }
+            Err(error) => {
+                eprintln!("{program}: cannot listen on {issuer_addr} (issuer): {error}");
+                return std::process::ExitCode::from(64);
+            }
+        },
+    };
+    let outcome = run(listener, args.config(), shutdown).await;
+    if let Some(issuer) = issuer {
+        issuer.shutdown();
+    }
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{program}: {error}");

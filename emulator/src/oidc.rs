@@ -90,6 +90,9 @@ struct Inner {
     max_age: Mutex<Option<u64>>,
     shutdown: watch::Sender<bool>,
     rng: SystemRandom,
+    /// `GET /demo/token?sub=NAME` signs a token for NAME (the emulator's `--issuer-listen`,
+    /// loopback only); off for tests, which say themselves what they want signed.
+    demo_tokens: bool,
 }
 
 struct SigningKey {
@@ -121,6 +124,16 @@ struct Keys {
 impl OidcIssuer {
     /// Serves on `listener` (bind `127.0.0.1:0`) in a background task; returns at once.
     pub fn spawn(listener: TcpListener) -> Self {
+        Self::start(listener, false)
+    }
+
+    /// [`OidcIssuer::spawn`], and `GET /demo/token?sub=NAME` answers a token for NAME
+    /// (with `name` = NAME) as plain text: the signed-in demo's stand-in for a login page.
+    pub fn spawn_demo(listener: TcpListener) -> Self {
+        Self::start(listener, true)
+    }
+
+    fn start(listener: TcpListener, demo_tokens: bool) -> Self {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -142,6 +155,7 @@ impl OidcIssuer {
             max_age: Mutex::new(None),
             shutdown,
             rng,
+            demo_tokens,
         });
         tokio::spawn(accept(listener, inner.clone()));
         Self { inner }
@@ -522,7 +536,7 @@ async fn accept(listener: TcpListener, inner: Arc<Inner>) {
     }
 }
 
-fn answer(inner: &Inner, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(inner: &Arc<Inner>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if inner.down.load(Ordering::SeqCst) {
         return respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -557,8 +571,46 @@ fn answer(inner: &Inner, request: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .unwrap_or_else(|poison| poison.into_inner());
             respond(StatusCode::OK, json!({ "keys": keys }), max_age)
         }
+        ("GET", DEMO_TOKEN_PATH) if inner.demo_tokens => demo_token(inner, request),
         _ => respond(StatusCode::NOT_FOUND, json!({"error": "not_found"}), None),
     }
+}
+
+/// Where the demo issuer hands out tokens (`--issuer-listen` only).
+const DEMO_TOKEN_PATH: &str = "/demo/token";
+
+/// A token for `?sub=NAME` (1 to 64 of a-z, A-Z, 0-9, `-`, `_`, `.`), as plain text.
+fn demo_token(inner: &Arc<Inner>, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let subject = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sub="))
+        .unwrap_or("alice");
+    let valid = (1..=64).contains(&subject.len())
+        && subject
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "sub: 1 to 64 of a-z, A-Z, 0-9, -, _, ."}),
+            None,
+        );
+    }
+    let token = OidcIssuer {
+        inner: inner.clone(),
+    }
+    .token(subject)
+    .claim("name", json!(subject))
+    .sign();
+    let mut response = Response::new(Full::new(Bytes::from(token)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
 }
 
 fn respond(status: StatusCode, body: Value, max_age: Option<u64>) -> Response<Full<Bytes>> {

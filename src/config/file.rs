@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::quantity::text_or_number;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -18,6 +20,7 @@ pub struct FileConfig {
     pub token_key_file: Option<PathBuf>,
     #[serde(default)]
     pub previous_token_key_files: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub token_key_overlap: Option<String>,
     pub upstream_ca_file: Option<PathBuf>,
     pub tls: Option<FileTls>,
@@ -28,9 +31,18 @@ pub struct FileConfig {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub trusted_origins: Vec<String>,
+    /// CORS with credentials, and the demo page for a real upstream (issue 29).
+    pub allow_credentials: Option<bool>,
+    pub demo_page: Option<bool>,
+    /// A plain-http upstream that is not loopback (the secret would travel in clear).
+    pub allow_http_upstream: Option<bool>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub upstream_refresh_before: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub resume_window: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub shutdown_grace: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub file_watch_interval: Option<String>,
     pub workers: Option<usize>,
     #[serde(default)]
@@ -73,9 +85,12 @@ pub struct FileBot {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub trusted_origins: Vec<String>,
+    pub allow_credentials: Option<bool>,
+    pub demo_page: Option<bool>,
     pub rate_limits: Option<FileRateLimits>,
     pub user_ids: Option<String>,
     pub upstream_ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub resume_window: Option<String>,
     /// Signed-in mode of this bot (`[bots.auth]`).
     pub auth: Option<FileAuth>,
@@ -89,6 +104,7 @@ pub struct FileBot {
 pub struct FileTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub watch_interval: Option<String>,
 }
 
@@ -108,50 +124,76 @@ pub struct FileRateLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
+    #[serde(default, deserialize_with = "text_or_number")]
     pub activity_body: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub upload_body: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub token_body: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub upstream_error_body: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub max_url: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub max_headers: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub header_read_timeout: Option<String>,
     pub http2_idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_header_count: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub body_read_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub upload_read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTimeouts {
+    #[serde(default, deserialize_with = "text_or_number")]
     pub connect: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub default: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub activities: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub upload: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileStream {
+    #[serde(default, deserialize_with = "text_or_number")]
     pub keepalive_interval: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub liveness_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub pong_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub resume_budget: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub backoff_base: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub backoff_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub linger: Option<String>,
     pub buffer_frames: Option<usize>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub buffer_bytes: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub buffer_total_bytes: Option<String>,
     pub delivered_ids: Option<usize>,
     pub client_lag_frames: Option<usize>,
     pub max_sockets_per_conversation: Option<usize>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub max_frame: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub ws_read_buffer: Option<String>,
     pub guard_against_replays: Option<bool>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub drain_period: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub drain_spread: Option<String>,
     // Sharing a conversation with another replica (`stream::relay`'s polling mode).
     pub collision_poll_interval: Option<String>,
@@ -171,7 +213,9 @@ pub struct FileTracing {
     pub sampling_ratio: Option<f64>,
     pub propagate_upstream: Option<bool>,
     pub include_conversation_ids: Option<bool>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub export_interval: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     pub export_timeout: Option<String>,
     pub queue_size: Option<usize>,
     pub trust_incoming_context: Option<bool>,

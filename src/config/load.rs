@@ -124,10 +124,11 @@ impl Config {
             limits: limits(file.limits)?,
             timeouts: timeouts(file.timeouts)?,
             stream: stream(file.stream)?,
-            bots: bots(file.bots, top, env)?,
+            bots: plain_http_checked(bots(file.bots, top, env)?, file.allow_http_upstream)?,
             tracing: super::tracing::section(file.tracing, env)?,
             polling: super::polling::section(file.polling)?,
             watched_files,
+            check_credentials: true,
         };
         config.validate()?;
         Ok(config)
@@ -237,6 +238,8 @@ fn refuse_top_level_bot_keys(
         ),
         ("allowed_origins", !file.allowed_origins.is_empty()),
         ("trusted_origins", !file.trusted_origins.is_empty()),
+        ("allow_credentials", file.allow_credentials.is_some()),
+        ("demo_page", file.demo_page.is_some()),
     ];
     match stray.iter().find(|(_, set)| *set) {
         Some((key, _)) => Err(invalid(
@@ -321,6 +324,10 @@ fn top_level_bot(
     top.upstream_ca_file = file.upstream_ca_file.clone();
     (top.allowed_origins, top.trusted_origins) =
         parse_origins(file.allowed_origins.clone(), file.trusted_origins.clone())?;
+    top.allow_credentials = file.allow_credentials.unwrap_or(false);
+    top.demo_page = file.demo_page.unwrap_or(false);
+    check_credentials(top.allow_credentials, &top.allowed_origins)
+        .map_err(|message| invalid("allow_credentials", message))?;
     set_duration(
         &mut top.resume_window,
         "resume_window",
@@ -803,6 +810,9 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
         .map_err(within)?;
     let (allowed_origins, trusted_origins) =
         parse_origins(file.allowed_origins, file.trusted_origins).map_err(within)?;
+    let allow_credentials = file.allow_credentials.unwrap_or(false);
+    check_credentials(allow_credentials, &allowed_origins)
+        .map_err(|message| within(invalid("bots.allow_credentials", message)))?;
     let rate_limits = match &file.rate_limits {
         Some(rates) => parse_rates(top.rate_limits.clone(), rates).map_err(within)?,
         None => top.rate_limits.clone(),
@@ -847,9 +857,55 @@ fn parse_bot(file: FileBot, top: &BotConfig, env: &dyn Env) -> Result<BotConfig,
             .upstream_ca_file
             .or_else(|| top.upstream_ca_file.clone()),
         token_endpoint,
+        allow_credentials,
+        demo_page: file.demo_page.unwrap_or(false),
         name,
         delivery_mode,
     })
+}
+
+/// Credentials with every origin allowed would let any site use a visitor's cookies for
+/// this gateway: `allow_credentials` needs the list of origins it is for.
+fn check_credentials(
+    allow_credentials: bool,
+    allowed_origins: &[String],
+) -> Result<(), &'static str> {
+    if allow_credentials && allowed_origins.is_empty() {
+        return Err("needs allowed_origins: credentials for any origin are refused");
+    }
+    Ok(())
+}
+
+/// A plain-http upstream off this machine would carry the secret (and every user's
+/// messages) in clear: refused unless `allow_http_upstream = true` says the network is
+/// trusted (a private link, a sidecar).
+fn plain_http_checked(
+    bots: Vec<BotConfig>,
+    allow_http_upstream: Option<bool>,
+) -> Result<Vec<BotConfig>, ConfigError> {
+    if allow_http_upstream == Some(true) {
+        return Ok(bots);
+    }
+    for bot in &bots {
+        if let UpstreamTarget::Url(url) = &bot.upstream
+            && url.scheme() == "http"
+            && !url.host_str().is_some_and(super::copilot::is_loopback)
+        {
+            let key = if bot.name == crate::seal::DEFAULT_BOT {
+                "upstream"
+            } else {
+                "bots.upstream"
+            };
+            return Err(invalid(
+                key,
+                format!(
+                    "bot {:?}: {url} is plain http to another machine, so the Direct Line secret would travel in clear; use https, or set allow_http_upstream = true",
+                    bot.name
+                ),
+            ));
+        }
+    }
+    Ok(bots)
 }
 
 /// `[auth]` through [`crate::identity::settings::parse`], with this file's duration syntax.
@@ -961,6 +1017,30 @@ mod tests {
             &Overrides::default(),
             &MapEnv(env.iter().copied().collect()),
         )
+    }
+
+    /// Durations and sizes as bare numbers are seconds and bytes, as documented; negative
+    /// or fractional ones are refused.
+    #[test]
+    fn bare_numbers_are_seconds_and_bytes() {
+        let config = load_str(
+            "shutdown_grace = 20\nresume_window = 0\n[limits]\nactivity_body = 4096\n\
+             [stream]\nkeepalive_interval = 15\nliveness_timeout = 60\nbuffer_bytes = 65536\n\
+             [auth]\nissuer = \"https://id.example.com\"\naudience = \"a\"\nleeway = 30\n",
+            &[(
+                "DIRECTLINE_GATEWAY_PSEUDONYM_KEY",
+                "pseudonym-key-0123456789abcdef0123456789",
+            )],
+        )
+        .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(config.bots[0].resume_window, Duration::ZERO);
+        assert_eq!(config.limits.activity_body_bytes, 4096);
+        assert_eq!(config.stream.keepalive_interval, Duration::from_secs(15));
+        assert_eq!(config.stream.buffer_bytes, 65536);
+        for bad in ["shutdown_grace = -1\n", "shutdown_grace = 1.5\n"] {
+            assert!(load_str(bad, &[]).is_err(), "{bad}");
+        }
     }
 
     const TWO_BOTS: &str = r#"

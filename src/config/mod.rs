@@ -6,6 +6,7 @@
 //! - `load`: reading the file, the environment and the flags into a [`Config`], and
 //!   validating it ([`Config::load`]);
 //! - `file`: the TOML schema, key by key, as serde reads it;
+//! - `quantity`: a duration or size written as text or as a bare number;
 //! - `values`: value types and their parsers ([`IpNet`], [`Rate`], [`UpstreamTarget`],
 //!   durations, sizes, URLs);
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
@@ -22,6 +23,7 @@ mod file;
 mod load;
 mod policy;
 mod polling;
+pub(crate) mod quantity;
 mod sources;
 mod streaming;
 mod tracing;
@@ -86,6 +88,10 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     /// Held polls (`[polling]`); off by default.
     pub polling: PollingConfig,
+    /// Ask Direct Line whether each bot's secret is accepted, at start and after each reload
+    /// (`upstream::credential`). Always on from the file; fixed at start. Tests that count
+    /// every upstream call turn it off; answers to normal traffic are judged either way.
+    pub check_credentials: bool,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -113,6 +119,12 @@ pub struct BotConfig {
     pub public_url: Option<Url>,
     /// Browser origins allowed by CORS; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true` on CORS answers (off: Direct Line clients
+    /// send bearer tokens, not cookies); only with `allowed_origins`.
+    pub allow_credentials: bool,
+    /// Serve the demo chat page at the bot's root for a real upstream too (always for the
+    /// embedded emulator).
+    pub demo_page: bool,
     /// Sent upstream as `trustedOrigins` on tokens/generate.
     pub trusted_origins: Vec<String>,
     pub rate_limits: RateLimits,
@@ -297,6 +309,7 @@ impl Default for Config {
             file_watch_interval: Duration::from_secs(10),
             workers: 0,
             watched_files: Vec::new(),
+            check_credentials: true,
             bots: vec![BotConfig::default()],
             tracing: None,
             polling: PollingConfig::default(),
@@ -315,6 +328,8 @@ impl Default for BotConfig {
             secret: None,
             public_url: None,
             allowed_origins: Vec::new(),
+            allow_credentials: false,
+            demo_page: false,
             trusted_origins: Vec::new(),
             rate_limits: RateLimits::default(),
             user_ids: UserIdPolicy::Minted,

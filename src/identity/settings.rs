@@ -32,6 +32,7 @@ pub struct FileAuth {
     user_claim: Option<String>,
     name_claim: Option<String>,
     algorithms: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::config::quantity::text_or_number")]
     leeway: Option<String>,
     /// A file holding the key pseudonyms are derived with (default: the environment).
     pseudonym_key_file: Option<PathBuf>,

@@ -239,11 +239,11 @@ impl OpenStreams {
                 abandoned,
             };
         }
-        if self.open.len() >= MAX_OPEN_STREAMS {
-            if let Some(quietest) = (0..self.open.len()).min_by_key(|&i| self.open[i].last_at) {
-                self.open.swap_remove(quietest);
-                abandoned += 1;
-            }
+        if self.open.len() >= MAX_OPEN_STREAMS
+            && let Some(quietest) = (0..self.open.len()).min_by_key(|&i| self.open[i].last_at)
+        {
+            self.open.swap_remove(quietest);
+            abandoned += 1;
         }
         self.open.push(Open {
             stream,
@@ -402,17 +402,18 @@ impl<E> ClientStreams<E> {
         interval: std::time::Duration,
     ) -> (Send<E>, Option<E>) {
         let last = self.sent.iter_mut().find(|(s, ..)| *s == stream);
-        if let Some((_, _, at)) = &last {
-            if !interval.is_zero() && now.saturating_duration_since(*at) < interval {
-                let replaced = match self.held.iter_mut().find(|(s, _)| *s == stream) {
-                    Some((_, held)) => Some(std::mem::replace(held, event)),
-                    None => {
-                        self.held.push((stream, event));
-                        None
-                    }
-                };
-                return (Send::Held(replaced), None);
-            }
+        if let Some((_, _, at)) = &last
+            && !interval.is_zero()
+            && now.saturating_duration_since(*at) < interval
+        {
+            let replaced = match self.held.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, held)) => Some(std::mem::replace(held, event)),
+                None => {
+                    self.held.push((stream, event));
+                    None
+                }
+            };
+            return (Send::Held(replaced), None);
         }
         let skipped = match last {
             Some((_, last_sequence, at)) => {

@@ -537,11 +537,11 @@ impl Hub {
     /// Takes event `seq` out of the ring (a superseded interim), if it is still there.
     fn remove(&self, state: &mut HubState, seq: u64) {
         let at = state.position(seq);
-        if state.events.get(at).is_some_and(|e| e.seq == seq) {
-            if let Some(event) = state.events.remove(at) {
-                state.bytes -= event.size;
-                self.budget.sub(event.size);
-            }
+        if state.events.get(at).is_some_and(|e| e.seq == seq)
+            && let Some(event) = state.events.remove(at)
+        {
+            state.bytes -= event.size;
+            self.budget.sub(event.size);
         }
     }
 

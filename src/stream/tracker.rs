@@ -437,7 +437,7 @@ mod tests {
                     position = end;
                     sent_on_socket += 1;
                     frames += 1;
-                    if typing_every > 0 && frames % typing_every == 0 {
+                    if typing_every > 0 && frames.is_multiple_of(typing_every) {
                         let typing = r#"{"activities":[{"type":"typing"}]}"#;
                         if let Observed::Forward(f) = tracker.observe(typing) {
                             prop_assert!(f.watermark.is_none());

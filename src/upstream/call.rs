@@ -265,6 +265,14 @@ impl<'a> UpstreamCall<'a> {
                 &mut call.headers,
             )
         });
+        let carries_secret = matches!(call.target, Target::Directline)
+            && secret.is_some()
+            && matches!(
+                call.credential,
+                Credential::Secret
+                    | Credential::SecretThenToken(_)
+                    | Credential::SecretElseToken(_)
+            );
         let request = call.build(&upstream, first)?;
         let response = attempt(
             call.bot,
@@ -276,6 +284,9 @@ impl<'a> UpstreamCall<'a> {
             span.as_mut(),
         )
         .await?;
+        if carries_secret {
+            judge_secret(call.bot, metrics, call.label, response.status());
+        }
         let Some(token) = fallback else {
             return Ok(streaming(response));
         };
@@ -346,6 +357,34 @@ impl<'a> UpstreamCall<'a> {
             CallBody::Once(body) => body,
         };
         Ok(request.map(|()| body))
+    }
+}
+
+/// What an answer to a call carrying the secret says about it (`credential`): a 401/403 is
+/// counted and, when it is new, logged as an ERROR naming the bot; a success after a
+/// refusal makes the gateway ready again. No body is read: the status is enough.
+fn judge_secret(bot: &Bot, metrics: &Metrics, label: &'static str, status: StatusCode) {
+    use crate::credential::Change;
+    let refused = matches!(status.as_u16(), 401 | 403);
+    if refused {
+        metrics
+            .upstream_credential_refusals
+            .with_label_values(&[&bot.name])
+            .inc();
+    }
+    match bot.credential.observe(status.as_u16()) {
+        Change::NowRefused => tracing::error!(
+            bot = %bot.name,
+            route = label,
+            status = status.as_u16(),
+            "Direct Line refuses this bot's secret (wrong, revoked or for another bot or region): /readyz answers 503 until a call with the secret succeeds"
+        ),
+        Change::NowAccepted => tracing::info!(
+            bot = %bot.name,
+            route = label,
+            "Direct Line accepts this bot's secret again: ready"
+        ),
+        Change::Unchanged => {}
     }
 }
 

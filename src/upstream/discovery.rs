@@ -87,7 +87,7 @@ async fn discover(
     };
     metrics
         .discoveries
-        .with_label_values(&[&bot.name, result])
+        .with_label_values(&[&*bot.name, result])
         .inc();
     let settings_url = format!(
         "{}{}",

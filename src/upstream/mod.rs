@@ -1,11 +1,12 @@
 //! Everything that talks to Direct Line over HTTP: the client ([`client`]), the one call
 //! path with the credential policy, the enhanced-auth fallback and the upstream metrics
 //! ([`call`]), reading answers ([`body`]), where a bot's calls go ([`base`]: fixed or
-//! discovered), and the discovery of a Copilot Studio agent's Direct Line host
-//! ([`discovery`]).
+//! discovered), the discovery of a Copilot Studio agent's Direct Line host
+//! ([`discovery`]), and the check of each bot's secret at start and reload ([`credential`]).
 
 pub mod base;
 pub mod body;
 pub mod call;
 pub mod client;
+pub mod credential;
 pub mod discovery;

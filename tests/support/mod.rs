@@ -324,7 +324,11 @@ impl Builder {
     }
 }
 
-pub async fn start_gateway(config: Config) -> Running {
+/// The gateway in-process on 127.0.0.1:0 ports, without the credential check at start and
+/// reload: these tests count the calls Direct Line receives exactly (tests/operations.rs
+/// checks the credential check on the real binary).
+pub async fn start_gateway(mut config: Config) -> Running {
+    config.check_credentials = false;
     let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     server::start_on(config, client, admin)

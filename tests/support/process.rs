@@ -17,6 +17,8 @@ pub struct GatewayProcess {
     pub admin: String,
     /// Every line the process wrote to stderr (its logs), as they come.
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Every line it wrote to stdout (the human banner), as they come.
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -35,15 +37,27 @@ impl GatewayProcess {
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = stderr_lines.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let json_tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // With --log-format json the banner is a JSON event on stderr.
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["message"] == "gateway listening"
+                    && let (Some(listen), Some(admin)) =
+                        (event["listen"].as_str(), event["admin"].as_str())
+                {
+                    let _ = json_tx.send((listen.to_owned(), admin.to_owned()));
+                }
                 sink.lock().unwrap().push(line);
             }
         });
-        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout_sink = stdout_lines.clone();
         std::thread::spawn(move || {
             let mut base = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                stdout_sink.lock().unwrap().push(line.clone());
                 if line.starts_with("directline-gateway listening on ") {
                     base = line.rsplit(' ').next().map(str::to_owned);
                 }
@@ -66,6 +80,7 @@ impl GatewayProcess {
             base,
             admin,
             stderr: stderr_lines,
+            stdout: stdout_lines,
         }
     }
 
