@@ -53,6 +53,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod policy;
 pub(crate) mod ratelimit;
+pub mod record;
 pub(crate) mod reload;
 pub mod rewrite;
 pub(crate) mod routes;

@@ -202,6 +202,12 @@ pub struct Metrics {
     pub policy_webhook_duration: HistogramVec,
     pub policy_webhook_failures: IntCounterVec,
     pub policy_webhook_waiting: IntGauge,
+    // The conversation record (`[record]`, `src/record/`): present at 0 from the start.
+    pub record_written: IntCounter,
+    pub record_refused: IntCounter,
+    pub record_batches: IntCounterVec,
+    pub record_spool_bytes: IntGauge,
+    pub record_spool_full: IntCounter,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -585,6 +591,34 @@ impl Metrics {
                 "Activities waiting for a free policy webhook slot (policy.concurrency in flight).",
             )
             .expect("valid metric"),
+            record_written: IntCounter::new(
+                "record_written_total",
+                "Activities written to the conversation record's daily file.",
+            )
+            .expect("valid metric"),
+            record_refused: IntCounter::new(
+                "record_refused_total",
+                "Activities not recorded because record.queue entries already waited for the writer (never waited for).",
+            )
+            .expect("valid metric"),
+            record_batches: IntCounterVec::new(
+                Opts::new(
+                    "record_batches_total",
+                    "Record batches POSTed to record.url, by outcome (sent: answered 2xx and removed from the spool; failed: kept for a retry).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            record_spool_bytes: IntGauge::new(
+                "record_spool_bytes",
+                "Bytes of records waiting in the on-disk spool for record.url.",
+            )
+            .expect("valid metric"),
+            record_spool_full: IntCounter::new(
+                "record_spool_full_total",
+                "Records kept out of the spool because it held record.spool_size (still in the daily file, never sent to record.url).",
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -639,6 +673,11 @@ impl Metrics {
             Box::new(self.policy_webhook_duration.clone()),
             Box::new(self.policy_webhook_failures.clone()),
             Box::new(self.policy_webhook_waiting.clone()),
+            Box::new(self.record_written.clone()),
+            Box::new(self.record_refused.clone()),
+            Box::new(self.record_batches.clone()),
+            Box::new(self.record_spool_bytes.clone()),
+            Box::new(self.record_spool_full.clone()),
         ];
         for collector in collectors {
             self.family_names.extend(
@@ -754,6 +793,9 @@ impl Metrics {
             self.trace_spans_dropped.with_label_values(&[reason]);
         }
         self.initialise_policy(bots);
+        for outcome in ["sent", "failed"] {
+            self.record_batches.with_label_values(&[outcome]);
+        }
     }
 
     /// The activity policy's series at 0 for every bot (whether or not it has a policy: a

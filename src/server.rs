@@ -43,6 +43,9 @@ pub enum StartError {
     /// The certificate or key of `tls` could not be loaded (the text names the file).
     #[error("tls: {0}")]
     Tls(String),
+    /// `[record]`: its directory or threads could not be set up.
+    #[error("record: {0}")]
+    Record(String),
     #[error("cannot start {count} worker threads (workers): {source}")]
     Workers {
         count: usize,
@@ -154,7 +157,14 @@ pub async fn start_on(
     };
     metrics.initialise(&bot_names(&live));
     metrics.initialise_workers(workers.count());
-    let gateway = Gateway::new(live, metrics);
+    let record = match &live.config.record {
+        Some(settings) => Some(
+            crate::record::Recorder::start(settings, metrics.clone())
+                .map_err(StartError::Record)?,
+        ),
+        None => None,
+    };
+    let gateway = Gateway::new(live, metrics, record);
     // Copilot Studio bots learn their Direct Line host before the first request; a failure
     // is logged and retried by the loop below, never fatal.
     crate::upstream::discovery::round(&gateway).await;

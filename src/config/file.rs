@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub tracing: Option<FileTracing>,
     /// Activity policy (`[policy]`): every bot's unless it has its own.
     pub policy: Option<super::policy::FilePolicy>,
+    /// The conversation record (`[record]`).
+    pub record: Option<super::record::FileRecord>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
 }

@@ -125,6 +125,8 @@ impl Config {
             stream: stream(file.stream)?,
             bots: bots(file.bots, top, env)?,
             tracing: super::tracing::section(file.tracing, env)?,
+            // The conversation record (`[record]`): fixed at start like `[tracing]`.
+            record: file.record.map(super::record::section).transpose()?,
             watched_files,
         };
         config.validate()?;

@@ -11,6 +11,7 @@
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (DESIGN §10);
+//! - `record`: `[record]` ([`RecordConfig`]);
 //! - `policy`: `[policy]` and `[bots.policy]` ([`PolicyConfig`]);
 //! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]).
 
@@ -19,6 +20,7 @@ mod errors;
 mod file;
 mod load;
 mod policy;
+mod record;
 mod sources;
 mod tracing;
 mod values;
@@ -35,6 +37,7 @@ pub use crate::seal::DEFAULT_BOT;
 pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use policy::{ContentSafetyConfig, OnError, PolicyConfig, Redactions};
+pub use record::RecordConfig;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -75,6 +78,8 @@ pub struct Config {
     pub bots: Vec<BotConfig>,
     /// Distributed tracing; `None` (the default) is off and costs nothing per request.
     pub tracing: Option<TracingConfig>,
+    /// The conversation record (`[record]`); `None` costs a request or frame one branch.
+    pub record: Option<RecordConfig>,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -253,6 +258,7 @@ impl Default for Config {
             watched_files: Vec::new(),
             bots: vec![BotConfig::default()],
             tracing: None,
+            record: None,
         }
     }
 }

@@ -151,6 +151,17 @@ pub async fn bridge(
                             Ok(bound) => match String::from_utf8(bound) {
                                 Ok(bound) => {
                                     upstream_bytes.inc_by(bound.len() as u64);
+                                    if let Some(record) = &gateway.record {
+                                        let subject = crate::policy::Subject {
+                                            bot: &bot,
+                                            conversation: rate_key.1.as_str(),
+                                            user: &ticket.user_id,
+                                        };
+                                        record.user(
+                                            subject,
+                                            bytes::Bytes::copy_from_slice(bound.as_bytes()),
+                                        );
+                                    }
                                     Message::Text(Utf8Bytes::from(bound))
                                 }
                                 Err(_) => break Some(NOT_ACTIVITY),
