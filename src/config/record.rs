@@ -102,6 +102,29 @@ pub fn section(file: FileRecord) -> Result<RecordConfig, ConfigError> {
 mod tests {
     use super::*;
 
+    /// The commented block in config/gateway.toml, uncommented, states the defaults.
+    #[test]
+    fn the_shipped_example_parses() {
+        let shipped = include_str!("../../config/gateway.toml");
+        let block: String = shipped
+            .lines()
+            .skip_while(|line| *line != "# [record]")
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| format!("{}\n", line.trim_start_matches("# ")))
+            .collect();
+        let file: FileRecord = toml::from_str(block.trim_start_matches("[record]\n")).unwrap();
+        let parsed = section(file).unwrap();
+        assert_eq!(
+            parsed.retention_days,
+            RecordConfig::default().retention_days
+        );
+        assert_eq!(parsed.spool_bytes, RecordConfig::default().spool_bytes);
+        assert_eq!(parsed.batch, RecordConfig::default().batch);
+        assert_eq!(parsed.queue, RecordConfig::default().queue);
+        assert_eq!(parsed.dedupe, RecordConfig::default().dedupe);
+        assert!(parsed.url.is_some());
+    }
+
     #[test]
     fn defaults_and_refusals() {
         let ok = section(FileRecord {
