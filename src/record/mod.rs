@@ -58,13 +58,26 @@ impl Recorder {
     pub fn start(settings: &RecordConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let spool = writer::Spool::open(settings, &metrics)?;
         let (queue, entries) = sync_channel(settings.queue);
+        // Held by the writer thread: the sender stops once the writer is gone (the gateway
+        // dropped) and what it left unsent waits in the spool for the next start.
+        let writing = Arc::new(());
         if let Some(url) = &settings.url {
-            sender::start(url, spool.dir(), spool.bytes(), metrics.clone())?;
+            let writer_alive = Arc::downgrade(&writing);
+            sender::start(
+                url,
+                spool.dir(),
+                spool.bytes(),
+                metrics.clone(),
+                writer_alive,
+            )?;
         }
         let writer = writer::Writer::new(settings, spool, metrics.clone());
         std::thread::Builder::new()
             .name("record-writer".into())
-            .spawn(move || writer.run(entries))
+            .spawn(move || {
+                let _writing = writing;
+                writer.run(entries)
+            })
             .map_err(|e| format!("record writer thread: {e}"))?;
         Ok(Arc::new(Self { queue, metrics }))
     }

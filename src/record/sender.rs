@@ -4,8 +4,8 @@
 //! between the answer and the removal). Failures back off up to [`MAX_BACKOFF`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ pub fn start(
     dir: PathBuf,
     bytes: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    writer_alive: Weak<()>,
 ) -> Result<(), String> {
     let uri: http::Uri = url
         .as_str()
@@ -44,13 +45,19 @@ pub fn start(
                     return;
                 }
             };
-            runtime.block_on(send_forever(uri, dir, bytes, metrics));
+            runtime.block_on(send_while(uri, dir, bytes, metrics, writer_alive));
         })
         .map_err(|e| format!("record sender thread: {e}"))?;
     Ok(())
 }
 
-async fn send_forever(uri: http::Uri, dir: PathBuf, bytes: Arc<AtomicU64>, metrics: Arc<Metrics>) {
+async fn send_while(
+    uri: http::Uri,
+    dir: PathBuf,
+    bytes: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    writer_alive: Weak<()>,
+) {
     let client = match crate::policy::webhook::http_client(CALL_TIMEOUT) {
         Ok(client) => client,
         Err(error) => {
@@ -60,6 +67,9 @@ async fn send_forever(uri: http::Uri, dir: PathBuf, bytes: Arc<AtomicU64>, metri
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
+        if writer_alive.strong_count() == 0 {
+            return;
+        }
         let Some(batch) = oldest(&dir) else {
             tokio::time::sleep(IDLE).await;
             continue;
