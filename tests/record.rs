@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use directline_gateway::config::{PolicyConfig, RecordConfig, Redactions};
+use futures_util::SinkExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use support::webhook::PolicyWebhook;
 use support::*;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A fresh directory under the system's temporary one, removed when dropped.
 struct Scratch(PathBuf);
@@ -344,4 +346,46 @@ async fn a_full_spool_is_counted_and_the_daily_file_still_has_everything() {
         metric(&metrics, "directline_gateway_record_written_total"),
         10.0
     );
+}
+
+#[tokio::test]
+async fn a_multimodal_frame_is_recorded_as_it_went_upstream_and_its_answer_once() {
+    let scratch = Scratch::new("multimodal");
+    let h = with_record(
+        RecordConfig {
+            path: scratch.0.clone(),
+            ..RecordConfig::default()
+        },
+        Some(PolicyConfig {
+            redact: Redactions {
+                phone: true,
+                ..Redactions::default()
+            },
+            ..PolicyConfig::default()
+        }),
+    )
+    .await;
+    let conversation = h.conversation().await;
+    let (path, query) = conversation.stream_url.split_once('?').unwrap();
+    let mut ws = open_stream(&format!("{path}/multimodal?{query}")).await;
+    let activity =
+        json!({"type": "message", "from": {"id": "u"}, "text": "call +1 (555) 123-4567"});
+    ws.send(Message::Text(activity.to_string().into()))
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().iter().any(|t| t.starts_with("echo:"))
+    })
+    .await;
+    let dir = scratch.0.clone();
+    eventually("both directions in the record", async || {
+        let lines = record_lines(&dir);
+        !texts(&lines, "user").is_empty() && !texts(&lines, "bot").is_empty()
+    })
+    .await;
+    let lines = record_lines(&scratch.0);
+    assert_eq!(texts(&lines, "user"), ["call [phone]"], "{lines:?}");
+    assert_eq!(texts(&lines, "bot"), ["echo: call [phone]"], "{lines:?}");
+    assert!(!record_text(&scratch.0).contains("555"));
 }
