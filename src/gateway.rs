@@ -38,6 +38,9 @@ pub struct Gateway {
     /// The tracer while `[tracing]` is on (fixed at start; a reload that changes it is
     /// refused); `None` costs each request one branch.
     pub telemetry: Option<Arc<Telemetry>>,
+    /// The conversation record while `[record]` is set (fixed at start); `None` costs a
+    /// request or relayed frame one branch.
+    pub record: Option<Arc<crate::record::Recorder>>,
 }
 
 /// Everything a reload (SIGHUP) may change, swapped whole: a request or a reconnect loads it
@@ -121,8 +124,13 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 }
 
 impl Gateway {
-    pub fn new(live: Live, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        metrics: Arc<Metrics>,
+        record: Option<Arc<crate::record::Recorder>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            record,
             telemetry: Telemetry::start(live.config.tracing.as_ref(), &metrics),
             hubs: Hubs::new(&metrics),
             polls: crate::stream::held::HeldPolls::new(

@@ -58,6 +58,7 @@ pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod policy;
 pub(crate) mod ratelimit;
+pub mod record;
 pub(crate) mod refresh_share;
 pub(crate) mod reload;
 pub mod rewrite;

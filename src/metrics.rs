@@ -230,6 +230,12 @@ pub struct Metrics {
     /// Answers 401/403 from Direct Line to a call carrying a bot's secret: a
     /// wrong or revoked secret, counted per bot.
     pub upstream_credential_refusals: IntCounterVec,
+    // The conversation record (`[record]`, `src/record/`): present at 0 from the start.
+    pub record_written: IntCounter,
+    pub record_refused: IntCounter,
+    pub record_batches: IntCounterVec,
+    pub record_spool_bytes: IntGauge,
+    pub record_spool_full: IntCounter,
 }
 
 /// One client WebSocket counted in its bot's gauge and in the replica-wide count, until dropped.
@@ -682,6 +688,34 @@ impl Metrics {
             )
             .expect("valid metric"),
             streamed_answers: crate::stream::answer_metrics::StreamedAnswers::new(),
+            record_written: IntCounter::new(
+                "record_written_total",
+                "Activities written to the conversation record's daily file.",
+            )
+            .expect("valid metric"),
+            record_refused: IntCounter::new(
+                "record_refused_total",
+                "Activities not recorded because record.queue entries already waited for the writer (never waited for).",
+            )
+            .expect("valid metric"),
+            record_batches: IntCounterVec::new(
+                Opts::new(
+                    "record_batches_total",
+                    "Record batches POSTed to record.url, by outcome (sent: answered 2xx and removed from the spool; failed: kept for a retry).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            record_spool_bytes: IntGauge::new(
+                "record_spool_bytes",
+                "Bytes of records waiting in the on-disk spool for record.url.",
+            )
+            .expect("valid metric"),
+            record_spool_full: IntCounter::new(
+                "record_spool_full_total",
+                "Records kept out of the spool because it held record.spool_size (still in the daily file, never sent to record.url).",
+            )
+            .expect("valid metric"),
             registry,
             process_registry,
             family_names: Vec::new(),
@@ -746,6 +780,11 @@ impl Metrics {
             Box::new(self.polls.clone()),
             Box::new(self.polls_refused.clone()),
             Box::new(self.upstream_credential_refusals.clone()),
+            Box::new(self.record_written.clone()),
+            Box::new(self.record_refused.clone()),
+            Box::new(self.record_batches.clone()),
+            Box::new(self.record_spool_bytes.clone()),
+            Box::new(self.record_spool_full.clone()),
         ];
         let collectors = collectors
             .into_iter()
@@ -874,6 +913,9 @@ impl Metrics {
             self.polls_refused.with_label_values(&[reason]);
         }
         self.initialise_policy(bots);
+        for outcome in ["sent", "failed"] {
+            self.record_batches.with_label_values(&[outcome]);
+        }
     }
 
     /// The activity policy's series at 0 for every bot (whether or not it has a policy: a

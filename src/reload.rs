@@ -297,6 +297,10 @@ pub fn check_reloadable(current: &Config, next: &Config) -> Result<(), ReloadErr
     if current.tracing != next.tracing {
         return Err(ReloadError::NeedsRestart("tracing"));
     }
+    // The record's writer and sender threads are started once, at start.
+    if current.record != next.record {
+        return Err(ReloadError::NeedsRestart("record"));
+    }
     // These are baked into the HTTP connection builder when the listener starts.
     let (now, then) = (&current.limits, &next.limits);
     if now.header_read_timeout != then.header_read_timeout

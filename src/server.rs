@@ -44,6 +44,9 @@ pub enum StartError {
     /// The certificate or key of `tls` could not be loaded (the text names the file).
     #[error("tls: {0}")]
     Tls(String),
+    /// `[record]`: its directory or threads could not be set up.
+    #[error("record: {0}")]
+    Record(String),
     #[error("cannot start {count} worker threads (workers): {source}")]
     Workers {
         count: usize,
@@ -156,7 +159,15 @@ pub async fn start_on(
     };
     metrics.initialise(&bot_names(&live));
     metrics.initialise_workers(workers.count());
-    let gateway = Gateway::new(live, metrics);
+    let record = match &live.config.record {
+        Some(settings) => Some(
+            crate::record::Recorder::start(settings, metrics.clone())
+                .map_err(StartError::Record)?,
+        ),
+        None => None,
+    };
+
+    let gateway = Gateway::new(live, metrics, record);
     // Each bot's secret, before the listeners answer: with a wrong one /readyz is 503 from
     // the first probe. Bounded; an upstream that does not answer is checked in the background.
     if gateway.live().config.check_credentials {

@@ -62,6 +62,8 @@ pub struct FileConfig {
     pub policy: Option<super::policy::FilePolicy>,
     /// Held polls (`[polling]`).
     pub polling: Option<super::polling::FilePolling>,
+    /// The conversation record (`[record]`).
+    pub record: Option<super::record::FileRecord>,
     #[serde(default)]
     pub bots: Vec<FileBot>,
     /// Livestreamed answers: `"stream"` asks bots to livestream for every client.

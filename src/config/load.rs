@@ -127,6 +127,8 @@ impl Config {
             bots: plain_http_checked(bots(file.bots, top, env)?, file.allow_http_upstream)?,
             tracing: super::tracing::section(file.tracing, env)?,
             polling: super::polling::section(file.polling)?,
+            // The conversation record (`[record]`): fixed at start like `[tracing]`.
+            record: file.record.map(super::record::section).transpose()?,
             watched_files,
             check_credentials: true,
         };

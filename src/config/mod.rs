@@ -12,6 +12,7 @@
 //! - `sources`: the environment ([`Env`]) and command-line [`Overrides`];
 //! - `errors`: [`ConfigError`] and where in the file a mistake stands (file:line:column);
 //! - `copilot`: a Copilot Studio agent's [`TokenEndpoint`] (ARCHITECTURE §10);
+//! - `record`: `[record]` ([`RecordConfig`]);
 //! - `policy`: `[policy]` and `[bots.policy]` ([`PolicyConfig`]);
 //! - `tracing`: `[tracing]` and the OpenTelemetry environment variables ([`TracingConfig`]);
 //! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]);
@@ -24,6 +25,7 @@ mod load;
 mod policy;
 mod polling;
 pub(crate) mod quantity;
+mod record;
 mod sources;
 mod streaming;
 mod tracing;
@@ -43,6 +45,7 @@ pub use copilot::{TokenEndpoint, is_loopback};
 pub use errors::ConfigError;
 pub use policy::{ContentSafetyConfig, OnError, PolicyConfig, Redactions};
 pub use polling::PollingConfig;
+pub use record::RecordConfig;
 pub use sources::{ENV_SECRET, ENV_TOKEN_KEY, Env, Overrides, ProcessEnv};
 pub use tracing::TracingConfig;
 pub use values::{IpNet, Rate, UpstreamTarget, UserIdPolicy, parse_duration, parse_size};
@@ -92,6 +95,8 @@ pub struct Config {
     /// (`upstream::credential`). Always on from the file; fixed at start. Tests that count
     /// every upstream call turn it off; answers to normal traffic are judged either way.
     pub check_credentials: bool,
+    /// The conversation record (`[record]`); `None` costs a request or frame one branch.
+    pub record: Option<RecordConfig>,
 }
 
 /// Direct Line keeps a conversation's activities for 24 h: a resume later than that could
@@ -313,6 +318,7 @@ impl Default for Config {
             bots: vec![BotConfig::default()],
             tracing: None,
             polling: PollingConfig::default(),
+            record: None,
         }
     }
 }

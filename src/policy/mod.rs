@@ -332,7 +332,7 @@ pub async fn screen_set(
 
 /// A bot's activity to screen: not the user's own (screened on the way in), and not a
 /// streamed interim unless `screen_interims` asks for them.
-fn is_bot_activity(activity: &Value, user: &str, screen_interims: bool) -> bool {
+pub(crate) fn is_bot_activity(activity: &Value, user: &str, screen_interims: bool) -> bool {
     let from_user = activity
         .get("from")
         .and_then(|from| from.get("id"))

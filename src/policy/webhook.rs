@@ -204,7 +204,7 @@ impl Webhook {
 }
 
 /// An HTTP/1.1 client for http:// and https:// (ring, the webpki roots), its own pool.
-pub(super) fn http_client(
+pub(crate) fn http_client(
     connect_timeout: Duration,
 ) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, String> {
     let tls = crate::upstream::client::tls_client_config(None)?;

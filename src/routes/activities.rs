@@ -55,7 +55,7 @@ pub async fn get_activities(
                             conversation: conversation.as_str(),
                             user: &token.user_id,
                         };
-                        screened_page(gateway, &policy, subject, response).await
+                        screened_page(gateway, Some(&policy), subject, response).await
                     }
                 };
             }
@@ -81,7 +81,7 @@ pub async fn get_activities(
         .await?;
     ctx.saw(&reply);
     let policy = ctx.bot.policy.clone();
-    if policy.is_some() {
+    if policy.is_some() || gateway.record.is_some() {
         // Screened as decoded JSON: the answer is rebuilt anyway when something is withheld.
         ctx.accepts_gzip = false;
     }
@@ -94,24 +94,23 @@ pub async fn get_activities(
         needles,
     )
     .await?;
-    match policy {
-        None => Ok(response),
-        Some(policy) => {
-            let subject = Subject {
-                bot: &ctx.bot.name,
-                conversation: conversation.as_str(),
-                user: &token.user_id,
-            };
-            screened_page(gateway, &policy, subject, response).await
-        }
+    if policy.is_none() && gateway.record.is_none() {
+        return Ok(response);
     }
+    let subject = Subject {
+        bot: &ctx.bot.name,
+        conversation: conversation.as_str(),
+        user: &token.user_id,
+    };
+    screened_page(gateway, policy.as_deref(), subject, response).await
 }
 
 /// A history page with the bot's activities screened: withheld ones left out (the page's
-/// watermark still moves past them), replaced ones swapped.
+/// watermark still moves past them), replaced ones swapped; then, with `[record]`, the page
+/// as delivered offered to the record.
 async fn screened_page(
     gateway: &Gateway,
-    policy: &Policy,
+    policy: Option<&Policy>,
     subject: Subject<'_>,
     response: Response<Body>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -120,13 +119,20 @@ async fn screened_page(
     }
     let (mut parts, body) = response.into_parts();
     let bytes = read_page(body).await?;
-    let bytes = match crate::policy::screen_set(policy, &gateway.metrics, subject, &bytes).await {
+    let screened = match policy {
+        Some(policy) => crate::policy::screen_set(policy, &gateway.metrics, subject, &bytes).await,
+        None => None,
+    };
+    let bytes = match screened {
         Some(screened) => {
             parts.headers.remove(header::CONTENT_LENGTH);
             bytes::Bytes::from(screened)
         }
         None => bytes,
     };
+    if let Some(record) = &gateway.record {
+        record.bot_set(subject, bytes.clone());
+    }
     Ok(Response::from_parts(parts, crate::body::full(bytes)))
 }
 
@@ -198,6 +204,11 @@ pub async fn post_activity(
         };
         body = policy.screen_user(&gateway.metrics, subject, body).await?;
     }
+    // The record keeps what went upstream, once Direct Line took it.
+    let recorded = gateway
+        .record
+        .as_ref()
+        .map(|_| bytes::Bytes::copy_from_slice(&body));
     let path = format!("/v3/directline/conversations/{conversation}/activities");
     let reply = ctx
         .upstream(
@@ -210,6 +221,16 @@ pub async fn post_activity(
         .send(&gateway.metrics)
         .await?;
     ctx.saw(&reply);
+    if let (Some(record), Some(activity)) = (&gateway.record, recorded)
+        && reply.answer.status().is_success()
+    {
+        let subject = Subject {
+            bot: &ctx.bot.name,
+            conversation: conversation.as_str(),
+            user: &token.user_id,
+        };
+        record.user(subject, activity);
+    }
     let needles = credential_needles(ctx, token.upstream_token);
     passthrough(
         gateway,

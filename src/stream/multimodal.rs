@@ -162,6 +162,17 @@ pub async fn bridge(
                             Ok(bound) => match String::from_utf8(bound) {
                                 Ok(bound) => {
                                     upstream_bytes.inc_by(bound.len() as u64);
+                                    if let Some(record) = &gateway.record {
+                                        let subject = crate::policy::Subject {
+                                            bot: &bot,
+                                            conversation: rate_key.1.as_str(),
+                                            user: &ticket.user_id,
+                                        };
+                                        record.user(
+                                            subject,
+                                            bytes::Bytes::copy_from_slice(bound.as_bytes()),
+                                        );
+                                    }
                                     Message::Text(Utf8Bytes::from(bound))
                                 }
                                 Err(_) => break Some(NOT_ACTIVITY),
@@ -184,6 +195,18 @@ pub async fn bridge(
         };
         let to_client = async {
             while let Some(Ok(message)) = upstream_stream.next().await {
+                // The record: this socket's bot activities as delivered (not screened by
+                // the policy on this road), kept once each by the record's writer.
+                if let (Some(record), Message::Text(text)) = (&gateway.record, &message)
+                    && !text.is_empty()
+                {
+                    let subject = crate::policy::Subject {
+                        bot: &bot,
+                        conversation: rate_key.1.as_str(),
+                        user: &ticket.user_id,
+                    };
+                    record.bot_set(subject, bytes::Bytes::from(text.clone()));
+                }
                 let close = message.is_close();
                 if client_sink.send(message).await.is_err() || close {
                     break;

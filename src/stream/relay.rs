@@ -28,17 +28,24 @@ pub struct FirstLink {
     pub user: Arc<str>,
 }
 
-/// The bot's activity policy for one upstream connection (looked up per connection, so a
-/// reload reaches the next one); `None`, the common case, costs a frame one branch.
+/// The bot's activity policy and the conversation record for one upstream connection
+/// (looked up per connection, so a reload reaches the next one); `None`, the common case
+/// (neither), costs a frame one branch.
 pub(super) struct Screen {
-    policy: Arc<crate::policy::Policy>,
+    policy: Option<Arc<crate::policy::Policy>>,
+    record: Option<Arc<crate::record::Recorder>>,
     user: Arc<str>,
 }
 
 pub(super) fn screen_for(gateway: &Gateway, hub: &Hub, user: &Arc<str>) -> Option<Screen> {
-    let policy = gateway.live().bot(&hub.bot)?.policy.clone()?;
+    let policy = gateway.live().bot(&hub.bot)?.policy.clone();
+    let record = gateway.record.clone();
+    if policy.is_none() && record.is_none() {
+        return None;
+    }
     Some(Screen {
         policy,
+        record,
         user: user.clone(),
     })
 }
@@ -454,7 +461,7 @@ pub(super) async fn relay_page(
 }
 
 /// A frame with the bot's activities screened first (withheld ones out, replaced ones
-/// swapped, the watermark kept), then relayed as any other.
+/// swapped, the watermark kept) and recorded, then relayed as any other.
 async fn relay_screened(
     gateway: &Gateway,
     hub: &Hub,
@@ -467,11 +474,21 @@ async fn relay_screened(
         conversation: hub.conversation.as_str(),
         user: &screen.user,
     };
-    let screened =
-        crate::policy::screen_set(&screen.policy, &gateway.metrics, subject, text.as_bytes())
-            .await
-            .and_then(|bytes| String::from_utf8(bytes).ok());
+    let screened = match &screen.policy {
+        Some(policy) => {
+            crate::policy::screen_set(policy, &gateway.metrics, subject, text.as_bytes())
+                .await
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+        }
+        None => None,
+    };
     let text = screened.map_or(text, Utf8Bytes::from);
+    if let Some(record) = &screen.record
+        && !text.is_empty()
+    {
+        // The frame as delivered; the record's writer keeps the bot's finals, each once.
+        record.bot_set(subject, bytes::Bytes::from(text.clone()));
+    }
     relay_text(gateway, hub, tracker, text);
 }
 
