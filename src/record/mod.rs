@@ -8,9 +8,11 @@
 //!
 //! - `writer`: the daily files, retention, dedupe and the spool's segments;
 //! - `sender`: the batches POSTed to `record.url` with backoff;
+//! - `entry`: what the request and relay paths hand to the writer;
 //! - `date`: UTC calendar dates and timestamps without a time-zone crate.
 
 mod date;
+mod entry;
 mod sender;
 mod writer;
 
@@ -19,34 +21,11 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use bytes::Bytes;
 
+use entry::{Entry, Key};
+
 use crate::config::RecordConfig;
 use crate::metrics::Metrics;
 use crate::policy::Subject;
-
-/// What the request and relay paths hand to the writer.
-enum Entry {
-    /// A user's activity as it went upstream (bound, screened, redacted).
-    User { key: Key, activity: Bytes },
-    /// An activity set (a stream frame, a history page) as delivered to clients.
-    Bot { key: Key, set: Bytes },
-}
-
-/// Bot, conversation and the conversation's bound user (`dl_…`).
-struct Key {
-    bot: Arc<str>,
-    conversation: Box<str>,
-    user: Arc<str>,
-}
-
-impl Key {
-    fn of(subject: Subject<'_>) -> Self {
-        Self {
-            bot: Arc::from(subject.bot),
-            conversation: Box::from(subject.conversation),
-            user: Arc::from(subject.user),
-        }
-    }
-}
 
 pub struct Recorder {
     queue: SyncSender<Entry>,

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Entry, Key, date};
+use super::date;
+use super::entry::{Entry, Key};
 use crate::config::RecordConfig;
 use crate::metrics::Metrics;
 

@@ -1,10 +1,10 @@
 //! The metrics of livestreamed answers (ARCHITECTURE §14), unlabelled so every series
 //! exists from the start.
 
+use std::time::Duration;
+
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter};
-
-use super::hub::Published;
 
 pub struct StreamedAnswers {
     /// Interims written to client sockets (one per client that got it).
@@ -82,4 +82,15 @@ impl Default for StreamedAnswers {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What publishing a frame did, for the relay's metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// An interim after its final or out of order: not published.
+    pub dropped: bool,
+    /// A stream's first interim, this long after the frame before it.
+    pub first_interim_after: Option<Duration>,
+    pub finalized: bool,
+    pub abandoned: usize,
 }

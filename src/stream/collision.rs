@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::backoff;
+use super::deliver::{relay_page, screen_for};
 use super::hub::Hub;
-use super::link::{self, FetchError, UpstreamSocket};
-use super::relay::{ResumeEnd, relay_page};
+use super::link::{self, FetchError, ResumeEnd, UpstreamSocket};
 use super::tracker::Tracker;
 use crate::gateway::Gateway;
 
@@ -74,7 +74,7 @@ pub(super) async fn share(
     user: &Arc<str>,
 ) -> ResumeEnd {
     // Polled pages go through the bot's policy as stream frames do.
-    let screen = super::relay::screen_for(gateway, hub, user);
+    let screen = screen_for(gateway, hub, user);
     // Copied out: no settings handle is held across the awaits below.
     let (poll_every, retry_wait, linger, budget) = {
         let live = gateway.live();

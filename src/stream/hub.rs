@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+pub use super::answer_metrics::Published;
 use super::chunks::{Admit, OpenStreams};
 use super::ids::KeySet;
 use super::tracker::{ActivitySpan, StreamMark};
@@ -250,17 +251,6 @@ struct HubState {
     /// When the last frame other than an interim was published: the start of the time to
     /// a stream's first interim.
     last_stored_at: Instant,
-}
-
-/// What publishing a frame did, for the relay's metrics.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Published {
-    /// An interim after its final or out of order: not published.
-    pub dropped: bool,
-    /// A stream's first interim, this long after the frame before it.
-    pub first_interim_after: Option<Duration>,
-    pub finalized: bool,
-    pub abandoned: usize,
 }
 
 impl Hub {

@@ -390,3 +390,14 @@ pub async fn refresh_token(
         .clamp(1, 3600);
     Ok((fresh.to_owned(), lifetime))
 }
+
+/// How getting the upstream socket back ended: a resume after a drop, or a polling spell
+/// after a collision.
+pub(crate) enum ResumeEnd {
+    Connected(Box<UpstreamSocket>),
+    Gone,
+    BotRemoved,
+    Exhausted,
+    Idle,
+    Stopped,
+}

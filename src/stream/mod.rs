@@ -6,9 +6,10 @@
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
 //! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
 //! `tracker` (watermarks and ids), `chunks` (livestreamed answers' interims and finals),
-//! `ids`, `backoff`, `websocket` (settings, close frames), `collision` (polling while
-//! another replica's hub holds the conversation's stream), `poll` (held
-//! `GET …/activities` polls served from the hub) and `held` (their bounds).
+//! `ids`, `backoff`, `websocket` (settings, close frames), `deliver` (frames into the hub,
+//! through the policy and the record), `collision` (polling while another replica's hub
+//! holds the conversation's stream), `poll` (held `GET …/activities` polls served from the
+//! hub) and `held` (their bounds).
 //! The route that accepts client sockets is `routes::stream`.
 
 pub mod answer_metrics;
@@ -16,6 +17,7 @@ pub(crate) mod backoff;
 pub mod chunks;
 pub(crate) mod client;
 pub(crate) mod collision;
+pub(crate) mod deliver;
 pub(crate) mod held;
 pub(crate) mod hub;
 pub(crate) mod ids;

@@ -10,10 +10,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::backoff;
-use super::hub::{EventParts, Hub};
-use super::link::{self, DialError, FetchError, UpstreamSocket};
-use super::tracker::StreamMark;
-use super::tracker::{Observed, Tracker};
+use super::deliver::{Screen, relay_page, relay_screened, relay_text, screen_for};
+use super::hub::Hub;
+use super::link::{self, DialError, FetchError, ResumeEnd, UpstreamSocket};
+use super::tracker::Tracker;
 use crate::gateway::Gateway;
 
 /// What the hub's first upstream connection should do.
@@ -26,28 +26,6 @@ pub struct FirstLink {
     /// The conversation's user (bound in the ticket): the activity policy screens what is
     /// not theirs.
     pub user: Arc<str>,
-}
-
-/// The bot's activity policy and the conversation record for one upstream connection
-/// (looked up per connection, so a reload reaches the next one); `None`, the common case
-/// (neither), costs a frame one branch.
-pub(super) struct Screen {
-    policy: Option<Arc<crate::policy::Policy>>,
-    record: Option<Arc<crate::record::Recorder>>,
-    user: Arc<str>,
-}
-
-pub(super) fn screen_for(gateway: &Gateway, hub: &Hub, user: &Arc<str>) -> Option<Screen> {
-    let policy = gateway.live().bot(&hub.bot)?.policy.clone();
-    let record = gateway.record.clone();
-    if policy.is_none() && record.is_none() {
-        return None;
-    }
-    Some(Screen {
-        policy,
-        record,
-        user: user.clone(),
-    })
 }
 
 enum PumpEnd {
@@ -89,15 +67,6 @@ impl FailureRun {
             too_large: 0,
         }
     }
-}
-
-pub(super) enum ResumeEnd {
-    Connected(Box<UpstreamSocket>),
-    Gone,
-    BotRemoved,
-    Exhausted,
-    Idle,
-    Stopped,
 }
 
 pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
@@ -441,87 +410,6 @@ async fn backfill(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, user: &Ar
         }
         Err(error) => {
             tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, ?error, "history backfill failed")
-        }
-    }
-}
-
-/// A page fetched by REST (catch-up, or polling while another replica holds the stream),
-/// through the policy when the bot has one, like a frame from the socket.
-pub(super) async fn relay_page(
-    gateway: &Gateway,
-    hub: &Hub,
-    tracker: &mut Tracker,
-    screen: Option<&Screen>,
-    page: Utf8Bytes,
-) {
-    match screen {
-        None => relay_text(gateway, hub, tracker, page),
-        Some(screen) => Box::pin(relay_screened(gateway, hub, tracker, screen, page)).await,
-    }
-}
-
-/// A frame with the bot's activities screened first (withheld ones out, replaced ones
-/// swapped, the watermark kept) and recorded, then relayed as any other.
-async fn relay_screened(
-    gateway: &Gateway,
-    hub: &Hub,
-    tracker: &mut Tracker,
-    screen: &Screen,
-    text: Utf8Bytes,
-) {
-    let subject = crate::policy::Subject {
-        bot: &hub.bot,
-        conversation: hub.conversation.as_str(),
-        user: &screen.user,
-    };
-    let screened = match &screen.policy {
-        Some(policy) => {
-            crate::policy::screen_set(policy, &gateway.metrics, subject, text.as_bytes())
-                .await
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-        }
-        None => None,
-    };
-    let text = screened.map_or(text, Utf8Bytes::from);
-    if let Some(record) = &screen.record
-        && !text.is_empty()
-    {
-        // The frame as delivered; the record's writer keeps the bot's finals, each once.
-        record.bot_set(subject, bytes::Bytes::from(text.clone()));
-    }
-    relay_text(gateway, hub, tracker, text);
-}
-
-pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
-    match tracker.observe(text.as_str()) {
-        Observed::Keepalive => {}
-        Observed::AllDuplicates { dropped } => {
-            gateway.metrics.duplicates_dropped.inc_by(dropped as u64);
-            hub.advance_watermark(tracker.watermark());
-        }
-        Observed::Forward(forward) => {
-            gateway
-                .metrics
-                .duplicates_dropped
-                .inc_by(forward.dropped as u64);
-            hub.relayed.inc_by(forward.activities.len() as u64);
-            let text = match forward.rebuilt {
-                Some(rebuilt) => Utf8Bytes::from(rebuilt),
-                None => text,
-            };
-            let stream = forward.stream;
-            let published = hub.publish(
-                EventParts {
-                    text,
-                    watermark: forward.watermark,
-                    activities: forward.activities,
-                    stream,
-                },
-                tracker.watermark(),
-            );
-            if stream != StreamMark::None {
-                gateway.metrics.streamed_answers.observe(&published);
-            }
         }
     }
 }
