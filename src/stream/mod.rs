@@ -14,6 +14,7 @@ pub mod answer_metrics;
 pub(crate) mod backoff;
 pub mod chunks;
 pub(crate) mod client;
+pub(crate) mod gathered_writes;
 pub(crate) mod held;
 pub(crate) mod hub;
 pub(crate) mod ids;
