@@ -287,8 +287,10 @@ async fn a_client_that_stops_reading_during_16_answers_keeps_its_socket_and_gets
     // What the gateway holds for this conversation once the answers are done: stored frames
     // (the 16 finals and the 16 user messages), no interims. Each final is ~1.5 KB here.
     assert!(ring < 128.0 * 1024.0, "ring holds {ring} bytes");
+    // Counted when the client task moves past the interims it skipped, which it cannot while
+    // its write is blocked: read once the client has read everything.
     let coalesced = metric(
-        &metrics,
+        &h.metrics().await,
         "directline_gateway_stream_interims_coalesced_total",
     );
     assert!(coalesced > 0.0);
@@ -424,5 +426,61 @@ async fn hostile_interims_are_relayed_or_dropped_by_the_rule_and_never_pile_up()
             &h.metrics().await,
             "directline_gateway_streams_abandoned_total"
         ) >= 160.0
+    );
+}
+
+#[tokio::test]
+async fn chunk_interval_sends_at_most_one_interim_per_interval_in_order_and_the_final_once() {
+    const CHUNKS: u64 = 100;
+    let interval = Duration::from_millis(200);
+    // The bot streams 100 interims 10 ms apart: about a second, so about five intervals.
+    let h = streaming_harness(Duration::from_millis(10), |config| {
+        config.stream.chunk_interval = interval;
+    })
+    .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    let started = std::time::Instant::now();
+    post(&h, &conversation, &format!("stream {CHUNKS}"), None).await;
+    read_until(&mut ws, &mut seen, |s| finals(s).len() == 1).await;
+    // A loaded machine stretches the answer, and so the bound: at most one interim per
+    // interval of the answer's time, plus the first and one at each edge.
+    let elapsed = started.elapsed();
+    let bound = (elapsed.as_millis() / interval.as_millis()) as usize + 3;
+    post(&h, &conversation, "after", Some("normal")).await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().iter().any(|t| t == "echo: after")
+    })
+    .await;
+    let delivered = interims(&seen).len();
+    eprintln!("{delivered} of {CHUNKS} interims in {elapsed:?} (bound {bound})");
+    assert!(delivered >= 1, "at least one interim");
+    assert!(
+        delivered <= bound,
+        "{delivered} interims in {elapsed:?} with a {interval:?} interval"
+    );
+    assert!(delivered < CHUNKS as usize / 4, "{delivered} interims");
+    assert_eq!(finals(&seen).len(), 1);
+    assert_stream_order(&seen);
+    assert_eq!(
+        finals(&seen)[0]["text"]
+            .as_str()
+            .map(|t| t.split(' ').count() as u64),
+        Some(CHUNKS)
+    );
+    seen.assert_no_duplicate_ids();
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "directline_gateway_stream_interims_relayed_total"),
+        delivered as f64
+    );
+    let coalesced = metric(
+        &metrics,
+        "directline_gateway_stream_interims_coalesced_total",
+    );
+    assert!(
+        coalesced >= (CHUNKS as usize / 2) as f64,
+        "{coalesced} coalesced of {CHUNKS}"
     );
 }

@@ -18,6 +18,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::routes::context::RequestContext;
 use crate::seal::StreamTicket;
+use crate::stream::gathered_writes::GatheredWrites;
 use crate::stream::hub::{AttachError, ResumeFrom};
 use crate::stream::relay::FirstLink;
 use crate::stream::websocket::{close_frame, ws_config};
@@ -75,7 +76,7 @@ pub fn accept(
             }
         };
         let socket = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
+            GatheredWrites::new(TokioIo::new(upgraded)),
             Role::Server,
             Some(socket_config),
         )

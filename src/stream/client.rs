@@ -14,12 +14,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::chunks::{ClientStreams, Send};
+use super::gathered_writes::GatheredWrites;
 use super::hub::{Cursor, Event, Hub, Pending, filtered_text};
 use super::tracker::StreamMark;
 use super::websocket::close_frame;
 use crate::gateway::Gateway;
 
-pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
+/// Frames fed in one wake-up leave in one write (see [`GatheredWrites`]).
+pub type ClientSocket = WebSocketStream<GatheredWrites<TokioIo<Upgraded>>>;
 
 /// How long a closing socket gets to take its close frame: a client that stopped reading
 /// will not take it at all, and must not hold its socket for the whole write timeout.

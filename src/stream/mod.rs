@@ -9,7 +9,8 @@
 //! `ids`, `backoff`, `websocket` (settings, close frames), `deliver` (frames into the hub,
 //! through the policy and the record), `collision` (polling while another replica's hub
 //! holds the conversation's stream), `poll` (held `GET …/activities` polls served from the
-//! hub) and `held` (their bounds).
+//! hub), `held` (their bounds), `send_buffer` (what a client socket's kernel buffer may hold
+//! unsent) and `gathered_writes` (one write per wake-up for a client socket).
 //! The route that accepts client sockets is `routes::stream`.
 
 pub mod answer_metrics;
@@ -18,6 +19,7 @@ pub mod chunks;
 pub(crate) mod client;
 pub(crate) mod collision;
 pub(crate) mod deliver;
+pub(crate) mod gathered_writes;
 pub(crate) mod held;
 pub(crate) mod hub;
 pub(crate) mod ids;

@@ -9,7 +9,9 @@ const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
-const { gatewayWithCopilotAgent, gatewayWithEmulator, metric, start, until } = require('./support');
+const {
+  SECRET, gatewayWithCopilotAgent, gatewayWithEmulator, metric, start, startGateway, until,
+} = require('./support');
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 // Without the background-networking flags Chromium keeps dialling Google on a closed network.
@@ -219,5 +221,80 @@ test('the demo page on / of the no-argument run chats with the echo bot', { time
   } finally {
     await browser.close();
     gateway.kill('SIGTERM');
+  }
+});
+
+test('WebChat in Chromium renders a livestreamed answer as one growing bubble across upstream drops', { timeout: 120000 }, async () => {
+  // WebChat 4.18.1 keys a `typing` with text and `channelData.streamId` to its stream's first
+  // interim, so every interim and the final replace one bubble. The page does not ask for
+  // streaming: the gateway's `delivery_mode = "stream"` does. The bot answers 30 chunks 50 ms
+  // apart in the channelData encoding, and its stream drops after every 8 frames.
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'gw-webchat-live-'));
+  const config = path.join(dir, 'gateway.toml');
+  fs.writeFileSync(config, 'delivery_mode = "stream"\n');
+  const emulator = await start([
+    'emulator', '--listen', '127.0.0.1:0', '--secret', SECRET,
+    '--stream-interval-ms', '50', '--drop-after-frames', '8',
+  ], {});
+  const gateway = await startGateway(emulator.address, '127.0.0.1:0', ['--config', config]);
+  const domain = `${gateway.address}/v3/directline`;
+  const server = await servePage();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const answer = Array.from({ length: 30 }, (_, i) => `w${i + 1}`).join(' ');
+  try {
+    const page = await browser.newPage({ viewport: { width: 720, height: 640 } });
+    const sockets = { opened: 0, closed: 0 };
+    page.on('websocket', (socket) => {
+      sockets.opened += 1;
+      socket.on('close', () => { sockets.closed += 1; });
+    });
+    const pageErrors = [];
+    page.on('pageerror', (error) => pageErrors.push(String(error)));
+    const { port } = server.address();
+    await page.goto(`http://127.0.0.1:${port}/?domain=${encodeURIComponent(domain)}`);
+    const input = page.locator('[data-id="webchat-sendbox-input"]');
+    await input.waitFor({ timeout: 30000 });
+    // Every change to the transcript: how many answer paragraphs (`w1 …`) are on screen at
+    // once, and each text one showed.
+    await page.evaluate(() => {
+      window.answerTexts = new Set();
+      window.mostAnswerBubbles = 0;
+      const look = () => {
+        const shown = [...document.querySelectorAll('p')].map((p) => p.textContent)
+          .filter((text) => /^w1( w\d+)*$/.test(text));
+        shown.forEach((text) => window.answerTexts.add(text));
+        window.mostAnswerBubbles = Math.max(window.mostAnswerBubbles, shown.length);
+      };
+      new MutationObserver(look).observe(document.body, { subtree: true, childList: true, characterData: true });
+    });
+    await input.fill('stream 30 channeldata');
+    await input.press('Enter');
+    await bubble(page, answer).first().waitFor({ timeout: 30000 });
+    // Past the final, nothing more may change the transcript: a later echo marks the end.
+    await input.fill('after the answer');
+    await input.press('Enter');
+    await bubble(page, 'echo: after the answer').first().waitFor({ timeout: 30000 });
+    assert.equal(await bubble(page, answer).count(), 1, 'the final text shown once');
+    const seen = await page.evaluate(() => ({ texts: [...window.answerTexts], most: window.mostAnswerBubbles }));
+    assert.equal(seen.most, 1, 'never two answer bubbles at once');
+    assert.ok(seen.texts.length >= 2, `the bubble grew (${seen.texts.length} texts shown)`);
+    for (const text of seen.texts) assert.ok(answer.startsWith(text), `a prefix of the answer: ${text}`);
+    assert.equal(await page.getByText('Send failed', { exact: false }).count(), 0);
+    await page.locator('.webchat__connectivityStatus').waitFor({ state: 'hidden', timeout: 30000 });
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'webchat-livestream.png') });
+    const line = gateway.lines.find((l) => l.includes('/metrics'));
+    const metrics = await (await fetch(line.match(/http:\/\/\S+\/metrics/)[0])).text();
+    const reconnects = metric(metrics, 'directline_gateway_upstream_reconnects_total{bot="default",result="ok"}');
+    assert.ok(reconnects >= 2, `the upstream dropped mid-answer and was resumed (${reconnects})`);
+    assert.ok(metric(metrics, 'directline_gateway_stream_interims_relayed_total') >= 1);
+    assert.equal(sockets.opened, 1, 'WebChat kept its one WebSocket');
+    assert.equal(sockets.closed, 0);
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await browser.close();
+    server.close();
+    gateway.kill('SIGTERM');
+    emulator.kill('SIGTERM');
   }
 });
