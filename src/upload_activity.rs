@@ -13,9 +13,13 @@ const ACTIVITY_CONTENT_TYPE: &[u8] = b"application/vnd.microsoft.activity";
 /// Bound on one part's header block: headers are a few lines, never kilobytes.
 pub const MAX_PART_HEADERS: usize = 8 * 1024;
 
+/// A `multipart/form-data` Content-Type without a usable boundary.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoBoundary;
+
 /// The boundary of a `multipart/form-data` Content-Type: `Ok(None)` for another media type
 /// (a raw file upload), `Err` for a multipart without a usable boundary.
-pub fn boundary(content_type: &str) -> Result<Option<Vec<u8>>, ()> {
+pub fn boundary(content_type: &str) -> Result<Option<Vec<u8>>, NoBoundary> {
     let mut params = content_type.split(';');
     let media = params.next().unwrap_or("").trim();
     if !media.eq_ignore_ascii_case("multipart/form-data") {
@@ -33,12 +37,12 @@ pub fn boundary(content_type: &str) -> Result<Option<Vec<u8>>, ()> {
                 .unwrap_or(value);
             // RFC 2046: 1 to 70 characters.
             if value.is_empty() || value.len() > 70 {
-                return Err(());
+                return Err(NoBoundary);
             }
             return Ok(Some(value.as_bytes().to_vec()));
         }
     }
-    Err(())
+    Err(NoBoundary)
 }
 
 /// What the start of the body says about its first part.
@@ -317,8 +321,8 @@ mod tests {
             boundary("Multipart/Form-Data;boundary=q"),
             Ok(Some(b"q".to_vec()))
         );
-        assert_eq!(boundary("multipart/form-data"), Err(()));
-        assert_eq!(boundary("multipart/form-data; boundary="), Err(()));
+        assert_eq!(boundary("multipart/form-data"), Err(NoBoundary));
+        assert_eq!(boundary("multipart/form-data; boundary="), Err(NoBoundary));
     }
 
     #[test]
