@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use directline_emulator::OidcIssuer;
 use directline_emulator::oidc::{Alg, DEFAULT_AUDIENCE};
-use directline_gateway::config::{DeliveryMode, PolicyConfig};
+use directline_gateway::config::{DeliveryMode, PolicyConfig, RecordConfig};
 use directline_gateway::identity::settings::{AuthSettings, IdentityLimits};
 use directline_gateway::secret::Secret;
 use http::{Method, Request, StatusCode};
@@ -292,4 +292,49 @@ async fn signed_in_the_activity_part_carries_the_issuers_name() {
     let seen = last_upload(&h).unwrap();
     assert_eq!(seen["from"]["name"], "Alice Example");
     assert!(seen["from"]["id"].as_str().unwrap().starts_with("dl_"));
+}
+
+#[tokio::test]
+async fn the_activity_part_is_recorded_as_it_went_upstream() {
+    let dir = std::env::temp_dir().join(format!(
+        "dlgw-upload-record-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let record = RecordConfig {
+        path: dir.clone(),
+        ..RecordConfig::default()
+    };
+    let h = Harness::builder()
+        .config(|config| config.record = Some(record))
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let activity = json!({"type": "message", "text": "uploaded", "from": {"id": "spoofed"}});
+    let reply = upload(&h, &conversation, multipart(&activity, &[("a", b"x")])).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let user_lines = || -> Vec<Value> {
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".jsonl") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                lines.extend(
+                    text.lines()
+                        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                        .filter(|l| l["direction"] == "user"),
+                );
+            }
+        }
+        lines
+    };
+    eventually("the upload's activity in the record", async || {
+        !user_lines().is_empty()
+    })
+    .await;
+    let lines = user_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["activity"]["text"], "uploaded");
+    let from = lines[0]["activity"]["from"]["id"].as_str().unwrap();
+    assert!(from.starts_with("dl_"), "{from}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
