@@ -98,6 +98,10 @@ pub enum GatewayError {
     InvalidActivity,
     #[error("unsupported content type")]
     UnsupportedMediaType,
+    /// A multipart upload without a boundary, with a malformed part, or with its activity
+    /// part after a file part.
+    #[error("the multipart upload is malformed")]
+    MalformedUpload,
     #[error("a query parameter is not valid")]
     InvalidQuery,
     #[error("the request body could not be read")]
@@ -186,6 +190,7 @@ impl GatewayError {
             BadHost => (StatusCode::BAD_REQUEST, "BadArgument", "An HTTP/1.1 request needs exactly one Host header", Client, None),
             MalformedJson => (StatusCode::BAD_REQUEST, "BadArgument", "Malformed JSON body", Client, None),
             InvalidActivity => (StatusCode::BAD_REQUEST, "BadArgument", "Activity must be a JSON object", Client, None),
+            MalformedUpload => (StatusCode::BAD_REQUEST, "BadArgument", "Malformed multipart upload: it needs a boundary, and its activity part must come first", Client, None),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", "Content-Type must be application/json", Client, None),
             InvalidQuery => (StatusCode::BAD_REQUEST, "BadArgument", "Invalid query parameter", Client, None),
             BodyRead => (StatusCode::BAD_REQUEST, "BadArgument", "Request body could not be read", Client, None),
@@ -378,6 +383,7 @@ mod tests {
             (BadHost, 400, "BadArgument", Blame::Client),
             (MalformedJson, 400, "BadArgument", Blame::Client),
             (InvalidActivity, 400, "BadArgument", Blame::Client),
+            (MalformedUpload, 400, "BadArgument", Blame::Client),
             (
                 UnsupportedMediaType,
                 415,

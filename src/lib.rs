@@ -71,5 +71,6 @@ pub mod signals;
 pub mod stream;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
+pub mod upload_activity;
 pub(crate) mod upstream;
 pub(crate) mod workers;

@@ -185,6 +185,9 @@ impl Upstream {
                 if has_cause::<http_body_util::LengthLimitError>(&error) {
                     return Err(GatewayError::BodyTooLarge { limit: 0 });
                 }
+                if has_cause::<crate::upload_activity::LateActivity>(&error) {
+                    return Err(GatewayError::MalformedUpload);
+                }
                 if has_cause::<crate::body::DeadlineError>(&error) {
                     return Err(GatewayError::BodyTimeout);
                 }
