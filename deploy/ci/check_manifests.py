@@ -231,8 +231,9 @@ def main(argv):
     allowed_in = {p["port"] for rule in netpol["spec"]["ingress"] for p in rule.get("ports", [])}
     check(allowed_in == {8080, 9464}, f"NetworkPolicy ingress ports should be 8080 and 9464, got {allowed_in}")
     allowed_out = {(p.get("protocol", "TCP"), p["port"]) for rule in netpol["spec"]["egress"] for p in rule.get("ports", [])}
-    check(allowed_out == {("UDP", 53), ("TCP", 53), ("TCP", 443)},
-          f"NetworkPolicy egress should be DNS and TCP 443 only, got {allowed_out}")
+    # 4318: OTLP/HTTP to the trace collector ([tracing]), admitted to the monitoring namespace only.
+    check(allowed_out == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 4318)},
+          f"NetworkPolicy egress should be DNS, TCP 443 and the collector's TCP 4318 only, got {allowed_out}")
 
     # Gateway API: the route on the Gateway's listener, to the client port, streams an hour.
     listeners = {l["name"]: l for l in gateway["spec"].get("listeners", [])}
