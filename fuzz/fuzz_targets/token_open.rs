@@ -47,12 +47,17 @@ static SEALER_B: LazyLock<Sealer> = LazyLock::new(|| Sealer::new(KEY_B, &[]).unw
 static ROTATED_B: LazyLock<Sealer> =
     LazyLock::new(|| Sealer::new(KEY_A_OLD, &[KEY_B.to_owned()]).unwrap());
 
-const PURPOSES: [Purpose; 2] = [Purpose::ClientToken, Purpose::StreamTicket];
+const PURPOSES: [Purpose; 3] = [
+    Purpose::ClientToken,
+    Purpose::StreamTicket,
+    Purpose::PollWatermark,
+];
 
 fn other(purpose: Purpose) -> Purpose {
     match purpose {
         Purpose::ClientToken => Purpose::StreamTicket,
-        Purpose::StreamTicket => Purpose::ClientToken,
+        Purpose::StreamTicket => Purpose::PollWatermark,
+        Purpose::PollWatermark => Purpose::ClientToken,
     }
 }
 
