@@ -24,12 +24,14 @@ pub enum StreamRole {
     Final { stream: ActivityKey },
 }
 
+/// `type` and `id` are read as raw values: a hostile upstream may send a number there, and
+/// that must make the activity id-less (as the tracker sees it), not stream fields unread.
 #[derive(Deserialize)]
 struct Probe<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     entities: Option<Vec<&'a RawValue>>,
     #[serde(rename = "channelData", borrow, default)]
@@ -54,6 +56,8 @@ struct Fields<'a> {
 pub fn role(activity: &str) -> Option<StreamRole> {
     memchr::memmem::find(activity.as_bytes(), b"\"streamType\"")?;
     let probe: Probe<'_> = serde_json::from_str(activity).ok()?;
+    let kind = probe.kind.and_then(string);
+    let id = probe.id.and_then(string);
     let fields = stream_fields(&probe)?;
     let stream_type = fields.stream_type.as_deref()?;
     if stream_type == "final" {
@@ -62,9 +66,7 @@ pub fn role(activity: &str) -> Option<StreamRole> {
             stream: ActivityKey::of(stream),
         });
     }
-    if !matches!(stream_type, "streaming" | "informative")
-        || probe.kind.as_deref() != Some("typing")
-    {
+    if !matches!(stream_type, "streaming" | "informative") || kind.as_deref() != Some("typing") {
         return None;
     }
     let sequence = fields
@@ -74,12 +76,17 @@ pub fn role(activity: &str) -> Option<StreamRole> {
     let stream = fields
         .stream_id
         .as_deref()
-        .or(probe.id.as_deref())
+        .or(id.as_deref())
         .filter(|id| !id.is_empty())?;
     Some(StreamRole::Interim {
         stream: ActivityKey::of(stream),
         sequence,
     })
+}
+
+/// A JSON string's value; anything else (number, null, object) is no string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str(raw.get()).ok()
 }
 
 /// The `streaminfo` entity's fields, else `channelData`'s when it has a `streamType`.
@@ -137,6 +144,31 @@ mod tests {
             Some(StreamRole::Final {
                 stream: ActivityKey::of("c|s1")
             })
+        );
+    }
+
+    /// A hostile upstream's non-string `id` makes the activity id-less, as the tracker sees
+    /// it; its `streamId` still names the stream (found by the tracker_observe fuzz target:
+    /// the whole probe failed and the interim went out as an ordinary activity).
+    #[test]
+    fn a_non_string_id_is_no_id() {
+        assert_eq!(
+            role(
+                r#"{"id":540680811,"type":"typing","channelData":{"streamType":"streaming","streamSequence":256,"streamId":"stream-0"}}"#
+            ),
+            interim("stream-0", 256)
+        );
+        assert_eq!(
+            role(
+                r#"{"id":7,"type":"typing","channelData":{"streamType":"streaming","streamSequence":1}}"#
+            ),
+            None
+        );
+        assert_eq!(
+            role(
+                r#"{"id":"a","type":5,"channelData":{"streamType":"streaming","streamSequence":1}}"#
+            ),
+            None
         );
     }
 
