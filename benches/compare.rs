@@ -8,6 +8,7 @@
 //!   cargo bench --bench compare -- idle    [--quick] [--repeat N] [--counts 1000,9900]
 //!   cargo bench --bench compare -- storm   [--quick] [--repeat N] [--conversations 1000]
 //!   cargo bench --bench compare -- startup [--quick] [--repeat N]
+//!   cargo bench --bench compare -- streamed [--quick] [--repeat N] [--conversations 100] [--answers A] [--slow 1000]
 //!   cargo bench --bench compare -- profile --phase tokens|rest|ws|all [--count N]  (under callgrind, see compare.sh)
 //!
 //! Every measurement starts fresh processes: an emulator inside this process (so a bot
@@ -50,6 +51,7 @@ fn main() {
         "idle" => runtime.block_on(scenarios::idle(&options)),
         "storm" => runtime.block_on(scenarios::storm(&options)),
         "startup" => scenarios::startup(&options),
+        "streamed" => runtime.block_on(scenarios::streamed(&options)),
         "profile" => runtime.block_on(scenarios::profile(&options)),
         _ => usage(),
     }
@@ -58,7 +60,7 @@ fn main() {
 
 fn usage() {
     eprintln!(
-        "usage: cargo bench --bench compare -- rest|wrk|ws|idle|storm|startup|profile [--quick] [--repeat N] [...]\n\
+        "usage: cargo bench --bench compare -- rest|wrk|ws|idle|storm|startup|streamed|profile [--quick] [--repeat N] [...]\n\
          (see the top of benches/compare.rs)"
     );
 }

@@ -2,7 +2,7 @@
 # The gateway against nginx doing the closest job and against Direct Line direct (the
 # emulator), every scenario three ways in one run (docs/BENCHMARKS.md).
 #
-#   bash benches/compare.sh           # full: 3 runs of everything, about 30 minutes
+#   bash benches/compare.sh           # full: 3 runs of everything, about 35 minutes
 #   bash benches/compare.sh quick     # one short run of everything, to check the tooling
 #   bash benches/compare.sh profile   # callgrind on the gateway's hot paths
 #
@@ -116,6 +116,7 @@ bench compare -- ws "${flags[@]}"
 bench compare -- idle "${flags[@]}"
 bench compare -- storm "${flags[@]}"
 bench compare -- startup "${flags[@]}"
+bench compare -- streamed "${flags[@]}"
 if [[ $mode == quick ]]; then
   bench stream -- resume-gap 50 5
 else

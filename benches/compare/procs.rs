@@ -159,9 +159,15 @@ impl Proc {
     /// The release gateway in front of `upstream` (`http://127.0.0.1:PORT`), optionally
     /// behind a wrapper such as `valgrind --tool=callgrind`.
     pub fn gateway(upstream: &str, wrapper: &[String]) -> Self {
+        Self::gateway_with(upstream, wrapper, "")
+    }
+
+    /// [`Proc::gateway`] with `extra` appended to its configuration (whole TOML tables, such
+    /// as `[stream]` settings a scenario compares).
+    pub fn gateway_with(upstream: &str, wrapper: &[String], extra: &str) -> Self {
         let (port, admin) = (free_port(), free_port());
-        let config = run_dir().join("gateway.toml");
-        std::fs::write(&config, gateway_config()).expect("gateway config");
+        let config = run_dir().join(format!("gateway-{port}.toml"));
+        std::fs::write(&config, gateway_config() + "\n" + extra).expect("gateway config");
         let log = run_dir().join(format!("gateway-{port}.log"));
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {

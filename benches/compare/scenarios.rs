@@ -67,18 +67,29 @@ struct Stack {
 
 impl Stack {
     async fn start(via: Via) -> Self {
-        let emulator = emulator::spawn(
-            deep_listener(),
+        Self::start_with(
+            via,
             EmulatorConfig {
                 secret: emulator::Secret::new(SECRET),
                 ..EmulatorConfig::default()
             },
-        );
+            "",
+        )
+        .await
+    }
+
+    /// With the emulator's settings given, and `gateway_config` added to the gateway's.
+    async fn start_with(via: Via, config: EmulatorConfig, gateway_config: &str) -> Self {
+        let emulator = emulator::spawn(deep_listener(), config);
         let port = emulator.local_addr().port();
         let proxy = match via {
             Via::Direct => None,
             Via::Nginx => Some(Proc::nginx(port)),
-            Via::Gateway => Some(Proc::gateway(&emulator.base_url(), &[])),
+            Via::Gateway => Some(Proc::gateway_with(
+                &emulator.base_url(),
+                &[],
+                gateway_config,
+            )),
         };
         let proxy = proxy.map(|mut proxy| {
             tokio::task::block_in_place(|| proxy.wait_ready());
@@ -1398,4 +1409,462 @@ pub async fn profile(options: &Options) {
     }
     tokio::task::block_in_place(|| gateway.stop());
     emulator.shutdown();
+}
+
+// ---------------------------------------------------------------------------------------
+// Streamed answers (livestreaming)
+
+/// One streamed answer as an LLM agent sends it: 300 interims with the text so far, 100 a
+/// second, then the final message.
+const STREAM_INTERIMS: usize = 300;
+const STREAM_INTERVAL: Duration = Duration::from_millis(10);
+/// The user's message that asks the emulator's bot for such an answer, opting in.
+const STREAM_ASK: &[u8] =
+    br#"{"type":"message","from":{"id":"user1"},"text":"stream 300","deliveryMode":"stream"}"#;
+/// How an interim and a final show in a frame (compact JSON from the emulator, relayed as
+/// is): counting these is far cheaper for the load generator than parsing every frame.
+const INTERIM_MARK: &str = r#""streamType":"streaming""#;
+const FINAL_MARK: &str = r#""streamType":"final""#;
+
+/// What relays the answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relay {
+    Nginx,
+    Gateway,
+    /// The gateway with `stream.chunk_interval = "50ms"`.
+    GatewayChunked,
+}
+
+impl Relay {
+    const ALL: [Relay; 3] = [Relay::Nginx, Relay::Gateway, Relay::GatewayChunked];
+
+    fn name(self) -> &'static str {
+        match self {
+            Relay::Nginx => "nginx",
+            Relay::Gateway => "gateway (defaults)",
+            Relay::GatewayChunked => "gateway, chunk_interval 50ms",
+        }
+    }
+
+    fn via(self) -> Via {
+        match self {
+            Relay::Nginx => Via::Nginx,
+            Relay::Gateway | Relay::GatewayChunked => Via::Gateway,
+        }
+    }
+
+    fn gateway_config(self) -> &'static str {
+        match self {
+            Relay::GatewayChunked => "[stream]\nchunk_interval = \"50ms\"\n",
+            Relay::Nginx | Relay::Gateway => "",
+        }
+    }
+
+    async fn start(self) -> Stack {
+        Stack::start_with(
+            self.via(),
+            EmulatorConfig {
+                secret: emulator::Secret::new(SECRET),
+                faults: emulator::Faults {
+                    stream_interval: STREAM_INTERVAL,
+                    ..emulator::Faults::default()
+                },
+                ..EmulatorConfig::default()
+            },
+            self.gateway_config(),
+        )
+        .await
+    }
+}
+
+/// What the clients of one run received.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    interims: usize,
+    finals: usize,
+    /// A POST refused, a socket gone, or a final that never came.
+    failures: usize,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.interims += other.interims;
+        self.finals += other.finals;
+        self.failures += other.failures;
+    }
+}
+
+impl Tally {
+    /// Counts the interims and finals of one text frame; whether a final was among them.
+    fn frame(&mut self, text: &str) -> bool {
+        self.interims += text.matches(INTERIM_MARK).count();
+        let finals = text.matches(FINAL_MARK).count();
+        self.finals += finals;
+        finals > 0
+    }
+}
+
+struct StreamedRun {
+    relay: Relay,
+    produced: usize,
+    expected_finals: usize,
+    tally: Tally,
+    elapsed: Duration,
+    spent: Option<Spent>,
+}
+
+impl StreamedRun {
+    /// Proxy CPU µs per interim the bot produced.
+    fn cpu_us(&self) -> Option<f64> {
+        self.spent
+            .map(|s| s.cpu.as_secs_f64() * 1e6 / self.produced.max(1) as f64)
+    }
+}
+
+pub async fn streamed(options: &Options) {
+    let repeat = options.number("repeat", 1.0, 3.0) as usize;
+    let count = options.number("conversations", 100.0, 100.0) as usize;
+    let answers = options.number("answers", 1.0, 3.0) as usize;
+    let slow = options.number("slow", 200.0, 1000.0) as usize;
+    let mut runs = Vec::new();
+    for round in 0..repeat {
+        for relay in Relay::ALL {
+            progress(format!(
+                "streamed: {} with {count} conversations, run {}/{repeat}",
+                relay.name(),
+                round + 1
+            ));
+            runs.push(streamed_once(relay, count, answers).await);
+        }
+    }
+    println!(
+        "\nStreamed answers: {count} conversations, each client asks (POST, `deliveryMode: \
+         \"stream\"`) for {answers} answer(s) one after another; each answer is \
+         {STREAM_INTERIMS} interims with the cumulative text, {} ms apart (the emulator's \
+         `stream {STREAM_INTERIMS}` in this process), then the final message. Proxy CPU from \
+         the first POST to the last final at its client, per interim the bot produced. \
+         {repeat} run(s) each, interleaved; median (min–max) over runs.\n",
+        STREAM_INTERVAL.as_millis()
+    );
+    println!(
+        "| relay | interims produced | interims received | finals received / expected | failures | s until the last final | proxy CPU µs per produced interim | of which kernel µs | proxy context switches per produced interim |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for relay in Relay::ALL {
+        let mine: Vec<&StreamedRun> = runs.iter().filter(|r| r.relay == relay).collect();
+        let col = |f: &dyn Fn(&StreamedRun) -> Option<f64>, d| {
+            spread_opt(&mine.iter().map(|r| f(r)).collect::<Vec<_>>(), d)
+        };
+        println!(
+            "| {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+            relay.name(),
+            mine.iter().map(|r| r.produced).sum::<usize>(),
+            mine.iter().map(|r| r.tally.interims).sum::<usize>(),
+            mine.iter().map(|r| r.tally.finals).sum::<usize>(),
+            mine.iter().map(|r| r.expected_finals).sum::<usize>(),
+            mine.iter().map(|r| r.tally.failures).sum::<usize>(),
+            col(&|r| Some(r.elapsed.as_secs_f64()), 2),
+            col(&StreamedRun::cpu_us, 2),
+            col(
+                &|r| r
+                    .spent
+                    .map(|s| s.kernel.as_secs_f64() * 1e6 / r.produced.max(1) as f64),
+                2
+            ),
+            col(
+                &|r| r
+                    .spent
+                    .map(|s| s.switches as f64 / r.produced.max(1) as f64),
+                3
+            ),
+        );
+    }
+    println!(
+        "\nRatios to nginx (median of the per-round ratios; each round measured all three back to back):\n"
+    );
+    println!("| relay | proxy CPU per produced interim ÷ nginx |");
+    println!("|---|---|");
+    let rounds: Vec<&[StreamedRun]> = runs.chunks(Relay::ALL.len()).collect();
+    for relay in [Relay::Gateway, Relay::GatewayChunked] {
+        let ratios: Vec<Option<f64>> = rounds
+            .iter()
+            .map(|round| {
+                let of = |relay| round.iter().find(|r| r.relay == relay)?.cpu_us();
+                Some(of(relay)? / of(Relay::Nginx)?)
+            })
+            .collect();
+        println!("| {} | {} |", relay.name(), spread_opt(&ratios, 2));
+    }
+    if slow > 0 {
+        slow_readers(slow).await;
+    }
+}
+
+async fn streamed_once(relay: Relay, count: usize, answers: usize) -> StreamedRun {
+    let stack = relay.start().await;
+    let http = clients::http_client();
+    let conversations = open_conversations(&http, &stack.endpoint, count).await;
+    let sockets = dial_all(&conversations).await;
+    wait_attached(&stack.emulator, &conversations).await;
+    let proxy = stack.proxy.as_ref().expect("a relay is a proxy");
+    let before = (proxy.cpu(), proxy.kernel_cpu(), proxy.context_switches());
+    let start = Instant::now();
+    let clients: Vec<_> = sockets
+        .into_iter()
+        .zip(conversations)
+        .map(|(socket, conversation)| {
+            let url = format!(
+                "{}/conversations/{}/activities",
+                stack.endpoint.domain, conversation.id
+            );
+            tokio::spawn(ask_and_read(
+                http.clone(),
+                url,
+                conversation.token,
+                socket,
+                answers,
+            ))
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for client in clients {
+        tally += client.await.expect("client task");
+    }
+    let elapsed = start.elapsed();
+    let spent = Spent {
+        cpu: proxy.cpu() - before.0,
+        kernel: proxy.kernel_cpu() - before.1,
+        switches: proxy.context_switches() - before.2,
+    };
+    stack.stop();
+    StreamedRun {
+        relay,
+        produced: count * answers * STREAM_INTERIMS,
+        expected_finals: count * answers,
+        tally,
+        elapsed,
+        spent: Some(spent),
+    }
+}
+
+/// One conversation's client: asks for `answers` streamed answers, each after the last one's
+/// final arrived, reading every frame as it comes.
+async fn ask_and_read(
+    http: Http,
+    url: String,
+    token: String,
+    mut socket: Socket,
+    answers: usize,
+) -> Tally {
+    let mut tally = Tally::default();
+    for _ in 0..answers {
+        let posted = clients::request(
+            &http,
+            http::Method::POST,
+            &url,
+            Some(&token),
+            Bytes::from_static(STREAM_ASK),
+        )
+        .await;
+        if !matches!(posted, Ok((200, _))) {
+            tally.failures += 1;
+            break;
+        }
+        if !read_until_final(&mut socket, &mut tally, Duration::from_secs(60)).await {
+            tally.failures += 1;
+            break;
+        }
+    }
+    tally
+}
+
+/// Reads frames until one carries a final; false if the socket ended or `limit` passed.
+async fn read_until_final(socket: &mut Socket, tally: &mut Tally, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if tally.frame(text.as_str()) {
+                        return true;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Slow readers: `count` conversations get the same answers at once; half the clients read
+/// one frame every 100 ms (a tenth of the interims' pace), half read nothing until every
+/// final is stored upstream. The proxy's RSS is sampled every 50 ms meanwhile; then every
+/// client reads on and must get its final.
+async fn slow_readers(count: usize) {
+    let limit = procs::open_file_limit() as usize;
+    // A client socket and the emulator's end of its upstream leg, both in this process.
+    if 2 * count + 200 > limit {
+        progress(format!(
+            "streamed: skipping {count} slow readers (open-file limit {limit}; run `ulimit -n $(ulimit -Hn)`)"
+        ));
+        return;
+    }
+    let mut rows = Vec::new();
+    for relay in [Relay::Nginx, Relay::Gateway] {
+        progress(format!("streamed: {count} slow readers, {}", relay.name()));
+        rows.push((relay, slow_readers_once(relay, count).await));
+    }
+    println!(
+        "\nSlow readers: {count} conversations each ask for one streamed answer at once \
+         ({STREAM_INTERIMS} interims, {} ms apart); half the clients read one frame every \
+         100 ms, half read nothing until every final is stored upstream, then all read on. \
+         Proxy RSS sampled every 50 ms; growth = peak − RSS with the sockets open before the \
+         answers. One run.\n",
+        STREAM_INTERVAL.as_millis()
+    );
+    println!(
+        "| relay | RSS before MiB | peak RSS MiB | peak growth per reader KiB | s until every final stored | finals received / expected | interims received | sockets closed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (relay, row) in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {} / {count} | {} | {} |",
+            relay.name(),
+            mib(row.baseline_kib),
+            mib(row.peak_kib),
+            row.peak_kib.saturating_sub(row.baseline_kib) as f64 / count as f64,
+            row.stored_after.as_secs_f64(),
+            row.tally.finals,
+            row.tally.interims,
+            row.tally.failures,
+        );
+    }
+}
+
+struct SlowRun {
+    baseline_kib: u64,
+    peak_kib: u64,
+    stored_after: Duration,
+    tally: Tally,
+}
+
+async fn slow_readers_once(relay: Relay, count: usize) -> SlowRun {
+    let stack = relay.start().await;
+    let http = clients::http_client();
+    let conversations = open_conversations(&http, &stack.endpoint, count).await;
+    let sockets = dial_all(&conversations).await;
+    wait_attached(&stack.emulator, &conversations).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let proxy = stack.proxy.as_ref().expect("a relay is a proxy");
+    let baseline_kib = proxy.memory().rss_kib;
+    let (release_tx, release) = watch::channel(false);
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            let pace = (index % 2 == 0).then_some(Duration::from_millis(100));
+            tokio::spawn(read_slowly(socket, pace, release.clone()))
+        })
+        .collect();
+    let start = Instant::now();
+    let asks = clients::in_parallel(count, OPENING, |index| {
+        let http = http.clone();
+        let url = format!(
+            "{}/conversations/{}/activities",
+            stack.endpoint.domain, conversations[index].id
+        );
+        let token = conversations[index].token.clone();
+        async move {
+            clients::request(
+                &http,
+                http::Method::POST,
+                &url,
+                Some(&token),
+                Bytes::from_static(STREAM_ASK),
+            )
+            .await
+        }
+    })
+    .await;
+    let refused = asks.iter().filter(|a| !matches!(a, Ok((200, _)))).count();
+    let mut peak_kib = baseline_kib;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut checked = Instant::now();
+    let stored_after = loop {
+        peak_kib = peak_kib.max(proxy.memory().rss_kib);
+        if checked.elapsed() >= Duration::from_millis(500) {
+            checked = Instant::now();
+            if conversations
+                .iter()
+                .all(|c| has_bot_final(&stack.emulator, &c.id))
+                || Instant::now() > deadline
+            {
+                break start.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The relay may still be writing what it holds for the slow half.
+    let hold_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < hold_until {
+        peak_kib = peak_kib.max(proxy.memory().rss_kib);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = release_tx.send(true);
+    let mut tally = Tally {
+        failures: refused,
+        ..Tally::default()
+    };
+    for reader in readers {
+        tally += reader.await.expect("reader");
+    }
+    stack.stop();
+    SlowRun {
+        baseline_kib,
+        peak_kib,
+        stored_after,
+        tally,
+    }
+}
+
+/// Whether the bot's final message of a streamed answer is stored.
+fn has_bot_final(emulator: &EmulatorHandle, conversation: &str) -> bool {
+    emulator
+        .activities(conversation)
+        .iter()
+        .any(|activity| activity["type"] == "message" && activity["from"]["id"] == emulator::BOT_ID)
+}
+
+/// Reads one frame per `pace` (or nothing, without one) until released, then at full speed
+/// until the final.
+async fn read_slowly(
+    mut socket: Socket,
+    pace: Option<Duration>,
+    mut release: watch::Receiver<bool>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut done = false;
+    if let Some(pace) = pace {
+        while !done {
+            tokio::select! {
+                _ = release.changed() => break,
+                () = tokio::time::sleep(pace) => {}
+            }
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => done = tally.frame(text.as_str()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    tally.failures += 1;
+                    return tally;
+                }
+            }
+        }
+    } else {
+        let _ = release.changed().await;
+    }
+    if !done && !read_until_final(&mut socket, &mut tally, Duration::from_secs(60)).await {
+        tally.failures += 1;
+    }
+    tally
 }
