@@ -1282,7 +1282,7 @@ fn shared_libraries(binary: &str) -> (usize, u64) {
 pub async fn profile(options: &Options) {
     let count = options.number("count", 200.0, 1000.0) as usize;
     let phases: Vec<&str> = match options.text("phase").unwrap_or("all") {
-        "all" => vec!["tokens", "rest", "ws"],
+        "all" => vec!["tokens", "rest", "ws", "streamed"],
         one => vec![one],
     };
     let wrapper: Vec<String> = options
@@ -1398,9 +1398,65 @@ pub async fn profile(options: &Options) {
                     reader.abort();
                 }
             }
+            "streamed" => {
+                // Paced so that no interim is ever replaced by a newer one, even with the
+                // gateway slowed by callgrind: every produced interim goes the whole way,
+                // and the count per interim repeats from run to run.
+                let streams = 10;
+                let per_stream = count.div_ceil(streams);
+                emulator
+                    .faults()
+                    .set_stream_interval(Duration::from_millis(20));
+                let conversations = open_conversations(&http, &endpoint, streams).await;
+                let sockets = dial_all(&conversations).await;
+                wait_attached(&emulator, &conversations).await;
+                let readers: Vec<_> = sockets
+                    .into_iter()
+                    .map(|mut socket| {
+                        tokio::spawn(async move {
+                            let mut tally = Tally::default();
+                            read_until_final(&mut socket, &mut tally, Duration::from_secs(600))
+                                .await;
+                            tally
+                        })
+                    })
+                    .collect();
+                let ask = format!(
+                    r#"{{"type":"message","from":{{"id":"user1"}},"text":"stream {per_stream}","deliveryMode":"stream"}}"#
+                );
+                control(&["-z"]);
+                control(&["-i", "on"]);
+                let mut tally = Tally::default();
+                for conversation in &conversations {
+                    let url = format!(
+                        "{}/conversations/{}/activities",
+                        endpoint.domain, conversation.id
+                    );
+                    let posted = clients::request(
+                        &http,
+                        http::Method::POST,
+                        &url,
+                        Some(&conversation.token),
+                        Bytes::from(ask.clone()),
+                    )
+                    .await;
+                    assert!(matches!(posted, Ok((200, _))), "POST stream: {posted:?}");
+                }
+                for reader in readers {
+                    tally += reader.await.expect("reader");
+                }
+                control(&["-d", phase]);
+                control(&["-i", "off"]);
+                progress(format!(
+                    "profile: streamed: {} of {} interims and {} of {streams} finals reached the clients",
+                    tally.interims,
+                    per_stream * streams,
+                    tally.finals
+                ));
+            }
             other => panic!("unknown phase {other}"),
         }
-        if phase != "ws" {
+        if !matches!(phase, "ws" | "streamed") {
             control(&["-d", phase]);
             control(&["-i", "off"]);
         }
