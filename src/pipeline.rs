@@ -20,7 +20,7 @@ use crate::body::Body;
 use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};
-use crate::error::{Blame, GatewayError};
+use crate::error::{Blame, GatewayError, Refusal};
 use crate::forwarded::{client_ip, client_key, forwarded_for_value};
 use crate::gateway::{Bot, Gateway};
 use crate::identity::SignedIn;
@@ -103,7 +103,7 @@ pub async fn handle(
         .as_ref()
         .map(|telemetry| telemetry.server_span(request.headers(), &method));
     let Some(bot) = select_bot(&live, &request) else {
-        let response = GatewayError::NotFound.into_response();
+        let response = Refusal::from(GatewayError::NotFound).into_response();
         return log(
             gateway,
             response,
@@ -166,7 +166,7 @@ async fn run(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     admit(&request, &ctx.live.config)?;
     let bot = ctx.bot.clone();
     if serves_demo(&bot.settings, request.method(), request.uri().path()) {
@@ -185,7 +185,7 @@ async fn run(
     }
     let needs = needs::of(&endpoint);
     if gateway.is_draining() && !needs.while_draining {
-        return Err(GatewayError::Draining);
+        return Err(GatewayError::Draining.into());
     }
     if needs.origin_checked {
         check_origin(&bot.settings, request.headers())?;
@@ -351,22 +351,22 @@ async fn dispatch(
     authorized: Authorized,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     match endpoint {
         Endpoint::Preflight(_) => Ok(cors::preflight(
             &ctx.bot.settings.allowed_origins,
             ctx.bot.settings.allow_credentials,
             request.headers(),
-        )),
+        )?),
         Endpoint::TokensGenerate => {
             let Authorized::SignIn(signed_in) = authorized else {
-                return Err(GatewayError::Internal);
+                return Err(GatewayError::Internal.into());
             };
             tokens::generate_token(gateway, request, ctx, signed_in).await
         }
         Endpoint::TokensRefresh => {
             let Authorized::Refresh(token, expired) = authorized else {
-                return Err(GatewayError::Internal);
+                return Err(GatewayError::Internal.into());
             };
             tokens::refresh_token(gateway, ctx, token, expired).await
         }
@@ -391,23 +391,32 @@ async fn dispatch(
         Endpoint::Stream {
             conversation,
             multimodal,
-        } => stream::accept(gateway, conversation, multimodal, request, ctx),
+        } => Ok(stream::accept(
+            gateway,
+            conversation,
+            multimodal,
+            request,
+            ctx,
+        )?),
     }
 }
 
-/// Respond: an error becomes its Direct Line body (counted and logged by blame), and a
-/// browser on an allowed origin gets the CORS headers.
+/// Respond: a refusal becomes its Direct Line body (the gateway's own counted and logged by
+/// blame; Direct Line's was counted where it was read), and a browser on an allowed origin
+/// gets the CORS headers.
 fn respond(
     gateway: &Gateway,
-    result: Result<Response<Body>, GatewayError>,
+    result: Result<Response<Body>, Refusal>,
     ctx: &RequestContext,
     origin: Option<&HeaderValue>,
 ) -> Response<Body> {
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            record_refusal(gateway, &error, ctx);
-            error.into_response()
+        Err(refusal) => {
+            if let Refusal::Gateway(error) = &refusal {
+                record_refusal(gateway, error, ctx);
+            }
+            refusal.into_response()
         }
     };
     if let Some(origin) = origin

@@ -13,7 +13,7 @@ use super::request_body::{read_limited, require_json_content_type};
 use crate::activity_body;
 use crate::body::Body;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::{Policy, Subject};
 use crate::rewrite;
@@ -27,7 +27,7 @@ pub async fn get_activities(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let mut watermark = rewrite::query_watermark(request.uri().query())?;
     if ctx.live.config.polling.enabled() {
         // Held polls (`[polling] hold`): served from the conversation's hub.
@@ -105,7 +105,7 @@ pub async fn get_activities(
     screened_page(gateway, policy.as_deref(), subject, response).await
 }
 
-/// A history page with the bot's activities screened: withheld ones left out (the page's
+/// A history page (a success: refusals never get here) with the bot's activities screened: withheld ones left out (the page's
 /// watermark still moves past them), replaced ones swapped; then, with `[record]`, the page
 /// as delivered offered to the record.
 async fn screened_page(
@@ -113,10 +113,7 @@ async fn screened_page(
     policy: Option<&Policy>,
     subject: Subject<'_>,
     response: Response<Body>,
-) -> Result<Response<Body>, GatewayError> {
-    if !response.status().is_success() {
-        return Ok(response);
-    }
+) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = response.into_parts();
     let bytes = read_page(body).await?;
     let screened = match policy {
@@ -144,7 +141,7 @@ async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
         let frame = frame.map_err(|_| GatewayError::UpstreamInvalid)?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
-                return Err(GatewayError::UpstreamInvalid);
+                return Err(GatewayError::UpstreamInvalid.into());
             }
             bytes.extend_from_slice(&data);
         }
@@ -174,7 +171,7 @@ pub async fn post_activity(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
     require_json_content_type(&parts.headers)?;
     let bytes = read_limited(

@@ -8,14 +8,14 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::answer::{credential_needles, json_response, json_str, read_json_or_error};
+use super::answer::{credential_needles, json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
 use crate::body::Body;
 use crate::clock;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::seal::{ClientToken, Purpose, StreamTicket};
@@ -27,7 +27,7 @@ pub async fn start_conversation(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let ws_base = ws_base(&request, ctx);
     let (parts, body) = request.into_parts();
     let mut params = match read_optional_json(
@@ -39,7 +39,7 @@ pub async fn start_conversation(
     .await?
     {
         Some(Value::Object(map)) => map,
-        Some(_) => return Err(GatewayError::MalformedJson),
+        Some(_) => return Err(GatewayError::MalformedJson.into()),
         None => Map::new(),
     };
     // The conversation's user is the one bound into the token, whatever the caller says.
@@ -60,11 +60,7 @@ pub async fn start_conversation(
         .await?;
     ctx.saw(&reply);
     let sent = &token.upstream_token;
-    let (status, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await?
-    {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let (status, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if json_str(&json, "conversationId") != Some(conversation.as_str()) {
@@ -72,7 +68,7 @@ pub async fn start_conversation(
             request_id = ctx.request_id.to_str().unwrap_or(""),
             "upstream started a different conversation than the token's"
         );
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::UpstreamInvalid.into());
     }
     let body = conversation_response(
         gateway,
@@ -97,7 +93,7 @@ pub async fn reconnect(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let ws_base = ws_base(&request, ctx);
     let path = format!(
@@ -117,12 +113,9 @@ pub async fn reconnect(
     ctx.saw(&reply);
     let via_token = reply.via_token;
     let sent = &token.upstream_token;
-    let (_, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::UpstreamInvalid.into());
     }
     let minted = Minted::Reconnect {
         via_token,
@@ -182,7 +175,7 @@ fn conversation_response(
             Err(refused) => {
                 let at = if from_start { "start" } else { "reconnect" };
                 stream_url_refused(&gateway.metrics, &ctx.bot.name, &refused, at);
-                return Err(GatewayError::UpstreamInvalid);
+                return Err(GatewayError::UpstreamInvalid.into());
             }
         },
         Some(Value::Null) => {
@@ -190,7 +183,7 @@ fn conversation_response(
             None
         }
         None => None,
-        Some(_) => return Err(GatewayError::UpstreamInvalid),
+        Some(_) => return Err(GatewayError::UpstreamInvalid.into()),
     };
     if let Some((upstream_url, url_watermark)) = upstream_stream_url {
         let ticket = StreamTicket {

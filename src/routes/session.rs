@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use super::answer::{credential_needles, passthrough};
 use super::context::RequestContext;
 use crate::body::Body;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::seal::ClientToken;
 use crate::upstream::call::{Answer, Credential};
@@ -18,7 +18,7 @@ pub async fn session_id(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let timeout = ctx.live.config.timeouts.default;
     let mut call = ctx.upstream(
         Method::GET,
@@ -32,7 +32,7 @@ pub async fn session_id(
     let reply = call.send(&gateway.metrics).await?;
     ctx.saw(&reply);
     let Answer::Streaming(response) = reply.answer else {
-        return Err(GatewayError::Internal);
+        return Err(GatewayError::Internal.into());
     };
     let cookies: Vec<HeaderValue> = response
         .headers()
@@ -41,12 +41,22 @@ pub async fn session_id(
         .filter_map(strip_cookie_domain)
         .collect();
     let needles = credential_needles(ctx, token.upstream_token);
-    let mut response =
-        passthrough(gateway, Answer::Streaming(response), ctx, timeout, needles).await?;
-    for cookie in cookies {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+    // The session cookie goes to the client with Direct Line's answer, refusals included.
+    match passthrough(gateway, Answer::Streaming(response), ctx, timeout, needles).await {
+        Ok(mut response) => {
+            for cookie in cookies {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            Ok(response)
+        }
+        Err(Refusal::Upstream(mut refused)) => {
+            for cookie in cookies {
+                refused.headers.append(header::SET_COOKIE, cookie);
+            }
+            Err(Refusal::Upstream(refused))
+        }
+        Err(refusal) => Err(refusal),
     }
-    Ok(response)
 }
 
 /// A `Set-Cookie` from upstream without its `Domain` attribute, so the browser binds it to

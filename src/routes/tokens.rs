@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::answer::{json_response, json_str, read_json_or_error};
+use super::answer::{json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
@@ -17,7 +17,7 @@ use crate::body::Body;
 use crate::clock;
 use crate::config::UserIdPolicy;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::identity::SignedIn;
 use crate::refresh_share::{Fresh, Source};
@@ -29,7 +29,7 @@ pub async fn generate_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     signed_in: Option<SignedIn>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
     let params = read_optional_json(
         body,
@@ -88,10 +88,7 @@ pub async fn generate_token(
             .send(&gateway.metrics)
             .await?;
         ctx.saw(&reply);
-        match read_json_or_error(gateway, ctx, reply.answer, timeout, "").await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        }
+        read_json(gateway, ctx, reply.answer, timeout, "").await?
     };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
@@ -125,7 +122,7 @@ pub async fn refresh_token(
     ctx: &mut RequestContext,
     mut token: ClientToken,
     expired: bool,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let resumes = |result: &str, ctx: &RequestContext| {
         gateway
             .metrics
@@ -144,40 +141,22 @@ pub async fn refresh_token(
                 token.upstream_token = fresh.upstream_token;
                 token.expires_at = fresh.expires_at;
             }
-            Err(Refused::Answer(refused)) => {
-                resumes(
-                    if refused.status() == StatusCode::NOT_FOUND {
-                        "gone"
-                    } else {
-                        "error"
-                    },
-                    ctx,
-                );
-                return Ok(refused);
-            }
-            Err(Refused::Error(error)) => {
-                resumes(
-                    if error == GatewayError::ResumeUnavailable {
-                        "unavailable"
-                    } else {
-                        "error"
-                    },
-                    ctx,
-                );
-                return Err(error);
+            Err(refusal) => {
+                let result = match &refusal {
+                    Refusal::Upstream(refused) if refused.status == StatusCode::NOT_FOUND => "gone",
+                    Refusal::Gateway(GatewayError::ResumeUnavailable) => "unavailable",
+                    _ => "error",
+                };
+                resumes(result, ctx);
+                return Err(refusal);
             }
         }
     } else if token.expires_at.saturating_sub(now)
         < ctx.live.config.upstream_refresh_before.as_secs()
     {
-        match current_upstream_token(gateway, ctx, &token, false).await {
-            Ok(fresh) => {
-                token.upstream_token = fresh.upstream_token;
-                token.expires_at = fresh.expires_at;
-            }
-            Err(Refused::Answer(refused)) => return Ok(refused),
-            Err(Refused::Error(error)) => return Err(error),
-        }
+        let fresh = current_upstream_token(gateway, ctx, &token, false).await?;
+        token.upstream_token = fresh.upstream_token;
+        token.expires_at = fresh.expires_at;
     }
     gateway
         .metrics
@@ -192,18 +171,6 @@ pub async fn refresh_token(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// Why no fresh upstream token: Direct Line's own refusal (the client's answer), or ours.
-enum Refused {
-    Answer(Response<Body>),
-    Error(GatewayError),
-}
-
-impl From<GatewayError> for Refused {
-    fn from(error: GatewayError) -> Self {
-        Refused::Error(error)
-    }
-}
-
 /// The conversation's current upstream token: the one another refresh of it obtained, while
 /// that is not near its end, else one upstream call shared by every refresh of the
 /// conversation waiting meanwhile (`refresh_share`). `expired`: the caller's token is past
@@ -213,7 +180,7 @@ async fn current_upstream_token(
     ctx: &mut RequestContext,
     token: &ClientToken,
     expired: bool,
-) -> Result<Fresh, Refused> {
+) -> Result<Fresh, Refusal> {
     let refresh_before = ctx.live.config.upstream_refresh_before.as_secs();
     let key = (
         ctx.bot.name.clone(),
@@ -245,7 +212,7 @@ async fn refresh_upstream(
     gateway: &Gateway,
     token: &ClientToken,
     ctx: &mut RequestContext,
-) -> Result<Fresh, Refused> {
+) -> Result<Fresh, Refusal> {
     let timeout = ctx.live.config.timeouts.default;
     let reply = ctx
         .upstream(
@@ -258,10 +225,7 @@ async fn refresh_upstream(
         .await?;
     ctx.saw(&reply);
     let sent = &token.upstream_token;
-    let json = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
-        Ok((_, json)) => json,
-        Err(error_response) => return Err(Refused::Answer(error_response)),
-    };
+    let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let fresh = fresh_from(gateway, ctx, &json)?;
     if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
         gateway
@@ -279,7 +243,7 @@ async fn resume_expired(
     gateway: &Gateway,
     token: &ClientToken,
     ctx: &mut RequestContext,
-) -> Result<Fresh, Refused> {
+) -> Result<Fresh, Refusal> {
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if ctx.bot.secret.is_none() {
@@ -302,10 +266,7 @@ async fn resume_expired(
     }
     let sent = &token.upstream_token;
     let answer = Answer::Read(parts, bytes);
-    let json = match read_json_or_error(gateway, ctx, answer, timeout, sent).await? {
-        Ok((_, json)) => json,
-        Err(refused) => return Err(Refused::Answer(refused)),
-    };
+    let (_, json) = read_json(gateway, ctx, answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
         return Err(GatewayError::UpstreamInvalid.into());
     }

@@ -14,7 +14,7 @@ use super::request_body::content_length;
 use crate::activity_body;
 use crate::body::{self, Body, BoxError};
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::Subject;
 use crate::seal::ClientToken;
@@ -29,11 +29,11 @@ pub async fn upload(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
     let limit = ctx.live.config.limits.upload_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > limit) {
-        return Err(GatewayError::BodyTooLarge { limit });
+        return Err(GatewayError::BodyTooLarge { limit }.into());
     }
     let boundary = match parts.headers.get(header::CONTENT_TYPE) {
         None => None,
@@ -41,7 +41,7 @@ pub async fn upload(
             Ok(Ok(boundary)) => boundary,
             // A multipart without a boundary, or a type that is not text: Direct Line could
             // read parts the gateway cannot see.
-            _ => return Err(GatewayError::MalformedUpload),
+            _ => return Err(GatewayError::MalformedUpload.into()),
         },
     };
     let mut client_body = body::Deadline::new(
@@ -173,11 +173,12 @@ async fn read_first_part(
                     if range.len() as u64 > activity_limit {
                         return Err(GatewayError::BodyTooLarge {
                             limit: activity_limit,
-                        });
+                        }
+                        .into());
                     }
                     return Ok(Head::Activity { head, range });
                 }
-                First::Malformed => return Err(GatewayError::MalformedUpload),
+                First::Malformed => return Err(GatewayError::MalformedUpload.into()),
                 First::NeedMore { activity } if head.len() > bound => {
                     return Err(if activity {
                         GatewayError::BodyTooLarge {
@@ -187,7 +188,7 @@ async fn read_first_part(
                         GatewayError::MalformedUpload
                     });
                 }
-                First::NeedMore { .. } if ended => return Err(GatewayError::MalformedUpload),
+                First::NeedMore { .. } if ended => return Err(GatewayError::MalformedUpload.into()),
                 First::NeedMore { .. } => {}
             }
         }
