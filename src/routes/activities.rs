@@ -7,7 +7,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::answer::{credential_needles, passthrough};
 use super::context::RequestContext;
 use super::request_body::{read_limited, require_json_content_type};
 use crate::activity_body;
@@ -29,7 +28,7 @@ pub async fn get_activities(
     token: ClientToken,
 ) -> Result<Response<Body>, Refusal> {
     let mut watermark = rewrite::query_watermark(request.uri().query())?;
-    if ctx.live.config.polling.enabled() {
+    if ctx.config().polling.enabled() {
         // Held polls (`[polling] hold`): served from the conversation's hub.
         let held = crate::stream::poll::serve(
             gateway,
@@ -69,31 +68,19 @@ pub async fn get_activities(
         "/v3/directline/conversations/{conversation}/activities{}",
         rewrite::watermark_query(watermark.as_deref())
     );
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
+    let credential = Credential::SecretThenToken(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::GET,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let policy = ctx.bot.policy.clone();
     if policy.is_some() || gateway.record.is_some() {
         // Screened as decoded JSON: the answer is rebuilt anyway when something is withheld.
         ctx.accepts_gzip = false;
     }
-    let needles = credential_needles(ctx, token.upstream_token);
-    let response = passthrough(
-        gateway,
-        reply.answer,
-        ctx,
-        ctx.live.config.timeouts.default,
-        needles,
-    )
-    .await?;
+    let response = ctx
+        .pass_on(gateway, reply.answer, token.upstream_token)
+        .await?;
     if policy.is_none() && gateway.record.is_none() {
         return Ok(response);
     }
@@ -177,7 +164,7 @@ pub async fn post_activity(
     let bytes = read_limited(
         body,
         &parts.headers,
-        ctx.live.config.limits.activity_body_bytes,
+        ctx.config().limits.activity_body_bytes,
         ctx,
     )
     .await?;
@@ -207,17 +194,13 @@ pub async fn post_activity(
         .as_ref()
         .map(|_| bytes::Bytes::copy_from_slice(&body));
     let path = format!("/v3/directline/conversations/{conversation}/activities");
+    let credential = Credential::SecretThenToken(&token.upstream_token);
+    let timeout = ctx.config().timeouts.activities;
     let reply = ctx
-        .upstream(
-            Method::POST,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            ctx.live.config.timeouts.activities,
-        )
-        .json(body)
-        .send(&gateway.metrics)
+        .send_shaped(gateway, Method::POST, &path, credential, timeout, |call| {
+            call.json(body)
+        })
         .await?;
-    ctx.saw(&reply);
     if let (Some(record), Some(activity)) = (&gateway.record, recorded)
         && reply.answer.status().is_success()
     {
@@ -228,13 +211,6 @@ pub async fn post_activity(
         };
         record.user(subject, activity);
     }
-    let needles = credential_needles(ctx, token.upstream_token);
-    passthrough(
-        gateway,
-        reply.answer,
-        ctx,
-        ctx.live.config.timeouts.default,
-        needles,
-    )
-    .await
+    ctx.pass_on(gateway, reply.answer, token.upstream_token)
+        .await
 }

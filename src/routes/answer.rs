@@ -66,6 +66,28 @@ pub(crate) async fn read_json(
     }
 }
 
+impl RequestContext {
+    /// Direct Line's answer passed on to the client ([`passthrough`]): scrubbed of the bot's
+    /// secret and `upstream_token` (the caller's, moved in; empty when there is none), and
+    /// read within the default timeout where it has to be read.
+    pub(crate) async fn pass_on(
+        &self,
+        gateway: &Gateway,
+        answer: Answer,
+        upstream_token: String,
+    ) -> Result<Response<Body>, Refusal> {
+        let needles = credential_needles(self, upstream_token);
+        passthrough(
+            gateway,
+            answer,
+            self,
+            self.config().timeouts.default,
+            needles,
+        )
+        .await
+    }
+}
+
 /// What a client must never see in an answer from `ctx`'s bot: the bot's secret and the
 /// caller's upstream conversation token (moved in, not copied; empty when there is none).
 pub(crate) fn credential_needles(ctx: &RequestContext, upstream_token: String) -> Needles {
@@ -97,7 +119,7 @@ async fn read_error(
     timeout: Duration,
     needles: Needles,
 ) -> Result<UpstreamRefusal, GatewayError> {
-    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+    let cap = ctx.config().limits.upstream_error_body_bytes;
     let (parts, bytes) = read_body_within(response, timeout, cap).await?;
     let needles = with_upstream_host(ctx, needles);
     Ok(upstream_refusal(gateway, ctx, parts, bytes, &needles))

@@ -33,7 +33,7 @@ pub async fn start_conversation(
     let mut params = match read_optional_json(
         body,
         &parts.headers,
-        ctx.live.config.limits.token_body_bytes,
+        ctx.config().limits.token_body_bytes,
         ctx,
     )
     .await?
@@ -46,19 +46,15 @@ pub async fn start_conversation(
     params.retain(|k, _| !k.eq_ignore_ascii_case("user"));
     params.insert("user".into(), json!({ "id": token.user_id }));
     // The upstream token (not the secret) starts the conversation tokens/generate allocated.
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let body = serde_json::to_vec(&params).map_err(|_| GatewayError::Internal)?;
+    let path = "/v3/directline/conversations";
+    let credential = Credential::Token(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::POST,
-            "/v3/directline/conversations",
-            Credential::Token(&token.upstream_token),
-            timeout,
-        )
-        .json(body)
-        .send(&gateway.metrics)
+        .send_shaped(gateway, Method::POST, path, credential, timeout, |call| {
+            call.json(body)
+        })
         .await?;
-    ctx.saw(&reply);
     let sent = &token.upstream_token;
     let (status, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let conversation =
@@ -100,17 +96,11 @@ pub async fn reconnect(
         "/v3/directline/conversations/{conversation}{}",
         rewrite::watermark_query(watermark.as_deref())
     );
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
+    let credential = Credential::SecretThenToken(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::GET,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let via_token = reply.via_token;
     let sent = &token.upstream_token;
     let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
@@ -303,7 +293,7 @@ fn scrub_passed_fields(
 
 fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
     rewrite::public_ws_base(
-        &ctx.live.config,
+        ctx.config(),
         ctx.bot.settings.public_url.as_ref(),
         request.headers(),
         request.uri().authority().map(|a| a.as_str()),

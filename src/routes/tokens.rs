@@ -34,7 +34,7 @@ pub async fn generate_token(
     let params = read_optional_json(
         body,
         &parts.headers,
-        ctx.live.config.limits.token_body_bytes,
+        ctx.config().limits.token_body_bytes,
         ctx,
     )
     .await?;
@@ -70,24 +70,24 @@ pub async fn generate_token(
             json!(ctx.bot.settings.trusted_origins),
         );
     }
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let (status, json) = if ctx.bot.token_endpoint_mints().is_some() {
         // A Copilot Studio agent without a secret: its token endpoint answers the same
         // shape (`token`, `expires_in`, `conversationId`), the user is bound by the gateway.
         super::copilot::token_from_endpoint(gateway, ctx, timeout).await?
     } else {
         let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
+        let path = "/v3/directline/tokens/generate";
         let reply = ctx
-            .upstream(
+            .send_shaped(
+                gateway,
                 Method::POST,
-                "/v3/directline/tokens/generate",
+                path,
                 Credential::Secret,
                 timeout,
+                |call| call.json(body),
             )
-            .json(body)
-            .send(&gateway.metrics)
             .await?;
-        ctx.saw(&reply);
         read_json(gateway, ctx, reply.answer, timeout, "").await?
     };
     let conversation_id = json_str(&json, "conversationId")
@@ -151,8 +151,7 @@ pub async fn refresh_token(
                 return Err(refusal);
             }
         }
-    } else if token.expires_at.saturating_sub(now)
-        < ctx.live.config.upstream_refresh_before.as_secs()
+    } else if token.expires_at.saturating_sub(now) < ctx.config().upstream_refresh_before.as_secs()
     {
         let fresh = current_upstream_token(gateway, ctx, &token, false).await?;
         token.upstream_token = fresh.upstream_token;
@@ -181,7 +180,7 @@ async fn current_upstream_token(
     token: &ClientToken,
     expired: bool,
 ) -> Result<Fresh, Refusal> {
-    let refresh_before = ctx.live.config.upstream_refresh_before.as_secs();
+    let refresh_before = ctx.config().upstream_refresh_before.as_secs();
     let key = (
         ctx.bot.name.clone(),
         token.conversation_id.clone(),
@@ -213,17 +212,12 @@ async fn refresh_upstream(
     token: &ClientToken,
     ctx: &mut RequestContext,
 ) -> Result<Fresh, Refusal> {
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
+    let path = "/v3/directline/tokens/refresh";
+    let credential = Credential::Token(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::POST,
-            "/v3/directline/tokens/refresh",
-            Credential::Token(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::POST, path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let sent = &token.upstream_token;
     let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let fresh = fresh_from(gateway, ctx, &json)?;
@@ -251,13 +245,11 @@ async fn resume_expired(
         // reconnect: nothing can bring the conversation back.
         return Err(GatewayError::ResumeUnavailable.into());
     }
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let path = format!("/v3/directline/conversations/{conversation}");
     let reply = ctx
-        .upstream(Method::GET, &path, Credential::Secret, timeout)
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, Credential::Secret, timeout)
         .await?;
-    ctx.saw(&reply);
     let (parts, bytes) = reply.answer.read(timeout).await?;
     if parts.status == StatusCode::BAD_REQUEST
         && crate::upstream::body::error_code(&bytes).as_deref() == Some("MissingProperty")
