@@ -128,7 +128,7 @@ async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
         let frame = frame.map_err(|_| GatewayError::UpstreamInvalid)?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
-                return Err(GatewayError::UpstreamInvalid.into());
+                return Err(GatewayError::UpstreamInvalid);
             }
             bytes.extend_from_slice(&data);
         }

@@ -165,7 +165,7 @@ fn conversation_response(
             Err(refused) => {
                 let at = if from_start { "start" } else { "reconnect" };
                 stream_url_refused(&gateway.metrics, &ctx.bot.name, &refused, at);
-                return Err(GatewayError::UpstreamInvalid.into());
+                return Err(GatewayError::UpstreamInvalid);
             }
         },
         Some(Value::Null) => {
@@ -173,7 +173,7 @@ fn conversation_response(
             None
         }
         None => None,
-        Some(_) => return Err(GatewayError::UpstreamInvalid.into()),
+        Some(_) => return Err(GatewayError::UpstreamInvalid),
     };
     if let Some((upstream_url, url_watermark)) = upstream_stream_url {
         let ticket = StreamTicket {

@@ -168,12 +168,11 @@ async fn read_first_part(
                     if range.len() as u64 > activity_limit {
                         return Err(GatewayError::BodyTooLarge {
                             limit: activity_limit,
-                        }
-                        .into());
+                        });
                     }
                     return Ok(Head::Activity { head, range });
                 }
-                First::Malformed => return Err(GatewayError::MalformedUpload.into()),
+                First::Malformed => return Err(GatewayError::MalformedUpload),
                 First::NeedMore { activity } if head.len() > bound => {
                     return Err(if activity {
                         GatewayError::BodyTooLarge {
@@ -183,7 +182,7 @@ async fn read_first_part(
                         GatewayError::MalformedUpload
                     });
                 }
-                First::NeedMore { .. } if ended => return Err(GatewayError::MalformedUpload.into()),
+                First::NeedMore { .. } if ended => return Err(GatewayError::MalformedUpload),
                 First::NeedMore { .. } => {}
             }
         }
