@@ -106,7 +106,7 @@ def main(argv):
         if not scraped:
             errors.append("the scrape holds no directline_gateway_ family")
         for name in sorted(scraped - set(metrics)):
-            errors.append(f"scraped family {name} is not in src/metrics.rs")
+            errors.append(f"scraped family {name} is not in src/metrics/")
         print(f"scrape: {len(scraped)} families, all known")
 
     if "--promql-rules" in options:
