@@ -26,7 +26,7 @@ errors = []
 
 # Files (relative to src/metrics/) that build the families: the family list, and modules that
 # register families of their own into the gateway's registry.
-REGISTERED_ELSEWHERE = ["families.rs", "../stream/answer_metrics.rs"]
+REGISTERED_ELSEWHERE = ["families.rs", "streamed_answers.rs"]
 
 
 def registered_metrics(metrics_rs):

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::auth::{self, AuthConfigError, AuthSettings, FileAuth, Table};
 use super::copilot::TokenEndpoint;
 use super::errors::{ConfigError, invalid, key_path_at, line_column, parse_message};
 use super::file::{
@@ -19,7 +20,6 @@ use super::values::{
     parse_public_url, parse_size, parse_upstream, parse_user_ids,
 };
 use super::{BotConfig, Config, Limits, NO_BOT, RateLimits, StreamConfig, Timeouts, TlsFiles};
-use crate::identity::settings::{self, AuthConfigError, AuthSettings, FileAuth, Table};
 use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
 
@@ -910,7 +910,7 @@ fn plain_http_checked(
     Ok(bots)
 }
 
-/// `[auth]` through [`crate::identity::settings::parse`], with this file's duration syntax.
+/// `[auth]` through [`super::auth::parse`], with this file's duration syntax.
 fn parse_auth(
     file: Option<FileAuth>,
     table: Table,
@@ -919,8 +919,8 @@ fn parse_auth(
     let Some(file) = file else {
         return Ok(None);
     };
-    let key = env.var(settings::ENV_PSEUDONYM_KEY);
-    match settings::parse(file, table, key, parse_duration) {
+    let key = env.var(auth::ENV_PSEUDONYM_KEY);
+    match auth::parse(file, table, key, parse_duration) {
         Ok(auth) => Ok(Some(Arc::new(auth))),
         Err(AuthConfigError::Invalid { key, message }) => {
             Err(ConfigError::Invalid { key, message })

@@ -370,7 +370,7 @@ impl Metrics {
                 "policy_webhook_waiting",
                 "Activities waiting for a free policy webhook slot (policy.concurrency in flight).",
             )),
-            streamed_answers: crate::stream::answer_metrics::StreamedAnswers::new(),
+            streamed_answers: super::streamed_answers::StreamedAnswers::new(),
             record_written: valid(IntCounter::new(
                 "record_written_total",
                 "Activities written to the conversation record's daily file.",

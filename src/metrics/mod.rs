@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 mod families;
+pub(crate) mod streamed_answers;
 
 const PREFIX: &str = "directline_gateway";
 
@@ -181,7 +182,7 @@ pub struct Metrics {
     pub resume_duration: Histogram,
     pub slow_clients_closed: IntCounter,
     /// Livestreamed answers: interims relayed and coalesced, streams finalized and abandoned.
-    pub streamed_answers: crate::stream::answer_metrics::StreamedAnswers,
+    pub streamed_answers: streamed_answers::StreamedAnswers,
     pub stream_buffer_bytes: IntGauge,
     pub stream_buffer_evictions: IntCounterVec,
     pub client_frames_refused: IntCounterVec,
