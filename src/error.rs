@@ -24,6 +24,11 @@ impl Cause {
     pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Arc::new(error))
     }
+
+    /// A cause that arrives boxed (a body's error).
+    pub fn boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(Arc::from(error))
+    }
 }
 
 impl std::fmt::Debug for Cause {
@@ -130,6 +135,12 @@ pub enum GatewayError {
     },
     #[error("upstream answered something the gateway cannot use")]
     UpstreamInvalid,
+    /// An upstream body that broke off or would not decode; `cause` is for the log line.
+    #[error("upstream answer could not be read")]
+    UpstreamUnreadable {
+        #[source]
+        cause: Cause,
+    },
     #[error("upstream timeout: no answer in time")]
     UpstreamTimeout,
     /// Direct Line refused with a 4xx whose body is not a Direct Line error (only ever seen
@@ -206,7 +217,7 @@ impl GatewayError {
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry after the time in Retry-After", Client, None),
             UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "UpgradeRequired", "WebSocket upgrade required", Client, None),
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
-            UpstreamInvalid => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
+            UpstreamInvalid | UpstreamUnreadable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
             UpstreamRefused => (StatusCode::BAD_REQUEST, "BadArgument", "Request refused by Direct Line", Upstream, None),
             UpstreamUndiscovered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The bot's Direct Line region is not known yet; retry after the time in Retry-After", Upstream, None),
@@ -489,6 +500,14 @@ mod tests {
                 Blame::Upstream,
             ),
             (UpstreamInvalid, 502, "UpstreamError", Blame::Upstream),
+            (
+                UpstreamUnreadable {
+                    cause: Cause::new(std::io::Error::other("connection reset")),
+                },
+                502,
+                "UpstreamError",
+                Blame::Upstream,
+            ),
             (UpstreamTimeout, 504, "UpstreamTimeout", Blame::Upstream),
             (UpstreamRefused, 400, "BadArgument", Blame::Upstream),
             (
@@ -551,5 +570,43 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["code"], "TokenExpired");
         assert_eq!(json["error"]["message"], "Token expired");
+    }
+
+    /// Direct Line's refusal keeps its status and passed headers; a replaced body is the
+    /// table row's, under that status.
+    #[tokio::test]
+    async fn upstream_refusals_keep_their_status_and_headers() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let refused = Refusal::from(UpstreamRefusal {
+            status: StatusCode::CONFLICT,
+            said: UpstreamSaid::Replaced(GatewayError::UpstreamRefused),
+            headers,
+        });
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        let response = refused.into_response();
+        assert_eq!(response.status(), 409);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            br#"{"error":{"code":"BadArgument","message":"Request refused by Direct Line"}}"#
+        );
+        let said = UpstreamSaid::DirectLine {
+            code: "Conflict".into(),
+            message: "already taken".into(),
+        };
+        let response = Refusal::from(UpstreamRefusal {
+            status: StatusCode::CONFLICT,
+            said,
+            headers: HeaderMap::new(),
+        })
+        .into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            br#"{"error":{"code":"Conflict","message":"already taken"}}"#
+        );
     }
 }

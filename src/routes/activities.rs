@@ -12,7 +12,7 @@ use super::request_body::{read_limited, require_json_content_type};
 use crate::activity_body;
 use crate::body::Body;
 use crate::endpoint::ConversationId;
-use crate::error::{GatewayError, Refusal};
+use crate::error::{Cause, GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::{Policy, Subject};
 use crate::rewrite;
@@ -125,7 +125,9 @@ async fn screened_page(
 async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
     let mut bytes = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::UpstreamInvalid)?;
+        let frame = frame.map_err(|error| GatewayError::UpstreamUnreadable {
+            cause: Cause::boxed(error),
+        })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
                 return Err(GatewayError::UpstreamInvalid);
