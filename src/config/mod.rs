@@ -19,6 +19,7 @@
 //! - `streaming`: livestreamed answers' `delivery_mode` ([`DeliveryMode`]).
 
 pub mod auth;
+mod bots;
 mod copilot;
 mod errors;
 mod file;
