@@ -28,6 +28,7 @@
 //!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`,
 //!    `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`], `activity_set` (an
 //!    upstream frame read in one validating pass), [`upload_activity`], `jsonscan`, `body`,
+//!    `request_headers` (the host, request id and gzip a request's headers say),
 //!    [`error`], `metrics` (the families in `metrics::families`), [`clock`], `demo`,
 //!    `credential` (whether Direct Line accepts a bot's secret), `telemetry` (OpenTelemetry
 //!    spans; its export runs on threads of its own), `workers` (the threads connections run
@@ -66,6 +67,7 @@ pub(crate) mod ratelimit;
 pub mod record;
 pub(crate) mod refresh_share;
 pub(crate) mod reload;
+pub(crate) mod request_headers;
 pub mod rewrite;
 pub(crate) mod routes;
 pub mod scrub;

@@ -301,6 +301,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "telemetry",
             "workers",
             "admission",
+            "request_headers",
         ],
     ),
 ];
