@@ -211,7 +211,7 @@ promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts.test.yml
 promtool check config deploy/prometheus/prometheus.yml
 jq empty deploy/prometheus/dashboard.json
-"$PY" deploy/ci/check_metrics_refs.py src/metrics.rs deploy/prometheus/dashboard.json \
+"$PY" deploy/ci/check_metrics_refs.py src/metrics/mod.rs deploy/prometheus/dashboard.json \
   deploy/prometheus/alerts.yml --promql-rules "$WORK/dashboard-queries.yml"
 promtool check rules "$WORK/dashboard-queries.yml" >/dev/null
 log "every dashboard query parses as PromQL"
@@ -408,7 +408,7 @@ promtool check metrics < "$WORK/metrics.txt" || fail "promtool check metrics"
 grep -q '^directline_gateway_tokens_total{bot="default",kind="generated"} 1$' "$WORK/metrics.txt" || fail "metrics: tokens_total{kind=generated} is not 1"
 BUILD_INFO=$(grep '^directline_gateway_build_info{' "$WORK/metrics.txt") || fail "metrics: no build_info"
 log "$BUILD_INFO"
-"$PY" deploy/ci/check_metrics_refs.py src/metrics.rs deploy/prometheus/dashboard.json deploy/prometheus/alerts.yml \
+"$PY" deploy/ci/check_metrics_refs.py src/metrics/mod.rs deploy/prometheus/dashboard.json deploy/prometheus/alerts.yml \
   --metrics "$WORK/metrics.txt" >/dev/null
 log "metrics: promtool lint clean; every scraped family is known to the dashboard check"
 

@@ -1,8 +1,9 @@
-//! Gateway errors: who is to blame, and the one place they become Direct Line error bodies.
+//! Gateway errors: who is to blame, what a refusal is (the gateway's own or Direct Line's),
+//! and the one place a refusal becomes a Direct Line error body ([`Refusal::into_response`]).
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
 
@@ -22,6 +23,11 @@ pub struct Cause(Arc<dyn std::error::Error + Send + Sync + 'static>);
 impl Cause {
     pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self(Arc::new(error))
+    }
+
+    /// A cause that arrives boxed (a body's error).
+    pub fn boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self(Arc::from(error))
     }
 }
 
@@ -129,8 +135,18 @@ pub enum GatewayError {
     },
     #[error("upstream answered something the gateway cannot use")]
     UpstreamInvalid,
+    /// An upstream body that broke off or would not decode; `cause` is for the log line.
+    #[error("upstream answer could not be read")]
+    UpstreamUnreadable {
+        #[source]
+        cause: Cause,
+    },
     #[error("upstream timeout: no answer in time")]
     UpstreamTimeout,
+    /// Direct Line refused with a 4xx whose body is not a Direct Line error (only ever seen
+    /// inside a [`Refusal::Upstream`], under Direct Line's status).
+    #[error("upstream refused with a body that is not a Direct Line error")]
+    UpstreamRefused,
     /// A Copilot Studio bot whose Direct Line host has not been discovered (yet): its
     /// environment was unreachable or answered something unusable (logged by discovery).
     #[error("the bot's Direct Line host is not known yet; retry in {retry_after_secs} s")]
@@ -201,8 +217,9 @@ impl GatewayError {
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry after the time in Retry-After", Client, None),
             UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "UpgradeRequired", "WebSocket upgrade required", Client, None),
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
-            UpstreamInvalid => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
+            UpstreamInvalid | UpstreamUnreadable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
+            UpstreamRefused => (StatusCode::BAD_REQUEST, "BadArgument", "Request refused by Direct Line", Upstream, None),
             UpstreamUndiscovered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The bot's Direct Line region is not known yet; retry after the time in Retry-After", Upstream, None),
             TokenEndpointRefused { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "The agent's token endpoint did not issue a token", Upstream, None),
             PolicyDenied => (StatusCode::FORBIDDEN, "PolicyDenied", "The activity was refused by this service's content policy", Client, None),
@@ -247,41 +264,115 @@ impl GatewayError {
         cause_chain(self)
     }
 
-    pub fn into_response(self) -> Response<Body> {
-        let mut response = error_response(self.status(), self.code(), self.message());
-        if matches!(self, GatewayError::MissingCredential) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if matches!(self, GatewayError::SignInRefused { .. }) {
-            // RFC 6750 §3: the token given (if any) is not acceptable.
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
+    /// The headers its row implies: a challenge for a refused credential, `Retry-After`
+    /// where a retry can work.
+    fn add_headers(&self, headers: &mut HeaderMap) {
         match self {
+            GatewayError::MissingCredential => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::SignInRefused { .. } => {
+                // RFC 6750 §3: the token given (if any) is not acceptable.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
             GatewayError::IdentityUnavailable => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::TooManySockets
             | GatewayError::TooManyPolls
             | GatewayError::Draining
             | GatewayError::PolicyUnavailable => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::RateLimited { retry_after_secs }
             | GatewayError::UpstreamUndiscovered { retry_after_secs } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
+        }
+    }
+}
+
+/// Why a request was refused: by the gateway, or by Direct Line. Route handlers answer
+/// `Result<Response, Refusal>`; the pipeline turns every refusal into the client's answer with
+/// [`Refusal::into_response`], and counts and logs only the gateway's own.
+#[derive(Debug)]
+pub enum Refusal {
+    Gateway(GatewayError),
+    Upstream(UpstreamRefusal),
+}
+
+/// Direct Line's error answer, reduced to what may reach the client: its status, what it
+/// said (or what replaces it) and its allow-listed headers, already checked for credentials.
+#[derive(Debug)]
+pub struct UpstreamRefusal {
+    pub status: StatusCode,
+    pub said: UpstreamSaid,
+    /// Appended to the answer's own headers (an upstream `Retry-After` passes this way).
+    pub headers: HeaderMap,
+}
+
+/// What a client is told of an upstream refusal.
+#[derive(Debug)]
+pub enum UpstreamSaid {
+    /// A Direct Line error's code and message, rebuilt from their decoded (and scrubbed) text.
+    DirectLine { code: String, message: String },
+    /// A body that is no Direct Line error, replaced by a row of the table.
+    Replaced(GatewayError),
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(error: GatewayError) -> Self {
+        Refusal::Gateway(error)
+    }
+}
+
+impl From<UpstreamRefusal> for Refusal {
+    fn from(refusal: UpstreamRefusal) -> Self {
+        Refusal::Upstream(refusal)
+    }
+}
+
+impl Refusal {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Gateway(error) => error.status(),
+            Refusal::Upstream(refused) => refused.status,
+        }
+    }
+
+    /// The one place a refusal becomes a Direct Line error body.
+    pub fn into_response(self) -> Response<Body> {
+        let refused = match self {
+            Refusal::Gateway(error) => {
+                let mut response = error_body(error.status(), error.code(), error.message());
+                error.add_headers(response.headers_mut());
+                return response;
+            }
+            Refusal::Upstream(refused) => refused,
+        };
+        // A replaced body's row implies no header of its own: Direct Line's status and
+        // allow-listed headers are the answer's.
+        let mut response = match &refused.said {
+            UpstreamSaid::DirectLine { code, message } => error_body(refused.status, code, message),
+            UpstreamSaid::Replaced(error) => {
+                error_body(refused.status, error.code(), error.message())
+            }
+        };
+        let headers = response.headers_mut();
+        let mut last = None;
+        for (name, value) in refused.headers {
+            // `HeaderMap`'s iterator names a header once, before the first of its values.
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                headers.append(name.clone(), value);
+            }
         }
         response
     }
@@ -323,7 +414,7 @@ fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A Direct Line ErrorResponse: `{"error":{"code":…,"message":…}}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+fn error_body(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     let mut response = Response::new(body::full(body.to_string()));
     *response.status_mut() = status;
@@ -409,7 +500,16 @@ mod tests {
                 Blame::Upstream,
             ),
             (UpstreamInvalid, 502, "UpstreamError", Blame::Upstream),
+            (
+                UpstreamUnreadable {
+                    cause: Cause::new(std::io::Error::other("connection reset")),
+                },
+                502,
+                "UpstreamError",
+                Blame::Upstream,
+            ),
             (UpstreamTimeout, 504, "UpstreamTimeout", Blame::Upstream),
+            (UpstreamRefused, 400, "BadArgument", Blame::Upstream),
             (
                 UpstreamUndiscovered {
                     retry_after_secs: 2,
@@ -464,11 +564,49 @@ mod tests {
 
     #[tokio::test]
     async fn body_is_direct_line_shaped() {
-        let response = GatewayError::TokenExpired.into_response();
+        let response = Refusal::from(GatewayError::TokenExpired).into_response();
         assert_eq!(response.status(), 403);
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["code"], "TokenExpired");
         assert_eq!(json["error"]["message"], "Token expired");
+    }
+
+    /// Direct Line's refusal keeps its status and passed headers; a replaced body is the
+    /// table row's, under that status.
+    #[tokio::test]
+    async fn upstream_refusals_keep_their_status_and_headers() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let refused = Refusal::from(UpstreamRefusal {
+            status: StatusCode::CONFLICT,
+            said: UpstreamSaid::Replaced(GatewayError::UpstreamRefused),
+            headers,
+        });
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        let response = refused.into_response();
+        assert_eq!(response.status(), 409);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            br#"{"error":{"code":"BadArgument","message":"Request refused by Direct Line"}}"#
+        );
+        let said = UpstreamSaid::DirectLine {
+            code: "Conflict".into(),
+            message: "already taken".into(),
+        };
+        let response = Refusal::from(UpstreamRefusal {
+            status: StatusCode::CONFLICT,
+            said,
+            headers: HeaderMap::new(),
+        })
+        .into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &bytes[..],
+            br#"{"error":{"code":"Conflict","message":"already taken"}}"#
+        );
     }
 }

@@ -1,33 +1,39 @@
 //! directline-gateway: a reverse proxy for Bot Framework Direct Line 3.0.
 //!
-//! Layers, each importing only from the ones below it (ARCHITECTURE §9; `tests/layers.rs` fails
-//! on any import cycle between files):
+//! Layers, each importing only from its own and the ones below it (ARCHITECTURE §9);
+//! `tests/layers.rs` holds this map as `LAYERS` and fails on an import up it, and on any import
+//! cycle between files:
 //! 1. **server**: [`server`] (listeners, connections, admin, [`server::start`]), [`signals`],
-//!    `admission` (per-IP cap, first-request deadline), `h2_idle` (idle HTTP/2
-//!    connections), `tls`, [`cli`], [`logging`], and
-//!    `workers` (the threads connections run on; below every layer, since routes and the
-//!    upstream client ask it which thread they are on).
+//!    `h2_idle` (idle HTTP/2 connections), `tls`, [`cli`], [`logging`].
 //! 2. **pipeline**: `pipeline`, a request in named phases (admit → select bot → parse →
 //!    check origin → authorize → rate-limit → dispatch → respond → log).
 //! 3. **routes**: `routes`, one file per Direct Line concern (tokens, conversations,
-//!    activities, upload, session, stream), what each needs (`routes::needs`), and the
-//!    respond phase (`routes::answer`).
+//!    activities, upload, session, stream), what each needs (`routes::needs`), the request
+//!    context with the send-and-answer shape they share (`routes::context`), and the respond
+//!    phase (`routes::answer`).
 //! 4. **stream**: [`stream`], the WebSocket bridge (registry of hubs, hub, relay, link,
 //!    client, tracker).
 //! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`), where
 //!    a bot's calls go (`upstream::base`) and Copilot Studio discovery (`upstream::discovery`).
-//!    `policy` (`[policy]`: redaction and the webhook's verdict on each activity) sits
-//!    with upstream: it makes calls of its own and imports only cores.
-//! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`.
+//!    `policy` (`[policy]`: redaction and the webhook's verdict on each activity) and
+//!    [`record`] sit with upstream: they make calls of their own and import only cores.
+//! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`. One knot is left:
+//!    the app state holds the stream's hub registry and held polls and each bot's upstream
+//!    base and policy, while stream and upstream files take `Gateway` and `Bot` as their
+//!    context. Those imports up the map are listed one by one in `tests/layers.rs`
+//!    (`KNOWN_UPWARD`), which only shrinks.
 //! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
-//!    (fetched and cached), the pseudonym.
-//! 8. **cores** (pure, no I/O of their own): [`config`], [`endpoint`], `auth`, [`seal`],
-//!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`, `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`],
-//!    `activity_set` (an upstream frame read in one validating pass), `jsonscan`, `body`,
-//!    [`error`], `metrics`, [`clock`], `demo`, `credential` (whether Direct Line accepts a
-//!    bot's secret); and `telemetry` (OpenTelemetry spans, issue
-//!    21: it imports only config, metrics and endpoint types, and its export runs on threads
-//!    of its own).
+//!    (fetched and cached), the pseudonym. Its settings are configuration (`config::auth`).
+//! 8. **cores** (no layer above them imported): [`config`], [`endpoint`], `auth`, [`seal`],
+//!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`,
+//!    `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`], `activity_set` (an
+//!    upstream frame read in one validating pass), [`upload_activity`], `jsonscan`, `body`,
+//!    `request_headers` (the host, request id and gzip a request's headers say),
+//!    [`error`], `metrics` (the families in `metrics::families`), [`clock`], `demo`,
+//!    `credential` (whether Direct Line accepts a bot's secret), `telemetry` (OpenTelemetry
+//!    spans; its export runs on threads of its own), `workers` (the threads connections run
+//!    on; routes and the upstream client ask it which thread they are on) and `admission`
+//!    (the per-IP cap and first-request deadline; the stream route keeps a connection's slot).
 //!
 //! The public surface is what the binary, the integration tests, the benches and the fuzz
 //! targets use: [`config`], [`server`], [`cli`], [`signals`], [`logging`], [`seal`],
@@ -61,6 +67,7 @@ pub(crate) mod ratelimit;
 pub mod record;
 pub(crate) mod refresh_share;
 pub(crate) mod reload;
+pub(crate) mod request_headers;
 pub mod rewrite;
 pub(crate) mod routes;
 pub mod scrub;

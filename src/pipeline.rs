@@ -20,11 +20,12 @@ use crate::body::Body;
 use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};
-use crate::error::{Blame, GatewayError};
+use crate::error::{Blame, GatewayError, Refusal};
 use crate::forwarded::{client_ip, client_key, forwarded_for_value};
 use crate::gateway::{Bot, Gateway};
 use crate::identity::SignedIn;
 use crate::metrics::status_class;
+use crate::request_headers::{accepts_gzip, request_host, request_id};
 use crate::routes::context::RequestContext;
 use crate::routes::needs::{self, Bucket, Credential, Needs};
 use crate::routes::{activities, conversations, session, stream, tokens, upload};
@@ -103,7 +104,7 @@ pub async fn handle(
         .as_ref()
         .map(|telemetry| telemetry.server_span(request.headers(), &method));
     let Some(bot) = select_bot(&live, &request) else {
-        let response = GatewayError::NotFound.into_response();
+        let response = Refusal::from(GatewayError::NotFound).into_response();
         return log(
             gateway,
             response,
@@ -166,7 +167,7 @@ async fn run(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     admit(&request, &ctx.live.config)?;
     let bot = ctx.bot.clone();
     if serves_demo(&bot.settings, request.method(), request.uri().path()) {
@@ -185,7 +186,7 @@ async fn run(
     }
     let needs = needs::of(&endpoint);
     if gateway.is_draining() && !needs.while_draining {
-        return Err(GatewayError::Draining);
+        return Err(GatewayError::Draining.into());
     }
     if needs.origin_checked {
         check_origin(&bot.settings, request.headers())?;
@@ -351,22 +352,22 @@ async fn dispatch(
     authorized: Authorized,
     request: Request<Incoming>,
     ctx: &mut RequestContext,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     match endpoint {
         Endpoint::Preflight(_) => Ok(cors::preflight(
             &ctx.bot.settings.allowed_origins,
             ctx.bot.settings.allow_credentials,
             request.headers(),
-        )),
+        )?),
         Endpoint::TokensGenerate => {
             let Authorized::SignIn(signed_in) = authorized else {
-                return Err(GatewayError::Internal);
+                return Err(GatewayError::Internal.into());
             };
             tokens::generate_token(gateway, request, ctx, signed_in).await
         }
         Endpoint::TokensRefresh => {
             let Authorized::Refresh(token, expired) = authorized else {
-                return Err(GatewayError::Internal);
+                return Err(GatewayError::Internal.into());
             };
             tokens::refresh_token(gateway, ctx, token, expired).await
         }
@@ -391,23 +392,32 @@ async fn dispatch(
         Endpoint::Stream {
             conversation,
             multimodal,
-        } => stream::accept(gateway, conversation, multimodal, request, ctx),
+        } => Ok(stream::accept(
+            gateway,
+            conversation,
+            multimodal,
+            request,
+            ctx,
+        )?),
     }
 }
 
-/// Respond: an error becomes its Direct Line body (counted and logged by blame), and a
-/// browser on an allowed origin gets the CORS headers.
+/// Respond: a refusal becomes its Direct Line body (the gateway's own counted and logged by
+/// blame; Direct Line's was counted where it was read), and a browser on an allowed origin
+/// gets the CORS headers.
 fn respond(
     gateway: &Gateway,
-    result: Result<Response<Body>, GatewayError>,
+    result: Result<Response<Body>, Refusal>,
     ctx: &RequestContext,
     origin: Option<&HeaderValue>,
 ) -> Response<Body> {
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            record_refusal(gateway, &error, ctx);
-            error.into_response()
+        Err(refusal) => {
+            if let Refusal::Gateway(error) = &refusal {
+                record_refusal(gateway, error, ctx);
+            }
+            refusal.into_response()
         }
     };
     if let Some(origin) = origin
@@ -549,26 +559,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The request's host without the port: the URI's authority (HTTP/2, absolute form), else `Host`.
-fn request_host(request: &Request<Incoming>) -> Option<&str> {
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.as_str(),
-        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
-    };
-    Some(host_of(authority))
-}
-
-fn host_of(authority: &str) -> &str {
-    let host = match authority.rsplit_once('@') {
-        Some((_, host)) => host,
-        None => authority,
-    };
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.split(':').next().unwrap_or(host)
-}
-
 fn serves_demo(config: &BotConfig, method: &Method, path: &str) -> bool {
     (config.upstream == UpstreamTarget::Embedded || config.demo_page)
         && *method == Method::GET
@@ -586,114 +576,5 @@ fn method_label(method: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::HEAD => "HEAD",
         _ => "other",
-    }
-}
-
-/// Whether the caller accepts a gzip body (RFC 9110 §12.5.3): `gzip` or `*` with a q-value
-/// above zero; an explicit `gzip;q=0` refuses it whatever `*` says.
-fn accepts_gzip(headers: &http::HeaderMap) -> bool {
-    let mut gzip = None;
-    let mut any = None;
-    for coding in headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let mut parts = coding.split(';');
-        let name = parts.next().unwrap_or("").trim();
-        let acceptable = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
-            .next_back()
-            .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
-        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
-            gzip = Some(acceptable);
-        } else if name == "*" {
-            any = Some(acceptable);
-        }
-    }
-    gzip.or(any).unwrap_or(false)
-}
-
-/// Keeps a caller's `x-request-id` when it is short and printable, else mints one.
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get("x-request-id")
-        && value.len() <= 128
-        && !value.is_empty()
-        && value.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    {
-        return value.clone();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    let random = fastrand::u128(..);
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[(random >> (124 - 4 * i) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_32_hex_digits_unless_the_caller_sent_a_sane_one() {
-        let empty = http::HeaderMap::new();
-        let a = request_id(&empty);
-        let b = request_id(&empty);
-        assert_ne!(a, b);
-        for id in [&a, &b] {
-            assert_eq!(id.len(), 32);
-            assert!(
-                id.as_bytes()
-                    .iter()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            );
-        }
-        let mut sent = http::HeaderMap::new();
-        sent.insert("x-request-id", HeaderValue::from_static("trace-7"));
-        assert_eq!(request_id(&sent), "trace-7");
-        sent.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_eq!(request_id(&sent).len(), 32);
-    }
-
-    #[test]
-    fn accept_encoding_q_values_are_honoured() {
-        for (value, gzip) in [
-            ("gzip", true),
-            ("gzip, deflate, br", true),
-            ("deflate, GZIP;q=0.5", true),
-            ("gzip;q=0", false),
-            ("gzip; q=0.000", false),
-            ("*", true),
-            ("*;q=0", false),
-            ("*, gzip;q=0", false),
-            ("identity", false),
-            ("br;q=1, *;q=0.1", true),
-            ("gzip;q=abc", false),
-            ("", false),
-        ] {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::ACCEPT_ENCODING,
-                HeaderValue::from_static(value),
-            );
-            assert_eq!(accepts_gzip(&headers), gzip, "{value:?}");
-        }
-        assert!(!accepts_gzip(&http::HeaderMap::new()));
-    }
-
-    #[test]
-    fn hosts_lose_their_port_and_credentials() {
-        for (authority, host) in [
-            ("chat.contoso.com", "chat.contoso.com"),
-            ("chat.contoso.com:8443", "chat.contoso.com"),
-            ("user:pw@chat.contoso.com:80", "chat.contoso.com"),
-            ("[::1]:8080", "[::1]"),
-            ("127.0.0.1:8080", "127.0.0.1"),
-        ] {
-            assert_eq!(host_of(authority), host, "{authority}");
-        }
     }
 }

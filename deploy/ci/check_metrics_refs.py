@@ -3,7 +3,7 @@
 
   * dashboard.json parses, has unique panel ids, and every panel has a PromQL target;
   * every directline_gateway_* name used in dashboard.json or alerts.yml is a metric the
-    gateway registers (names read from src/metrics.rs; histogram names may carry
+    gateway registers (names read from src/metrics/; histogram names may carry
     _bucket/_sum/_count);
   * with --metrics FILE (a scrape of a running gateway): every family in it is known;
   * with --promql-rules OUT: writes every dashboard query as a recording rule, with the
@@ -24,12 +24,13 @@ PREFIX = "directline_gateway_"
 errors = []
 
 
-# Modules (relative to src/) that register families of their own into the gateway's registry.
-REGISTERED_ELSEWHERE = ["stream/answer_metrics.rs"]
+# Files (relative to src/metrics/) that build the families: the family list, and modules that
+# register families of their own into the gateway's registry.
+REGISTERED_ELSEWHERE = ["families.rs", "streamed_answers.rs"]
 
 
 def registered_metrics(metrics_rs):
-    """(name -> kind) for every metric constructed in src/metrics.rs and the modules that
+    """(name -> kind) for every metric constructed in src/metrics/ and the modules that
     build families of their own for it (REGISTERED_ELSEWHERE)."""
     text = open(metrics_rs, encoding="utf-8").read()
     here = os.path.dirname(metrics_rs)
@@ -105,7 +106,7 @@ def main(argv):
         if not scraped:
             errors.append("the scrape holds no directline_gateway_ family")
         for name in sorted(scraped - set(metrics)):
-            errors.append(f"scraped family {name} is not in src/metrics.rs")
+            errors.append(f"scraped family {name} is not in src/metrics/")
         print(f"scrape: {len(scraped)} families, all known")
 
     if "--promql-rules" in options:
@@ -121,7 +122,7 @@ def main(argv):
         for e in errors:
             print(f"FAIL {e}", file=sys.stderr)
         return 1
-    print(f"dashboard: {len(panels)} panels, {len(exprs)} queries; {len(used)} metric names checked against src/metrics.rs")
+    print(f"dashboard: {len(panels)} panels, {len(exprs)} queries; {len(used)} metric names checked against src/metrics/")
     return 0
 
 

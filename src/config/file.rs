@@ -1,6 +1,6 @@
 //! The TOML file's schema as serde reads it: every key the gateway knows, none it does not.
 
-use crate::identity::settings::FileAuth;
+use super::auth::FileAuth;
 use std::path::PathBuf;
 
 use serde::Deserialize;

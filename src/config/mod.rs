@@ -18,6 +18,8 @@
 //! - `polling`: `[polling]`, held polls for clients without WebSockets ([`PollingConfig`]);
 //! - `streaming`: livestreamed answers' `delivery_mode` ([`DeliveryMode`]).
 
+pub mod auth;
+mod bots;
 mod copilot;
 mod errors;
 mod file;
@@ -143,7 +145,7 @@ pub struct BotConfig {
     pub resume_window: Duration,
     /// Signed-in mode (`[auth]`, `[bots.auth]`, ARCHITECTURE §11): `tokens/generate` needs the
     /// identity provider's JWT.
-    pub auth: Option<std::sync::Arc<crate::identity::settings::AuthSettings>>,
+    pub auth: Option<std::sync::Arc<auth::AuthSettings>>,
     /// A Copilot Studio agent's token endpoint (ARCHITECTURE §10): without a secret, tokens come
     /// from it; with `upstream` = [`UpstreamTarget::Discovered`], the Direct Line host is
     /// discovered from its environment.

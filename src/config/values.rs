@@ -1,6 +1,7 @@
 //! Value types of the configuration and the parsers that read them from text.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use url::Url;
@@ -221,6 +222,62 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+// Setting a slot from the text a key gave (file, environment or flag), naming the key on error.
+
+/// `default` with what `value` says, or the error naming `key`.
+pub(super) fn duration_or(
+    default: Duration,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<Duration, ConfigError> {
+    let mut slot = default;
+    set_duration(&mut slot, key, value)?;
+    Ok(slot)
+}
+
+pub(super) fn read_trimmed(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+pub(super) fn set_duration(
+    slot: &mut Duration,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(text) = value {
+        *slot = parse_duration(&text)
+            .ok_or_else(|| invalid(key, format!("{text:?} is not a duration like 15s or 250ms")))?;
+    }
+    Ok(())
+}
+
+pub(super) fn set_size(
+    slot: &mut u64,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(text) = value {
+        *slot = parse_size(&text)
+            .ok_or_else(|| invalid(key, format!("{text:?} is not a size like 256KiB")))?;
+    }
+    Ok(())
+}
+
+pub(super) fn set_usize(
+    slot: &mut usize,
+    key: &'static str,
+    value: Option<String>,
+) -> Result<(), ConfigError> {
+    let mut wide = *slot as u64;
+    set_size(&mut wide, key, value)?;
+    *slot = usize::try_from(wide).map_err(|_| invalid(key, "too large"))?;
+    Ok(())
 }
 
 #[cfg(test)]

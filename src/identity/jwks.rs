@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::refusal::Refusal;
-use super::settings::{AuthSettings, IdentityLimits, fetchable};
+use crate::config::auth::{AuthSettings, IdentityLimits, fetchable};
 
 /// One verification key from the JWKS.
 pub struct Key {

@@ -12,19 +12,21 @@
 pub mod jwks;
 pub mod pseudonym;
 pub mod refusal;
-pub mod settings;
 pub mod verify;
+
+/// `[auth]`'s settings, parsed with the rest of the configuration (`config::auth`).
+pub use crate::config::auth as settings;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 
+use crate::config::auth::AuthSettings;
 use crate::error::GatewayError;
 use jwks::KeySet;
 use pseudonym::Pseudonyms;
 use refusal::Refusal;
-use settings::AuthSettings;
 
 /// The header a durable resume (`tokens/refresh` with an expired gateway token) carries
 /// the current sign-in in: `X-Identity-Token: <JWT>` (ARCHITECTURE §12). A header of its own

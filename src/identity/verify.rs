@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::jwks::{Key, MAX_KID_BYTES};
 use super::refusal::Refusal;
-use super::settings::AuthSettings;
+use crate::config::auth::AuthSettings;
 
 /// What the header says, once it is known to be usable.
 #[derive(Debug, Clone, PartialEq, Eq)]

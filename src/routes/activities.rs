@@ -7,13 +7,12 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::answer::{credential_needles, passthrough};
 use super::context::RequestContext;
 use super::request_body::{read_limited, require_json_content_type};
 use crate::activity_body;
 use crate::body::Body;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{Cause, GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::{Policy, Subject};
 use crate::rewrite;
@@ -27,9 +26,9 @@ pub async fn get_activities(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let mut watermark = rewrite::query_watermark(request.uri().query())?;
-    if ctx.live.config.polling.enabled() {
+    if ctx.config().polling.enabled() {
         // Held polls (`[polling] hold`): served from the conversation's hub.
         let held = crate::stream::poll::serve(
             gateway,
@@ -69,31 +68,19 @@ pub async fn get_activities(
         "/v3/directline/conversations/{conversation}/activities{}",
         rewrite::watermark_query(watermark.as_deref())
     );
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
+    let credential = Credential::SecretThenToken(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::GET,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let policy = ctx.bot.policy.clone();
     if policy.is_some() || gateway.record.is_some() {
         // Screened as decoded JSON: the answer is rebuilt anyway when something is withheld.
         ctx.accepts_gzip = false;
     }
-    let needles = credential_needles(ctx, token.upstream_token);
-    let response = passthrough(
-        gateway,
-        reply.answer,
-        ctx,
-        ctx.live.config.timeouts.default,
-        needles,
-    )
-    .await?;
+    let response = ctx
+        .pass_on(gateway, reply.answer, token.upstream_token)
+        .await?;
     if policy.is_none() && gateway.record.is_none() {
         return Ok(response);
     }
@@ -105,7 +92,7 @@ pub async fn get_activities(
     screened_page(gateway, policy.as_deref(), subject, response).await
 }
 
-/// A history page with the bot's activities screened: withheld ones left out (the page's
+/// A history page (a success: refusals never get here) with the bot's activities screened: withheld ones left out (the page's
 /// watermark still moves past them), replaced ones swapped; then, with `[record]`, the page
 /// as delivered offered to the record.
 async fn screened_page(
@@ -113,10 +100,7 @@ async fn screened_page(
     policy: Option<&Policy>,
     subject: Subject<'_>,
     response: Response<Body>,
-) -> Result<Response<Body>, GatewayError> {
-    if !response.status().is_success() {
-        return Ok(response);
-    }
+) -> Result<Response<Body>, Refusal> {
     let (mut parts, body) = response.into_parts();
     let bytes = read_page(body).await?;
     let screened = match policy {
@@ -141,7 +125,9 @@ async fn screened_page(
 async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
     let mut bytes = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::UpstreamInvalid)?;
+        let frame = frame.map_err(|error| GatewayError::UpstreamUnreadable {
+            cause: Cause::boxed(error),
+        })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
                 return Err(GatewayError::UpstreamInvalid);
@@ -174,13 +160,13 @@ pub async fn post_activity(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
     require_json_content_type(&parts.headers)?;
     let bytes = read_limited(
         body,
         &parts.headers,
-        ctx.live.config.limits.activity_body_bytes,
+        ctx.config().limits.activity_body_bytes,
         ctx,
     )
     .await?;
@@ -210,17 +196,13 @@ pub async fn post_activity(
         .as_ref()
         .map(|_| bytes::Bytes::copy_from_slice(&body));
     let path = format!("/v3/directline/conversations/{conversation}/activities");
+    let credential = Credential::SecretThenToken(&token.upstream_token);
+    let timeout = ctx.config().timeouts.activities;
     let reply = ctx
-        .upstream(
-            Method::POST,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            ctx.live.config.timeouts.activities,
-        )
-        .json(body)
-        .send(&gateway.metrics)
+        .send_shaped(gateway, Method::POST, &path, credential, timeout, |call| {
+            call.json(body)
+        })
         .await?;
-    ctx.saw(&reply);
     if let (Some(record), Some(activity)) = (&gateway.record, recorded)
         && reply.answer.status().is_success()
     {
@@ -231,13 +213,6 @@ pub async fn post_activity(
         };
         record.user(subject, activity);
     }
-    let needles = credential_needles(ctx, token.upstream_token);
-    passthrough(
-        gateway,
-        reply.answer,
-        ctx,
-        ctx.live.config.timeouts.default,
-        needles,
-    )
-    .await
+    ctx.pass_on(gateway, reply.answer, token.upstream_token)
+        .await
 }

@@ -1,6 +1,6 @@
 //! The respond phase: upstream answers as the client gets them. Only allow-listed headers
-//! pass, success bodies are scrubbed of credentials on the way, and error bodies are rebuilt
-//! from a Direct Line error's code and message or replaced by the gateway's own.
+//! pass, success bodies are scrubbed of credentials on the way, and an error answer becomes an
+//! [`UpstreamRefusal`]: a Direct Line error's code and message, or a row of the error table.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::context::RequestContext;
 use crate::body::{self, Body};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal, UpstreamRefusal, UpstreamSaid};
 use crate::gateway::Gateway;
 use crate::scrub::{Needles, ScrubbedBody};
 use crate::upstream::body::{
@@ -32,49 +32,59 @@ const PASSED_RESPONSE_HEADERS: [header::HeaderName; 6] = [
 
 pub(crate) const JSON: &str = "application/json; charset=utf-8";
 
-/// Reads a JSON object from a successful upstream answer, or turns an upstream error
-/// into the response the client gets ([`error_passthrough`]).
-pub(crate) async fn read_json_or_error(
+/// Reads a JSON object from a successful upstream answer; an upstream error is the
+/// client's refusal ([`upstream_refusal`]).
+pub(crate) async fn read_json(
     gateway: &Gateway,
     ctx: &RequestContext,
     answer: Answer,
     timeout: Duration,
     upstream_token: &str,
-) -> Result<Result<(StatusCode, Map<String, Value>), Response<Body>>, GatewayError> {
+) -> Result<(StatusCode, Map<String, Value>), Refusal> {
     // The needles are made only for an error: a success is parsed, and what of it is passed
     // on is checked where it is (`scrub_passed_fields`).
     let needles = || credential_needles(ctx, upstream_token.to_owned());
     let (parts, bytes) = match answer {
         Answer::Streaming(response) if !response.status().is_success() => {
-            return Ok(Err(
-                read_error(gateway, ctx, response, timeout, needles()).await?
-            ));
+            return Err(read_error(gateway, ctx, response, timeout, needles())
+                .await?
+                .into());
         }
         Answer::Streaming(response) => read_body(response, timeout).await?,
         Answer::Read(parts, bytes) => (parts, bytes),
         Answer::Oversized(parts) => {
-            return Ok(Err(error_passthrough(
-                gateway,
-                ctx,
-                parts,
-                None,
-                &needles(),
-            )));
+            return Err(upstream_refusal(gateway, ctx, parts, None, &needles()).into());
         }
     };
     if !parts.status.is_success() {
         let needles = with_upstream_host(ctx, needles());
-        return Ok(Err(error_passthrough(
-            gateway,
-            ctx,
-            parts,
-            Some(bytes),
-            &needles,
-        )));
+        return Err(upstream_refusal(gateway, ctx, parts, Some(bytes), &needles).into());
     }
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(Ok((parts.status, map))),
-        _ => Err(GatewayError::UpstreamInvalid),
+        Ok(Value::Object(map)) => Ok((parts.status, map)),
+        _ => Err(GatewayError::UpstreamInvalid.into()),
+    }
+}
+
+impl RequestContext {
+    /// Direct Line's answer passed on to the client ([`passthrough`]): scrubbed of the bot's
+    /// secret and `upstream_token` (the caller's, moved in; empty when there is none), and
+    /// read within the default timeout where it has to be read.
+    pub(crate) async fn pass_on(
+        &self,
+        gateway: &Gateway,
+        answer: Answer,
+        upstream_token: String,
+    ) -> Result<Response<Body>, Refusal> {
+        let needles = credential_needles(self, upstream_token);
+        passthrough(
+            gateway,
+            answer,
+            self,
+            self.config().timeouts.default,
+            needles,
+        )
+        .await
     }
 }
 
@@ -108,25 +118,26 @@ async fn read_error(
     response: Response<Incoming>,
     timeout: Duration,
     needles: Needles,
-) -> Result<Response<Body>, GatewayError> {
-    let cap = ctx.live.config.limits.upstream_error_body_bytes;
+) -> Result<UpstreamRefusal, GatewayError> {
+    let cap = ctx.config().limits.upstream_error_body_bytes;
     let (parts, bytes) = read_body_within(response, timeout, cap).await?;
     let needles = with_upstream_host(ctx, needles);
-    Ok(error_passthrough(gateway, ctx, parts, bytes, &needles))
+    Ok(upstream_refusal(gateway, ctx, parts, bytes, &needles))
 }
 
 /// An upstream error answer as the client gets it. Only a Direct Line error's `code` and
 /// `message` pass (PROTOCOL §10.8), rebuilt from their decoded text, so an escaped credential
 /// cannot hide in them and nothing else of the body (extra fields) passes; a message naming
 /// a needle is scrubbed, a code naming one is not Direct Line's. Anything else (HTML from a
-/// load balancer, other JSON, a body past the limit: `None`) is replaced by our own error.
-fn error_passthrough(
+/// load balancer, other JSON, a body past the limit: `None`) is replaced by a row of the
+/// error table under Direct Line's status.
+fn upstream_refusal(
     gateway: &Gateway,
     ctx: &RequestContext,
     parts: http::response::Parts,
     body: Option<Bytes>,
     needles: &Needles,
-) -> Response<Body> {
+) -> UpstreamRefusal {
     let scrubbed = |kind: &str| {
         gateway
             .metrics
@@ -138,33 +149,39 @@ fn error_passthrough(
         .as_deref()
         .and_then(direct_line_error)
         .filter(|(code, _)| !needles.contains_any(code.as_bytes()));
-    if let Some((code, message)) = direct_line {
-        let message = needles.scrub_str(&message);
-        if matches!(message, Cow::Owned(_)) {
-            scrubbed("error_scrubbed");
+    let said = match direct_line {
+        Some((code, message)) => {
+            let clean = match needles.scrub_str(&message) {
+                Cow::Owned(clean) => Some(clean),
+                Cow::Borrowed(_) => None,
+            };
+            let message = match clean {
+                Some(clean) => {
+                    scrubbed("error_scrubbed");
+                    clean
+                }
+                None => message,
+            };
+            UpstreamSaid::DirectLine { code, message }
         }
-        let mut response = crate::error::error_response(parts.status, &code, &message);
-        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
-        return response;
-    }
-    scrubbed("error_replaced");
-    let error = if parts.status == StatusCode::GATEWAY_TIMEOUT {
-        GatewayError::UpstreamTimeout
-    } else if parts.status.is_server_error() {
-        GatewayError::UpstreamInvalid
-    } else {
-        let mut response = crate::error::error_response(
-            parts.status,
-            "BadArgument",
-            "Request refused by Direct Line",
-        );
-        copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
-        return response;
+        None => {
+            scrubbed("error_replaced");
+            UpstreamSaid::Replaced(if parts.status == StatusCode::GATEWAY_TIMEOUT {
+                GatewayError::UpstreamTimeout
+            } else if parts.status.is_server_error() {
+                GatewayError::UpstreamInvalid
+            } else {
+                GatewayError::UpstreamRefused
+            })
+        }
     };
-    let mut response = error.into_response();
-    *response.status_mut() = parts.status;
-    copy_passed_headers(&parts.headers, response.headers_mut(), false, needles);
-    response
+    let mut headers = http::HeaderMap::new();
+    copy_passed_headers(&parts.headers, &mut headers, false, needles);
+    UpstreamRefusal {
+        status: parts.status,
+        said,
+        headers,
+    }
 }
 
 /// `error.code` and `error.message` of a Direct Line error body. Codes are stable
@@ -184,7 +201,7 @@ fn direct_line_error(body: &[u8]) -> Option<(String, String)> {
     let message = error
         .get("message")
         .and_then(Value::as_str)
-        .unwrap_or("Request refused by Direct Line");
+        .unwrap_or(GatewayError::UpstreamRefused.message());
     Some((code.to_owned(), message.to_owned()))
 }
 
@@ -198,29 +215,25 @@ pub(crate) async fn passthrough(
     ctx: &RequestContext,
     timeout: Duration,
     needles: Needles,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let response = match answer {
         Answer::Read(parts, bytes) if parts.status.is_success() => {
             return Ok(scrubbed_read(gateway, ctx, parts, bytes, &needles));
         }
         Answer::Read(parts, bytes) => {
             let needles = with_upstream_host(ctx, needles);
-            return Ok(error_passthrough(
-                gateway,
-                ctx,
-                parts,
-                Some(bytes),
-                &needles,
-            ));
+            return Err(upstream_refusal(gateway, ctx, parts, Some(bytes), &needles).into());
         }
         Answer::Oversized(parts) => {
             let needles = with_upstream_host(ctx, needles);
-            return Ok(error_passthrough(gateway, ctx, parts, None, &needles));
+            return Err(upstream_refusal(gateway, ctx, parts, None, &needles).into());
         }
         Answer::Streaming(response) => response,
     };
     if !response.status().is_success() {
-        return read_error(gateway, ctx, response, timeout, needles).await;
+        return Err(read_error(gateway, ctx, response, timeout, needles)
+            .await?
+            .into());
     }
     if is_gzip(response.headers()) {
         let (mut parts, raw) = read_raw(response, timeout, MAX_UPSTREAM_JSON).await?;

@@ -1,4 +1,6 @@
-//! What the pipeline's phases and a route share about one request.
+//! What the pipeline's phases and a route share about one request, and the shape every
+//! forwarding route shares: send a call ([`RequestContext::send`]), note its status, pass
+//! the answer on scrubbed ([`RequestContext::pass_on`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -7,9 +9,10 @@ use std::time::Duration;
 use http::{HeaderValue, Method};
 
 use crate::auth::OpenedTokens;
+use crate::config::Config;
 use crate::endpoint::{ConversationId, Route};
 use crate::error::GatewayError;
-use crate::gateway::{Bot, Live};
+use crate::gateway::{Bot, Gateway, Live};
 use crate::seal::ClientToken;
 use crate::telemetry::RequestTrace;
 use crate::upstream::call::{Credential, Forwarding, Reply, UpstreamCall};
@@ -69,7 +72,7 @@ impl RequestContext {
             credential,
             self.route.as_str(),
             timeout,
-            self.live.config.limits.upstream_error_body_bytes,
+            self.config().limits.upstream_error_body_bytes,
         )
         .forwarding(Forwarding {
             request_id: &self.request_id,
@@ -81,5 +84,39 @@ impl RequestContext {
     /// Notes the upstream status of `reply` for the access log.
     pub fn saw(&mut self, reply: &Reply) {
         self.upstream_status = Some(reply.answer.status().as_u16());
+    }
+
+    /// The settings this request runs with.
+    pub fn config(&self) -> &Config {
+        &self.live.config
+    }
+
+    /// Sends one upstream call ([`Self::upstream`]) and notes its status for the access log.
+    pub async fn send(
+        &mut self,
+        gateway: &Gateway,
+        method: Method,
+        path: &str,
+        credential: Credential<'_>,
+        timeout: Duration,
+    ) -> Result<Reply, GatewayError> {
+        self.send_shaped(gateway, method, path, credential, timeout, |call| call)
+            .await
+    }
+
+    /// [`Self::send`] with what the route adds to the call (a body, headers).
+    pub async fn send_shaped(
+        &mut self,
+        gateway: &Gateway,
+        method: Method,
+        path: &str,
+        credential: Credential<'_>,
+        timeout: Duration,
+        shape: impl for<'c> FnOnce(UpstreamCall<'c>) -> UpstreamCall<'c>,
+    ) -> Result<Reply, GatewayError> {
+        let call = shape(self.upstream(method, path, credential, timeout));
+        let reply = call.send(&gateway.metrics).await?;
+        self.saw(&reply);
+        Ok(reply)
     }
 }

@@ -8,14 +8,14 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::answer::{credential_needles, json_response, json_str, read_json_or_error};
+use super::answer::{credential_needles, json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
 use crate::body::Body;
 use crate::clock;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::rewrite;
 use crate::seal::{ClientToken, Purpose, StreamTicket};
@@ -27,44 +27,36 @@ pub async fn start_conversation(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let ws_base = ws_base(&request, ctx);
     let (parts, body) = request.into_parts();
     let mut params = match read_optional_json(
         body,
         &parts.headers,
-        ctx.live.config.limits.token_body_bytes,
+        ctx.config().limits.token_body_bytes,
         ctx,
     )
     .await?
     {
         Some(Value::Object(map)) => map,
-        Some(_) => return Err(GatewayError::MalformedJson),
+        Some(_) => return Err(GatewayError::MalformedJson.into()),
         None => Map::new(),
     };
     // The conversation's user is the one bound into the token, whatever the caller says.
     params.retain(|k, _| !k.eq_ignore_ascii_case("user"));
     params.insert("user".into(), json!({ "id": token.user_id }));
     // The upstream token (not the secret) starts the conversation tokens/generate allocated.
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let body = serde_json::to_vec(&params).map_err(|_| GatewayError::Internal)?;
+    let path = "/v3/directline/conversations";
+    let credential = Credential::Token(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::POST,
-            "/v3/directline/conversations",
-            Credential::Token(&token.upstream_token),
-            timeout,
-        )
-        .json(body)
-        .send(&gateway.metrics)
+        .send_shaped(gateway, Method::POST, path, credential, timeout, |call| {
+            call.json(body)
+        })
         .await?;
-    ctx.saw(&reply);
     let sent = &token.upstream_token;
-    let (status, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await?
-    {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let (status, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if json_str(&json, "conversationId") != Some(conversation.as_str()) {
@@ -72,7 +64,7 @@ pub async fn start_conversation(
             request_id = ctx.request_id.to_str().unwrap_or(""),
             "upstream started a different conversation than the token's"
         );
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::UpstreamInvalid.into());
     }
     let body = conversation_response(
         gateway,
@@ -97,32 +89,23 @@ pub async fn reconnect(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let watermark = rewrite::query_watermark(request.uri().query())?;
     let ws_base = ws_base(&request, ctx);
     let path = format!(
         "/v3/directline/conversations/{conversation}{}",
         rewrite::watermark_query(watermark.as_deref())
     );
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
+    let credential = Credential::SecretThenToken(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::GET,
-            &path,
-            Credential::SecretThenToken(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let via_token = reply.via_token;
     let sent = &token.upstream_token;
-    let (_, json) = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
-        Ok(ok) => ok,
-        Err(error_response) => return Ok(error_response),
-    };
+    let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::UpstreamInvalid.into());
     }
     let minted = Minted::Reconnect {
         via_token,
@@ -310,7 +293,7 @@ fn scrub_passed_fields(
 
 fn ws_base(request: &Request<Incoming>, ctx: &RequestContext) -> String {
     rewrite::public_ws_base(
-        &ctx.live.config,
+        ctx.config(),
         ctx.bot.settings.public_url.as_ref(),
         request.headers(),
         request.uri().authority().map(|a| a.as_str()),

@@ -50,7 +50,7 @@ pub(crate) async fn read_limited(
     if content_length(headers).is_some_and(|len| len > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
-    let within = ctx.live.config.limits.body_read_timeout;
+    let within = ctx.config().limits.body_read_timeout;
     match tokio::time::timeout(within, Limited::new(body, limit as usize).collect()).await {
         Err(_) => Err(GatewayError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

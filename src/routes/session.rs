@@ -5,10 +5,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 
-use super::answer::{credential_needles, passthrough};
 use super::context::RequestContext;
 use crate::body::Body;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::seal::ClientToken;
 use crate::upstream::call::{Answer, Credential};
@@ -18,21 +17,26 @@ pub async fn session_id(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
-    let timeout = ctx.live.config.timeouts.default;
-    let mut call = ctx.upstream(
-        Method::GET,
-        "/v3/directline/session/getsessionid",
-        Credential::Token(&token.upstream_token),
-        timeout,
-    );
-    if let Some(cookie) = request.headers().get(header::COOKIE) {
-        call = call.header(header::COOKIE, cookie.clone());
-    }
-    let reply = call.send(&gateway.metrics).await?;
-    ctx.saw(&reply);
+) -> Result<Response<Body>, Refusal> {
+    let path = "/v3/directline/session/getsessionid";
+    let credential = Credential::Token(&token.upstream_token);
+    let timeout = ctx.config().timeouts.default;
+    let cookie = request.headers().get(header::COOKIE).cloned();
+    let reply = ctx
+        .send_shaped(
+            gateway,
+            Method::GET,
+            path,
+            credential,
+            timeout,
+            |call| match cookie {
+                Some(cookie) => call.header(header::COOKIE, cookie),
+                None => call,
+            },
+        )
+        .await?;
     let Answer::Streaming(response) = reply.answer else {
-        return Err(GatewayError::Internal);
+        return Err(GatewayError::Internal.into());
     };
     let cookies: Vec<HeaderValue> = response
         .headers()
@@ -40,13 +44,23 @@ pub async fn session_id(
         .iter()
         .filter_map(strip_cookie_domain)
         .collect();
-    let needles = credential_needles(ctx, token.upstream_token);
-    let mut response =
-        passthrough(gateway, Answer::Streaming(response), ctx, timeout, needles).await?;
-    for cookie in cookies {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+    // The session cookie goes to the client with Direct Line's answer, refusals included.
+    let answer = Answer::Streaming(response);
+    match ctx.pass_on(gateway, answer, token.upstream_token).await {
+        Ok(mut response) => {
+            for cookie in cookies {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            Ok(response)
+        }
+        Err(Refusal::Upstream(mut refused)) => {
+            for cookie in cookies {
+                refused.headers.append(header::SET_COOKIE, cookie);
+            }
+            Err(Refusal::Upstream(refused))
+        }
+        Err(refusal) => Err(refusal),
     }
-    Ok(response)
 }
 
 /// A `Set-Cookie` from upstream without its `Domain` attribute, so the browser binds it to

@@ -48,10 +48,10 @@ pub fn accept(
     let slot = gateway.hubs.reserve_socket(
         &ctx.bot.name,
         &conversation,
-        ctx.live.config.stream.max_sockets_per_conversation,
+        ctx.config().stream.max_sockets_per_conversation,
     )?;
     let accept_key = derive_accept_key(key.as_bytes());
-    let socket_config = ws_config(&ctx.live.config.stream);
+    let socket_config = ws_config(&ctx.config().stream);
     let on_upgrade = hyper::upgrade::on(&mut request);
     // The connection's place under the per-IP cap stays taken while the WebSocket lives.
     let ip_slot = request

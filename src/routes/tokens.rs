@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::answer::{json_response, json_str, read_json_or_error};
+use super::answer::{json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
@@ -17,7 +17,7 @@ use crate::body::Body;
 use crate::clock;
 use crate::config::UserIdPolicy;
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::identity::SignedIn;
 use crate::refresh_share::{Fresh, Source};
@@ -29,12 +29,12 @@ pub async fn generate_token(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     signed_in: Option<SignedIn>,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
     let params = read_optional_json(
         body,
         &parts.headers,
-        ctx.live.config.limits.token_body_bytes,
+        ctx.config().limits.token_body_bytes,
         ctx,
     )
     .await?;
@@ -70,28 +70,25 @@ pub async fn generate_token(
             json!(ctx.bot.settings.trusted_origins),
         );
     }
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let (status, json) = if ctx.bot.token_endpoint_mints().is_some() {
         // A Copilot Studio agent without a secret: its token endpoint answers the same
         // shape (`token`, `expires_in`, `conversationId`), the user is bound by the gateway.
         super::copilot::token_from_endpoint(gateway, ctx, timeout).await?
     } else {
         let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
+        let path = "/v3/directline/tokens/generate";
         let reply = ctx
-            .upstream(
+            .send_shaped(
+                gateway,
                 Method::POST,
-                "/v3/directline/tokens/generate",
+                path,
                 Credential::Secret,
                 timeout,
+                |call| call.json(body),
             )
-            .json(body)
-            .send(&gateway.metrics)
             .await?;
-        ctx.saw(&reply);
-        match read_json_or_error(gateway, ctx, reply.answer, timeout, "").await? {
-            Ok(ok) => ok,
-            Err(error_response) => return Ok(error_response),
-        }
+        read_json(gateway, ctx, reply.answer, timeout, "").await?
     };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
@@ -125,7 +122,7 @@ pub async fn refresh_token(
     ctx: &mut RequestContext,
     mut token: ClientToken,
     expired: bool,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let resumes = |result: &str, ctx: &RequestContext| {
         gateway
             .metrics
@@ -144,40 +141,21 @@ pub async fn refresh_token(
                 token.upstream_token = fresh.upstream_token;
                 token.expires_at = fresh.expires_at;
             }
-            Err(Refused::Answer(refused)) => {
-                resumes(
-                    if refused.status() == StatusCode::NOT_FOUND {
-                        "gone"
-                    } else {
-                        "error"
-                    },
-                    ctx,
-                );
-                return Ok(refused);
-            }
-            Err(Refused::Error(error)) => {
-                resumes(
-                    if error == GatewayError::ResumeUnavailable {
-                        "unavailable"
-                    } else {
-                        "error"
-                    },
-                    ctx,
-                );
-                return Err(error);
+            Err(refusal) => {
+                let result = match &refusal {
+                    Refusal::Upstream(refused) if refused.status == StatusCode::NOT_FOUND => "gone",
+                    Refusal::Gateway(GatewayError::ResumeUnavailable) => "unavailable",
+                    _ => "error",
+                };
+                resumes(result, ctx);
+                return Err(refusal);
             }
         }
-    } else if token.expires_at.saturating_sub(now)
-        < ctx.live.config.upstream_refresh_before.as_secs()
+    } else if token.expires_at.saturating_sub(now) < ctx.config().upstream_refresh_before.as_secs()
     {
-        match current_upstream_token(gateway, ctx, &token, false).await {
-            Ok(fresh) => {
-                token.upstream_token = fresh.upstream_token;
-                token.expires_at = fresh.expires_at;
-            }
-            Err(Refused::Answer(refused)) => return Ok(refused),
-            Err(Refused::Error(error)) => return Err(error),
-        }
+        let fresh = current_upstream_token(gateway, ctx, &token, false).await?;
+        token.upstream_token = fresh.upstream_token;
+        token.expires_at = fresh.expires_at;
     }
     gateway
         .metrics
@@ -192,18 +170,6 @@ pub async fn refresh_token(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// Why no fresh upstream token: Direct Line's own refusal (the client's answer), or ours.
-enum Refused {
-    Answer(Response<Body>),
-    Error(GatewayError),
-}
-
-impl From<GatewayError> for Refused {
-    fn from(error: GatewayError) -> Self {
-        Refused::Error(error)
-    }
-}
-
 /// The conversation's current upstream token: the one another refresh of it obtained, while
 /// that is not near its end, else one upstream call shared by every refresh of the
 /// conversation waiting meanwhile (`refresh_share`). `expired`: the caller's token is past
@@ -213,8 +179,8 @@ async fn current_upstream_token(
     ctx: &mut RequestContext,
     token: &ClientToken,
     expired: bool,
-) -> Result<Fresh, Refused> {
-    let refresh_before = ctx.live.config.upstream_refresh_before.as_secs();
+) -> Result<Fresh, Refusal> {
+    let refresh_before = ctx.config().upstream_refresh_before.as_secs();
     let key = (
         ctx.bot.name.clone(),
         token.conversation_id.clone(),
@@ -245,23 +211,15 @@ async fn refresh_upstream(
     gateway: &Gateway,
     token: &ClientToken,
     ctx: &mut RequestContext,
-) -> Result<Fresh, Refused> {
-    let timeout = ctx.live.config.timeouts.default;
+) -> Result<Fresh, Refusal> {
+    let timeout = ctx.config().timeouts.default;
+    let path = "/v3/directline/tokens/refresh";
+    let credential = Credential::Token(&token.upstream_token);
     let reply = ctx
-        .upstream(
-            Method::POST,
-            "/v3/directline/tokens/refresh",
-            Credential::Token(&token.upstream_token),
-            timeout,
-        )
-        .send(&gateway.metrics)
+        .send(gateway, Method::POST, path, credential, timeout)
         .await?;
-    ctx.saw(&reply);
     let sent = &token.upstream_token;
-    let json = match read_json_or_error(gateway, ctx, reply.answer, timeout, sent).await? {
-        Ok((_, json)) => json,
-        Err(error_response) => return Err(Refused::Answer(error_response)),
-    };
+    let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     let fresh = fresh_from(gateway, ctx, &json)?;
     if let Ok(conversation) = ConversationId::parse(&token.conversation_id) {
         gateway
@@ -279,7 +237,7 @@ async fn resume_expired(
     gateway: &Gateway,
     token: &ClientToken,
     ctx: &mut RequestContext,
-) -> Result<Fresh, Refused> {
+) -> Result<Fresh, Refusal> {
     let conversation =
         ConversationId::parse(&token.conversation_id).map_err(|_| GatewayError::InvalidToken)?;
     if ctx.bot.secret.is_none() {
@@ -287,13 +245,11 @@ async fn resume_expired(
         // reconnect: nothing can bring the conversation back.
         return Err(GatewayError::ResumeUnavailable.into());
     }
-    let timeout = ctx.live.config.timeouts.default;
+    let timeout = ctx.config().timeouts.default;
     let path = format!("/v3/directline/conversations/{conversation}");
     let reply = ctx
-        .upstream(Method::GET, &path, Credential::Secret, timeout)
-        .send(&gateway.metrics)
+        .send(gateway, Method::GET, &path, Credential::Secret, timeout)
         .await?;
-    ctx.saw(&reply);
     let (parts, bytes) = reply.answer.read(timeout).await?;
     if parts.status == StatusCode::BAD_REQUEST
         && crate::upstream::body::error_code(&bytes).as_deref() == Some("MissingProperty")
@@ -302,10 +258,7 @@ async fn resume_expired(
     }
     let sent = &token.upstream_token;
     let answer = Answer::Read(parts, bytes);
-    let json = match read_json_or_error(gateway, ctx, answer, timeout, sent).await? {
-        Ok((_, json)) => json,
-        Err(refused) => return Err(Refused::Answer(refused)),
-    };
+    let (_, json) = read_json(gateway, ctx, answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
         return Err(GatewayError::UpstreamInvalid.into());
     }

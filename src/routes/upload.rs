@@ -8,13 +8,12 @@ use http::{Method, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::answer::{credential_needles, passthrough};
 use super::context::RequestContext;
 use super::request_body::content_length;
 use crate::activity_body;
 use crate::body::{self, Body, BoxError};
 use crate::endpoint::ConversationId;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::Subject;
 use crate::seal::ClientToken;
@@ -29,11 +28,11 @@ pub async fn upload(
     request: Request<Incoming>,
     ctx: &mut RequestContext,
     token: ClientToken,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Response<Body>, Refusal> {
     let (parts, body) = request.into_parts();
-    let limit = ctx.live.config.limits.upload_body_bytes;
+    let limit = ctx.config().limits.upload_body_bytes;
     if content_length(&parts.headers).is_some_and(|len| len > limit) {
-        return Err(GatewayError::BodyTooLarge { limit });
+        return Err(GatewayError::BodyTooLarge { limit }.into());
     }
     let boundary = match parts.headers.get(header::CONTENT_TYPE) {
         None => None,
@@ -41,12 +40,12 @@ pub async fn upload(
             Ok(Ok(boundary)) => boundary,
             // A multipart without a boundary, or a type that is not text: Direct Line could
             // read parts the gateway cannot see.
-            _ => return Err(GatewayError::MalformedUpload),
+            _ => return Err(GatewayError::MalformedUpload.into()),
         },
     };
     let mut client_body = body::Deadline::new(
         Limited::new(body, limit as usize),
-        ctx.live.config.limits.upload_read_timeout,
+        ctx.config().limits.upload_read_timeout,
     );
     let bot = Arc::clone(&ctx.bot);
     let subject = Subject {
@@ -91,50 +90,46 @@ pub async fn upload(
     let path = format!("/v3/directline/conversations/{conversation}/upload?userId={user}");
     // The secret: a body streamed once cannot take the enhanced-auth fallback. A bot
     // without one (a Copilot Studio token endpoint) uploads with the conversation token.
-    let mut call = ctx.upstream(
-        Method::POST,
-        &path,
-        Credential::SecretElseToken(&token.upstream_token),
-        ctx.live.config.timeouts.upload,
-    );
-    for name in [
-        header::CONTENT_TYPE,
-        header::CONTENT_DISPOSITION,
-        header::CONTENT_LENGTH,
-    ] {
-        // A rewritten activity changes the length: the call goes chunked instead.
-        if name == header::CONTENT_LENGTH && !same_length {
-            continue;
-        }
-        if let Some(value) = parts.headers.get(&name) {
-            call = call.header(name, value.clone());
-        }
-    }
-    // Streamed as it arrives, never buffered whole; the limit cuts it off mid-way.
-    let reply = call
-        .streamed(streamed)
-        .send(&gateway.metrics)
+    let credential = Credential::SecretElseToken(&token.upstream_token);
+    let timeout = ctx.config().timeouts.upload;
+    let reply = ctx
+        .send_shaped(
+            gateway,
+            Method::POST,
+            &path,
+            credential,
+            timeout,
+            |mut call| {
+                for name in [
+                    header::CONTENT_TYPE,
+                    header::CONTENT_DISPOSITION,
+                    header::CONTENT_LENGTH,
+                ] {
+                    // A rewritten activity changes the length: the call goes chunked instead.
+                    if name == header::CONTENT_LENGTH && !same_length {
+                        continue;
+                    }
+                    if let Some(value) = parts.headers.get(&name) {
+                        call = call.header(name, value.clone());
+                    }
+                }
+                // Streamed as it arrives, never buffered whole; the limit cuts it off mid-way.
+                call.streamed(streamed)
+            },
+        )
         .await
         .map_err(|e| match e {
             GatewayError::BodyTooLarge { .. } => GatewayError::BodyTooLarge { limit },
             other => other,
         })?;
-    ctx.saw(&reply);
     // The record keeps the activity as it went upstream, once Direct Line took it.
     if let (Some(record), Some(activity)) = (&gateway.record, recorded)
         && reply.answer.status().is_success()
     {
         record.user(subject, activity);
     }
-    let needles = credential_needles(ctx, token.upstream_token);
-    passthrough(
-        gateway,
-        reply.answer,
-        ctx,
-        ctx.live.config.timeouts.default,
-        needles,
-    )
-    .await
+    ctx.pass_on(gateway, reply.answer, token.upstream_token)
+        .await
 }
 
 /// The buffered start of a multipart upload, through its first part's headers, or through
@@ -155,7 +150,7 @@ async fn read_first_part(
     boundary: &[u8],
     ctx: &RequestContext,
 ) -> Result<Head, GatewayError> {
-    let activity_limit = ctx.live.config.limits.activity_body_bytes;
+    let activity_limit = ctx.config().limits.activity_body_bytes;
     // The activity's JSON plus its delimiter and headers; past it the first part cannot be
     // an activity within the limit.
     let bound = activity_limit as usize + 2 * upload_activity::MAX_PART_HEADERS + boundary.len();
@@ -206,7 +201,7 @@ async fn read_first_part(
 fn read_error(error: &BoxError, ctx: &RequestContext) -> GatewayError {
     if error.is::<http_body_util::LengthLimitError>() {
         GatewayError::BodyTooLarge {
-            limit: ctx.live.config.limits.upload_body_bytes,
+            limit: ctx.config().limits.upload_body_bytes,
         }
     } else if error.is::<body::DeadlineError>() {
         GatewayError::BodyTimeout

@@ -11,9 +11,12 @@
 //! holds the conversation's stream), `poll` (held `GET …/activities` polls served from the
 //! hub), `held` (their bounds), `send_buffer` (what a client socket's kernel buffer may hold
 //! unsent) and `gathered_writes` (one write per wake-up for a client socket).
-//! The route that accepts client sockets is `routes::stream`.
+//! The route that accepts client sockets is `routes::stream`. The livestream metrics live
+//! with the others (`metrics::streamed_answers`), named here as `answer_metrics`.
 
-pub mod answer_metrics;
+// The metrics registry holds these families: they belong below the stream.
+pub(crate) use crate::metrics::streamed_answers as answer_metrics;
+
 pub(crate) mod backoff;
 pub mod chunks;
 pub(crate) mod client;

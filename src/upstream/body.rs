@@ -7,7 +7,7 @@ use http::{Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::error::GatewayError;
+use crate::error::{Cause, GatewayError};
 
 /// Upstream JSON answers (tokens, conversations, errors) are small; anything larger is refused.
 pub const MAX_UPSTREAM_JSON: usize = 1024 * 1024;
@@ -38,7 +38,7 @@ pub async fn read_body_within(
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             return Ok((parts, None));
         }
-        Ok(Err(_)) => return Err(GatewayError::UpstreamInvalid),
+        Ok(Err(error)) => return Err(unreadable(error)),
     };
     if !is_gzip(&parts.headers) {
         return Ok((parts, Some(raw)));
@@ -58,7 +58,7 @@ pub async fn read_raw(
         Err(_) => Err(GatewayError::UpstreamTimeout),
         Ok(Ok(collected)) => Ok((parts, Some(collected.to_bytes()))),
         Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Ok((parts, None)),
-        Ok(Err(_)) => Err(GatewayError::UpstreamInvalid),
+        Ok(Err(error)) => Err(unreadable(error)),
     }
 }
 
@@ -70,8 +70,17 @@ pub fn gunzip(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, GatewayError>
         &mut std::io::Read::take(reader, limit as u64 + 1),
         &mut decoded,
     )
-    .map_err(|_| GatewayError::UpstreamInvalid)?;
+    .map_err(|error| GatewayError::UpstreamUnreadable {
+        cause: Cause::new(error),
+    })?;
     Ok((decoded.len() <= limit).then(|| Bytes::from(decoded)))
+}
+
+/// A body that broke off, with the transport's reason kept for the log line.
+fn unreadable(error: Box<dyn std::error::Error + Send + Sync>) -> GatewayError {
+    GatewayError::UpstreamUnreadable {
+        cause: Cause::boxed(error),
+    }
 }
 
 pub fn is_gzip(headers: &http::HeaderMap) -> bool {
