@@ -10,7 +10,8 @@
 # (valgrind too for `profile`), builds release, raises `ulimit -n` to the hard limit, and
 # starts everything on 127.0.0.1 with free ports. Every process it starts is stopped on exit
 # (the bench stops its own; this script kills whatever it recorded and left behind).
-# Results: stdout, and target/compare/results-<time>.md (profile: target/compare/profile/).
+# Results: stdout, and target/compare/results-<time>.md (profile: target/compare/profile/,
+# or target/compare/$PROFILE_OUT/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,16 +79,22 @@ header() {
 }
 
 if [[ $mode == profile ]]; then
-  # Symbols and line tables for callgrind, in a target dir of its own (release stays stripped).
-  CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-    cargo build --release --locked --bin directline-gateway --target-dir target/profile
+  # PROFILE_GATEWAY_BIN profiles a gateway built elsewhere (an earlier commit, built with the
+  # flags below) under this checkout's bench; PROFILE_OUT keeps a run beside another.
+  gateway_bin=${PROFILE_GATEWAY_BIN:-}
+  if [[ -z $gateway_bin ]]; then
+    # Symbols and line tables for callgrind, in a target dir of its own (release stays stripped).
+    CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+      cargo build --release --locked --bin directline-gateway --target-dir target/profile
+    gateway_bin=$PWD/target/profile/release/directline-gateway
+  fi
   cargo bench --locked --bench compare --no-run
-  prof=$PWD/$out/profile
+  prof=$PWD/$out/${PROFILE_OUT:-profile}
   mkdir -p "$prof"
   rm -f "$prof"/callgrind.out*
   count=${PROFILE_COUNT:-1000}
-  header | tee "$prof/README.md"
-  COMPARE_GATEWAY_BIN=$PWD/target/profile/release/directline-gateway \
+  { header; echo "- gateway binary: $gateway_bin; COMPARE_POLICY=${COMPARE_POLICY:-0} COMPARE_RECORD=${COMPARE_RECORD:-0}"; } | tee "$prof/README.md"
+  COMPARE_GATEWAY_BIN=$gateway_bin \
     COMPARE_GATEWAY_WRAPPER="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$prof/callgrind.out" \
     cargo bench --locked --bench compare -- profile --phase all --count "$count" | tee -a "$prof/README.md"
   for file in "$prof"/callgrind.out.*; do

@@ -310,6 +310,93 @@ async fn a_denied_multimodal_frame_closes_with_1008_and_never_reaches_direct_lin
     assert_eq!(webhook.asked_about("spoken DENY").len(), 1);
 }
 
+#[tokio::test]
+async fn bot_answers_on_the_multimodal_socket_are_screened_before_the_client_and_the_record() {
+    let webhook = PolicyWebhook::start().await;
+    let record = std::env::temp_dir().join(format!(
+        "dlgw-policy-multimodal-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let policy = webhook_policy(&webhook);
+    let h = Harness::builder()
+        .config(|config| {
+            config.bot_mut().policy = Some(Arc::new(policy));
+            config.record = Some(directline_gateway::config::RecordConfig {
+                path: record.clone(),
+                ..Default::default()
+            });
+        })
+        .start()
+        .await;
+    let conversation = h.conversation().await;
+    let (path, query) = conversation.stream_url.split_once('?').unwrap();
+    let mut ws = open_stream(&format!("{path}/multimodal?{query}")).await;
+    let bot = |text: &str| h.emulator.send_bot_message(&conversation.id, text).unwrap();
+    // A withheld answer leaves its frame empty but still carrying its watermark.
+    bot("bot says DENY");
+    let mut seen = Seen::default();
+    read_until(&mut ws, &mut seen, |s| s.watermark.is_some()).await;
+    assert!(seen.activities.is_empty(), "{:?}", seen.activities);
+    let after_withheld = seen.watermark.clone();
+    bot("bot says one");
+    bot("bot says REPLACE");
+    bot("bot says two");
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().contains(&"bot says two".to_owned())
+    })
+    .await;
+    assert_eq!(
+        seen.texts(),
+        ["bot says one", REPLACED_TEXT, "bot says two"],
+        "{:?}",
+        seen.activities
+    );
+    seen.assert_no_duplicate_ids();
+    let replaced = seen
+        .activities
+        .iter()
+        .find(|a| a["text"] == REPLACED_TEXT)
+        .unwrap();
+    // The webhook's replacement claimed another sender; the bot stays the sender.
+    assert_eq!(replaced["from"]["id"], "echo-bot");
+    assert_ne!(seen.watermark, after_withheld);
+    assert_eq!(webhook.asked_about("bot says DENY").len(), 1);
+    assert_eq!(webhook.asked_about("bot says DENY")[0]["direction"], "bot");
+    // The record holds the answers as the client got them: the replacement, never the
+    // withheld one.
+    let bot_texts = || -> Vec<String> {
+        let Ok(files) = std::fs::read_dir(&record) else {
+            return Vec::new();
+        };
+        let mut texts = Vec::new();
+        for file in files.flatten() {
+            if !file.file_name().to_string_lossy().ends_with(".jsonl") {
+                continue;
+            }
+            let lines = std::fs::read_to_string(file.path()).unwrap_or_default();
+            for line in lines.lines() {
+                let entry: Value = serde_json::from_str(line).unwrap();
+                if entry["direction"] == "bot" {
+                    texts.push(entry["activity"]["text"].as_str().unwrap_or("").to_owned());
+                }
+            }
+        }
+        texts
+    };
+    eventually("the last answer in the record", async || {
+        bot_texts().contains(&"bot says two".to_owned())
+    })
+    .await;
+    let recorded = bot_texts();
+    let _ = std::fs::remove_dir_all(&record);
+    assert_eq!(
+        recorded,
+        ["bot says one", REPLACED_TEXT, "bot says two"],
+        "{recorded:?}"
+    );
+}
+
 /// Azure AI Content Safety through the emulator's fake of `text:analyze` (the severity a
 /// text gets is written in it: `HATE6`).
 async fn with_content_safety(key: &str) -> (Harness, directline_emulator::EmulatorHandle) {

@@ -24,10 +24,14 @@ activities_per_minute = 0\n";
 
 /// With `COMPARE_TRACING=1`, the gateway traces requests to [`trace_sink`], every one of
 /// them unless `COMPARE_TRACING_RATIO` says otherwise: what tracing costs
-/// (docs/BENCHMARKS.md, "Tracing cost").
+/// (docs/BENCHMARKS.md, "Tracing cost"). With `COMPARE_POLICY=1`, every activity is asked
+/// of [`policy_sink`] (allow-all); with `COMPARE_RECORD=1`, the conversation is recorded
+/// under the run directory: what they cost when used (docs/BENCHMARKS.md, "Policy and
+/// records").
 fn gateway_config() -> String {
     let mut config = GATEWAY_CONFIG.to_owned();
-    if std::env::var("COMPARE_TRACING").is_ok_and(|v| v == "1") {
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    if on("COMPARE_TRACING") {
         let ratio: f64 = std::env::var("COMPARE_TRACING_RATIO")
             .ok()
             .and_then(|r| r.parse().ok())
@@ -35,6 +39,18 @@ fn gateway_config() -> String {
         config.push_str(&format!(
             "\n[tracing]\nendpoint = \"{}\"\nsampling_ratio = {ratio:?}\n",
             trace_sink()
+        ));
+    }
+    if on("COMPARE_POLICY") {
+        config.push_str(&format!(
+            "\n[policy]\nwebhook = \"{}/verdict\"\n",
+            policy_sink()
+        ));
+    }
+    if on("COMPARE_RECORD") {
+        config.push_str(&format!(
+            "\n[record]\npath = {:?}\n",
+            run_dir().join("record").display().to_string()
         ));
     }
     config
@@ -46,19 +62,37 @@ fn gateway_config() -> String {
 fn trace_sink() -> &'static str {
     static SINK: OnceLock<String> = OnceLock::new();
     SINK.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("trace sink");
-        let url = format!("http://{}", listener.local_addr().expect("sink address"));
-        std::thread::spawn(move || {
-            for connection in listener.incoming().map_while(Result::ok) {
-                std::thread::spawn(move || swallow_exports(connection));
-            }
-        });
-        url
+        answering_sink(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )
     })
 }
 
-/// Answers each HTTP/1.1 request on `connection` with an empty 200 after reading its body.
-fn swallow_exports(connection: TcpStream) {
+/// A policy webhook that allows every activity, in the bench process: the gateway's side
+/// of the verdict (the request, its JSON both ways) is what is measured.
+fn policy_sink() -> &'static str {
+    static SINK: OnceLock<String> = OnceLock::new();
+    SINK.get_or_init(|| {
+        answering_sink(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 18\r\n\r\n{\"action\":\"allow\"}",
+        )
+    })
+}
+
+/// A loopback HTTP/1.1 server answering every request with `answer`; its base URL.
+fn answering_sink(answer: &'static [u8]) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("sink");
+    let url = format!("http://{}", listener.local_addr().expect("sink address"));
+    std::thread::spawn(move || {
+        for connection in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || answer_each(connection, answer));
+        }
+    });
+    url
+}
+
+/// Answers each HTTP/1.1 request on `connection` with `answer` after reading its body.
+fn answer_each(connection: TcpStream, answer: &[u8]) {
     use std::io::BufRead as _;
     let mut reader = std::io::BufReader::new(match connection.try_clone() {
         Ok(c) => c,
@@ -84,11 +118,7 @@ fn swallow_exports(connection: TcpStream) {
             }
         }
         let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err()
-            || writer
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
-                .is_err()
-        {
+        if reader.read_exact(&mut body).is_err() || writer.write_all(answer).is_err() {
             return;
         }
     }

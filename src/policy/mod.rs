@@ -1,5 +1,5 @@
 //! The activity policy (`[policy]`): redaction and a webhook's verdict on every activity,
-//! user → bot (POST, multimodal frames) and bot → user (the stream, `GET …/activities`).
+//! user → bot (POST, multimodal frames) and bot → user (both stream routes, `GET …/activities`).
 //! A bot without a policy pays one `Option` branch per request or relayed frame.
 //!
 //! - `redact`: the built-in redactions (pure);

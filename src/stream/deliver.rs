@@ -1,7 +1,8 @@
 //! Frames into the hub: through the tracker (dedupe, watermark, livestream marks), and
 //! first through the bot's activity policy and the conversation record when either is set.
 //! Shared by the upstream socket's pump (`relay`) and REST polling after a collision
-//! (`collision`), so both deliver alike.
+//! (`collision`), so both deliver alike; the multimodal bridge screens its bot frames with
+//! the same `screen_frame`.
 
 use std::sync::Arc;
 
@@ -62,7 +63,30 @@ pub(super) async fn relay_screened(
         conversation: hub.conversation.as_str(),
         user: &screen.user,
     };
-    let screened = match &screen.policy {
+    let text = screen_frame(
+        gateway,
+        screen.policy.as_deref(),
+        screen.record.as_deref(),
+        subject,
+        text,
+    )
+    .await;
+    relay_text(gateway, hub, tracker, text);
+}
+
+/// A frame of the bot's activities as the user may see it: through the bot's policy
+/// (withheld ones out, replaced ones swapped, the set's watermark kept, so the client
+/// still moves past a withheld activity) and then into the record as delivered. Both
+/// roads to a client use it, the hub's relay and the multimodal bridge, so a bot answer
+/// cannot reach a user unscreened by choosing the socket it goes out on.
+pub(super) async fn screen_frame(
+    gateway: &Gateway,
+    policy: Option<&crate::policy::Policy>,
+    record: Option<&crate::record::Recorder>,
+    subject: crate::policy::Subject<'_>,
+    text: Utf8Bytes,
+) -> Utf8Bytes {
+    let screened = match policy {
         Some(policy) => {
             crate::policy::screen_set(policy, &gateway.metrics, subject, text.as_bytes())
                 .await
@@ -71,13 +95,13 @@ pub(super) async fn relay_screened(
         None => None,
     };
     let text = screened.map_or(text, Utf8Bytes::from);
-    if let Some(record) = &screen.record
+    if let Some(record) = record
         && !text.is_empty()
     {
         // The frame as delivered; the record's writer keeps the bot's finals, each once.
         record.bot_set(subject, bytes::Bytes::from(text.clone()));
     }
-    relay_text(gateway, hub, tracker, text);
+    text
 }
 
 pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {

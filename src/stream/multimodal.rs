@@ -9,7 +9,10 @@
 //! the code RFC 6455 gives it; the client reconnects and nothing it sent is stored under
 //! another name. Empty text frames are DLJS's keepalives and pass. Under an activity policy
 //! a frame is screened as a POST is: denied closes with 1008, no verdict under
-//! `on_error = "deny"` with 1011, and neither frame goes upstream.
+//! `on_error = "deny"` with 1011, and neither frame goes upstream. The bot's frames on the
+//! way back are screened as on the classic stream (withheld activities taken out of the
+//! set, its watermark kept; replaced ones swapped) before the client and the record see
+//! them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -193,20 +196,31 @@ pub async fn bridge(
                 }
             }
         };
+        // Bot frames go through the bot's policy and into the record as on the classic
+        // stream; with neither, a frame costs this one branch.
+        let screened = policy.is_some() || gateway.record.is_some();
         let to_client = async {
             while let Some(Ok(message)) = upstream_stream.next().await {
-                // The record: this socket's bot activities as delivered (not screened by
-                // the policy on this road), kept once each by the record's writer.
-                if let (Some(record), Message::Text(text)) = (&gateway.record, &message)
-                    && !text.is_empty()
-                {
-                    let subject = crate::policy::Subject {
-                        bot: &bot,
-                        conversation: rate_key.1.as_str(),
-                        user: &ticket.user_id,
-                    };
-                    record.bot_set(subject, bytes::Bytes::from(text.clone()));
-                }
+                let message = match message {
+                    Message::Text(text) if screened && !text.is_empty() => {
+                        let subject = crate::policy::Subject {
+                            bot: &bot,
+                            conversation: rate_key.1.as_str(),
+                            user: &ticket.user_id,
+                        };
+                        Message::Text(
+                            Box::pin(super::deliver::screen_frame(
+                                &gateway,
+                                policy.as_deref(),
+                                gateway.record.as_deref(),
+                                subject,
+                                text,
+                            ))
+                            .await,
+                        )
+                    }
+                    other => other,
+                };
                 let close = message.is_close();
                 if client_sink.send(message).await.is_err() || close {
                     break;
