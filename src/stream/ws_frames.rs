@@ -203,6 +203,16 @@ impl FrameReader {
             + self.ready.capacity() * std::mem::size_of::<Incoming>()
     }
 
+    /// Bytes kept of an unfinished frame (at most one frame's header and payload).
+    pub fn unfinished_len(&self) -> usize {
+        self.unfinished.len()
+    }
+
+    /// Whether the bytes so far end inside a frame or inside a fragmented message.
+    pub fn mid_message(&self) -> bool {
+        !self.unfinished.is_empty() || self.fragments.is_some()
+    }
+
     /// Decodes the bytes a read brought: every message they complete is queued for
     /// [`take`](Self::take), the bytes of a frame they leave unfinished are kept. After a
     /// violation every later call returns it again.
