@@ -155,6 +155,24 @@ pub fn apply_mask(payload: &mut [u8], key: [u8; 4]) {
 struct Fragments {
     text: bool,
     bytes: Vec<u8>,
+    /// How far a text's bytes are known to be UTF-8 (a character may straddle fragments).
+    checked: usize,
+}
+
+impl Fragments {
+    /// Refuses a text as soon as its bytes so far cannot be the start of UTF-8, as
+    /// tungstenite does, rather than only once the last fragment is in.
+    fn check_text(&mut self) -> Result<(), Violation> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.bytes[self.checked..]) {
+            Ok(_) => self.checked = self.bytes.len(),
+            Err(error) if error.error_len().is_none() => self.checked += error.valid_up_to(),
+            Err(_) => return Err(Violation::BadUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// One socket's reading state: the bytes of an unfinished frame, a fragmented message so
@@ -286,6 +304,7 @@ impl FrameReader {
                     return Err(Violation::TooLarge);
                 }
                 fragments.bytes.extend_from_slice(payload);
+                fragments.check_text()?;
                 if !header.fin {
                     return Ok(());
                 }
@@ -303,10 +322,13 @@ impl FrameReader {
                 }
                 let text = opcode == OP_TEXT;
                 if !header.fin {
-                    self.fragments = Some(Fragments {
+                    let mut fragments = Fragments {
                         text,
                         bytes: payload.to_vec(),
-                    });
+                        checked: 0,
+                    };
+                    fragments.check_text()?;
+                    self.fragments = Some(fragments);
                     return Ok(());
                 }
                 if text {
@@ -524,6 +546,8 @@ mod tests {
         let mut cut = frame(0x01, b"a");
         cut.extend(frame(0x80, &[0xC3]));
         assert_eq!(read_all(&cut), Err(Violation::BadUtf8));
+        // A first fragment that cannot start UTF-8 is refused before the rest comes.
+        assert_eq!(read_all(&frame(0x01, &[0xFF])), Err(Violation::BadUtf8));
     }
 
     #[test]
@@ -589,5 +613,131 @@ mod tests {
         );
         let len = encode_small(&mut out, opcode::TEXT, b"", None);
         assert_eq!(&out[..len], &[0x81, 0]);
+    }
+
+    /// Frames from parts that are mostly right (so reading gets deep) and sometimes not.
+    fn arbitrary_frames() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let one = (
+            any::<u8>(),
+            prop_oneof![
+                3 => proptest::collection::vec(any::<u8>(), 0..40),
+                1 => proptest::collection::vec(b'a'..=b'z', 100..300),
+                1 => Just("é€".as_bytes().to_vec()),
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(first, payload, plain)| {
+                // Mostly a FIN text, binary, continuation, ping, pong or close.
+                let first = if plain {
+                    [0x81, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8A, 0x88][usize::from(first % 8)]
+                } else {
+                    first
+                };
+                frame(first, &payload)
+            });
+        proptest::collection::vec(one, 0..8).prop_map(|frames| frames.concat())
+    }
+
+    /// Reads with tungstenite as a client, up to the first close: the messages, and whether
+    /// it refused something (running out of bytes is not a refusal).
+    fn tungstenite_reads(bytes: &[u8], limit: usize) -> (Vec<Incoming>, bool) {
+        use std::io::Cursor;
+        use tokio_tungstenite::tungstenite::error::ProtocolError;
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+        use tokio_tungstenite::tungstenite::{Error, Message};
+        struct Wire(Cursor<Vec<u8>>);
+        impl std::io::Read for Wire {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl std::io::Write for Wire {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let wire = Wire(Cursor::new(bytes.to_vec()));
+        let mut socket = WebSocket::from_raw_socket(wire, Role::Client, Some(config));
+        let mut seen = Vec::new();
+        loop {
+            match socket.read() {
+                Ok(Message::Text(text)) => seen.push(Incoming::Text(text)),
+                Ok(Message::Binary(_)) => seen.push(Incoming::Binary),
+                Ok(Message::Ping(payload)) => seen.push(Incoming::Ping(payload)),
+                Ok(Message::Pong(_)) => seen.push(Incoming::Pong),
+                Ok(Message::Close(frame)) => {
+                    seen.push(Incoming::Close(frame));
+                    return (seen, false);
+                }
+                Ok(Message::Frame(_)) => unreachable!("raw frames are never read"),
+                Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+                | Err(Error::ConnectionClosed)
+                | Err(Error::Io(_)) => return (seen, false),
+                Err(_) => return (seen, true),
+            }
+        }
+    }
+
+    /// Reads `chunks` in order, up to the first close: the messages, the violation, and
+    /// whether the bytes ended inside a frame or a fragmented message.
+    fn reads(chunks: &[&[u8]], limit: usize) -> (Vec<Incoming>, Option<Violation>, bool) {
+        let mut reader = FrameReader::new(Reading::AsClient, limit);
+        let mut seen = Vec::new();
+        for chunk in chunks {
+            let fed = reader.feed(chunk);
+            assert!(reader.unfinished_len() <= MAX_HEADER + limit.max(MAX_CONTROL_PAYLOAD));
+            while let Some(message) = reader.take() {
+                let closing = matches!(message, Incoming::Close(_));
+                seen.push(message);
+                if closing {
+                    // A close inside a fragmented message: tungstenite may have refused
+                    // an earlier fragment's UTF-8 already.
+                    return (seen, None, reader.mid_message());
+                }
+            }
+            if let Err(violation) = fed {
+                return (seen, Some(violation), false);
+            }
+        }
+        let mid = reader.mid_message();
+        (seen, None, mid)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reads_agree_with_tungstenite_whatever_the_read_boundaries(
+            bytes in arbitrary_frames(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..6),
+            limit in proptest::sample::select(vec![125usize, 126, 300, 70_000]),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|&c| usize::from(c) % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for point in points.into_iter().chain([bytes.len()]) {
+                chunks.push(&bytes[start..point]);
+                start = point;
+            }
+            let whole = reads(&[&bytes], limit);
+            let cut = reads(&chunks, limit);
+            // Whether the bytes ended mid-frame depends on the cut; what was read does not.
+            proptest::prop_assert_eq!((&whole.0, &whole.1), (&cut.0, &cut.1));
+            let (theirs, refused) = tungstenite_reads(&bytes, limit);
+            let (mine, violation, mid) = whole;
+            let both = mine.len().min(theirs.len());
+            proptest::prop_assert_eq!(&mine[..both], &theirs[..both]);
+            match (violation.is_some(), refused) {
+                (false, false) => proptest::prop_assert_eq!(&mine, &theirs),
+                (false, true) => proptest::prop_assert!(mid, "tungstenite refused what was accepted"),
+                _ => {}
+            }
+        }
     }
 }
