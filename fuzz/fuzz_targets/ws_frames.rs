@@ -95,8 +95,11 @@ fn read_tungstenite(bytes: &[u8], limit: usize) -> (Vec<Seen>, bool) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let mut socket =
-        WebSocket::from_raw_socket(Wire(Cursor::new(bytes.to_vec())), Role::Client, Some(config));
+    let mut socket = WebSocket::from_raw_socket(
+        Wire(Cursor::new(bytes.to_vec())),
+        Role::Client,
+        Some(config),
+    );
     let mut seen = Vec::new();
     loop {
         match socket.read() {
@@ -144,7 +147,10 @@ fuzz_target!(|data: &[u8]| {
     let whole = read_ours(&[bytes], limit);
     let cut = read_ours(&chunks, limit);
     assert_eq!(whole.0, cut.0, "messages depend on how the bytes were cut");
-    assert_eq!(whole.1, cut.1, "violation depends on how the bytes were cut");
+    assert_eq!(
+        whole.1, cut.1,
+        "violation depends on how the bytes were cut"
+    );
 
     let (theirs, refused) = read_tungstenite(bytes, limit);
     let (mine, violation, mid) = whole;
