@@ -26,7 +26,7 @@ SANITIZER=${FUZZ_SANITIZER:-none}
 JOBS=${FUZZ_JOBS:-1}
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(endpoint_parse stream_url_rewrite tracker_observe token_open client_activity scrub_stream jwt_front redact upload_activity)
+ALL_TARGETS=(endpoint_parse stream_url_rewrite tracker_observe token_open client_activity scrub_stream jwt_front redact upload_activity ws_frames)
 if (($#)); then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 now() { date +%s; }

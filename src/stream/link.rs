@@ -17,7 +17,11 @@ use crate::telemetry::Parent;
 use crate::upstream::call::{Credential, UpstreamCall};
 use crate::upstream::client::stream_url_refused;
 
-pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use super::upstream_socket::HandshakeError;
+pub use super::upstream_socket::UpstreamSocket;
+
+/// The voice route's upstream socket (the hub's is [`UpstreamSocket`]).
+pub type TungsteniteSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a stream URL could not be had.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,25 +129,32 @@ fn upstream_get<'a>(
     )
 }
 
-/// Opens an upstream stream URL (ws or wss) within the connect timeout.
+/// Opens a hub's upstream stream URL (ws or wss) within the connect timeout, read by the
+/// gateway's own frame reader (no read buffer held while idle).
 pub async fn dial(gateway: &Gateway, bot: &str, url: &str) -> Result<UpstreamSocket, DialError> {
-    let request = url.into_client_request().map_err(|_| DialError::Failed)?;
-    let (ws_config, tls, timeout) = {
-        let live = gateway.live();
-        let bot = live.bot(bot).ok_or(DialError::Failed)?;
-        // Pinned to the host in use now: after a re-discovery moved the bot's region, a
-        // stream URL of the old one is refused and the resume fetches a new one.
-        let upstream = bot.upstream.current().map_err(|_| DialError::Failed)?;
-        if let Err(refused) = upstream.stream_pin().check_dial(request.uri()) {
-            stream_url_refused(&gateway.metrics, &bot.name, &refused, "dial");
-            return Err(DialError::Failed);
+    let (request, tls, timeout) = dial_checked(gateway, bot, url)?;
+    let max_message = gateway.live().config.stream.max_frame_bytes;
+    let connect = UpstreamSocket::connect(request.uri(), &tls, max_message);
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(HandshakeError::Forbidden)) => Err(DialError::Forbidden),
+        Ok(Err(HandshakeError::Failed(why))) => {
+            tracing::debug!(error = why, "upstream stream dial failed");
+            Err(DialError::Failed)
         }
-        (
-            super::websocket::ws_config(&live.config.stream),
-            upstream.tls().clone(),
-            live.config.timeouts.connect * 2,
-        )
-    };
+        Err(_) => Err(DialError::Failed),
+    }
+}
+
+/// Opens an upstream stream URL through tungstenite: the voice route's socket, bridged
+/// frame by frame in both directions.
+pub async fn dial_tungstenite(
+    gateway: &Gateway,
+    bot: &str,
+    url: &str,
+) -> Result<TungsteniteSocket, DialError> {
+    let (request, tls, timeout) = dial_checked(gateway, bot, url)?;
+    let ws_config = super::websocket::ws_config(&gateway.live().config.stream);
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(ws_config),
@@ -163,6 +174,32 @@ pub async fn dial(gateway: &Gateway, bot: &str, url: &str) -> Result<UpstreamSoc
         }
         Err(_) => Err(DialError::Failed),
     }
+}
+
+type DialPlan = (
+    http::Request<()>,
+    std::sync::Arc<rustls::ClientConfig>,
+    std::time::Duration,
+);
+
+/// The request for `url`, once it is known to belong to the bot's upstream in use now, with
+/// the upstream's TLS settings and the dial timeout.
+fn dial_checked(gateway: &Gateway, bot: &str, url: &str) -> Result<DialPlan, DialError> {
+    let request = url.into_client_request().map_err(|_| DialError::Failed)?;
+    let live = gateway.live();
+    let bot = live.bot(bot).ok_or(DialError::Failed)?;
+    // Pinned to the host in use now: after a re-discovery moved the bot's region, a
+    // stream URL of the old one is refused and the resume fetches a new one.
+    let upstream = bot.upstream.current().map_err(|_| DialError::Failed)?;
+    if let Err(refused) = upstream.stream_pin().check_dial(request.uri()) {
+        stream_url_refused(&gateway.metrics, &bot.name, &refused, "dial");
+        return Err(DialError::Failed);
+    }
+    Ok((
+        request,
+        upstream.tls().clone(),
+        live.config.timeouts.connect * 2,
+    ))
 }
 
 /// Most pages fetched for one client catch-up; Direct Line keeps 24 h of activities.

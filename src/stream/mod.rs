@@ -10,7 +10,9 @@
 //! through the policy and the record), `collision` (polling while another replica's hub
 //! holds the conversation's stream), `poll` (held `GET …/activities` polls served from the
 //! hub), `held` (their bounds), `send_buffer` (what a client socket's kernel buffer may hold
-//! unsent) and `gathered_writes` (one write per wake-up for a client socket).
+//! unsent), `gathered_writes` (one write per wake-up for a client socket), `ws_frames`
+//! (RFC 6455 frames decoded without a buffer held while idle) and `upstream_socket` (a hub's
+//! upstream socket: handshake, reads through `ws_frames`, small masked writes).
 //! The route that accepts client sockets is `routes::stream`. The livestream metrics live
 //! with the others (`metrics::streamed_answers`), named here as `answer_metrics`.
 
@@ -34,4 +36,6 @@ pub(crate) mod registry;
 pub(crate) mod relay;
 pub(crate) mod send_buffer;
 pub mod tracker;
+pub(crate) mod upstream_socket;
 pub(crate) mod websocket;
+pub mod ws_frames;

@@ -67,7 +67,9 @@ pub async fn bridge(
         .as_deref()
         .and_then(multimodal_url);
     let upstream = match upstream_url {
-        Some(url) => super::link::dial(&gateway, &ticket.bot, &url).await.ok(),
+        Some(url) => super::link::dial_tungstenite(&gateway, &ticket.bot, &url)
+            .await
+            .ok(),
         None => None,
     };
     let Some(upstream) = upstream else {

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::websocket::close_frame;
-use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::backoff;
 use super::deliver::{Screen, relay_page, relay_screened, relay_text, screen_for};
 use super::hub::Hub;
 use super::link::{self, DialError, FetchError, ResumeEnd, UpstreamSocket};
 use super::tracker::Tracker;
+use super::upstream_socket::ReadError;
+use super::ws_frames::{Incoming, Violation};
 use crate::gateway::Gateway;
 
 /// What the hub's first upstream connection should do.
@@ -274,7 +274,7 @@ async fn pump(
     };
     let mut stop = hub.stop_signal();
     if *stop.borrow_and_update() {
-        let _ = (*socket).close(None).await;
+        let _ = socket.close().await;
         return PumpEnd::Stopped;
     }
     let mut keepalive = tokio::time::interval_at(
@@ -285,11 +285,7 @@ async fn pump(
     let mut last_frame = Instant::now();
     // A ping at once: its pong tells whether this upstream answers pings before a stall
     // would need to be judged by them.
-    if socket
-        .send(Message::Ping(Default::default()))
-        .await
-        .is_err()
-    {
+    if socket.ping().await.is_err() {
         return dropped("keepalive_failed", relayed_any);
     }
     let mut ping_unanswered_since: Option<Instant> = Some(Instant::now());
@@ -299,10 +295,10 @@ async fn pump(
         .with_label_values(&["downstream"]);
     loop {
         tokio::select! {
-            message = socket.next() => {
+            message = socket.read() => {
                 last_frame = Instant::now();
                 match message {
-                    Some(Ok(Message::Text(text))) => {
+                    Ok(Incoming::Text(text)) => {
                         downstream_bytes.inc_by(text.len() as u64);
                         relayed_any |= !text.is_empty();
                         match screen {
@@ -316,11 +312,16 @@ async fn pump(
                             }
                         }
                     }
-                    Some(Ok(Message::Pong(_))) => {
+                    Ok(Incoming::Ping(payload)) => {
+                        if socket.pong(payload).await.is_err() {
+                            return dropped("error", relayed_any);
+                        }
+                    }
+                    Ok(Incoming::Pong) => {
                         *answers_pings = true;
                         ping_unanswered_since = None;
                     }
-                    Some(Ok(Message::Close(frame))) => {
+                    Ok(Incoming::Close(frame)) => {
                         if let Some(frame) = &frame {
                             tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, code = u16::from(frame.code), reason = %frame.reason, "upstream closed the stream");
                         }
@@ -329,20 +330,22 @@ async fn pump(
                         }
                         return dropped("closed", relayed_any);
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(_))) => {
+                    Ok(Incoming::Binary) => {}
+                    Err(ReadError::Violation(Violation::TooLarge)) => {
                         // Redialling from the same watermark brings the same frame back.
                         return dropped(DROP_TOO_LARGE, relayed_any);
                     }
-                    Some(Err(_)) | None => return dropped("error", relayed_any),
+                    Err(ReadError::Violation(violation)) => {
+                        tracing::debug!(bot = &*hub.bot, conversation = %hub.conversation, ?violation, "upstream broke the WebSocket protocol");
+                        return dropped("error", relayed_any);
+                    }
+                    Err(ReadError::Gone) => return dropped("error", relayed_any),
                 }
             }
             _ = keepalive.tick() => {
                 // An empty text frame is what Direct Line documents and DLJS sends; a ping
                 // also draws a pong from servers that never send frames of their own.
-                let sent = socket.feed(Message::Text(Utf8Bytes::from_static(""))).await
-                    .and(socket.feed(Message::Ping(Default::default())).await);
-                if sent.is_err() || socket.flush().await.is_err() {
+                if socket.keepalive().await.is_err() {
                     return dropped("keepalive_failed", relayed_any);
                 }
                 ping_unanswered_since.get_or_insert_with(Instant::now);
@@ -357,12 +360,12 @@ async fn pump(
                     return dropped("no_pong", relayed_any);
                 }
                 if hub.idle_for(linger) {
-                    let _ = (*socket).close(None).await;
+                    let _ = socket.close().await;
                     return PumpEnd::Idle;
                 }
             }
             _ = stop.changed() => {
-                let _ = (*socket).close(None).await;
+                let _ = socket.close().await;
                 return PumpEnd::Stopped;
             }
         }
