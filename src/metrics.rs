@@ -172,6 +172,8 @@ pub struct Metrics {
     /// labelled gauge sums to it).
     all_client_sockets: IntGauge,
     pub upstream_sockets: IntGaugeVec,
+    /// Upstream HTTP/1 connections open (in use or kept idle), by bot.
+    pub upstream_connections: IntGaugeVec,
     pub hubs: IntGauge,
     pub activities_relayed: IntCounterVec,
     pub duplicates_dropped: IntCounter,
@@ -362,6 +364,14 @@ impl Metrics {
                 Opts::new(
                     "upstream_websockets",
                     "Upstream Direct Line WebSockets open now, by bot.",
+                ),
+                &["bot"],
+            )
+            .expect("valid metric"),
+            upstream_connections: IntGaugeVec::new(
+                Opts::new(
+                    "upstream_http_connections",
+                    "Upstream HTTP connections open now (in use or kept idle for reuse), by bot.",
                 ),
                 &["bot"],
             )
@@ -736,6 +746,7 @@ impl Metrics {
             Box::new(self.tokens.clone()),
             Box::new(self.client_sockets.clone()),
             Box::new(self.upstream_sockets.clone()),
+            Box::new(self.upstream_connections.clone()),
             Box::new(self.hubs.clone()),
             Box::new(self.activities_relayed.clone()),
             Box::new(self.duplicates_dropped.clone()),
@@ -871,6 +882,7 @@ impl Metrics {
             self.lifetimes_clamped.with_label_values(&[bot]);
             self.client_sockets.with_label_values(&[bot]);
             self.upstream_sockets.with_label_values(&[bot]);
+            self.upstream_connections.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
             for result in DISCOVERY_RESULTS {
                 self.discoveries.with_label_values(&[*bot, result]);
