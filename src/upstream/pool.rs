@@ -133,7 +133,10 @@ impl Pool {
             },
             Err(Unsent(request)) => *request,
         };
-        let mut sender = self.connect(open()).await?;
+        // Boxed: the dial's state (the TLS stream among it) is kilobytes, and every
+        // request's handler future would carry that size, and copy it when it is created,
+        // for a step that only a new connection takes.
+        let mut sender = Box::pin(self.connect(open())).await?;
         let pending = sender.try_send_request(request);
         self.keep(shard, sender);
         pending
