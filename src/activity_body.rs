@@ -11,8 +11,8 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
 use crate::jsonscan;
@@ -93,13 +93,7 @@ pub fn bind_sender_as(
         serde_json::to_writer(&mut out, mode).map_err(|_| GatewayError::Internal)?;
         out.push(b',');
     }
-    let claimed = match from.map(|raw| serde_json::from_str::<Value>(raw.get())) {
-        Some(Ok(Value::Object(map))) => map,
-        _ => Map::new(),
-    };
-    let sender = bound_sender(claimed, user_id, name);
-    out.extend_from_slice(b"\"from\":");
-    serde_json::to_writer(&mut out, &sender).map_err(|_| GatewayError::Internal)?;
+    write_sender(&mut out, from, user_id, name)?;
     out.push(b'}');
     Ok(out)
 }
@@ -109,28 +103,62 @@ pub fn bind_sender_as(
 /// is kept: a bot may trust `role` ("bot" would pass a user's text off as the bot's) and
 /// channel fields such as `aadObjectId`, which only a channel may set. The name stays the
 /// caller's choice, as on Direct Line itself; bots must not treat it as an identity.
-fn bound_sender(
-    mut claimed: Map<String, Value>,
+///
+/// The caller's `from` is read as borrowed fields (no JSON tree), and its name, already
+/// valid JSON text, is copied as it came.
+fn write_sender(
+    out: &mut Vec<u8>,
+    claimed: Option<&RawValue>,
     user_id: &str,
     name: SenderName<'_>,
-) -> Map<String, Value> {
-    let mut sender = Map::new();
-    sender.insert("id".into(), Value::String(user_id.to_owned()));
+) -> Result<(), GatewayError> {
+    // A `from` that is not an object claims nothing. A field given twice counts once, as
+    // its last value, as for the activity's own fields.
+    let fields = claimed
+        .and_then(|raw| serde_json::from_str::<Fields<'_>>(raw.get()).ok())
+        .map(|Fields(fields)| fields)
+        .unwrap_or_default();
+    let mut claimed_name = None;
+    let mut role_is_user = false;
+    for (key, value) in &fields {
+        if key == "name" {
+            claimed_name = value.get().starts_with('"').then_some(value);
+        } else if key == "role" {
+            role_is_user = is_json_string(value, "user");
+        }
+    }
+    out.extend_from_slice(b"\"from\":{\"id\":");
+    serde_json::to_writer(&mut *out, user_id).map_err(|_| GatewayError::Internal)?;
     match name {
         SenderName::Caller => {
-            if let Some(name @ Value::String(_)) = claimed.remove("name") {
-                sender.insert("name".into(), name);
+            if let Some(claimed_name) = claimed_name {
+                out.extend_from_slice(b",\"name\":");
+                out.extend_from_slice(claimed_name.get().as_bytes());
             }
         }
         SenderName::Verified(Some(name)) => {
-            sender.insert("name".into(), Value::String(name.to_owned()));
+            out.extend_from_slice(b",\"name\":");
+            serde_json::to_writer(&mut *out, name).map_err(|_| GatewayError::Internal)?;
         }
         SenderName::Verified(None) => {}
     }
-    if claimed.get("role").and_then(Value::as_str) == Some("user") {
-        sender.insert("role".into(), Value::String("user".into()));
+    if role_is_user {
+        out.extend_from_slice(b",\"role\":\"user\"");
     }
-    sender
+    out.push(b'}');
+    Ok(())
+}
+
+/// Whether `value` is the JSON string `text`, escaped or not.
+fn is_json_string(value: &RawValue, text: &str) -> bool {
+    let json = value.get();
+    if !json.contains('\\') {
+        return json.len() == text.len() + 2
+            && json.starts_with('"')
+            && json.ends_with('"')
+            && &json[1..json.len() - 1] == text;
+    }
+    serde_json::from_str::<Cow<'_, str>>(json).is_ok_and(|decoded| decoded == text)
 }
 
 /// Which fields a later field of the same name replaces; `None` when no name repeats (the
@@ -235,6 +263,8 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
 
     fn bound(body: &str, user: &str) -> Result<Value, GatewayError> {

@@ -94,6 +94,13 @@ impl Metrics {
                 ),
                 &["bot"],
             )),
+            upstream_connections: valid(IntGaugeVec::new(
+                Opts::new(
+                    "upstream_http_connections",
+                    "Upstream HTTP connections open now (in use or kept idle for reuse), by bot.",
+                ),
+                &["bot"],
+            )),
             hubs: valid(IntGauge::new(
                 "stream_hubs",
                 "Conversations with a live stream hub on this replica.",
@@ -414,6 +421,7 @@ impl Metrics {
             Box::new(self.tokens.clone()),
             Box::new(self.client_sockets.clone()),
             Box::new(self.upstream_sockets.clone()),
+            Box::new(self.upstream_connections.clone()),
             Box::new(self.hubs.clone()),
             Box::new(self.activities_relayed.clone()),
             Box::new(self.duplicates_dropped.clone()),

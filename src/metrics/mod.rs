@@ -174,6 +174,8 @@ pub struct Metrics {
     /// labelled gauge sums to it).
     all_client_sockets: IntGauge,
     pub upstream_sockets: IntGaugeVec,
+    /// Upstream HTTP/1 connections open (in use or kept idle), by bot.
+    pub upstream_connections: IntGaugeVec,
     pub hubs: IntGauge,
     pub activities_relayed: IntCounterVec,
     pub duplicates_dropped: IntCounter,
@@ -337,6 +339,7 @@ impl Metrics {
             self.lifetimes_clamped.with_label_values(&[bot]);
             self.client_sockets.with_label_values(&[bot]);
             self.upstream_sockets.with_label_values(&[bot]);
+            self.upstream_connections.with_label_values(&[bot]);
             self.activities_relayed.with_label_values(&[bot]);
             for result in DISCOVERY_RESULTS {
                 self.discoveries.with_label_values(&[*bot, result]);

@@ -400,7 +400,8 @@ async fn attempt(
     span: Option<&mut UpstreamSpan>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let started = Instant::now();
-    let result = upstream.send(request, timeout).await;
+    let open = || metrics.upstream_connections.with_label_values(&[&bot.name]);
+    let result = upstream.send(request, timeout, open).await;
     if matches!(
         result,
         Err(GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout)

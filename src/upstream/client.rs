@@ -9,10 +9,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use prometheus::IntGauge;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use url::Url;
@@ -21,6 +19,8 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
+
+use super::pool::{IDLE_TIMEOUT, MAX_KEPT, Pool};
 
 /// Connection pools each new [`Upstream`] keeps: the most workers any gateway in this
 /// process runs (set before its bots are built).
@@ -36,14 +36,12 @@ pub fn plan_pools(workers: usize) {
 const REQUEST_HEADERS: usize = 8;
 
 pub struct Upstream {
-    scheme: Scheme,
     authority: Authority,
     /// Path of the base URL without a trailing slash: `""`, or `/.bot` for the App Service extension.
     base_path: String,
     host: HeaderValue,
-    /// One pool per worker thread (see [`crate::workers`]): a request made on a worker uses
-    /// connections whose tasks run on that worker, so no request hops threads.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
+    /// Connections kept per worker thread (see [`crate::workers`]).
+    pool: Pool,
     tls: Arc<rustls::ClientConfig>,
     stream_pin: StreamUrlPin,
 }
@@ -104,21 +102,26 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let clients = (0..POOLS.load(Ordering::Relaxed).max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector.clone())
-            })
-            .collect();
+        let dial = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| GatewayError::Internal)?;
+        let pool = Pool::new(
+            connector,
+            dial,
+            POOLS.load(Ordering::Relaxed),
+            MAX_KEPT,
+            IDLE_TIMEOUT,
+        );
         let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::Internal)?;
         Ok(Self {
             stream_pin,
-            scheme,
             host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
-            clients,
+            pool,
             tls,
         })
     }
@@ -138,14 +141,16 @@ impl Upstream {
         &self.stream_pin
     }
 
-    /// `path_and_query` starts with `/v3/directline/`.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.base_path, path_and_query))
-            .build()
-            .map_err(|_| GatewayError::Internal)
+    /// The request target as sent on an HTTP/1 connection to this upstream (origin-form:
+    /// the connection already names the host); `path_and_query` starts with `/v3/directline/`.
+    /// Parsed once, and formatted only for a base with a path of its own.
+    fn origin_form(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let uri = if self.base_path.is_empty() {
+            Uri::try_from(path_and_query)
+        } else {
+            Uri::try_from(format!("{}{}", self.base_path, path_and_query))
+        };
+        uri.map_err(|_| GatewayError::Internal)
     }
 
     /// A request to upstream with its own `Host` (PROTOCOL §0.10) and the given credential
@@ -160,7 +165,7 @@ impl Upstream {
     ) -> Result<Request<()>, GatewayError> {
         let mut request = Request::new(());
         *request.method_mut() = method;
-        *request.uri_mut() = self.uri(path_and_query)?;
+        *request.uri_mut() = self.origin_form(path_and_query)?;
         let headers = request.headers_mut();
         headers.reserve(REQUEST_HEADERS);
         headers.insert(header::HOST, self.host.clone());
@@ -173,13 +178,18 @@ impl Upstream {
 
     /// Sends once. Never retried here: POST activities and uploads must not be repeated
     /// (PROTOCOL §4.2), and the callers that may retry decide that themselves.
+    /// `open` gives the gauge that counts a connection opened for it while it lives.
     pub async fn send(
         &self,
         request: Request<Body>,
         timeout: Duration,
+        open: impl FnOnce() -> IntGauge,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let client = &self.clients[crate::workers::index() % self.clients.len()];
-        match tokio::time::timeout(timeout, client.request(request)).await {
+        // Boxed: a request's handler future holds every upstream call it may make, and hyper
+        // copies that future whole when it creates it; one allocation here is cheaper than
+        // carrying the pool's state in it (docs/PROFILE-FINDINGS.md, round 3).
+        let sending = Box::pin(self.pool.send(request, open));
+        match tokio::time::timeout(timeout, sending).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(Err(error)) => {
                 if has_cause::<http_body_util::LengthLimitError>(&error) {

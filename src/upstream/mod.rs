@@ -1,4 +1,5 @@
-//! Everything that talks to Direct Line over HTTP: the client ([`client`]), the one call
+//! Everything that talks to Direct Line over HTTP: the client ([`client`]) and its
+//! per-worker connections ([`pool`]), the one call
 //! path with the credential policy, the enhanced-auth fallback and the upstream metrics
 //! ([`call`]), reading answers ([`body`]), where a bot's calls go ([`base`]: fixed or
 //! discovered), the discovery of a Copilot Studio agent's Direct Line host
@@ -10,3 +11,4 @@ pub mod call;
 pub mod client;
 pub mod credential;
 pub mod discovery;
+pub mod pool;
