@@ -23,10 +23,39 @@ use std::ops::Range;
 
 /// What a frame holds, borrowed from its text.
 pub struct ActivitySet<'a> {
-    /// Each activity's byte range in the frame (without surrounding whitespace) and id.
-    pub activities: Vec<(Range<usize>, Option<Cow<'a, str>>)>,
+    /// Each activity's byte range in the frame (without surrounding whitespace), its id,
+    /// and where the values of its top-level keys that can make it part of a livestream are.
+    pub activities: Vec<Activity<'a>>,
     /// The JSON text of the `watermark` value, when the frame has one.
     pub watermark: Option<&'a str>,
+}
+
+/// One activity of a set: its byte range in the frame, its id, its stream keys.
+pub type Activity<'a> = (Range<usize>, Option<Cow<'a, str>>, StreamKeys);
+
+/// Byte ranges (in the frame) of an activity's top-level `type`, `id`, `entities` and
+/// `channelData` values, so that its livestream role is read from those small slices instead
+/// of a second parse of the whole activity, whose cumulative `text` is most of its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamKeys {
+    pub kind: Option<Range<usize>>,
+    pub id: Option<Range<usize>>,
+    pub entities: Option<Range<usize>>,
+    pub channel_data: Option<Range<usize>>,
+    /// One of the four keys came twice: a serde reading of the activity refuses it.
+    pub repeated: bool,
+}
+
+impl StreamKeys {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Range<usize>>> {
+        match key {
+            "type" => Some(&mut self.kind),
+            "id" => Some(&mut self.id),
+            "entities" => Some(&mut self.entities),
+            "channelData" => Some(&mut self.channel_data),
+            _ => None,
+        }
+    }
 }
 
 /// Reads `text` as an activity set, or `None` when it is not one (see the module docs).
@@ -140,7 +169,7 @@ impl<'a> Scan<'a> {
     }
 
     /// `activities`: `null`, or an array whose elements are recorded.
-    fn activities(&mut self, into: &mut Vec<(Range<usize>, Option<Cow<'a, str>>)>) -> Option<()> {
+    fn activities(&mut self, into: &mut Vec<Activity<'a>>) -> Option<()> {
         if self.peek() == Some(b'n') {
             return self.literal(b"null");
         }
@@ -151,13 +180,14 @@ impl<'a> Scan<'a> {
         }
         loop {
             let start = self.at;
+            let mut keys = StreamKeys::default();
             let id = if self.peek() == Some(b'{') {
-                self.activity()?
+                self.activity(&mut keys)?
             } else {
                 self.value()?;
                 None
             };
-            into.push((start..self.at, id));
+            into.push((start..self.at, id, keys));
             self.whitespace();
             if self.eat(b',') {
                 self.whitespace();
@@ -167,8 +197,8 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// One activity object; its id as the module docs define it.
-    fn activity(&mut self) -> Option<Option<Cow<'a, str>>> {
+    /// One activity object; its id as the module docs define it, and its stream keys.
+    fn activity(&mut self, keys: &mut StreamKeys) -> Option<Option<Cow<'a, str>>> {
         self.expect(b'{')?;
         self.whitespace();
         if self.eat(b'}') {
@@ -180,11 +210,23 @@ impl<'a> Scan<'a> {
             let start = self.at;
             let escaped = self.string()?;
             let quoted = &self.text[start..self.at];
-            let is_id =
-                quoted == "\"id\"" || (escaped && decode(quoted).is_some_and(|k| k == "id"));
+            let decoded = if escaped {
+                decode(quoted)
+            } else {
+                Some(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+            };
+            let is_id = decoded.as_deref() == Some("id");
             self.whitespace();
             self.expect(b':')?;
             self.whitespace();
+            let value_start = self.at;
+            let mut repeated_key = false;
+            if let Some(slot) = decoded.as_deref().and_then(|key| keys.slot(key)) {
+                // Filled below once the value's end is known; a second one refuses.
+                repeated_key = slot.is_some();
+                *slot = Some(value_start..value_start);
+            }
+            keys.repeated |= repeated_key;
             if is_id {
                 repeated |= id.is_some();
                 let value = if self.peek() == Some(b'"') {
@@ -206,6 +248,9 @@ impl<'a> Scan<'a> {
                 id.get_or_insert(value);
             } else {
                 self.value()?;
+            }
+            if let Some(slot) = decoded.as_deref().and_then(|key| keys.slot(key)) {
+                *slot = Some(value_start..self.at);
             }
             self.whitespace();
             if self.eat(b',') {
@@ -429,7 +474,7 @@ mod tests {
         Some((
             set.activities
                 .into_iter()
-                .map(|(range, id)| (range, id.map(Cow::into_owned)))
+                .map(|(range, id, _)| (range, id.map(Cow::into_owned)))
                 .collect(),
             set.watermark.map(str::to_owned),
         ))

@@ -56,9 +56,14 @@ struct Fields<'a> {
 pub fn role(activity: &str) -> Option<StreamRole> {
     memchr::memmem::find(activity.as_bytes(), b"\"streamType\"")?;
     let probe: Probe<'_> = serde_json::from_str(activity).ok()?;
+    role_from_probe(&probe)
+}
+
+/// The role an activity's probed fields give it.
+fn role_from_probe(probe: &Probe<'_>) -> Option<StreamRole> {
     let kind = probe.kind.and_then(string);
     let id = probe.id.and_then(string);
-    let fields = stream_fields(&probe)?;
+    let fields = stream_fields(probe)?;
     let stream_type = fields.stream_type.as_deref()?;
     if stream_type == "final" {
         let stream = fields.stream_id.as_deref().filter(|id| !id.is_empty())?;
@@ -82,6 +87,45 @@ pub fn role(activity: &str) -> Option<StreamRole> {
         stream: ActivityKey::of(stream),
         sequence,
     })
+}
+
+/// The same as [`role`] for an activity of a frame `activity_set::read` has already walked:
+/// `activity` is its range in `frame`, `keys` where its stream-relevant values are. Only
+/// those small values are parsed, not the activity's whole text again (most of an interim's
+/// bytes are its cumulative `text`).
+pub fn role_of(
+    frame: &str,
+    activity: std::ops::Range<usize>,
+    keys: &crate::activity_set::StreamKeys,
+) -> Option<StreamRole> {
+    memchr::memmem::find(frame[activity].as_bytes(), b"\"streamType\"")?;
+    if keys.repeated {
+        return None;
+    }
+    let slice = |range: &Option<std::ops::Range<usize>>| range.clone().map(|r| &frame[r]);
+    // As the serde probe of `role` reads them: `entities` must be an array or null, and
+    // `null` for any of the four is as good as absent.
+    let entities: Option<Vec<&RawValue>> = match slice(&keys.entities) {
+        Some(text) => serde_json::from_str(text).ok()?,
+        None => None,
+    };
+    let channel_data = slice(&keys.channel_data)
+        .filter(|text| *text != "null")
+        .map(serde_json::from_str::<&RawValue>)
+        .transpose()
+        .ok()?;
+    let raw = |range: &Option<std::ops::Range<usize>>| {
+        slice(range)
+            .filter(|text| *text != "null")
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+    };
+    let probe = Probe {
+        kind: raw(&keys.kind),
+        id: raw(&keys.id),
+        entities,
+        channel_data,
+    };
+    role_from_probe(&probe)
 }
 
 /// A JSON string's value; anything else (number, null, object) is no string.
@@ -170,6 +214,61 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// `role_of` (the slices `activity_set` found) reads every activity as `role` (a serde
+    /// probe of the whole activity) does: repeated and escaped keys, nulls, wrong types.
+    mod same_as_role {
+        use super::super::{role, role_of};
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            r#""type""#,
+            r#""\u0074ype""#,
+            r#""id""#,
+            r#""\u0069d""#,
+            r#""entities""#,
+            r#""entit\u0069es""#,
+            r#""channelData""#,
+            r#""channel\u0044ata""#,
+            r#""text""#,
+            r#""streamType""#,
+        ];
+        const VALUES: &[&str] = &[
+            r#""typing""#,
+            r#""message""#,
+            r#""a""#,
+            r#""""#,
+            r#""s\u0031""#,
+            "7",
+            "null",
+            r#"[{"type":"streaminfo","streamType":"streaming","streamSequence":2,"streamId":"s"}]"#,
+            r#"[{"type":"other"},{"type":"streaminfo","streamType":"final","streamId":"s"}]"#,
+            r#"[1,"streamType"]"#,
+            r#""streamType""#,
+            r#"{"streamType":"streaming","streamSequence":1}"#,
+            r#"{"streamType":"informative","streamSequence":3,"streamId":"x"}"#,
+            r#"{"streamType":"final","streamId":"s"}"#,
+            r#"{"stream\u0054ype":"streaming","streamSequence":1,"streamId":"e"}"#,
+            r#"{"streamType":"streaming","streamSequence":"2"}"#,
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+            #[test]
+            fn for_any_activity(members in proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..7)) {
+                let body: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", KEYS[*k], VALUES[*v]))
+                    .collect();
+                let activity = format!("{{{}}}", body.join(","));
+                let frame = format!(r#"{{"activities":[{activity}]}}"#);
+                let set = crate::activity_set::read(&frame).expect("a valid frame");
+                let (range, _, keys) = &set.activities[0];
+                prop_assert_eq!(&frame[range.clone()], activity.as_str());
+                prop_assert_eq!(role_of(&frame, range.clone(), keys), role(&activity), "{}", activity);
+            }
+        }
     }
 
     #[test]

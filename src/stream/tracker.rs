@@ -107,9 +107,9 @@ impl Tracker {
         let mut dropped = 0;
         let mut stream = StreamMark::None;
         let single = set.activities.len() == 1;
-        for (range, id) in set.activities {
+        for (range, id, stream_keys) in set.activities {
             let key = id.map(|id| ActivityKey::of(&id));
-            match super::chunks::role(&text[range.clone()]) {
+            match super::chunks::role_of(text, range.clone(), &stream_keys) {
                 // Interims are live-only and never replayed, and an answer has hundreds:
                 // remembering their ids would push stored activities' ids out of the
                 // bounded set that catches replays.
