@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Past this many gathered bytes a feed writes them out first: a long catch-up is not copied
 /// into one large buffer, and a slow reader pushes back on its task as before.
-const GATHER_LIMIT: usize = 64 * 1024;
+pub(super) const GATHER_LIMIT: usize = 64 * 1024;
 
 pub struct GatheredWrites<S> {
     inner: S,

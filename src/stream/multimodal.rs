@@ -18,17 +18,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use url::Url;
 
-use super::client::{CLOSE_GRACE, ClientSocket, Refusal};
+use super::client::{CLOSE_GRACE, Refusal};
+use super::gathered_writes::GatheredWrites;
 use super::websocket::close_frame;
 use crate::activity_body;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::seal::StreamTicket;
+
+/// A multimodal client socket: read and written at once (client frames upstream, bot frames
+/// back), so it keeps tungstenite's split halves; frames fed in one wake-up leave in one
+/// write (see [`GatheredWrites`]).
+pub type MultimodalSocket = WebSocketStream<GatheredWrites<TokioIo<Upgraded>>>;
 
 const NOT_ACTIVITY: Refusal = Refusal {
     code: CloseCode::Invalid,
@@ -60,7 +69,7 @@ pub async fn bridge(
     gateway: Arc<Gateway>,
     conversation: ConversationId,
     ticket: StreamTicket,
-    mut client: ClientSocket,
+    mut client: MultimodalSocket,
 ) {
     let upstream_url = ticket
         .upstream_stream_url
