@@ -244,8 +244,20 @@ pub async fn bridge(
         }
     };
     if let Some(refusal) = client_ended {
-        if let Some(refusal) = refusal {
-            refusal.close(&gateway, &bot, &mut client_sink).await;
+        match refusal {
+            Some(refusal) => refusal.close(&gateway, &bot, &mut client_sink).await,
+            // The client closed: tungstenite has queued its answer (the client's code, or
+            // 1002 for a code a client may not send) and, as a server, writes it into
+            // `GatheredWrites` and reports the connection closed without flushing that.
+            None => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    let _ = client_sink.flush().await;
+                    if let Ok(mut socket) = client_sink.reunite(client_stream) {
+                        let _ = tokio::io::AsyncWriteExt::flush(socket.get_mut()).await;
+                    }
+                })
+                .await;
+            }
         }
         // A close handshake, not a dropped connection: closing a socket with unread data
         // resets it, and Direct Line could lose the frames this client sent just before.
