@@ -1,4 +1,6 @@
-//! A client socket's writes gathered per wake-up: one write syscall for every frame queued.
+//! A voice-route (multimodal) client socket's writes gathered per wake-up: one write
+//! syscall for every frame queued. Classic client sockets gather their own
+//! (`client_socket`), with the same [`GATHER_LIMIT`].
 //!
 //! tungstenite writes each frame to its stream as soon as it is fed (the gateway keeps
 //! tungstenite's own write buffer at zero so an idle socket holds none), so a client task
