@@ -169,6 +169,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flush_cut_short_goes_on_where_it_stopped_and_a_close_follows_whole_frames() {
+        // Room for 64 bytes: the 304-byte frame cannot all be taken while nobody reads.
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut socket = ClientSocket::new(near, 1024);
+        socket.feed_text(&[b'x'; 300]).await.unwrap();
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(20), socket.flush()).await;
+        assert!(cut.is_err(), "the flush waits for a reader");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        socket.close(None).await.unwrap();
+        drop(socket);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), 4 + 300 + 2);
+        assert_eq!(&got[..4], &[0x81, 126, 1, 44]);
+        assert!(got[4..304].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[304..], b"\x88\x00");
+    }
+
+    #[tokio::test]
     async fn an_unmasked_client_frame_is_a_violation() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut socket = ClientSocket::new(near, 1024);
