@@ -1,15 +1,17 @@
-//! The WebSocket frame reader of a hub's upstream socket (`src/stream/ws_frames.rs`) over
-//! arbitrary bytes from a server, cut into arbitrary reads.
+//! The WebSocket frame reader (`src/stream/ws_frames.rs`) over arbitrary bytes, cut into
+//! arbitrary reads: as a hub's upstream socket reads a server's frames, and as a classic
+//! client socket reads a client's (masked) frames.
 //!
 //! Input: byte 0 picks the message limit (`byte % 4`: 125, 126, 300 or 70,000 bytes; small
-//! limits reach the too-large paths) and byte 1 the number of cuts; then two bytes per cut
+//! limits reach the too-large paths) and the side (bit 2 set: the server's side, reading a
+//! client's frames), byte 1 the number of cuts; then two bytes per cut
 //! (its offset, modulo the length); the rest is what the server sent.
 //!
 //! Invariants checked:
 //! - the messages and the violation are the same whether the bytes come in one read or in
 //!   the cut reads (the bytes kept for an unfinished frame are kept right);
 //! - no more unfinished bytes than one frame's header and payload are ever held;
-//! - against tungstenite reading the same bytes as a client (the oracle, up to the first
+//! - against tungstenite reading the same bytes on the same side (the oracle, up to the first
 //!   close): both agree on every message both decode; if neither refuses anything the
 //!   messages are the same; if tungstenite refuses something the reader does not, the
 //!   reader was left in the middle of a frame or of a fragmented message (the reader refuses
@@ -26,7 +28,7 @@ use libfuzzer_sys::fuzz_target;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::{Error, Message, error::ProtocolError};
 
-/// A server's bytes to read; what tungstenite writes back (pongs, a close) is dropped.
+/// The peer's bytes to read; what tungstenite writes back (pongs, a close) is dropped.
 struct Wire(Cursor<Vec<u8>>);
 
 impl Read for Wire {
@@ -68,8 +70,8 @@ fn ours(message: Incoming) -> Seen {
 
 /// Reads `chunks` in order; the messages up to the first close, whether a violation
 /// stopped it, and whether the reader was left mid-frame or mid-message.
-fn read_ours(chunks: &[&[u8]], limit: usize) -> (Vec<Seen>, Option<String>, bool) {
-    let mut reader = FrameReader::new(Reading::AsClient, limit);
+fn read_ours(chunks: &[&[u8]], limit: usize, side: Reading) -> (Vec<Seen>, Option<String>, bool) {
+    let mut reader = FrameReader::new(side, limit);
     let mut seen = Vec::new();
     for chunk in chunks {
         let fed = reader.feed(chunk);
@@ -91,13 +93,16 @@ fn read_ours(chunks: &[&[u8]], limit: usize) -> (Vec<Seen>, Option<String>, bool
     (seen, None, mid)
 }
 
-fn read_tungstenite(bytes: &[u8], limit: usize) -> (Vec<Seen>, bool) {
+fn read_tungstenite(bytes: &[u8], limit: usize, side: Reading) -> (Vec<Seen>, bool) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let mut socket = WebSocket::from_raw_socket(
         Wire(Cursor::new(bytes.to_vec())),
-        Role::Client,
+        match side {
+            Reading::AsClient => Role::Client,
+            Reading::AsServer => Role::Server,
+        },
         Some(config),
     );
     let mut seen = Vec::new();
@@ -124,10 +129,15 @@ fn read_tungstenite(bytes: &[u8], limit: usize) -> (Vec<Seen>, bool) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let [limit, cuts, rest @ ..] = data else {
+    let [choice, cuts, rest @ ..] = data else {
         return;
     };
-    let limit = [125, 126, 300, 70_000][usize::from(*limit % 4)];
+    let limit = [125, 126, 300, 70_000][usize::from(*choice % 4)];
+    let side = if choice & 4 == 0 {
+        Reading::AsClient
+    } else {
+        Reading::AsServer
+    };
     let cuts = usize::from(*cuts % 16);
     let Some((cut_bytes, bytes)) = rest.split_at_checked(cuts * 2) else {
         return;
@@ -144,15 +154,15 @@ fuzz_target!(|data: &[u8]| {
         start = point;
     }
 
-    let whole = read_ours(&[bytes], limit);
-    let cut = read_ours(&chunks, limit);
+    let whole = read_ours(&[bytes], limit, side);
+    let cut = read_ours(&chunks, limit, side);
     assert_eq!(whole.0, cut.0, "messages depend on how the bytes were cut");
     assert_eq!(
         whole.1, cut.1,
         "violation depends on how the bytes were cut"
     );
 
-    let (theirs, refused) = read_tungstenite(bytes, limit);
+    let (theirs, refused) = read_tungstenite(bytes, limit, side);
     let (mine, violation, mid) = whole;
     let both = mine.len().min(theirs.len());
     assert_eq!(mine[..both], theirs[..both], "a message read differently");

@@ -52,6 +52,7 @@ pub fn accept(
     )?;
     let accept_key = derive_accept_key(key.as_bytes());
     let socket_config = ws_config(&ctx.config().stream);
+    let max_client_message = ctx.config().stream.max_frame_bytes;
     let on_upgrade = hyper::upgrade::on(&mut request);
     // The connection's place under the per-IP cap stays taken while the WebSocket lives.
     let ip_slot = request
@@ -75,17 +76,19 @@ pub fn accept(
                 return;
             }
         };
-        let socket = WebSocketStream::from_raw_socket(
-            GatheredWrites::new(TokioIo::new(upgraded)),
-            Role::Server,
-            Some(socket_config),
-        )
-        .await;
         // Boxed so the resting state of this task is the client loop, not the largest
         // future any branch could hold (see BENCHMARKS.md, idle memory).
         if multimodal {
+            // Frames both ways at once, one upstream socket each: tungstenite's split halves.
+            let socket = WebSocketStream::from_raw_socket(
+                GatheredWrites::new(TokioIo::new(upgraded)),
+                Role::Server,
+                Some(socket_config),
+            )
+            .await;
             Box::pin(multimodal::bridge(gateway, conversation, ticket, socket)).await;
         } else {
+            let socket = client::ClientSocket::new(TokioIo::new(upgraded), max_client_message);
             Box::pin(session(gateway, bot, conversation, ticket, socket, origin)).await;
         }
     });
@@ -208,7 +211,7 @@ async fn session(
         span.finish("failed", &[]);
     }
     let frame = close_frame(CloseCode::Error, "could not resume; reconnect");
-    let _ = socket.close(Some(frame)).await;
+    let _ = tokio::time::timeout(client::CLOSE_GRACE, socket.close(Some(&frame))).await;
 }
 
 /// The conversation's hub on this replica; a new one gets its upstream task, started from

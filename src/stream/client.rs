@@ -4,28 +4,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use futures_util::SinkExt;
 use tokio::sync::watch;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::chunks::{ClientStreams, Send};
-use super::gathered_writes::GatheredWrites;
+pub use super::client_socket::ClientSocket;
 use super::hub::{Cursor, Event, Hub, Pending, filtered_text};
 use super::tracker::StreamMark;
 use super::websocket::close_frame;
+use super::ws_frames::{Incoming, ReadError, Violation};
 use crate::gateway::Gateway;
-
-/// Frames fed in one wake-up leave in one write (see [`GatheredWrites`]).
-pub type ClientSocket = WebSocketStream<GatheredWrites<TokioIo<Upgraded>>>;
 
 /// How long a closing socket gets to take its close frame: a client that stopped reading
 /// will not take it at all, and must not hold its socket for the whole write timeout.
-pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A frame a client must not send, as the close frame RFC 6455 §7.4.1 gives it and the
 /// `client_frames_refused_total` reason it is counted under.
@@ -53,8 +48,17 @@ impl Refusal {
         metric: "protocol",
     };
 
-    /// The refusal for a read error, or `None` when the connection itself is gone (nothing
-    /// can be told to the client then).
+    /// The refusal for what the frame reader found wrong.
+    pub fn of_violation(violation: Violation) -> Refusal {
+        match violation {
+            Violation::TooLarge => Self::TOO_LARGE,
+            Violation::BadUtf8 => Self::BAD_UTF8,
+            Violation::Protocol(_) => Self::PROTOCOL,
+        }
+    }
+
+    /// The refusal for a tungstenite read error (a multimodal socket), or `None` when the
+    /// connection itself is gone (nothing can be told to the client then).
     pub fn of(error: &WsError) -> Option<Refusal> {
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(Self::TOO_LARGE),
@@ -65,18 +69,30 @@ impl Refusal {
         }
     }
 
-    /// Counts the refusal and tries, briefly, to tell the client.
-    pub async fn close<S>(self, gateway: &Gateway, bot: &str, sink: &mut S)
-    where
-        S: futures_util::Sink<Message> + Unpin,
-    {
+    fn count(self, gateway: &Gateway, bot: &str) {
         gateway
             .metrics
             .client_frames_refused
             .with_label_values(&[self.metric, bot])
             .inc();
+    }
+
+    /// Counts the refusal and tries, briefly, to tell the client (a tungstenite sink: a
+    /// multimodal socket).
+    pub async fn close<S>(self, gateway: &Gateway, bot: &str, sink: &mut S)
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        self.count(gateway, bot);
         let frame = close_frame(self.code, self.reason);
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Counts the refusal and tries, briefly, to tell a classic client.
+    pub async fn close_client(self, gateway: &Gateway, bot: &str, socket: &mut ClientSocket) {
+        self.count(gateway, bot);
+        let frame = close_frame(self.code, self.reason);
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(Some(&frame))).await;
     }
 }
 
@@ -94,7 +110,7 @@ enum Wrote {
 /// blocks its write, and would otherwise keep frames the ring already let go of until the
 /// write timed out.
 async fn write_watching_lag(
-    write: impl Future<Output = Result<(), WsError>>,
+    write: impl Future<Output = std::io::Result<()>>,
     write_timeout: Duration,
     published: &mut watch::Receiver<u64>,
     hub: &Hub,
@@ -141,7 +157,7 @@ async fn sleep_until_due(due: Option<Instant>) {
 pub async fn serve(
     gateway: Arc<Gateway>,
     hub: Arc<Hub>,
-    socket: ClientSocket,
+    mut socket: ClientSocket,
     mut cursor: Cursor,
     catch_up: Vec<Utf8Bytes>,
 ) {
@@ -165,7 +181,6 @@ pub async fn serve(
         .metrics
         .bytes_relayed
         .with_label_values(&["upstream"]);
-    let (mut sink, mut incoming) = socket.split();
     let mut published = hub.subscribe();
     let mut batch: Vec<Arc<Event>> = Vec::new();
     let mut delivered_activities: u64 = 0;
@@ -174,9 +189,11 @@ pub async fn serve(
         keepalive_interval,
     );
 
+    // The client's close frame, echoed when the session ends on it.
+    let mut client_close = None;
     let end = 'session: {
         for frame in catch_up {
-            if tokio::time::timeout(write_timeout, sink.feed(Message::Text(frame)))
+            if tokio::time::timeout(write_timeout, socket.feed_text(frame.as_bytes()))
                 .await
                 .map_or(true, |r| r.is_err())
             {
@@ -236,7 +253,7 @@ pub async fn serve(
                 let at = (event.seq, cursor.live_from, lag_frames);
                 drop(event);
                 wrote = write_watching_lag(
-                    sink.feed(Message::Text(text)),
+                    socket.feed_text(text.as_bytes()),
                     write_timeout,
                     &mut published,
                     &hub,
@@ -246,8 +263,8 @@ pub async fn serve(
             }
             if matches!(wrote, Wrote::Done) {
                 let at = (cursor.next_seq, cursor.live_from, lag_frames);
-                wrote =
-                    write_watching_lag(sink.flush(), write_timeout, &mut published, &hub, at).await;
+                wrote = write_watching_lag(socket.flush(), write_timeout, &mut published, &hub, at)
+                    .await;
             }
             let state = match wrote {
                 Wrote::Done => state,
@@ -265,15 +282,11 @@ pub async fn serve(
                         CloseCode::Again,
                         "client too slow; reconnect with your watermark",
                     );
-                    let _ =
-                        tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame))))
-                            .await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(Some(&frame))).await;
                     break 'session End::Slow;
                 }
                 Pending::Closed(frame) => {
-                    let _ =
-                        tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame))))
-                            .await;
+                    let _ = tokio::time::timeout(write_timeout, socket.close(Some(&frame))).await;
                     break 'session End::HubClosed;
                 }
             }
@@ -285,21 +298,31 @@ pub async fn serve(
                         break 'session End::HubClosed;
                     }
                 }
-                message = incoming.next() => match message {
+                message = socket.read() => match message {
                     // DLJS pings with "" every 20 s (PROTOCOL §5.3); Direct Line ignores anything
                     // else a client sends on the classic stream, and so do we.
-                    Some(Ok(Message::Text(text))) => upstream_bytes.inc_by(text.len() as u64),
-                    Some(Ok(Message::Close(_))) | None => break 'session End::ClientClosed,
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => {
-                        if let Some(refusal) = Refusal::of(&error) {
-                            refusal.close(&gateway, &hub.bot, &mut sink).await;
+                    Ok(Incoming::Text(text)) => upstream_bytes.inc_by(text.len() as u64),
+                    Ok(Incoming::Close(frame)) => {
+                        client_close = Some(frame);
+                        break 'session End::ClientClosed;
+                    }
+                    Ok(Incoming::Ping(payload)) => {
+                        let sent = tokio::time::timeout(write_timeout, socket.pong(&payload)).await;
+                        if sent.map_or(true, |r| r.is_err()) {
+                            break 'session End::WriteFailed;
                         }
+                    }
+                    Ok(Incoming::Pong | Incoming::Binary) => {}
+                    Err(ReadError::Gone) => break 'session End::ClientClosed,
+                    Err(ReadError::Violation(violation)) => {
+                        Refusal::of_violation(violation)
+                            .close_client(&gateway, &hub.bot, &mut socket)
+                            .await;
                         break 'session End::ClientError;
                     }
                 },
                 _ = keepalive.tick() => {
-                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Text(Utf8Bytes::from_static("")))).await;
+                    let sent = tokio::time::timeout(write_timeout, socket.send_text(b"")).await;
                     if sent.map_or(true, |r| r.is_err()) {
                         break 'session End::WriteFailed;
                     }
@@ -307,9 +330,9 @@ pub async fn serve(
             }
         }
     };
-    if matches!(end, End::ClientClosed) {
-        // Let tungstenite finish the close handshake.
-        let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    if let Some(frame) = client_close {
+        // The close handshake: the client's code back (RFC 6455 §5.5.1).
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(frame.as_ref())).await;
     }
     hub.detach();
     tracing::info!(

@@ -1,4 +1,6 @@
-//! A client socket's writes gathered per wake-up: one write syscall for every frame queued.
+//! A voice-route (multimodal) client socket's writes gathered per wake-up: one write
+//! syscall for every frame queued. Classic client sockets gather their own
+//! (`client_socket`), with the same [`GATHER_LIMIT`].
 //!
 //! tungstenite writes each frame to its stream as soon as it is fed (the gateway keeps
 //! tungstenite's own write buffer at zero so an idle socket holds none), so a client task
@@ -14,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Past this many gathered bytes a feed writes them out first: a long catch-up is not copied
 /// into one large buffer, and a slow reader pushes back on its task as before.
-const GATHER_LIMIT: usize = 64 * 1024;
+pub(super) const GATHER_LIMIT: usize = 64 * 1024;
 
 pub struct GatheredWrites<S> {
     inner: S,

@@ -4,13 +4,15 @@
 //! Map: `registry` (the replica's hubs and socket slots), `hub` (one conversation's replay
 //! ring and clients), `relay` (the hub's upstream task), `link` (upstream stream URLs,
 //! dialling, REST catch-up, token refresh), `keeper` (a secretless bot's hub keeps its
-//! upstream token alive), `client` (one client socket), `multimodal` (the voice route),
+//! upstream token alive), `client` (one client session), `multimodal` (the voice route),
 //! `tracker` (watermarks and ids), `chunks` (livestreamed answers' interims and finals),
 //! `ids`, `backoff`, `websocket` (settings, close frames), `deliver` (frames into the hub,
 //! through the policy and the record), `collision` (polling while another replica's hub
 //! holds the conversation's stream), `poll` (held `GET …/activities` polls served from the
 //! hub), `held` (their bounds), `send_buffer` (what a client socket's kernel buffer may hold
-//! unsent), `gathered_writes` (one write per wake-up for a client socket), `ws_frames`
+//! unsent), `client_socket` (a classic client's WebSocket: reads through `ws_frames`,
+//! writes gathered per wake-up), `gathered_writes` (the same gathering under tungstenite,
+//! for multimodal sockets), `ws_frames`
 //! (RFC 6455 frames decoded without a buffer held while idle) and `upstream_socket` (a hub's
 //! upstream socket: handshake, reads through `ws_frames`, small masked writes).
 //! The route that accepts client sockets is `routes::stream`. The livestream metrics live
@@ -22,6 +24,7 @@ pub(crate) use crate::metrics::streamed_answers as answer_metrics;
 pub(crate) mod backoff;
 pub mod chunks;
 pub(crate) mod client;
+pub(crate) mod client_socket;
 pub(crate) mod collision;
 pub(crate) mod deliver;
 pub(crate) mod gathered_writes;

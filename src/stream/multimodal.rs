@@ -18,17 +18,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use url::Url;
 
-use super::client::{CLOSE_GRACE, ClientSocket, Refusal};
+use super::client::{CLOSE_GRACE, Refusal};
+use super::gathered_writes::GatheredWrites;
 use super::websocket::close_frame;
 use crate::activity_body;
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::seal::StreamTicket;
+
+/// A multimodal client socket: read and written at once (client frames upstream, bot frames
+/// back), so it keeps tungstenite's split halves; frames fed in one wake-up leave in one
+/// write (see [`GatheredWrites`]).
+pub type MultimodalSocket = WebSocketStream<GatheredWrites<TokioIo<Upgraded>>>;
 
 const NOT_ACTIVITY: Refusal = Refusal {
     code: CloseCode::Invalid,
@@ -60,7 +69,7 @@ pub async fn bridge(
     gateway: Arc<Gateway>,
     conversation: ConversationId,
     ticket: StreamTicket,
-    mut client: ClientSocket,
+    mut client: MultimodalSocket,
 ) {
     let upstream_url = ticket
         .upstream_stream_url
@@ -235,8 +244,20 @@ pub async fn bridge(
         }
     };
     if let Some(refusal) = client_ended {
-        if let Some(refusal) = refusal {
-            refusal.close(&gateway, &bot, &mut client_sink).await;
+        match refusal {
+            Some(refusal) => refusal.close(&gateway, &bot, &mut client_sink).await,
+            // The client closed: tungstenite has queued its answer (the client's code, or
+            // 1002 for a code a client may not send) and, as a server, writes it into
+            // `GatheredWrites` and reports the connection closed without flushing that.
+            None => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    let _ = client_sink.flush().await;
+                    if let Ok(mut socket) = client_sink.reunite(client_stream) {
+                        let _ = tokio::io::AsyncWriteExt::flush(socket.get_mut()).await;
+                    }
+                })
+                .await;
+            }
         }
         // A close handshake, not a dropped connection: closing a socket with unread data
         // resets it, and Direct Line could lose the frames this client sent just before.

@@ -2,48 +2,32 @@
 //! that an idle socket holds no read buffer (tungstenite keeps one for the socket's life,
 //! and its client handshake's 4 KiB chunk becomes that buffer whatever it is told).
 //!
-//! Reads go into a scratch buffer per worker thread; [`FrameReader`] takes the whole
-//! messages out of it and keeps only the bytes of an unfinished frame. What the gateway
+//! Reads go into a scratch buffer per worker thread (shared with the client sockets);
+//! [`FrameReader`] takes the whole messages out of it and keeps only the bytes of an
+//! unfinished frame. What the gateway
 //! sends on this socket is small (pings, pongs, keepalive texts, a close), masked, and
 //! written at once.
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Uri;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
+pub use super::ws_frames::ReadError;
 use super::ws_frames::{
-    FrameReader, Incoming, MAX_CONTROL_PAYLOAD, MAX_HEADER, Reading, Violation, encode_small,
-    opcode,
+    FrameReader, Incoming, MAX_CONTROL_PAYLOAD, MAX_HEADER, Reading, encode_small, opcode,
+    poll_read_into,
 };
-
-/// Per worker: what one read of an upstream socket may bring. Larger frames are read in
-/// several reads (their bytes kept by the reader in between).
-const SCRATCH_BYTES: usize = 16 * 1024;
-
-thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
-}
 
 /// The longest handshake answer read: Direct Line's is a few hundred bytes.
 const MAX_HANDSHAKE_ANSWER: usize = 8 * 1024;
-
-/// Why reading stopped.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadError {
-    /// The peer broke RFC 6455 (or sent more than the gateway accepts).
-    Violation(Violation),
-    /// The connection closed without a close frame, or failed.
-    Gone,
-}
 
 /// Why the handshake failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,15 +130,7 @@ impl UpstreamSocket {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut buf))
-                .map_err(|_| ReadError::Gone)?;
-            if buf.filled().is_empty() {
-                return Poll::Ready(Err(ReadError::Gone));
-            }
-            Poll::Ready(self.reader.feed(buf.filled()).map_err(ReadError::Violation))
-        })
+        poll_read_into(&mut self.io, &mut self.reader, cx)
     }
 
     /// A ping, with nothing in it.

@@ -8,9 +8,12 @@
 //! control frames at most 125 bytes and never fragmented, close codes a peer may send,
 //! text that is UTF-8, and no message (fragments together) over the configured limit.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -361,6 +364,77 @@ fn close_frame(payload: &[u8]) -> Result<Option<CloseFrame>, Violation> {
             }))
         }
     }
+}
+
+/// Per worker: what one read of a socket may bring. Larger frames are read in several
+/// reads (their bytes kept by the reader in between). Shared by the upstream and the
+/// client sockets: a read's bytes are decoded before the next read on the thread.
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// Why reading stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The peer broke RFC 6455 (or sent more than the gateway accepts).
+    Violation(Violation),
+    /// The connection closed without a close frame, or failed.
+    Gone,
+}
+
+/// Reads once from `io` into the worker's scratch buffer and feeds what came to `reader`.
+/// Cancel-safe: the bytes of a read are decoded (or kept) before it returns.
+pub fn poll_read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
+    reader: &mut FrameReader,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ReadError>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        ready!(std::pin::Pin::new(io).poll_read(cx, &mut buf)).map_err(|_| ReadError::Gone)?;
+        if buf.filled().is_empty() {
+            return Poll::Ready(Err(ReadError::Gone));
+        }
+        Poll::Ready(reader.feed(buf.filled()).map_err(ReadError::Violation))
+    })
+}
+
+/// Appends one unmasked frame (what a server sends, RFC 6455 §5.1) of any length to `out`.
+pub fn push_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.reserve(MAX_HEADER + payload.len());
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame: no payload without a frame, else its code and as much of its
+/// reason as fits a control frame (cut at a character boundary).
+pub fn push_server_close(out: &mut Vec<u8>, frame: Option<&CloseFrame>) {
+    let Some(frame) = frame else {
+        push_server_frame(out, OP_CLOSE, b"");
+        return;
+    };
+    let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+    payload[..2].copy_from_slice(&u16::from(frame.code).to_be_bytes());
+    let reason = frame.reason.as_str();
+    let mut fits = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(fits) {
+        fits -= 1;
+    }
+    payload[2..2 + fits].copy_from_slice(&reason.as_bytes()[..fits]);
+    push_server_frame(out, OP_CLOSE, &payload[..2 + fits]);
 }
 
 /// Writes one frame (at most a control frame's size: what the gateway's side of an upstream
