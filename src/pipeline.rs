@@ -22,8 +22,9 @@ use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError, Refusal};
 use crate::forwarded::{client_ip, client_key, forwarded_for_value};
-use crate::gateway::{Bot, Gateway};
+use crate::gateway::Gateway;
 use crate::identity::SignedIn;
+use crate::live::{Bot, Live};
 use crate::metrics::status_class;
 use crate::request_headers::{accepts_gzip, request_host, request_id};
 use crate::routes::context::RequestContext;
@@ -233,7 +234,7 @@ fn admit(request: &Request<Incoming>, config: &Config) -> Result<(), GatewayErro
 }
 
 /// Select bot: the one bound to the request's host, then the longest path prefix.
-fn select_bot(live: &crate::gateway::Live, request: &Request<Incoming>) -> Option<Arc<Bot>> {
+fn select_bot(live: &Live, request: &Request<Incoming>) -> Option<Arc<Bot>> {
     live.bot_for(request_host(request), request.uri().path())
         .cloned()
 }

@@ -16,7 +16,7 @@ use super::body::{error_code, read_body, read_body_within};
 use super::client::Upstream;
 use crate::body::{self, Body};
 use crate::error::GatewayError;
-use crate::gateway::Bot;
+use crate::live::Bot;
 use crate::metrics::{Metrics, status_class};
 use crate::secret;
 use crate::telemetry::{Parent, UpstreamSpan};
