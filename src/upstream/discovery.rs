@@ -20,8 +20,7 @@ use super::client::Upstream;
 use crate::config::is_loopback;
 use crate::error::GatewayError;
 use crate::live::{Bot, Live, LiveSettings};
-use crate::metrics::Metrics;
-use crate::metrics::NO_HOST;
+use crate::metrics::{Metrics, NO_HOST};
 
 /// The regional settings are a few hundred bytes; anything past this is not them.
 const MAX_SETTINGS_BYTES: usize = 64 * 1024;
