@@ -90,7 +90,8 @@ pub fn bind_sender_as(
     }
     if let Some(mode) = delivery_mode.filter(|_| !has_mode) {
         out.extend_from_slice(b"\"deliveryMode\":");
-        serde_json::to_writer(&mut out, mode).map_err(|_| GatewayError::Internal)?;
+        serde_json::to_writer(&mut out, mode)
+            .map_err(|error| GatewayError::internal_because("writing the delivery mode", error))?;
         out.push(b',');
     }
     write_sender(&mut out, from, user_id, name)?;
@@ -128,7 +129,8 @@ fn write_sender(
         }
     }
     out.extend_from_slice(b"\"from\":{\"id\":");
-    serde_json::to_writer(&mut *out, user_id).map_err(|_| GatewayError::Internal)?;
+    serde_json::to_writer(&mut *out, user_id)
+        .map_err(|error| GatewayError::internal_because("writing the user id", error))?;
     match name {
         SenderName::Caller => {
             if let Some(claimed_name) = claimed_name {
@@ -138,7 +140,8 @@ fn write_sender(
         }
         SenderName::Verified(Some(name)) => {
             out.extend_from_slice(b",\"name\":");
-            serde_json::to_writer(&mut *out, name).map_err(|_| GatewayError::Internal)?;
+            serde_json::to_writer(&mut *out, name)
+                .map_err(|error| GatewayError::internal_because("writing the user name", error))?;
         }
         SenderName::Verified(None) => {}
     }

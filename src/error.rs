@@ -133,8 +133,15 @@ pub enum GatewayError {
         #[source]
         cause: Cause,
     },
-    #[error("upstream answered something the gateway cannot use")]
-    UpstreamInvalid,
+    /// Direct Line answered, but nothing the gateway can use: `what` names what was wrong
+    /// (never the answer's text), `cause` is the parser's error where one failed. Both are for
+    /// the log line; the client gets the row's fixed message.
+    #[error("upstream answered something the gateway cannot use: {what}")]
+    UpstreamInvalid {
+        what: &'static str,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// An upstream body that broke off or would not decode; `cause` is for the log line.
     #[error("upstream answer could not be read")]
     UpstreamUnreadable {
@@ -163,8 +170,15 @@ pub enum GatewayError {
     PolicyUnavailable,
     #[error("the gateway is shutting down")]
     Draining,
-    #[error("internal gateway error")]
-    Internal,
+    /// A state the gateway's own code should never reach, or a value it built that would not
+    /// serialise: `what` names which, `cause` is the failing library's error. For the log
+    /// line only.
+    #[error("internal gateway error: {what}")]
+    Internal {
+        what: &'static str,
+        #[source]
+        cause: Option<Cause>,
+    },
 }
 
 /// One row of the error table: everything the gateway says and records about a variant.
@@ -180,6 +194,38 @@ struct Row {
 }
 
 impl GatewayError {
+    /// Direct Line's answer lacked or broke `what`.
+    pub fn upstream_invalid(what: &'static str) -> Self {
+        GatewayError::UpstreamInvalid { what, cause: None }
+    }
+
+    /// Direct Line's answer did not parse as `what`; `error` is the parser's.
+    pub fn upstream_invalid_because(
+        what: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        GatewayError::UpstreamInvalid {
+            what,
+            cause: Some(Cause::new(error)),
+        }
+    }
+
+    /// The gateway's own code reached a state `what` says it should not.
+    pub fn internal(what: &'static str) -> Self {
+        GatewayError::Internal { what, cause: None }
+    }
+
+    /// The gateway failed at `what` because of `error`.
+    pub fn internal_because(
+        what: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        GatewayError::Internal {
+            what,
+            cause: Some(Cause::new(error)),
+        }
+    }
+
     /// The table: one row per variant and no wildcard, so a new variant cannot compile
     /// without saying its status, code, message, blame and refusal reason.
     fn row(&self) -> Row {
@@ -217,7 +263,7 @@ impl GatewayError {
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry after the time in Retry-After", Client, None),
             UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "UpgradeRequired", "WebSocket upgrade required", Client, None),
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable", "Direct Line could not be reached", Upstream, None),
-            UpstreamInvalid | UpstreamUnreadable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
+            UpstreamInvalid { .. } | UpstreamUnreadable { .. } => (StatusCode::BAD_GATEWAY, "UpstreamError", "Direct Line returned an invalid response", Upstream, None),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout", "Direct Line did not respond in time", Upstream, None),
             UpstreamRefused => (StatusCode::BAD_REQUEST, "BadArgument", "Request refused by Direct Line", Upstream, None),
             UpstreamUndiscovered { .. } => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "The bot's Direct Line region is not known yet; retry after the time in Retry-After", Upstream, None),
@@ -225,7 +271,7 @@ impl GatewayError {
             PolicyDenied => (StatusCode::FORBIDDEN, "PolicyDenied", "The activity was refused by this service's content policy", Client, None),
             PolicyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "PolicyUnavailable", "The content policy could not check the activity; retry later", Gateway, None),
             Draining => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "Gateway is shutting down", Gateway, None),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceError", "Internal gateway error", Gateway, None),
+            Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceError", "Internal gateway error", Gateway, None),
         };
         Row {
             status,
@@ -499,7 +545,12 @@ mod tests {
                 "UpstreamUnavailable",
                 Blame::Upstream,
             ),
-            (UpstreamInvalid, 502, "UpstreamError", Blame::Upstream),
+            (
+                GatewayError::upstream_invalid("no token"),
+                502,
+                "UpstreamError",
+                Blame::Upstream,
+            ),
             (
                 UpstreamUnreadable {
                     cause: Cause::new(std::io::Error::other("connection reset")),
@@ -527,7 +578,12 @@ mod tests {
             (PolicyDenied, 403, "PolicyDenied", Blame::Client),
             (PolicyUnavailable, 503, "PolicyUnavailable", Blame::Gateway),
             (Draining, 503, "ServiceUnavailable", Blame::Gateway),
-            (Internal, 500, "ServiceError", Blame::Gateway),
+            (
+                GatewayError::internal("no credential"),
+                500,
+                "ServiceError",
+                Blame::Gateway,
+            ),
         ];
         for (error, status, code, blame) in table {
             assert!(!error.message().is_empty());
@@ -560,6 +616,40 @@ mod tests {
         assert!(std::error::Error::source(&unreachable).is_some());
         // The client never sees the cause.
         assert_eq!(unreachable.message(), "Direct Line could not be reached");
+    }
+
+    /// What was invalid or failed reaches the log line with the library's error, and
+    /// nothing of it the client's body.
+    #[tokio::test]
+    async fn invalid_and_internal_errors_log_their_cause_and_answer_the_fixed_body() {
+        let parse = serde_json::from_slice::<serde_json::Value>(b"{\"token\": ").unwrap_err();
+        let invalid = GatewayError::upstream_invalid_because("the answer is no JSON object", parse);
+        let line = invalid.log_line();
+        assert!(
+            line.starts_with(
+                "upstream answered something the gateway cannot use: the answer is no JSON object: EOF while parsing"
+            ),
+            "{line}"
+        );
+        let internal = GatewayError::internal("the bot has no Direct Line secret");
+        assert_eq!(
+            internal.log_line(),
+            "internal gateway error: the bot has no Direct Line secret"
+        );
+        for (error, body) in [
+            (
+                invalid,
+                &br#"{"error":{"code":"UpstreamError","message":"Direct Line returned an invalid response"}}"#[..],
+            ),
+            (
+                internal,
+                &br#"{"error":{"code":"ServiceError","message":"Internal gateway error"}}"#[..],
+            ),
+        ] {
+            let response = Refusal::from(error).into_response();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&bytes[..], body);
+        }
     }
 
     #[tokio::test]

@@ -11,20 +11,22 @@
 //!    activities, upload, session, stream), what each needs (`routes::needs`), the request
 //!    context with the send-and-answer shape they share (`routes::context`), and the respond
 //!    phase (`routes::answer`).
-//! 4. **stream**: [`stream`], the WebSocket bridge (registry of hubs, hub, relay, link,
-//!    client, tracker).
-//! 5. **upstream**: `upstream`, the client and the one call path (`upstream::call`), where
-//!    a bot's calls go (`upstream::base`) and Copilot Studio discovery (`upstream::discovery`).
-//!    `policy` (`[policy]`: redaction and the webhook's verdict on each activity) and
-//!    [`record`] sit with upstream: they make calls of their own and import only cores.
-//! 6. **app state**: `gateway` (`Gateway`, `Live`, `Bot`) and `reload`. One knot is left:
-//!    the app state holds the stream's hub registry and held polls and each bot's upstream
-//!    base and policy, while stream and upstream files take `Gateway` and `Bot` as their
-//!    context. Those imports up the map are listed one by one in `tests/layers.rs`
-//!    (`KNOWN_UPWARD`), which only shrinks.
-//! 7. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
+//! 4. **stream and the app state**: [`stream`], the WebSocket bridge (registry of hubs, hub,
+//!    relay, link, client, tracker), and `gateway` (`Gateway`: metrics, the hub registry and
+//!    held polls, rate buckets, drain, the `Live` snapshot a reload swaps). They
+//!    share a layer because `Gateway` holds the stream's registries while the stream files
+//!    take `Gateway` as their context; `stream::registry` and `stream::held` import nothing of
+//!    the app state, so there is no cycle.
+//! 5. **upstream and the settings served**: `upstream`, the client and the one call path
+//!    (`upstream::call`), where a bot's calls go (`upstream::base`) and Copilot Studio
+//!    discovery (`upstream::discovery`); `live` (`Live` and `Bot`: each bot with its upstream
+//!    and policy, and `LiveSettings`, what the upstream's background tasks read of the app
+//!    state) and `reload` (a configuration turned into `Live`). `policy` (`[policy]`:
+//!    redaction and the webhook's verdict on each activity) and [`record`] sit here too: they
+//!    make calls of their own and import only cores.
+//! 6. **identity**: [`identity`], signed-in users: the identity provider's JWT, its keys
 //!    (fetched and cached), the pseudonym. Its settings are configuration (`config::auth`).
-//! 8. **cores** (no layer above them imported): [`config`], [`endpoint`], `auth`, [`seal`],
+//! 7. **cores** (no layer above them imported): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`,
 //!    `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`], `activity_set` (an
 //!    upstream frame read in one validating pass), [`upload_activity`], `jsonscan`, `body`,
@@ -59,6 +61,7 @@ pub(crate) mod gateway;
 pub(crate) mod h2_idle;
 pub mod identity;
 pub(crate) mod jsonscan;
+pub(crate) mod live;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;

@@ -22,8 +22,9 @@ use crate::cors;
 use crate::endpoint::{Endpoint, Route};
 use crate::error::{Blame, GatewayError, Refusal};
 use crate::forwarded::{client_ip, client_key, forwarded_for_value};
-use crate::gateway::{Bot, Gateway};
+use crate::gateway::Gateway;
 use crate::identity::SignedIn;
+use crate::live::{Bot, Live};
 use crate::metrics::status_class;
 use crate::request_headers::{accepts_gzip, request_host, request_id};
 use crate::routes::context::RequestContext;
@@ -69,7 +70,9 @@ impl Authorized {
     fn token(self) -> Result<ClientToken, GatewayError> {
         match self {
             Authorized::Token(token) | Authorized::Refresh(token, _) => Ok(token),
-            Authorized::Nothing | Authorized::SignIn(_) => Err(GatewayError::Internal),
+            Authorized::Nothing | Authorized::SignIn(_) => Err(GatewayError::internal(
+                "a route that needs a token authorized without one",
+            )),
         }
     }
 
@@ -233,7 +236,7 @@ fn admit(request: &Request<Incoming>, config: &Config) -> Result<(), GatewayErro
 }
 
 /// Select bot: the one bound to the request's host, then the longest path prefix.
-fn select_bot(live: &crate::gateway::Live, request: &Request<Incoming>) -> Option<Arc<Bot>> {
+fn select_bot(live: &Live, request: &Request<Incoming>) -> Option<Arc<Bot>> {
     live.bot_for(request_host(request), request.uri().path())
         .cloned()
 }
@@ -310,12 +313,18 @@ fn rate_limit(
             rates.activities,
             now,
         ),
-        (Bucket::Activities, None) => return Err(GatewayError::Internal),
+        (Bucket::Activities, None) => {
+            return Err(GatewayError::internal(
+                "the activities bucket on a route without a conversation",
+            ));
+        }
         // Per conversation, then per client IP: a loop on one conversation and many
         // conversations from one address are both cut off before they reach Direct Line.
         (Bucket::Refresh, _) => {
             let Some(conversation) = refreshing else {
-                return Err(GatewayError::Internal);
+                return Err(GatewayError::internal(
+                    "the refresh bucket on a route without a refreshed conversation",
+                ));
             };
             gateway
                 .refresh_limits
@@ -361,13 +370,17 @@ async fn dispatch(
         )?),
         Endpoint::TokensGenerate => {
             let Authorized::SignIn(signed_in) = authorized else {
-                return Err(GatewayError::Internal.into());
+                return Err(
+                    GatewayError::internal("tokens/generate authorized without a sign-in").into(),
+                );
             };
             tokens::generate_token(gateway, request, ctx, signed_in).await
         }
         Endpoint::TokensRefresh => {
             let Authorized::Refresh(token, expired) = authorized else {
-                return Err(GatewayError::Internal.into());
+                return Err(
+                    GatewayError::internal("tokens/refresh authorized without a refresh").into(),
+                );
             };
             tokens::refresh_token(gateway, ctx, token, expired).await
         }

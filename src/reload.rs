@@ -1,13 +1,13 @@
 //! Turning a validated configuration into the settings a gateway serves with ([`Live`]), at
 //! start and on every reload (SIGHUP, a watched file): bots with their secrets and upstream
-//! clients, the token keys and the keys a reload retired. Part of the app state: it knows
-//! nothing of listeners or requests.
+//! clients, the token keys and the keys a reload retired. It sits with the upstream (it
+//! builds each bot's client and policy) and knows nothing of listeners or requests.
 
 use std::sync::Arc;
 
 use crate::config::{BotConfig, Config, ConfigError, UpstreamTarget};
-use crate::gateway::{Bot, Live};
 use crate::identity::Identity;
+use crate::live::{Bot, Live};
 use crate::metrics::Metrics;
 use crate::seal::{KeyError, Sealer};
 use crate::secret::Secret;
@@ -65,7 +65,7 @@ pub fn build_live(
         .into_iter()
         .map(|settings| build_bot(settings, &config, emulators, previous, metrics))
         .collect::<Result<Vec<_>, _>>()?;
-    crate::gateway::most_specific_first(&mut bots);
+    crate::live::most_specific_first(&mut bots);
     let now = crate::clock::unix_seconds();
     let mut retired_keys: Vec<(Secret, u64)> = previous
         .map(|p| {

@@ -429,3 +429,183 @@ pub(super) fn copilot_upstream(
         other => Ok(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_str;
+    use crate::config::{DEFAULT_BOT, DEFAULT_RESUME_WINDOW, Rate, UpstreamTarget, UserIdPolicy};
+    use std::time::Duration;
+
+    const TWO_BOTS: &str = r#"
+resume_window = "2h"
+
+[rate_limits]
+sessions_per_minute = 30
+
+[[bots]]
+name = "support"
+host = "Support.Contoso.com"
+upstream = "https://europe.directline.botframework.com"
+secret_env = "SUPPORT_SECRET"
+allowed_origins = ["https://contoso.com/"]
+user_ids = "caller"
+
+[[bots]]
+name = "sales"
+path_prefix = "/bots/sales/"
+upstream = "embedded"
+resume_window = "0"
+[bots.rate_limits]
+activities_per_minute = 60
+activities_burst = 5
+"#;
+
+    #[test]
+    fn bots_take_their_own_settings_and_the_top_level_defaults() {
+        let config = load_str(TWO_BOTS, &[("SUPPORT_SECRET", "s3cret")]).unwrap();
+        let [support, sales] = &config.bots[..] else {
+            panic!("two bots");
+        };
+        assert_eq!(support.name, "support");
+        assert_eq!(support.host.as_deref(), Some("support.contoso.com"));
+        assert_eq!(support.path_prefix, "");
+        assert_eq!(support.secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(support.allowed_origins, ["https://contoso.com"]);
+        assert_eq!(support.user_ids, UserIdPolicy::Caller);
+        assert_eq!(
+            support.rate_limits.sessions.per_minute, 30,
+            "top-level default"
+        );
+        assert_eq!(
+            support.resume_window,
+            Duration::from_secs(7200),
+            "top-level default"
+        );
+        assert_eq!(sales.resume_window, Duration::ZERO, "0 turns it off");
+        assert_eq!(sales.path_prefix, "/bots/sales");
+        assert_eq!(sales.upstream, UpstreamTarget::Embedded);
+        assert!(sales.secret.is_none());
+        assert_eq!(sales.user_ids, UserIdPolicy::Minted);
+        assert_eq!(sales.rate_limits.sessions.per_minute, 30);
+        assert_eq!(
+            sales.rate_limits.activities,
+            Rate {
+                per_minute: 60,
+                burst: 5
+            }
+        );
+        // Without [[bots]] the top level is one bot named "default".
+        let single = load_str("user_ids = \"caller\"", &[]).unwrap();
+        let [default] = &single.bots[..] else {
+            panic!("one bot");
+        };
+        assert_eq!(default.name, DEFAULT_BOT);
+        assert_eq!(default.user_ids, UserIdPolicy::Caller);
+        assert_eq!(default.resume_window, DEFAULT_RESUME_WINDOW);
+    }
+
+    #[test]
+    fn bot_mistakes_are_named() {
+        let bot = |extra: &str| format!("[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n{extra}");
+        let cases = [
+            (format!("upstream = \"embedded\"\n{}", bot("")), "bots"),
+            (format!("path_prefix = \"/x\"\n{}", bot("")), "bots"),
+            (
+                format!("{}{}", bot(""), bot("path_prefix = \"/b\"")),
+                "bots",
+            ),
+            (
+                format!(
+                    "{}[[bots]]\nname = \"b\"\nupstream = \"embedded\"\n",
+                    bot("")
+                ),
+                "bots",
+            ),
+            (
+                "[[bots]]\nname = \"Bad Name\"\nupstream = \"embedded\"\n".to_owned(),
+                "bots.name",
+            ),
+            (
+                "[[bots]]\nname = \"none\"\nupstream = \"embedded\"\n".to_owned(),
+                "bots.name",
+            ),
+            (bot("host = \"https://x.test\""), "bots.host"),
+            (bot("user_ids = \"anyone\""), "user_ids"),
+            (bot("secret_env = \"NOT_SET_ANYWHERE\""), "bots.secret_env"),
+            (
+                "[[bots]]\nname = \"a\"\nupstream = \"https://x.test\"\n".to_owned(),
+                "bots.secret_file",
+            ),
+        ];
+        for (text, key) in cases {
+            match load_str(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // The environment's single-bot secret would be silently unused with [[bots]].
+        assert!(matches!(
+            load_str(&bot(""), &[(ENV_SECRET, "x")]),
+            Err(ConfigError::Invalid { key: "bots", .. })
+        ));
+    }
+
+    #[test]
+    fn a_token_endpoint_stands_in_for_upstream_and_secret() {
+        const ENDPOINT: &str = "https://contoso.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr_a/directline/token?api-version=2022-03-01-preview";
+        let single = load_str(&format!("token_endpoint = \"{ENDPOINT}\""), &[]).unwrap();
+        assert_eq!(single.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(single.bots[0].secret.is_none());
+        // The shipped file's `upstream = "embedded"` left in place is a mistake, named.
+        let embedded = format!("upstream = \"embedded\"\ntoken_endpoint = \"{ENDPOINT}\"");
+        assert!(matches!(
+            load_str(&embedded, &[]),
+            Err(ConfigError::Invalid {
+                key: "token_endpoint",
+                ..
+            })
+        ));
+        let explicit = format!(
+            "upstream = \"https://europe.directline.botframework.com\"\ntoken_endpoint = \"{ENDPOINT}\""
+        );
+        assert!(matches!(
+            load_str(&explicit, &[]).unwrap().bots[0].upstream,
+            UpstreamTarget::Url(_)
+        ));
+        let bots = format!(
+            "[[bots]]\nname = \"agent\"\ntoken_endpoint = \"{ENDPOINT}\"\nsecret_env = \"AGENT_SECRET\"\n"
+        );
+        let config = load_str(&bots, &[("AGENT_SECRET", "s")]).unwrap();
+        assert_eq!(config.bots[0].upstream, UpstreamTarget::Discovered);
+        assert!(config.bots[0].secret.is_some());
+        for (text, key) in [
+            ("[[bots]]\nname = \"a\"\n".to_owned(), "bots.upstream"),
+            (
+                "[[bots]]\nname = \"a\"\ntoken_endpoint = \"http://example.com/powervirtualagents/botsbyschema/a/directline/token?api-version=1\"\n".to_owned(),
+                "bots.token_endpoint",
+            ),
+            (
+                format!("token_endpoint = \"{ENDPOINT}\"\n[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n"),
+                "bots",
+            ),
+        ] {
+            match load_str(&text, &[]) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn real_upstream_needs_a_secret() {
+        let err = load_str("upstream = \"https://directline.botframework.com\"", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingSecret));
+        let ok = load_str(
+            "upstream = \"https://europe.directline.botframework.com\"",
+            &[(ENV_SECRET, "s")],
+        )
+        .unwrap();
+        assert!(matches!(ok.bots[0].upstream, UpstreamTarget::Url(_)));
+    }
+}

@@ -1,27 +1,21 @@
 //! Loading: the file, then the environment, then the flags, into one validated [`Config`].
 
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::Table;
 use super::errors::{ConfigError, invalid, key_path_at, line_column, parse_message};
-use super::file::{FileConfig, FileLimits, FileStream, FileTimeouts, FileTls};
+use super::file::{FileConfig, FileTls};
 use super::sources::{ENV_TOKEN_KEY, Env, Overrides};
 use super::values::{IpNet, UserIdPolicy, parse_addr};
-use super::{Config, Limits, StreamConfig, Timeouts, TlsFiles};
+use super::{Config, TlsFiles};
 use crate::seal::{self, MIN_KEY_LEN};
 use crate::secret::Secret;
 
 use super::bots::{bots, parse_auth, plain_http_checked, refuse_top_level_bot_keys, top_level_bot};
-use super::values::{duration_or, read_trimmed, set_duration, set_size, set_usize};
-
-/// What `limits.upstream_error_body` may be. The top is the ceiling on any upstream JSON
-/// answer (`upstream::body::MAX_UPSTREAM_JSON`), stated here and pinned by a test rather than
-/// imported: the configuration sits below the upstream client, which reads it.
-const UPSTREAM_ERROR_BODY: RangeInclusive<usize> = 1024..=1024 * 1024;
+use super::values::{duration_or, read_trimmed};
 
 impl Config {
     /// Loads `file` (if any), then the environment, then `overrides`, and validates the result.
@@ -116,9 +110,9 @@ impl Config {
                 file.file_watch_interval,
             )?,
             workers: workers(file.workers)?,
-            limits: limits(file.limits)?,
-            timeouts: timeouts(file.timeouts)?,
-            stream: stream(file.stream)?,
+            limits: super::limits::section(file.limits)?,
+            timeouts: super::limits::timeouts(file.timeouts)?,
+            stream: super::stream::section(file.stream)?,
             bots: plain_http_checked(bots(file.bots, top, env)?, file.allow_http_upstream)?,
             tracing: super::tracing::section(file.tracing, env)?,
             polling: super::polling::section(file.polling)?,
@@ -133,49 +127,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         super::polling::validate(&self.polling)?;
-        let s = &self.stream;
-        if s.liveness_timeout <= s.keepalive_interval {
-            return Err(invalid(
-                "stream.liveness_timeout",
-                "must be longer than stream.keepalive_interval",
-            ));
-        }
-        if s.pong_timeout.is_zero() {
-            return Err(invalid("stream.pong_timeout", "must be above 0"));
-        }
-        if s.buffer_bytes == 0 || s.buffer_total_bytes < s.buffer_bytes {
-            return Err(invalid(
-                "stream.buffer_total_bytes",
-                "must be at least stream.buffer_bytes, which must be above 0",
-            ));
-        }
-        if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {
-            return Err(invalid(
-                "stream.backoff_max",
-                "must be at least stream.backoff_base, which must be above 0",
-            ));
-        }
-        if s.collision_poll_interval < Duration::from_millis(100) {
-            return Err(invalid(
-                "stream.collision_poll_interval",
-                "must be at least 100ms",
-            ));
-        }
-        if s.collision_retry_base.is_zero() || s.collision_retry_max < s.collision_retry_base {
-            return Err(invalid(
-                "stream.collision_retry_max",
-                "must be at least stream.collision_retry_base, which must be above 0",
-            ));
-        }
-        if self.limits.max_header_bytes < 1024 {
-            return Err(invalid("limits.max_headers", "must be at least 1KiB"));
-        }
-        if self.limits.max_url_bytes < 256 {
-            return Err(invalid("limits.max_url", "must be at least 256B"));
-        }
-        if s.ws_read_buffer_bytes < 512 {
-            return Err(invalid("stream.ws_read_buffer", "must be at least 512B"));
-        }
+        super::stream::validate(&self.stream)?;
         let mut names = std::collections::HashSet::new();
         let mut routes = std::collections::HashSet::new();
         for bot in &self.bots {
@@ -326,247 +278,40 @@ fn trusted_proxies(file: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
-fn limits(l: FileLimits) -> Result<Limits, ConfigError> {
-    let mut limits = Limits::default();
-    set_size(
-        &mut limits.activity_body_bytes,
-        "limits.activity_body",
-        l.activity_body,
-    )?;
-    set_size(
-        &mut limits.upload_body_bytes,
-        "limits.upload_body",
-        l.upload_body,
-    )?;
-    set_size(
-        &mut limits.token_body_bytes,
-        "limits.token_body",
-        l.token_body,
-    )?;
-    set_usize(
-        &mut limits.upstream_error_body_bytes,
-        "limits.upstream_error_body",
-        l.upstream_error_body,
-    )?;
-    if !UPSTREAM_ERROR_BODY.contains(&limits.upstream_error_body_bytes) {
-        return Err(invalid(
-            "limits.upstream_error_body",
-            "must be 1KiB to 1MiB",
-        ));
+#[cfg(test)]
+struct MapEnv(std::collections::HashMap<&'static str, &'static str>);
+#[cfg(test)]
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| v.to_string())
     }
-    set_usize(&mut limits.max_url_bytes, "limits.max_url", l.max_url)?;
-    set_usize(
-        &mut limits.max_header_bytes,
-        "limits.max_headers",
-        l.max_headers,
-    )?;
-    set_duration(
-        &mut limits.header_read_timeout,
-        "limits.header_read_timeout",
-        l.header_read_timeout,
-    )?;
-    set_duration(
-        &mut limits.http2_idle_timeout,
-        "limits.http2_idle_timeout",
-        l.http2_idle_timeout,
-    )?;
-
-    if let Some(max) = l.max_connections {
-        if max == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
-        }
-        limits.max_connections = max;
-    }
-    if let Some(max) = l.max_connections_per_ip {
-        limits.max_connections_per_ip = max;
-    }
-    for (slot, key, value) in [
-        (
-            &mut limits.body_read_timeout,
-            "limits.body_read_timeout",
-            l.body_read_timeout,
-        ),
-        (
-            &mut limits.upload_read_timeout,
-            "limits.upload_read_timeout",
-            l.upload_read_timeout,
-        ),
-    ] {
-        set_duration(slot, key, value)?;
-        if slot.is_zero() {
-            return Err(invalid(key, "must be above 0"));
-        }
-    }
-    if let Some(count) = l.max_header_count {
-        if !(8..=1000).contains(&count) {
-            return Err(invalid("limits.max_header_count", "must be 8 to 1000"));
-        }
-        limits.max_header_count = count;
-    }
-    Ok(limits)
 }
 
-fn timeouts(t: FileTimeouts) -> Result<Timeouts, ConfigError> {
-    let mut timeouts = Timeouts::default();
-    set_duration(&mut timeouts.connect, "timeouts.connect", t.connect)?;
-    set_duration(&mut timeouts.default, "timeouts.default", t.default)?;
-    set_duration(
-        &mut timeouts.activities,
-        "timeouts.activities",
-        t.activities,
-    )?;
-    set_duration(&mut timeouts.upload, "timeouts.upload", t.upload)?;
-    Ok(timeouts)
-}
-
-fn stream(s: FileStream) -> Result<StreamConfig, ConfigError> {
-    let mut stream = StreamConfig::default();
-    set_duration(
-        &mut stream.keepalive_interval,
-        "stream.keepalive_interval",
-        s.keepalive_interval,
-    )?;
-    set_duration(
-        &mut stream.liveness_timeout,
-        "stream.liveness_timeout",
-        s.liveness_timeout,
-    )?;
-    set_duration(
-        &mut stream.resume_budget,
-        "stream.resume_budget",
-        s.resume_budget,
-    )?;
-    set_duration(
-        &mut stream.backoff_base,
-        "stream.backoff_base",
-        s.backoff_base,
-    )?;
-    set_duration(&mut stream.backoff_max, "stream.backoff_max", s.backoff_max)?;
-    set_duration(&mut stream.linger, "stream.linger", s.linger)?;
-    set_duration(
-        &mut stream.pong_timeout,
-        "stream.pong_timeout",
-        s.pong_timeout,
-    )?;
-    set_duration(
-        &mut stream.drain_period,
-        "stream.drain_period",
-        s.drain_period,
-    )?;
-    set_duration(
-        &mut stream.drain_spread,
-        "stream.drain_spread",
-        s.drain_spread,
-    )?;
-    // Sharing a conversation with another replica.
-    set_duration(
-        &mut stream.collision_poll_interval,
-        "stream.collision_poll_interval",
-        s.collision_poll_interval,
-    )?;
-    set_duration(
-        &mut stream.collision_retry_base,
-        "stream.collision_retry_base",
-        s.collision_retry_base,
-    )?;
-    set_duration(
-        &mut stream.collision_retry_max,
-        "stream.collision_retry_max",
-        s.collision_retry_max,
-    )?;
-    set_duration(
-        &mut stream.chunk_interval,
-        "stream.chunk_interval",
-        s.chunk_interval,
-    )?;
-    set_usize(
-        &mut stream.client_unsent_bytes,
-        "stream.client_unsent_bytes",
-        s.client_unsent_bytes,
-    )?;
-    set_usize(&mut stream.max_frame_bytes, "stream.max_frame", s.max_frame)?;
-    set_usize(
-        &mut stream.buffer_bytes,
-        "stream.buffer_bytes",
-        s.buffer_bytes,
-    )?;
-    set_usize(
-        &mut stream.buffer_total_bytes,
-        "stream.buffer_total_bytes",
-        s.buffer_total_bytes,
-    )?;
-    set_usize(
-        &mut stream.ws_read_buffer_bytes,
-        "stream.ws_read_buffer",
-        s.ws_read_buffer,
-    )?;
-    if let Some(guard) = s.guard_against_replays {
-        stream.guard_against_replays = guard;
-    }
-    let counts = [
-        (
-            &mut stream.buffer_frames,
-            s.buffer_frames,
-            "stream.buffer_frames",
-        ),
-        (
-            &mut stream.delivered_ids,
-            s.delivered_ids,
-            "stream.delivered_ids",
-        ),
-        (
-            &mut stream.client_lag_frames,
-            s.client_lag_frames,
-            "stream.client_lag_frames",
-        ),
-        (
-            &mut stream.max_sockets_per_conversation,
-            s.max_sockets_per_conversation,
-            "stream.max_sockets_per_conversation",
-        ),
-    ];
-    for (slot, value, key) in counts {
-        if let Some(value) = value {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-            *slot = value;
-        }
-    }
-    Ok(stream)
+/// A configuration from TOML text and an environment of `(name, value)` pairs, as the
+/// tests of each section's file read one.
+#[cfg(test)]
+pub(super) fn load_str(
+    toml_text: &str,
+    env: &[(&'static str, &'static str)],
+) -> Result<Config, ConfigError> {
+    let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
+        path: "test".into(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    Config::from_parts(
+        file,
+        &Overrides::default(),
+        &MapEnv(env.iter().copied().collect()),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::sources::ENV_SECRET;
-    use crate::config::{DEFAULT_BOT, DEFAULT_RESUME_WINDOW, Rate, UpstreamTarget, UserIdPolicy};
-    use std::collections::HashMap;
-
-    struct MapEnv(HashMap<&'static str, &'static str>);
-    impl Env for MapEnv {
-        fn var(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| v.to_string())
-        }
-    }
-
-    fn load_str(
-        toml_text: &str,
-        env: &[(&'static str, &'static str)],
-    ) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
-            path: "test".into(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: e.to_string(),
-        })?;
-        Config::from_parts(
-            file,
-            &Overrides::default(),
-            &MapEnv(env.iter().copied().collect()),
-        )
-    }
+    use crate::config::UpstreamTarget;
 
     /// Durations and sizes as bare numbers are seconds and bytes, as documented; negative
     /// or fractional ones are refused.
@@ -592,167 +337,6 @@ mod tests {
         }
     }
 
-    const TWO_BOTS: &str = r#"
-resume_window = "2h"
-
-[rate_limits]
-sessions_per_minute = 30
-
-[[bots]]
-name = "support"
-host = "Support.Contoso.com"
-upstream = "https://europe.directline.botframework.com"
-secret_env = "SUPPORT_SECRET"
-allowed_origins = ["https://contoso.com/"]
-user_ids = "caller"
-
-[[bots]]
-name = "sales"
-path_prefix = "/bots/sales/"
-upstream = "embedded"
-resume_window = "0"
-[bots.rate_limits]
-activities_per_minute = 60
-activities_burst = 5
-"#;
-
-    #[test]
-    fn bots_take_their_own_settings_and_the_top_level_defaults() {
-        let config = load_str(TWO_BOTS, &[("SUPPORT_SECRET", "s3cret")]).unwrap();
-        let [support, sales] = &config.bots[..] else {
-            panic!("two bots");
-        };
-        assert_eq!(support.name, "support");
-        assert_eq!(support.host.as_deref(), Some("support.contoso.com"));
-        assert_eq!(support.path_prefix, "");
-        assert_eq!(support.secret.as_ref().unwrap().expose(), "s3cret");
-        assert_eq!(support.allowed_origins, ["https://contoso.com"]);
-        assert_eq!(support.user_ids, UserIdPolicy::Caller);
-        assert_eq!(
-            support.rate_limits.sessions.per_minute, 30,
-            "top-level default"
-        );
-        assert_eq!(
-            support.resume_window,
-            Duration::from_secs(7200),
-            "top-level default"
-        );
-        assert_eq!(sales.resume_window, Duration::ZERO, "0 turns it off");
-        assert_eq!(sales.path_prefix, "/bots/sales");
-        assert_eq!(sales.upstream, UpstreamTarget::Embedded);
-        assert!(sales.secret.is_none());
-        assert_eq!(sales.user_ids, UserIdPolicy::Minted);
-        assert_eq!(sales.rate_limits.sessions.per_minute, 30);
-        assert_eq!(
-            sales.rate_limits.activities,
-            Rate {
-                per_minute: 60,
-                burst: 5
-            }
-        );
-        // Without [[bots]] the top level is one bot named "default".
-        let single = load_str("user_ids = \"caller\"", &[]).unwrap();
-        let [default] = &single.bots[..] else {
-            panic!("one bot");
-        };
-        assert_eq!(default.name, DEFAULT_BOT);
-        assert_eq!(default.user_ids, UserIdPolicy::Caller);
-        assert_eq!(default.resume_window, DEFAULT_RESUME_WINDOW);
-    }
-
-    #[test]
-    fn bot_mistakes_are_named() {
-        let bot = |extra: &str| format!("[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n{extra}");
-        let cases = [
-            (format!("upstream = \"embedded\"\n{}", bot("")), "bots"),
-            (format!("path_prefix = \"/x\"\n{}", bot("")), "bots"),
-            (
-                format!("{}{}", bot(""), bot("path_prefix = \"/b\"")),
-                "bots",
-            ),
-            (
-                format!(
-                    "{}[[bots]]\nname = \"b\"\nupstream = \"embedded\"\n",
-                    bot("")
-                ),
-                "bots",
-            ),
-            (
-                "[[bots]]\nname = \"Bad Name\"\nupstream = \"embedded\"\n".to_owned(),
-                "bots.name",
-            ),
-            (
-                "[[bots]]\nname = \"none\"\nupstream = \"embedded\"\n".to_owned(),
-                "bots.name",
-            ),
-            (bot("host = \"https://x.test\""), "bots.host"),
-            (bot("user_ids = \"anyone\""), "user_ids"),
-            (bot("secret_env = \"NOT_SET_ANYWHERE\""), "bots.secret_env"),
-            (
-                "[[bots]]\nname = \"a\"\nupstream = \"https://x.test\"\n".to_owned(),
-                "bots.secret_file",
-            ),
-        ];
-        for (text, key) in cases {
-            match load_str(&text, &[]) {
-                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-        // The environment's single-bot secret would be silently unused with [[bots]].
-        assert!(matches!(
-            load_str(&bot(""), &[(ENV_SECRET, "x")]),
-            Err(ConfigError::Invalid { key: "bots", .. })
-        ));
-    }
-
-    #[test]
-    fn a_token_endpoint_stands_in_for_upstream_and_secret() {
-        const ENDPOINT: &str = "https://contoso.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr_a/directline/token?api-version=2022-03-01-preview";
-        let single = load_str(&format!("token_endpoint = \"{ENDPOINT}\""), &[]).unwrap();
-        assert_eq!(single.bots[0].upstream, UpstreamTarget::Discovered);
-        assert!(single.bots[0].secret.is_none());
-        // The shipped file's `upstream = "embedded"` left in place is a mistake, named.
-        let embedded = format!("upstream = \"embedded\"\ntoken_endpoint = \"{ENDPOINT}\"");
-        assert!(matches!(
-            load_str(&embedded, &[]),
-            Err(ConfigError::Invalid {
-                key: "token_endpoint",
-                ..
-            })
-        ));
-        let explicit = format!(
-            "upstream = \"https://europe.directline.botframework.com\"\ntoken_endpoint = \"{ENDPOINT}\""
-        );
-        assert!(matches!(
-            load_str(&explicit, &[]).unwrap().bots[0].upstream,
-            UpstreamTarget::Url(_)
-        ));
-        let bots = format!(
-            "[[bots]]\nname = \"agent\"\ntoken_endpoint = \"{ENDPOINT}\"\nsecret_env = \"AGENT_SECRET\"\n"
-        );
-        let config = load_str(&bots, &[("AGENT_SECRET", "s")]).unwrap();
-        assert_eq!(config.bots[0].upstream, UpstreamTarget::Discovered);
-        assert!(config.bots[0].secret.is_some());
-        for (text, key) in [
-            ("[[bots]]\nname = \"a\"\n".to_owned(), "bots.upstream"),
-            (
-                "[[bots]]\nname = \"a\"\ntoken_endpoint = \"http://example.com/powervirtualagents/botsbyschema/a/directline/token?api-version=1\"\n".to_owned(),
-                "bots.token_endpoint",
-            ),
-            (
-                format!("token_endpoint = \"{ENDPOINT}\"\n[[bots]]\nname = \"a\"\nupstream = \"embedded\"\n"),
-                "bots",
-            ),
-        ] {
-            match load_str(&text, &[]) {
-                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-    }
-
-    /// Segments a URL parser would normalise away are refused (regression found by fuzzing).
     #[test]
     fn defaults_are_the_no_argument_run() {
         let config = load_str("", &[]).unwrap();
@@ -761,63 +345,6 @@ activities_burst = 5
         assert_eq!(config.bots[0].upstream, UpstreamTarget::Embedded);
         assert_eq!(config.limits.activity_body_bytes, 262_144);
         assert_eq!(config.limits.upstream_error_body_bytes, 65_536);
-    }
-
-    #[test]
-    fn upstream_error_body_limit_is_bounded() {
-        assert_eq!(
-            *UPSTREAM_ERROR_BODY.end(),
-            crate::upstream::body::MAX_UPSTREAM_JSON
-        );
-        let config = load_str("[limits]\nupstream_error_body = \"4KiB\"", &[]).unwrap();
-        assert_eq!(config.limits.upstream_error_body_bytes, 4096);
-        for bad in ["\"100\"", "\"2MiB\"", "\"lots\""] {
-            let err = load_str(&format!("[limits]\nupstream_error_body = {bad}"), &[]).unwrap_err();
-            assert!(
-                err.to_string().contains("limits.upstream_error_body"),
-                "{bad}: {err}"
-            );
-        }
-    }
-
-    /// Replicas sharing a conversation (`stream::collision`): read, and refused when the
-    /// poll would hammer Direct Line or the retry schedule makes no sense.
-    #[test]
-    fn collision_settings_are_read_and_checked() {
-        let config = load_str(
-            "[stream]\ncollision_poll_interval = \"250ms\"\ncollision_retry_base = \"2s\"\ncollision_retry_max = \"30s\"",
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            config.stream.collision_poll_interval,
-            Duration::from_millis(250)
-        );
-        assert_eq!(config.stream.collision_retry_base, Duration::from_secs(2));
-        assert_eq!(config.stream.collision_retry_max, Duration::from_secs(30));
-        for bad in [
-            "collision_poll_interval = \"50ms\"",
-            "collision_retry_base = \"0s\"",
-            "collision_retry_base = \"2m\"\ncollision_retry_max = \"1m\"",
-        ] {
-            let err = load_str(&format!("[stream]\n{bad}"), &[]).unwrap_err();
-            assert!(
-                err.to_string().contains("stream.collision_"),
-                "{bad}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn real_upstream_needs_a_secret() {
-        let err = load_str("upstream = \"https://directline.botframework.com\"", &[]).unwrap_err();
-        assert!(matches!(err, ConfigError::MissingSecret));
-        let ok = load_str(
-            "upstream = \"https://europe.directline.botframework.com\"",
-            &[(ENV_SECRET, "s")],
-        )
-        .unwrap();
-        assert!(matches!(ok.bots[0].upstream, UpstreamTarget::Url(_)));
     }
 
     #[test]
@@ -869,104 +396,6 @@ activities_burst = 5
                 ..
             }
         ));
-    }
-
-    // Livestreamed answers: `delivery_mode` (top level, per bot) and `[stream]` keys.
-    #[test]
-    fn delivery_mode_is_inherited_and_only_stream_is_accepted() {
-        let config = load_str(
-            r#"
-delivery_mode = "stream"
-[stream]
-chunk_interval = "50ms"
-client_unsent_bytes = "8KiB"
-[[bots]]
-name = "a"
-upstream = "embedded"
-[[bots]]
-name = "b"
-path_prefix = "/b"
-upstream = "embedded"
-delivery_mode = "stream"
-"#,
-            &[],
-        )
-        .unwrap();
-        assert!(
-            config
-                .bots
-                .iter()
-                .all(|bot| bot.delivery_mode == crate::config::DeliveryMode::Stream)
-        );
-        assert_eq!(config.stream.chunk_interval, Duration::from_millis(50));
-        assert_eq!(config.stream.client_unsent_bytes, 8 * 1024);
-        let plain = load_str("", &[]).unwrap();
-        assert_eq!(
-            plain.bots[0].delivery_mode,
-            crate::config::DeliveryMode::Unset
-        );
-        assert_eq!(plain.stream.chunk_interval, Duration::ZERO);
-        for (text, key) in [
-            ("delivery_mode = \"normal\"", "delivery_mode"),
-            (
-                "[[bots]]\nname = \"a\"\nupstream = \"embedded\"\ndelivery_mode = \"Stream\"",
-                "bots.delivery_mode",
-            ),
-            (
-                "[stream]\nchunk_interval = \"soon\"",
-                "stream.chunk_interval",
-            ),
-        ] {
-            match load_str(text, &[]) {
-                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
-                other => panic!("{text}: {other:?}"),
-            }
-        }
-    }
-}
-
-/// `[policy]` is every bot's default; `[bots.policy]` replaces it whole for its bot.
-#[cfg(test)]
-mod policy_sections {
-    use super::*;
-
-    #[test]
-    fn top_level_policy_is_the_default_a_bot_may_replace() {
-        let text = r#"
-[policy]
-webhook = "http://127.0.0.1:9/verdict"
-redact = ["email"]
-
-[[bots]]
-name = "a"
-upstream = "embedded"
-
-[[bots]]
-name = "b"
-path_prefix = "/bots/b"
-upstream = "embedded"
-[bots.policy]
-on_error = "allow"
-"#;
-        let file: FileConfig = toml::from_str(text).unwrap();
-        let config = Config::from_parts(file, &Overrides::default(), &NoEnv).unwrap();
-        let a = config.bots[0].policy.as_deref().unwrap();
-        assert!(a.webhook.is_some() && a.redact.email);
-        let b = config.bots[1].policy.as_deref().unwrap();
-        assert!(b.webhook.is_none() && !b.redact.email);
-        assert_eq!(b.on_error, crate::config::OnError::Allow);
-    }
-
-    #[test]
-    fn an_unknown_policy_key_is_refused() {
-        assert!(toml::from_str::<FileConfig>("[policy]\nwebhok = \"x\"\n").is_err());
-    }
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
     }
 }
 

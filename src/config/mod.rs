@@ -4,7 +4,11 @@
 //! - this file: the typed configuration the gateway runs with ([`Config`], [`BotConfig`] and
 //!   the sections) and its defaults;
 //! - `load`: reading the file, the environment and the flags into a [`Config`], and
-//!   validating it ([`Config::load`]);
+//!   validating it ([`Config::load`]); the top-level keys (listeners, token keys, TLS,
+//!   workers, trusted proxies) and the checks that span sections;
+//! - `bots`: the top-level bot and each `[[bots]]` entry; `auth`: `[auth]`;
+//! - `limits`: `[limits]` and `[timeouts]`;
+//! - `stream`: `[stream]`, the WebSocket bridge's settings;
 //! - `file`: the TOML schema, key by key, as serde reads it;
 //! - `quantity`: a duration or size written as text or as a bare number;
 //! - `values`: value types and their parsers ([`IpNet`], [`Rate`], [`UpstreamTarget`],
@@ -23,12 +27,14 @@ mod bots;
 mod copilot;
 mod errors;
 mod file;
+mod limits;
 mod load;
 mod policy;
 mod polling;
 pub(crate) mod quantity;
 mod record;
 mod sources;
+mod stream;
 mod streaming;
 mod tracing;
 mod values;

@@ -257,4 +257,39 @@ mod tests {
         };
         assert_eq!(refused(bad_url), "policy.webhook");
     }
+
+    /// `[policy]` is every bot's default; `[bots.policy]` replaces it whole for its bot.
+    #[test]
+    fn top_level_policy_is_the_default_a_bot_may_replace() {
+        let text = r#"
+[policy]
+webhook = "http://127.0.0.1:9/verdict"
+redact = ["email"]
+
+[[bots]]
+name = "a"
+upstream = "embedded"
+
+[[bots]]
+name = "b"
+path_prefix = "/bots/b"
+upstream = "embedded"
+[bots.policy]
+on_error = "allow"
+"#;
+        let config = crate::config::load::load_str(text, &[]).unwrap();
+        let a = config.bots[0].policy.as_deref().unwrap();
+        assert!(a.webhook.is_some() && a.redact.email);
+        let b = config.bots[1].policy.as_deref().unwrap();
+        assert!(b.webhook.is_none() && !b.redact.email);
+        assert_eq!(b.on_error, crate::config::OnError::Allow);
+    }
+
+    #[test]
+    fn an_unknown_policy_key_is_refused() {
+        assert!(
+            toml::from_str::<crate::config::file::FileConfig>("[policy]\nwebhok = \"x\"\n")
+                .is_err()
+        );
+    }
 }

@@ -79,7 +79,9 @@ impl Policy {
         if self.webhook.is_none() && self.content_safety.is_none() {
             self.count(metrics, subject.bot, Direction::User, "allowed");
             return Ok(if redacted {
-                serde_json::to_vec(&activity).map_err(|_| GatewayError::Internal)?
+                serde_json::to_vec(&activity).map_err(|error| {
+                    GatewayError::internal_because("serialising the redacted activity", error)
+                })?
             } else {
                 bound
             });
@@ -96,7 +98,9 @@ impl Policy {
                 self.count(metrics, subject.bot, Direction::User, "replaced");
                 // The replacement is redacted too, and its sender bound again below.
                 self.redact(metrics, subject.bot, &mut replacement);
-                let text = serde_json::to_vec(&replacement).map_err(|_| GatewayError::Internal)?;
+                let text = serde_json::to_vec(&replacement).map_err(|error| {
+                    GatewayError::internal_because("serialising the policy's replacement", error)
+                })?;
                 return crate::activity_body::bind_sender(&text, subject.user)
                     .map_err(|_| GatewayError::PolicyUnavailable);
             }
@@ -108,7 +112,9 @@ impl Policy {
             }
         }
         if redacted {
-            serde_json::to_vec(&activity).map_err(|_| GatewayError::Internal)
+            serde_json::to_vec(&activity).map_err(|error| {
+                GatewayError::internal_because("serialising the redacted activity", error)
+            })
         } else {
             Ok(bound)
         }

@@ -130,7 +130,9 @@ async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
         })?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_UPSTREAM_JSON {
-                return Err(GatewayError::UpstreamInvalid);
+                return Err(GatewayError::upstream_invalid(
+                    "an activities page over the size a Direct Line answer can have",
+                ));
             }
             bytes.extend_from_slice(&data);
         }

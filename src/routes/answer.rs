@@ -62,7 +62,10 @@ pub(crate) async fn read_json(
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok((parts.status, map)),
-        _ => Err(GatewayError::UpstreamInvalid.into()),
+        Ok(_) => Err(GatewayError::upstream_invalid("an answer that is no JSON object").into()),
+        Err(error) => {
+            Err(GatewayError::upstream_invalid_because("an answer that is no JSON", error).into())
+        }
     }
 }
 
@@ -169,7 +172,7 @@ fn upstream_refusal(
             UpstreamSaid::Replaced(if parts.status == StatusCode::GATEWAY_TIMEOUT {
                 GatewayError::UpstreamTimeout
             } else if parts.status.is_server_error() {
-                GatewayError::UpstreamInvalid
+                GatewayError::upstream_invalid("a server error without a Direct Line error body")
             } else {
                 GatewayError::UpstreamRefused
             })
@@ -237,8 +240,12 @@ pub(crate) async fn passthrough(
     }
     if is_gzip(response.headers()) {
         let (mut parts, raw) = read_raw(response, timeout, MAX_UPSTREAM_JSON).await?;
-        let raw = raw.ok_or(GatewayError::UpstreamInvalid)?;
-        let decoded = gunzip(&raw, MAX_UPSTREAM_JSON)?.ok_or(GatewayError::UpstreamInvalid)?;
+        let raw = raw.ok_or(GatewayError::upstream_invalid(
+            "a gzip answer over the size a Direct Line answer can have",
+        ))?;
+        let decoded = gunzip(&raw, MAX_UPSTREAM_JSON)?.ok_or(GatewayError::upstream_invalid(
+            "a gzip answer that decompresses past the size a Direct Line answer can have",
+        ))?;
         if ctx.accepts_gzip && !needles.contains_any(&decoded) {
             let mut response = Response::new(body::full(raw));
             *response.status_mut() = parts.status;

@@ -47,7 +47,9 @@ pub async fn start_conversation(
     params.insert("user".into(), json!({ "id": token.user_id }));
     // The upstream token (not the secret) starts the conversation tokens/generate allocated.
     let timeout = ctx.config().timeouts.default;
-    let body = serde_json::to_vec(&params).map_err(|_| GatewayError::Internal)?;
+    let body = serde_json::to_vec(&params).map_err(|error| {
+        GatewayError::internal_because("serialising the conversation parameters", error)
+    })?;
     let path = "/v3/directline/conversations";
     let credential = Credential::Token(&token.upstream_token);
     let reply = ctx
@@ -64,7 +66,10 @@ pub async fn start_conversation(
             request_id = ctx.request_id.to_str().unwrap_or(""),
             "upstream started a different conversation than the token's"
         );
-        return Err(GatewayError::UpstreamInvalid.into());
+        return Err(GatewayError::upstream_invalid(
+            "a start that named another conversation than the token's",
+        )
+        .into());
     }
     let body = conversation_response(
         gateway,
@@ -105,7 +110,10 @@ pub async fn reconnect(
     let sent = &token.upstream_token;
     let (_, json) = read_json(gateway, ctx, reply.answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
-        return Err(GatewayError::UpstreamInvalid.into());
+        return Err(GatewayError::upstream_invalid(
+            "a reconnect that named another conversation than the request's",
+        )
+        .into());
     }
     let minted = Minted::Reconnect {
         via_token,
@@ -165,7 +173,9 @@ fn conversation_response(
             Err(refused) => {
                 let at = if from_start { "start" } else { "reconnect" };
                 stream_url_refused(&gateway.metrics, &ctx.bot.name, &refused, at);
-                return Err(GatewayError::UpstreamInvalid);
+                return Err(GatewayError::upstream_invalid(
+                    "a streamUrl outside the upstream's stream URL pin",
+                ));
             }
         },
         Some(Value::Null) => {
@@ -173,7 +183,11 @@ fn conversation_response(
             None
         }
         None => None,
-        Some(_) => return Err(GatewayError::UpstreamInvalid),
+        Some(_) => {
+            return Err(GatewayError::upstream_invalid(
+                "a streamUrl that is neither a string nor null",
+            ));
+        }
     };
     if let Some((upstream_url, url_watermark)) = upstream_stream_url {
         let ticket = StreamTicket {

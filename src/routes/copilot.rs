@@ -28,7 +28,9 @@ pub(crate) async fn token_from_endpoint(
     timeout: Duration,
 ) -> Result<(StatusCode, Map<String, Value>), GatewayError> {
     let bot = ctx.bot.clone();
-    let environment = bot.token_endpoint_mints().ok_or(GatewayError::Internal)?;
+    let environment = bot.token_endpoint_mints().ok_or(GatewayError::internal(
+        "a token from the endpoint of a bot whose endpoint does not mint them",
+    ))?;
     // A token is of no use before the Direct Line host it works on is known: the caller
     // gets the 503 with Retry-After now, not a token whose start fails.
     bot.upstream.current()?;
@@ -44,7 +46,9 @@ pub(crate) async fn token_from_endpoint(
             .await?;
     ctx.saw(&reply);
     let Answer::Streaming(response) = reply.answer else {
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::upstream_invalid(
+            "the token endpoint's answer was read before its status was checked",
+        ));
     };
     let status = response.status();
     if !status.is_success() {
@@ -60,16 +64,31 @@ pub(crate) async fn token_from_endpoint(
         });
     }
     let (_, body) = read_body_within(response, timeout, MAX_ANSWER_BYTES).await?;
-    let body = body.ok_or(GatewayError::UpstreamInvalid)?;
-    let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(GatewayError::UpstreamInvalid);
+    let body = body.ok_or(GatewayError::upstream_invalid(
+        "a token endpoint answer over its size bound",
+    ))?;
+    let json = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(json)) => json,
+        Ok(_) => {
+            return Err(GatewayError::upstream_invalid(
+                "a token endpoint answer that is no JSON object",
+            ));
+        }
+        Err(error) => {
+            return Err(GatewayError::upstream_invalid_because(
+                "a token endpoint answer that is no JSON",
+                error,
+            ));
+        }
     };
     let sendable = json
         .get("token")
         .and_then(Value::as_str)
         .is_some_and(is_sendable_token);
     if !sendable {
-        return Err(GatewayError::UpstreamInvalid);
+        return Err(GatewayError::upstream_invalid(
+            "a token endpoint answer without a token that can be sent in a header",
+        ));
     }
     Ok((StatusCode::OK, json))
 }

@@ -36,7 +36,10 @@ pub async fn session_id(
         )
         .await?;
     let Answer::Streaming(response) = reply.answer else {
-        return Err(GatewayError::Internal.into());
+        return Err(GatewayError::internal(
+            "the session answer was read before its cookies were taken",
+        )
+        .into());
     };
     let cookies: Vec<HeaderValue> = response
         .headers()

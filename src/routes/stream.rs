@@ -99,7 +99,9 @@ pub fn accept(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept_key).map_err(|_| GatewayError::Internal)?,
+        HeaderValue::from_str(&accept_key).map_err(|error| {
+            GatewayError::internal_because("the Sec-WebSocket-Accept value", error)
+        })?,
     );
     Ok(response)
 }

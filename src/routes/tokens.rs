@@ -76,7 +76,9 @@ pub async fn generate_token(
         // shape (`token`, `expires_in`, `conversationId`), the user is bound by the gateway.
         super::copilot::token_from_endpoint(gateway, ctx, timeout).await?
     } else {
-        let body = serde_json::to_vec(&upstream_body).map_err(|_| GatewayError::Internal)?;
+        let body = serde_json::to_vec(&upstream_body).map_err(|error| {
+            GatewayError::internal_because("serialising the tokens/generate body", error)
+        })?;
         let path = "/v3/directline/tokens/generate";
         let reply = ctx
             .send_shaped(
@@ -92,8 +94,12 @@ pub async fn generate_token(
     };
     let conversation_id = json_str(&json, "conversationId")
         .and_then(|c| ConversationId::parse(c).ok())
-        .ok_or(GatewayError::UpstreamInvalid)?;
-    let upstream_token = json_str(&json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+        .ok_or(GatewayError::upstream_invalid(
+            "a token answer without a valid conversationId",
+        ))?;
+    let upstream_token = json_str(&json, "token").ok_or(GatewayError::upstream_invalid(
+        "a token answer without a token",
+    ))?;
     let expires_in = upstream_lifetime(gateway, ctx, &json);
     let token = ClientToken {
         bot: ctx.bot.name.to_string(),
@@ -260,7 +266,10 @@ async fn resume_expired(
     let answer = Answer::Read(parts, bytes);
     let (_, json) = read_json(gateway, ctx, answer, timeout, sent).await?;
     if json_str(&json, "conversationId").is_some_and(|c| c != conversation.as_str()) {
-        return Err(GatewayError::UpstreamInvalid.into());
+        return Err(GatewayError::upstream_invalid(
+            "a refresh that named another conversation than the token's",
+        )
+        .into());
     }
     let fresh = fresh_from(gateway, ctx, &json)?;
     gateway
@@ -275,7 +284,9 @@ fn fresh_from(
     ctx: &RequestContext,
     json: &Map<String, Value>,
 ) -> Result<Fresh, GatewayError> {
-    let upstream_token = json_str(json, "token").ok_or(GatewayError::UpstreamInvalid)?;
+    let upstream_token = json_str(json, "token").ok_or(GatewayError::upstream_invalid(
+        "a refresh answer without a token",
+    ))?;
     let obtained_at = clock::unix_seconds();
     Ok(Fresh {
         upstream_token: upstream_token.to_owned(),

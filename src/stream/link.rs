@@ -10,7 +10,8 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::ids::{ActivityKey, KeySet};
 use crate::endpoint::ConversationId;
-use crate::gateway::{Bot, Gateway, Live};
+use crate::gateway::Gateway;
+use crate::live::{Bot, Live};
 use crate::rewrite;
 use crate::scrub::Needles;
 use crate::telemetry::Parent;

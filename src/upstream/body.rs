@@ -19,7 +19,9 @@ pub async fn read_body(
 ) -> Result<(http::response::Parts, Bytes), GatewayError> {
     match read_body_within(response, timeout, MAX_UPSTREAM_JSON).await? {
         (parts, Some(bytes)) => Ok((parts, bytes)),
-        (_, None) => Err(GatewayError::UpstreamInvalid),
+        (_, None) => Err(GatewayError::upstream_invalid(
+            "an answer over the size a Direct Line answer can have",
+        )),
     }
 }
 

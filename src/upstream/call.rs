@@ -16,7 +16,7 @@ use super::body::{error_code, read_body, read_body_within};
 use super::client::Upstream;
 use crate::body::{self, Body};
 use crate::error::GatewayError;
-use crate::gateway::Bot;
+use crate::live::Bot;
 use crate::metrics::{Metrics, status_class};
 use crate::secret;
 use crate::telemetry::{Parent, UpstreamSpan};
@@ -73,7 +73,9 @@ impl Answer {
         match self {
             Answer::Streaming(response) => read_body(response, timeout).await,
             Answer::Read(parts, bytes) => Ok((parts, bytes)),
-            Answer::Oversized(_) => Err(GatewayError::UpstreamInvalid),
+            Answer::Oversized(_) => Err(GatewayError::upstream_invalid(
+                "an answer over the size a Direct Line answer can have",
+            )),
         }
     }
 }
@@ -222,7 +224,11 @@ impl<'a> UpstreamCall<'a> {
             Target::Directline => self.bot.upstream.current()?,
             Target::Environment => match &self.bot.environment {
                 Some(environment) => environment.client.clone(),
-                None => return Err(GatewayError::Internal),
+                None => {
+                    return Err(GatewayError::internal(
+                        "a call to the token endpoint of a bot without a Copilot Studio environment",
+                    ));
+                }
             },
         };
         // A bot without a secret (a Copilot Studio agent's token endpoint) sends its
@@ -231,7 +237,11 @@ impl<'a> UpstreamCall<'a> {
         let (first, fallback, via_token) = match (self.credential, secret) {
             (Credential::None, _) => (None, None, false),
             (Credential::Secret, Some(secret)) => (Some(secret.bearer_header()), None, false),
-            (Credential::Secret, None) => return Err(GatewayError::Internal),
+            (Credential::Secret, None) => {
+                return Err(GatewayError::internal(
+                    "a call that needs the secret, for a bot without one",
+                ));
+            }
             // `via_token` reports the fallback only; Token callers know what they sent.
             (Credential::Token(token), _) => (Some(secret::bearer(token)), None, false),
             (Credential::SecretThenToken(token), Some(secret)) => {

@@ -85,14 +85,22 @@ impl Upstream {
         let scheme = match base.scheme() {
             "https" => Scheme::HTTPS,
             "http" => Scheme::HTTP,
-            _ => return Err(GatewayError::Internal),
+            _ => {
+                return Err(GatewayError::internal(
+                    "an upstream URL neither https nor http",
+                ));
+            }
         };
-        let host = base.host_str().ok_or(GatewayError::Internal)?;
+        let host = base
+            .host_str()
+            .ok_or(GatewayError::internal("an upstream URL without a host"))?;
         let authority_text = match base.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let authority: Authority = authority_text.parse().map_err(|_| GatewayError::Internal)?;
+        let authority: Authority = authority_text.parse().map_err(|error| {
+            GatewayError::internal_because("the upstream host is no URI authority", error)
+        })?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -107,7 +115,7 @@ impl Upstream {
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|_| GatewayError::Internal)?;
+            .map_err(|error| GatewayError::internal_because("the upstream's dial URI", error))?;
         let pool = Pool::new(
             connector,
             dial,
@@ -115,10 +123,14 @@ impl Upstream {
             MAX_KEPT,
             IDLE_TIMEOUT,
         );
-        let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::Internal)?;
+        let stream_pin = StreamUrlPin::new(base).ok_or(GatewayError::internal(
+            "no stream URL pin for the upstream URL",
+        ))?;
         Ok(Self {
             stream_pin,
-            host: HeaderValue::from_str(&authority_text).map_err(|_| GatewayError::Internal)?,
+            host: HeaderValue::from_str(&authority_text).map_err(|error| {
+                GatewayError::internal_because("the upstream host is no Host header", error)
+            })?,
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             pool,
@@ -150,7 +162,7 @@ impl Upstream {
         } else {
             Uri::try_from(format!("{}{}", self.base_path, path_and_query))
         };
-        uri.map_err(|_| GatewayError::Internal)
+        uri.map_err(|error| GatewayError::internal_because("an upstream request target", error))
     }
 
     /// A request to upstream with its own `Host` (PROTOCOL §0.10) and the given credential

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::call::{Credential, UpstreamCall};
 use crate::config::UpstreamTarget;
-use crate::gateway::{Bot, Gateway};
+use crate::live::{Bot, LiveSettings};
 
 /// The call that checks a secret: documented, answered by Direct Line itself without
 /// reaching the bot or starting a conversation, and 401/403 for a secret it does not know.
@@ -30,7 +30,7 @@ const RECHECK_REFUSED: Duration = Duration::from_secs(60);
 /// The checks go on in the background until Direct Line accepts the secret (a refused one
 /// is asked again every minute, an unanswered one with backoff) or a reload replaces their
 /// bot.
-pub async fn check_all(gateway: &Arc<Gateway>, bound: Duration) {
+pub async fn check_all(gateway: &Arc<impl LiveSettings + 'static>, bound: Duration) {
     let bots: Vec<Arc<Bot>> = gateway
         .live()
         .bots
@@ -42,7 +42,8 @@ pub async fn check_all(gateway: &Arc<Gateway>, bound: Duration) {
     for bot in bots {
         let (answered, first_answer) = oneshot::channel();
         first_answers.push(first_answer);
-        tokio::spawn(check(Arc::downgrade(gateway), bot, answered));
+        let weak = Arc::downgrade(gateway);
+        tokio::spawn(check(weak, bot, answered));
     }
     let _ = tokio::time::timeout(bound, async {
         for first_answer in first_answers {
@@ -53,7 +54,7 @@ pub async fn check_all(gateway: &Arc<Gateway>, bound: Duration) {
 }
 
 /// One bot's check. Holds the gateway weakly: a stopped gateway ends it.
-async fn check(gateway: Weak<Gateway>, bot: Arc<Bot>, answered: oneshot::Sender<()>) {
+async fn check(gateway: Weak<dyn LiveSettings>, bot: Arc<Bot>, answered: oneshot::Sender<()>) {
     let mut answered = Some(answered);
     let mut delay = RETRY_FIRST;
     loop {
@@ -82,7 +83,7 @@ async fn check(gateway: Weak<Gateway>, bot: Arc<Bot>, answered: oneshot::Sender<
         );
         // The call path judged the answer already (`call::judge_secret`); here only what
         // to do next.
-        let status = match call.send(&gateway.metrics).await {
+        let status = match call.send(gateway.metrics()).await {
             Ok(reply) => Some(reply.answer.status()),
             Err(_) => None,
         };

@@ -19,8 +19,8 @@ use super::call::UpstreamCall;
 use super::client::Upstream;
 use crate::config::is_loopback;
 use crate::error::GatewayError;
-use crate::gateway::{Bot, Gateway, Live};
-use crate::metrics::NO_HOST;
+use crate::live::{Bot, Live, LiveSettings};
+use crate::metrics::{Metrics, NO_HOST};
 
 /// The regional settings are a few hundred bytes; anything past this is not them.
 const MAX_SETTINGS_BYTES: usize = 64 * 1024;
@@ -40,16 +40,16 @@ pub enum Unusable {
 }
 
 /// Runs discoveries as they fall due, for as long as the gateway runs.
-pub async fn run(gateway: Arc<Gateway>) {
+pub async fn run(gateway: Arc<dyn LiveSettings>) {
     loop {
-        round(&gateway).await;
+        round(&*gateway).await;
         tokio::time::sleep(POLL).await;
     }
 }
 
 /// Discovers every bot whose discovery is due, concurrently (one environment that hangs
 /// must not hold up another bot's), each bounded by the default upstream timeout.
-pub async fn round(gateway: &Gateway) {
+pub async fn round(gateway: &dyn LiveSettings) {
     let live = gateway.live_owned();
     let now = Instant::now();
     let due = live.bots.iter().filter_map(|bot| {
@@ -57,7 +57,7 @@ pub async fn round(gateway: &Gateway) {
         let environment = bot.environment.as_deref()?;
         discovered.due(now).then(|| {
             discovered.begin(now);
-            discover(gateway, &live, bot, discovered, environment)
+            discover(gateway.metrics(), &live, bot, discovered, environment)
         })
     });
     futures_util::future::join_all(due).await;
@@ -65,14 +65,14 @@ pub async fn round(gateway: &Gateway) {
 
 /// One discovery of `bot`'s host: asked, checked, installed, counted and logged.
 async fn discover(
-    gateway: &Gateway,
+    metrics: &Metrics,
     live: &Live,
     bot: &Bot,
     discovered: &Discovered,
     environment: &Environment,
 ) {
     let path = environment.endpoint.regional_settings_path();
-    let outcome = ask(live, bot, &path, gateway).await.and_then(|base| {
+    let outcome = ask(live, bot, &path, metrics).await.and_then(|base| {
         let tls = environment.client.tls().clone();
         let connect = live.config.timeouts.connect;
         discovered
@@ -80,7 +80,6 @@ async fn discover(
             .map(|changed| (base, changed))
             .map_err(|_| Failure::Invalid(Unusable::Invalid))
     });
-    let metrics = &gateway.metrics;
     let result = match &outcome {
         Ok(_) => "ok",
         Err(failure) => failure.label(),
@@ -152,10 +151,10 @@ impl Failure {
     }
 }
 
-async fn ask(live: &Live, bot: &Bot, path: &str, gateway: &Gateway) -> Result<Url, Failure> {
+async fn ask(live: &Live, bot: &Bot, path: &str, metrics: &Metrics) -> Result<Url, Failure> {
     let timeout = live.config.timeouts.default;
     let reply = UpstreamCall::environment(bot, path, "discovery", timeout, MAX_SETTINGS_BYTES)
-        .send(&gateway.metrics)
+        .send(metrics)
         .await
         .map_err(Failure::Unreachable)?;
     let super::call::Answer::Streaming(response) = reply.answer else {
