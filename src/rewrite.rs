@@ -101,7 +101,14 @@ pub fn gateway_stream_url(
 pub fn stream_url_watermark(stream_url: &str) -> Option<String> {
     let url = Url::parse(stream_url).ok()?;
     let (_, value) = url.query_pairs().find(|(k, _)| k == "watermark")?;
-    normalize_watermark(&value)
+    is_sendable_watermark(&value)
+        .then(|| normalize_watermark(&value))
+        .flatten()
+}
+
+/// Whether a client could send this watermark back in a query (`query_watermark`'s bound).
+fn is_sendable_watermark(value: &str) -> bool {
+    value.len() <= MAX_WATERMARK_LEN && !value.chars().any(char::is_control)
 }
 
 /// Checks that an upstream stream URL is a WebSocket URL we can dial later. It is read the
@@ -135,11 +142,16 @@ fn parse_stream_url(stream_url: &str) -> Option<(http::Uri, UpstreamStreamUrl)> 
     if !valid {
         return None;
     }
-    let watermark = uri.query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "watermark")
-            .and_then(|(_, value)| normalize_watermark(&value))
-    });
+    let watermark = match uri
+        .query()
+        .and_then(|query| form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "watermark"))
+    {
+        // A watermark no client could send back (`query_watermark`'s bound) would break every
+        // later reconnect of the conversation: the URL is refused now instead.
+        Some((_, value)) if !is_sendable_watermark(&value) => return None,
+        Some((_, value)) => normalize_watermark(&value),
+        None => None,
+    };
     Some((uri, UpstreamStreamUrl { watermark }))
 }
 
@@ -265,7 +277,7 @@ pub fn query_watermark(query: Option<&str>) -> Result<Option<String>, crate::err
     let mut found = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if key == "watermark" {
-            if value.len() > MAX_WATERMARK_LEN || value.chars().any(char::is_control) {
+            if !is_sendable_watermark(&value) {
                 return Err(crate::error::GatewayError::InvalidQuery);
             }
             found = normalize_watermark(&value);
@@ -354,6 +366,33 @@ mod tests {
             let query: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
             assert_eq!(query[0], ("watermark".into(), want.unwrap_or("-").into()));
             assert_eq!(query[1], ("t".into(), "dlgw1.TICKET".into()));
+        }
+    }
+
+    #[test]
+    fn an_upstream_watermark_no_client_could_send_back_refuses_the_url() {
+        let url = |watermark: &str| {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("watermark", watermark)
+                .append_pair("t", "TICKET")
+                .finish();
+            format!(
+                "wss://directline.botframework.com/v3/directline/conversations/abc/stream?{query}"
+            )
+        };
+        let longest = "7".repeat(MAX_WATERMARK_LEN);
+        assert_eq!(
+            read_upstream_stream_url(&url(&longest)).map(|r| r.watermark),
+            Some(Some(longest.clone()))
+        );
+        assert_eq!(stream_url_watermark(&url(&longest)), Some(longest));
+        for refused in ["7".repeat(MAX_WATERMARK_LEN + 1), "12\n".to_owned()] {
+            assert!(
+                read_upstream_stream_url(&url(&refused)).is_none(),
+                "{refused:?}"
+            );
+            assert!(!is_upstream_stream_url(&url(&refused)), "{refused:?}");
+            assert_eq!(stream_url_watermark(&url(&refused)), None, "{refused:?}");
         }
     }
 

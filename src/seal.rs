@@ -157,6 +157,15 @@ impl Sealer {
         sealed
     }
 
+    /// [`Sealer::seal`] for claims that carry what upstream sent (its token, its stream URL):
+    /// `None` when the result is longer than [`Sealer::open`] accepts, so that a hostile or
+    /// broken upstream makes the call fail now rather than hand the client a token or a
+    /// stream URL that every later use refuses.
+    pub fn seal_openable<T: Serialize>(&self, purpose: Purpose, claims: &T) -> Option<String> {
+        let sealed = self.seal(purpose, claims);
+        (sealed.len() <= MAX_SEALED_LEN).then_some(sealed)
+    }
+
     pub fn open<T: DeserializeOwned>(
         &self,
         purpose: Purpose,
@@ -363,6 +372,23 @@ mod tests {
         assert!(!String::from_utf8_lossy(&decoded).contains("upstream"));
         let opened: ClientToken = sealer.open(Purpose::ClientToken, &sealed).unwrap();
         assert_eq!(opened, token());
+    }
+
+    #[test]
+    fn what_open_would_refuse_is_not_sealed_for_a_client() {
+        let sealer = Sealer::new(KEY, &[]).unwrap();
+        let mut claims = token();
+        claims.upstream_token = "u".repeat(5_000);
+        let sealed = sealer.seal_openable(Purpose::ClientToken, &claims).unwrap();
+        let opened: ClientToken = sealer.open(Purpose::ClientToken, &sealed).unwrap();
+        assert_eq!(opened, claims);
+        claims.upstream_token = "u".repeat(7_000);
+        assert!(sealer.seal(Purpose::ClientToken, &claims).len() > MAX_SEALED_LEN);
+        assert!(
+            sealer
+                .seal_openable(Purpose::ClientToken, &claims)
+                .is_none()
+        );
     }
 
     #[test]

@@ -405,6 +405,57 @@ async fn foreign_stream_urls_are_refused_and_never_dialled() {
     assert_eq!(other_port_dials.load(Ordering::Relaxed), 0);
 }
 
+/// An upstream token or stream URL watermark too long for the gateway to hand on is refused
+/// with 502 when it arrives, not sealed into a token or stream URL that every later use
+/// refuses; a long but usable token still makes a working conversation.
+#[tokio::test]
+async fn upstream_answers_too_long_to_hand_on_are_refused_when_they_arrive() {
+    let gw = Gateway::start(Knobs::default(), |_| {}).await;
+    gw.hostile.set(|k| k.token_padding = 3_000);
+    let (conversation, token, stream_url) = gw.conversation().await;
+    assert!(stream_url.starts_with("ws://"), "{stream_url}");
+    let posted = gw
+        .call_route(Route::PostActivity, &conversation, &token)
+        .await;
+    assert_eq!(posted.status, StatusCode::OK, "{}", posted.text());
+
+    // A reconnect keeps the caller's upstream token (the fresh one in its answer is not
+    // adopted), so only the routes that seal the new token meet it.
+    gw.hostile.set(|k| k.token_padding = 10_000);
+    for route in [Route::Generate, Route::Refresh, Route::Start] {
+        let reply = gw.call_route(route, &conversation, &token).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_GATEWAY,
+            "{route:?}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.error_code(), "UpstreamError", "{route:?}");
+        gw.assert_clean(&reply, &format!("{route:?}"));
+    }
+
+    gw.hostile.set(|k| k.token_padding = 0);
+    let own = gw.hostile.authority();
+    for watermark in ["9".repeat(257), "12%0A".to_owned()] {
+        let url = format!(
+            "ws://{own}/v3/directline/conversations/{{conv}}/stream?watermark={watermark}&t=T"
+        );
+        gw.hostile.set(|k| {
+            k.start_stream_url = Some(url.clone());
+            k.reconnect_stream_url = Some(url.clone());
+        });
+        for route in [Route::Start, Route::Reconnect] {
+            let reply = gw.call_route(route, &conversation, &token).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::BAD_GATEWAY,
+                "{route:?} {url}: {}",
+                reply.text()
+            );
+        }
+    }
+}
+
 /// A hub whose upstream hands out a foreign stream URL on every resume never dials it: each
 /// refusal is a failed attempt, backed off inside the resume budget, and once the budget is
 /// spent the client socket is closed with 1011 so the client resumes itself.

@@ -12,6 +12,7 @@ use super::answer::{credential_needles, json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
+use super::tokens::sealed_for_client;
 use crate::body::Body;
 use crate::clock;
 use crate::endpoint::ConversationId;
@@ -203,7 +204,7 @@ fn conversation_response(
             from_start,
         };
         let ticket_watermark = ticket.watermark.clone();
-        let sealed = live.sealer.seal(Purpose::StreamTicket, &ticket);
+        let sealed = sealed_for_client(&live.sealer, Purpose::StreamTicket, &ticket)?;
         let url = rewrite::gateway_stream_url(
             ws_base,
             &ctx.bot.settings.path_prefix,
@@ -215,7 +216,11 @@ fn conversation_response(
     }
     json.insert(
         "token".into(),
-        Value::String(live.sealer.seal(Purpose::ClientToken, &token)),
+        Value::String(sealed_for_client(
+            &live.sealer,
+            Purpose::ClientToken,
+            &token,
+        )?),
     );
     json.insert(
         "expires_in".into(),

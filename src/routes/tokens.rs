@@ -117,7 +117,7 @@ pub async fn generate_token(
         .inc();
     let body = json!({
         "conversationId": conversation_id.as_str(),
-        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
+        "token": sealed_for_client(&ctx.live.sealer, Purpose::ClientToken, &token)?,
         "expires_in": expires_in,
     });
     Ok(json_response(status, &body))
@@ -170,7 +170,7 @@ pub async fn refresh_token(
         .inc();
     let body = json!({
         "conversationId": token.conversation_id,
-        "token": ctx.live.sealer.seal(Purpose::ClientToken, &token),
+        "token": sealed_for_client(&ctx.live.sealer, Purpose::ClientToken, &token)?,
         "expires_in": token.expires_at.saturating_sub(now),
     });
     Ok(json_response(StatusCode::OK, &body))
@@ -322,6 +322,21 @@ fn mint_user_id() -> String {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .expect("OS random source unavailable");
     format!("dl_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Seals claims that carry what upstream sent (its token, its stream URL) for a client. An
+/// upstream answer too long to seal into something the gateway would open again is refused
+/// here (502) rather than handed out as a token or stream URL that every later use refuses.
+pub(crate) fn sealed_for_client<T: serde::Serialize>(
+    sealer: &crate::seal::Sealer,
+    purpose: Purpose,
+    claims: &T,
+) -> Result<String, GatewayError> {
+    sealer
+        .seal_openable(purpose, claims)
+        .ok_or(GatewayError::upstream_invalid(
+            "a token or stream URL too long to seal for the client",
+        ))
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct Knobs {
     pub close_stream_at_once: bool,
     /// The stream sends nothing and reads nothing, keeping the socket open.
     pub silent: bool,
+    /// Bytes of `x` appended to every upstream token minted (Direct Line's are under 1 KB).
+    pub token_padding: usize,
 }
 
 impl Default for Knobs {
@@ -96,6 +98,7 @@ impl Default for Knobs {
             frame_bytes: None,
             close_stream_at_once: false,
             silent: false,
+            token_padding: 0,
         }
     }
 }
@@ -275,7 +278,13 @@ async fn answer(
         .filter(|c| c != "conversations" && c != "generate" && c != "refresh")
         .or_else(|| conversation_of(&authorization));
     let n = state.issued.fetch_add(1, Ordering::Relaxed);
-    let mint = |conv: &str| format!("hostile-token-{conv}-{n}{:016x}", fastrand::u64(..));
+    let padding = "x".repeat(knobs.token_padding);
+    let mint = |conv: &str| {
+        format!(
+            "hostile-token-{conv}-{n}{:016x}{padding}",
+            fastrand::u64(..)
+        )
+    };
     let stream_url = |custom: &Option<String>, conv: &str| match custom {
         Some(url) => url.replace("{conv}", conv),
         None => format!(
