@@ -19,7 +19,8 @@
 //!   the gateway stream path, whose query is exactly `watermark` then `t`, with the watermark
 //!   decoding back to what was put in and the ticket unchanged, and `stream_url_watermark`
 //!   reads the same watermark back;
-//! - `stream_url_watermark` never yields `""` or `"-"`, and reads the first `watermark` pair;
+//! - `stream_url_watermark` never yields `""` or `"-"`, nor a watermark no client could send
+//!   back (too long, control characters), and reads the first `watermark` pair;
 //! - `is_upstream_stream_url` accepts only ws/wss URLs with a host, stays accepting after a
 //!   parse/serialise round, and whatever it accepts can be dialed as it is (the hub hands the
 //!   same string to tungstenite, which parses it as an `http::Uri`).
@@ -210,6 +211,7 @@ fn check_upstream_url(raw: &str) {
     }
     if let Some(w) = &watermark {
         assert!(!w.is_empty() && w != "-", "{raw:?}");
+        assert!(w.len() <= MAX_WATERMARK_LEN && !w.chars().any(char::is_control), "{raw:?}");
         let url = parsed.as_ref().expect("watermark from an unparsable URL");
         let first = url
             .query_pairs()
@@ -301,10 +303,13 @@ fn check_gateway_url(
         ],
         "{url:?}"
     );
-    assert!(is_upstream_stream_url(&url), "{url:?}");
+    // As an upstream URL, one whose watermark no client could send back is refused.
+    let sendable = watermark
+        .is_none_or(|w| w.len() <= MAX_WATERMARK_LEN && !w.chars().any(char::is_control));
+    assert_eq!(is_upstream_stream_url(&url), sendable, "{url:?}");
     assert_eq!(
         stream_url_watermark(&url),
-        watermark.and_then(normalize_watermark),
+        watermark.filter(|_| sendable).and_then(normalize_watermark),
         "{url:?}"
     );
 }
