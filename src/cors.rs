@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 use crate::error::GatewayError;
 
 /// DLJS sends these on every call (PROTOCOL §7.1); `x-request-id` lets clients correlate logs;
@@ -35,7 +35,7 @@ pub fn preflight(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, GatewayError> {
     let origin = allowed_origin(allowed_origins, headers).ok_or(GatewayError::OriginNotAllowed)?;
-    let mut response = Response::new(body::empty());
+    let mut response = Response::new(boxed_body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     h.insert(

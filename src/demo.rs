@@ -5,7 +5,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 
 const PAGE: &str = include_str!("demo.html");
 
@@ -27,7 +27,7 @@ pub fn page(bot: &str, embedded: bool) -> Response<Body> {
         .replace("{{KIND}}", kind)
         .replace("{{HEADING}}", heading)
         .replace("{{VIA}}", via);
-    let mut response = Response::new(body::full(text));
+    let mut response = Response::new(boxed_body::full(text));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

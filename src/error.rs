@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 
 /// Who caused a failure; it decides the log level and keeps 4xx and 5xx honest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,7 +462,7 @@ fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
 /// A Direct Line ErrorResponse: `{"error":{"code":…,"message":…}}`.
 fn error_body(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    let mut response = Response::new(body::full(body.to_string()));
+    let mut response = Response::new(boxed_body::full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::boxed_body::Body;
 
 /// One connection's open HTTP/2 streams and since when it has had none.
 pub struct Streams {

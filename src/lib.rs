@@ -29,7 +29,7 @@
 //! 7. **cores** (no layer above them imported): [`config`], [`endpoint`], `auth`, [`seal`],
 //!    [`secret`], `forwarded` (client addresses behind proxies), `ratelimit`,
 //!    `refresh_share`, [`rewrite`], [`scrub`], `cors`, [`activity_body`], `activity_set` (an
-//!    upstream frame read in one validating pass), [`upload_activity`], `jsonscan`, `body`,
+//!    upstream frame read in one validating pass), [`upload_activity`], `jsonscan`, `boxed_body` (the one body type responses and upstream requests use),
 //!    `request_headers` (the host, request id and gzip a request's headers say),
 //!    [`error`], `metrics` (the families in `metrics::families`), [`clock`], `demo`,
 //!    `credential` (whether Direct Line accepts a bot's secret), `telemetry` (OpenTelemetry
@@ -47,7 +47,7 @@ pub mod activity_body;
 pub(crate) mod activity_set;
 pub(crate) mod admission;
 pub(crate) mod auth;
-pub(crate) mod body;
+pub(crate) mod boxed_body;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -16,7 +16,7 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::auth::OpenedTokens;
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::config::{BotConfig, Config, NO_BOT, UpstreamTarget};
 use crate::cors;
 use crate::endpoint::{Endpoint, Route};

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admission::{FirstRequest, IpSlot, PerIp, within_first_request};
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 use crate::config::{Config, ConfigError, UpstreamTarget};
 use crate::forwarded::{client_key, is_trusted};
 use crate::gateway::Gateway;
@@ -663,7 +663,7 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
             "not found\n".to_owned(),
         ),
     };
-    let mut response = Response::new(body::full(text));
+    let mut response = Response::new(boxed_body::full(text));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -260,10 +260,10 @@ impl<B> Continued<B> {
 
 impl<B> http_body::Body for Continued<B>
 where
-    B: http_body::Body<Data = Bytes, Error = crate::body::BoxError> + Unpin,
+    B: http_body::Body<Data = Bytes, Error = crate::boxed_body::BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = crate::body::BoxError;
+    type Error = crate::boxed_body::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,

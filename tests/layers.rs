@@ -294,7 +294,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "activity_set",
             "upload_activity",
             "jsonscan",
-            "body",
+            "boxed_body",
             "error",
             "metrics",
             "clock",

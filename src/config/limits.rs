@@ -9,7 +9,7 @@ use super::values::{set_duration, set_size, set_usize};
 use super::{Limits, Timeouts};
 
 /// What `limits.upstream_error_body` may be. The top is the ceiling on any upstream JSON
-/// answer (`upstream::body::MAX_UPSTREAM_JSON`), stated here and pinned by a test rather than
+/// answer (`upstream::answer_body::MAX_UPSTREAM_JSON`), stated here and pinned by a test rather than
 /// imported: the configuration sits below the upstream client, which reads it.
 const UPSTREAM_ERROR_BODY: RangeInclusive<usize> = 1024..=1024 * 1024;
 
@@ -122,7 +122,7 @@ mod tests {
     fn upstream_error_body_limit_is_bounded() {
         assert_eq!(
             *UPSTREAM_ERROR_BODY.end(),
-            crate::upstream::body::MAX_UPSTREAM_JSON
+            crate::upstream::answer_body::MAX_UPSTREAM_JSON
         );
         let config = load_str("[limits]\nupstream_error_body = \"4KiB\"", &[]).unwrap();
         assert_eq!(config.limits.upstream_error_body_bytes, 4096);

@@ -10,14 +10,14 @@ use hyper::body::Incoming;
 use super::context::RequestContext;
 use super::request_body::{read_limited, require_json_content_type};
 use crate::activity_body;
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::endpoint::ConversationId;
 use crate::error::{Cause, GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::policy::{Policy, Subject};
 use crate::rewrite;
 use crate::seal::ClientToken;
-use crate::upstream::body::MAX_UPSTREAM_JSON;
+use crate::upstream::answer_body::MAX_UPSTREAM_JSON;
 use crate::upstream::call::Credential;
 
 pub async fn get_activities(
@@ -117,7 +117,7 @@ async fn screened_page(
     if let Some(record) = &gateway.record {
         record.bot_set(subject, bytes.clone());
     }
-    Ok(Response::from_parts(parts, crate::body::full(bytes)))
+    Ok(Response::from_parts(parts, crate::boxed_body::full(bytes)))
 }
 
 /// The page's bytes, bounded as every upstream JSON answer is. A plain frame loop: a
@@ -142,7 +142,7 @@ async fn read_page(mut body: Body) -> Result<bytes::Bytes, GatewayError> {
 
 /// A held poll's answer: an ActivitySet the gateway wrote itself.
 fn poll_response(body: String) -> Response<Body> {
-    let mut response = Response::new(crate::body::full(body.into_bytes()));
+    let mut response = Response::new(crate::boxed_body::full(body.into_bytes()));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(

@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::context::RequestContext;
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 use crate::error::{GatewayError, Refusal, UpstreamRefusal, UpstreamSaid};
 use crate::gateway::Gateway;
 use crate::scrub::{Needles, ScrubbedBody};
-use crate::upstream::body::{
+use crate::upstream::answer_body::{
     MAX_UPSTREAM_JSON, gunzip, is_gzip, read_body, read_body_within, read_raw,
 };
 use crate::upstream::call::Answer;
@@ -247,7 +247,7 @@ pub(crate) async fn passthrough(
             "a gzip answer that decompresses past the size a Direct Line answer can have",
         ))?;
         if ctx.accepts_gzip && !needles.contains_any(&decoded) {
-            let mut response = Response::new(body::full(raw));
+            let mut response = Response::new(boxed_body::full(raw));
             *response.status_mut() = parts.status;
             copy_passed_headers(&parts.headers, response.headers_mut(), true, &needles);
             return Ok(response);
@@ -272,9 +272,9 @@ pub(crate) async fn passthrough(
         .exact()
         .is_some_and(|len| len < needles.shortest() as u64);
     let body = if too_short || needles.is_empty() {
-        body::stream(incoming)
+        boxed_body::stream(incoming)
     } else {
-        body::stream(ScrubbedBody::new(incoming, needles, count))
+        boxed_body::stream(ScrubbedBody::new(incoming, needles, count))
     };
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
@@ -301,7 +301,7 @@ fn scrubbed_read(
             Bytes::from(clean)
         }
     };
-    let mut response = Response::new(body::full(bytes));
+    let mut response = Response::new(boxed_body::full(bytes));
     *response.status_mut() = parts.status;
     copy_passed_headers(&parts.headers, response.headers_mut(), true, needles);
     response
@@ -330,7 +330,7 @@ fn copy_passed_headers(
 
 pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(body::full(bytes));
+    let mut response = Response::new(boxed_body::full(bytes));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));

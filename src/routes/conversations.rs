@@ -13,7 +13,7 @@ use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
 use super::tokens::sealed_for_client;
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::clock;
 use crate::endpoint::ConversationId;
 use crate::error::{GatewayError, Refusal};

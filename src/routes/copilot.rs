@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::context::RequestContext;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::upstream::body::read_body_within;
+use crate::upstream::answer_body::read_body_within;
 use crate::upstream::call::{Answer, UpstreamCall};
 
 /// A token answer is well under a kilobyte; past this it is not one.

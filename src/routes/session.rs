@@ -6,7 +6,7 @@ use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::context::RequestContext;
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
 use crate::seal::ClientToken;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth;
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 use crate::endpoint::ConversationId;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -92,7 +92,7 @@ pub fn accept(
             Box::pin(session(gateway, bot, conversation, ticket, socket, origin)).await;
         }
     });
-    let mut response = Response::new(body::empty());
+    let mut response = Response::new(boxed_body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

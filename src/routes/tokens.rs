@@ -13,7 +13,7 @@ use super::answer::{json_response, json_str, read_json};
 use super::context::RequestContext;
 use super::lifetime::upstream_lifetime;
 use super::request_body::read_optional_json;
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::clock;
 use crate::config::UserIdPolicy;
 use crate::endpoint::ConversationId;
@@ -258,7 +258,7 @@ async fn resume_expired(
         .await?;
     let (parts, bytes) = reply.answer.read(timeout).await?;
     if parts.status == StatusCode::BAD_REQUEST
-        && crate::upstream::body::error_code(&bytes).as_deref() == Some("MissingProperty")
+        && crate::upstream::answer_body::error_code(&bytes).as_deref() == Some("MissingProperty")
     {
         return Err(GatewayError::ResumeUnavailable.into());
     }

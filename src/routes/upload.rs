@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::context::RequestContext;
 use super::request_body::content_length;
 use crate::activity_body;
-use crate::body::{self, Body, BoxError};
+use crate::boxed_body::{self, Body, BoxError};
 use crate::endpoint::ConversationId;
 use crate::error::{GatewayError, Refusal};
 use crate::gateway::Gateway;
@@ -20,7 +20,7 @@ use crate::seal::ClientToken;
 use crate::upload_activity::{self, First, Watcher};
 use crate::upstream::call::Credential;
 
-type ClientBody = body::Deadline<Limited<Incoming>>;
+type ClientBody = boxed_body::Deadline<Limited<Incoming>>;
 
 pub async fn upload(
     gateway: &Arc<Gateway>,
@@ -43,7 +43,7 @@ pub async fn upload(
             _ => return Err(GatewayError::MalformedUpload.into()),
         },
     };
-    let mut client_body = body::Deadline::new(
+    let mut client_body = boxed_body::Deadline::new(
         Limited::new(body, limit as usize),
         ctx.config().limits.upload_read_timeout,
     );
@@ -56,7 +56,7 @@ pub async fn upload(
     // The activity part is rewritten before anything goes upstream, so a refusal leaves
     // Direct Line untouched; a raw file (not multipart) has no activity and streams as is.
     let (streamed, recorded, same_length) = match &boundary {
-        None => (body::stream(client_body), None, true),
+        None => (boxed_body::stream(client_body), None, true),
         Some(boundary) => {
             let head = read_first_part(&mut client_body, boundary, ctx).await?;
             let mut watcher = Watcher::new(boundary);
@@ -82,7 +82,7 @@ pub async fn upload(
                 }
             };
             let continued = upload_activity::Continued::new(head, client_body, watcher);
-            (body::stream(continued), recorded, same_length)
+            (boxed_body::stream(continued), recorded, same_length)
         }
     };
     // The uploader is the bound user, whatever `userId` the caller put in the query.
@@ -203,7 +203,7 @@ fn read_error(error: &BoxError, ctx: &RequestContext) -> GatewayError {
         GatewayError::BodyTooLarge {
             limit: ctx.config().limits.upload_body_bytes,
         }
-    } else if error.is::<body::DeadlineError>() {
+    } else if error.is::<boxed_body::DeadlineError>() {
         GatewayError::BodyTimeout
     } else {
         GatewayError::BodyRead

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::body::{error_code, read_body, read_body_within};
+use super::answer_body::{error_code, read_body, read_body_within};
 use super::client::Upstream;
-use crate::body::{self, Body};
+use crate::boxed_body::{self, Body};
 use crate::error::GatewayError;
 use crate::live::Bot;
 use crate::metrics::{Metrics, status_class};
@@ -362,8 +362,8 @@ impl<'a> UpstreamCall<'a> {
             }
         }
         let body = match std::mem::replace(&mut self.body, CallBody::Replayable(Bytes::new())) {
-            CallBody::Replayable(bytes) if bytes.is_empty() => body::empty(),
-            CallBody::Replayable(bytes) => body::full(bytes),
+            CallBody::Replayable(bytes) if bytes.is_empty() => boxed_body::empty(),
+            CallBody::Replayable(bytes) => boxed_body::full(bytes),
             CallBody::Once(body) => body,
         };
         Ok(request.map(|()| body))

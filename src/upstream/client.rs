@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use url::Url;
 
-use crate::body::Body;
+use crate::boxed_body::Body;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rewrite::{StreamUrlPin, StreamUrlRefused};
@@ -210,7 +210,7 @@ impl Upstream {
                 if has_cause::<crate::upload_activity::LateActivity>(&error) {
                     return Err(GatewayError::MalformedUpload);
                 }
-                if has_cause::<crate::body::DeadlineError>(&error) {
+                if has_cause::<crate::boxed_body::DeadlineError>(&error) {
                     return Err(GatewayError::BodyTimeout);
                 }
                 // Kept whole for the warn line: "client error (Connect)" alone does not

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
+use super::answer_body::read_body_within;
 use super::base::{Discovered, Environment};
-use super::body::read_body_within;
 use super::call::UpstreamCall;
 use super::client::Upstream;
 use crate::config::is_loopback;

@@ -37,7 +37,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus::IntGauge;
 
-use crate::body::{Body, BoxError};
+use crate::boxed_body::{Body, BoxError};
 
 /// Connections kept per worker and upstream, in use or idle.
 pub const MAX_KEPT: usize = 256;
@@ -367,7 +367,7 @@ mod tests {
         Request::builder()
             .uri("/v3/directline/x")
             .header(http::header::HOST, "upstream")
-            .body(crate::body::empty())
+            .body(crate::boxed_body::empty())
             .unwrap()
     }
 
