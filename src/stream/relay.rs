@@ -372,7 +372,13 @@ async fn pump(
                 }
               }
             }
-            _ = tokio::time::sleep_until(read_after.unwrap_or_else(tokio::time::Instant::now)), if read_after.is_some() => {
+            // An async block, so that no timer is set up while reads do not rest: `select!`
+            // builds every branch's future on each turn, disabled or not.
+            _ = async {
+                if let Some(at) = read_after {
+                    tokio::time::sleep_until(at).await;
+                }
+            }, if read_after.is_some() => {
                 read_after = None;
                 // Silence is judged while the socket is read: the rest does not count (an
                 // interim just came, so the upstream was alive when it began).
