@@ -9,7 +9,7 @@
 //!   cargo bench --bench compare -- storm   [--quick] [--repeat N] [--conversations 1000]
 //!   cargo bench --bench compare -- startup [--quick] [--repeat N]
 //!   cargo bench --bench compare -- streamed [--quick] [--repeat N] [--conversations 100] [--answers A] [--slow 1000]
-//!   cargo bench --bench compare -- profile --phase tokens|rest|ws|streamed|all [--count N]  (under callgrind, see compare.sh)
+//!   cargo bench --bench compare -- profile --phase tokens|rest|ws|streamed|all [--count N] [--chunk-interval 50ms]  (under callgrind, see compare.sh)
 //!
 //! Every measurement starts fresh processes: an emulator inside this process (so a bot
 //! message's send time and its arrival are read from one clock), and for `nginx` and

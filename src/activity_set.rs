@@ -42,8 +42,9 @@ pub struct StreamKeys {
     pub id: Option<Range<usize>>,
     pub entities: Option<Range<usize>>,
     pub channel_data: Option<Range<usize>>,
-    /// One of the four keys came twice: a serde reading of the activity refuses it.
-    pub repeated: bool,
+    /// One of the four keys came twice, or a key's escapes do not decode: a serde reading
+    /// of the activity refuses it.
+    pub refused: bool,
 }
 
 impl StreamKeys {
@@ -226,7 +227,7 @@ impl<'a> Scan<'a> {
                 repeated_key = slot.is_some();
                 *slot = Some(value_start..value_start);
             }
-            keys.repeated |= repeated_key;
+            keys.refused |= repeated_key || decoded.is_none();
             if is_id {
                 repeated |= id.is_some();
                 let value = if self.peek() == Some(b'"') {

@@ -484,3 +484,89 @@ async fn chunk_interval_sends_at_most_one_interim_per_interval_in_order_and_the_
         "{coalesced} coalesced of {CHUNKS}"
     );
 }
+
+/// Under `stream.chunk_interval` the hub lets its upstream socket rest after an interim,
+/// frames waiting in the kernel until the interval is over: an upstream drop mid-answer
+/// still gives the whole final once, the interims in order, and what follows arrives.
+#[tokio::test]
+async fn under_chunk_interval_an_upstream_drop_mid_answer_loses_nothing() {
+    let h = streaming_harness(Duration::from_millis(10), |config| {
+        config.stream.chunk_interval = Duration::from_millis(50);
+    })
+    .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    post(&h, &conversation, "stream 60", None).await;
+    read_until(&mut ws, &mut seen, |s| interims(s).len() >= 3).await;
+    h.emulator.drop_all_streams();
+    read_until(&mut ws, &mut seen, |s| finals(s).len() == 1).await;
+    post(&h, &conversation, "after", Some("normal")).await;
+    read_until(&mut ws, &mut seen, |s| {
+        s.texts().iter().any(|t| t == "echo: after")
+    })
+    .await;
+    assert_eq!(seen.closed, None, "the client socket was kept");
+    assert_eq!(finals(&seen).len(), 1);
+    assert_stream_order(&seen);
+    assert_eq!(
+        finals(&seen)[0]["text"]
+            .as_str()
+            .map(|t| t.split(' ').count()),
+        Some(60)
+    );
+    seen.assert_no_duplicate_ids();
+}
+
+/// An ordinary activity sent while an answer streams reaches the client in the upstream's
+/// order (before the final), though the socket rests between interims.
+#[tokio::test]
+async fn under_chunk_interval_ordinary_activities_arrive_during_an_answer() {
+    let h = streaming_harness(Duration::from_millis(10), |config| {
+        config.stream.chunk_interval = Duration::from_millis(50);
+    })
+    .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    post(&h, &conversation, "stream 80", None).await;
+    read_until(&mut ws, &mut seen, |s| interims(s).len() >= 2).await;
+    post(&h, &conversation, "meanwhile", Some("normal")).await;
+    read_until(&mut ws, &mut seen, |s| finals(s).len() == 1).await;
+    let position = |wanted: &dyn Fn(&Value) -> bool| seen.activities.iter().position(wanted);
+    let echo = position(&|a| a["text"] == "echo: meanwhile").expect("the echo arrived");
+    let last = position(&is_final).expect("the final");
+    assert!(echo < last, "the echo after the final");
+    assert_eq!(finals(&seen).len(), 1);
+    assert_stream_order(&seen);
+    seen.assert_no_duplicate_ids();
+}
+
+/// While the socket rests, the upstream's frames and pongs wait unread: that is not
+/// silence, even with a liveness timeout shorter than the rest.
+#[tokio::test]
+async fn a_resting_upstream_socket_is_not_dropped_as_silent() {
+    let h = streaming_harness(Duration::from_millis(10), |config| {
+        config.stream.chunk_interval = Duration::from_millis(800);
+        config.stream.keepalive_interval = Duration::from_millis(100);
+        config.stream.liveness_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let conversation = h.conversation().await;
+    let mut ws = open_stream(&conversation.stream_url).await;
+    let mut seen = Seen::default();
+    post(&h, &conversation, "stream 150", None).await;
+    read_until(&mut ws, &mut seen, |s| finals(s).len() == 1).await;
+    assert_eq!(finals(&seen).len(), 1);
+    assert_stream_order(&seen);
+    let metrics = h.metrics().await;
+    let silent: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("directline_gateway_upstream_stream_drops_total{")
+                && line.contains(r#"reason="silent""#)
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(silent, 0.0, "dropped as silent while resting");
+}

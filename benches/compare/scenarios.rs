@@ -1300,7 +1300,13 @@ pub async fn profile(options: &Options) {
             ..EmulatorConfig::default()
         },
     );
-    let mut gateway = Proc::gateway(&emulator.base_url(), &wrapper);
+    // `--chunk-interval 50ms` profiles the gateway as the streamed comparison's third
+    // relay runs it.
+    let extra = options
+        .text("chunk-interval")
+        .map(|interval| format!("[stream]\nchunk_interval = \"{interval}\"\n"))
+        .unwrap_or_default();
+    let mut gateway = Proc::gateway_with(&emulator.base_url(), &wrapper, &extra);
     tokio::task::block_in_place(|| gateway.wait_ready());
     let endpoint = Endpoint::new(gateway.port, None);
     let http = clients::http_client();

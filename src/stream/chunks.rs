@@ -50,82 +50,107 @@ struct Fields<'a> {
     stream_id: Option<Cow<'a, str>>,
 }
 
-/// The stream role of one activity's JSON text, if it has one. Costs a substring search
-/// for activities without stream fields (nearly all of them); only those with one are
-/// parsed, and then only shallowly.
+/// The stream role of one activity's JSON text, if it has one: a serde reading of the whole
+/// activity. The relay reads roles with [`role_of`]; this is the reading it is tested
+/// against, and the one for text no scan has walked.
 pub fn role(activity: &str) -> Option<StreamRole> {
     memchr::memmem::find(activity.as_bytes(), b"\"streamType\"")?;
+    // serde would also read a struct from a JSON array (its positional form): an activity,
+    // entity or `channelData` that is not an object has no stream fields.
+    if !activity.trim_start().starts_with('{') {
+        return None;
+    }
     let probe: Probe<'_> = serde_json::from_str(activity).ok()?;
-    role_from_probe(&probe)
-}
-
-/// The role an activity's probed fields give it.
-fn role_from_probe(probe: &Probe<'_>) -> Option<StreamRole> {
     let kind = probe.kind.and_then(string);
     let id = probe.id.and_then(string);
-    let fields = stream_fields(probe)?;
-    let stream_type = fields.stream_type.as_deref()?;
+    let fields = stream_fields(&probe)?;
+    decide(
+        kind.as_deref(),
+        id.as_deref(),
+        fields.stream_type.as_deref()?,
+        fields.stream_sequence.map(RawValue::get),
+        fields.stream_id.as_deref(),
+    )
+}
+
+/// The role an activity's fields give it (the module docs say which).
+fn decide(
+    kind: Option<&str>,
+    id: Option<&str>,
+    stream_type: &str,
+    stream_sequence: Option<&str>,
+    stream_id: Option<&str>,
+) -> Option<StreamRole> {
     if stream_type == "final" {
-        let stream = fields.stream_id.as_deref().filter(|id| !id.is_empty())?;
+        let stream = stream_id.filter(|id| !id.is_empty())?;
         return Some(StreamRole::Final {
             stream: ActivityKey::of(stream),
         });
     }
-    if !matches!(stream_type, "streaming" | "informative") || kind.as_deref() != Some("typing") {
+    if !matches!(stream_type, "streaming" | "informative") || kind != Some("typing") {
         return None;
     }
-    let sequence = fields
-        .stream_sequence
-        .and_then(|raw| raw.get().parse::<u64>().ok())
+    let sequence = stream_sequence
+        .and_then(|raw| raw.parse::<u64>().ok())
         .filter(|sequence| *sequence >= 1)?;
-    let stream = fields
-        .stream_id
-        .as_deref()
-        .or(id.as_deref())
-        .filter(|id| !id.is_empty())?;
+    let stream = stream_id.or(id).filter(|id| !id.is_empty())?;
     Some(StreamRole::Interim {
         stream: ActivityKey::of(stream),
         sequence,
     })
 }
 
-/// The same as [`role`] for an activity of a frame `activity_set::read` has already walked:
-/// `activity` is its range in `frame`, `keys` where its stream-relevant values are. Only
-/// those small values are parsed, not the activity's whole text again (most of an interim's
-/// bytes are its cumulative `text`).
+/// The same as [`role`] for an activity of a frame `activity_set::read` has already walked
+/// and validated: `activity` is its range in `frame`, `keys` where its stream-relevant
+/// values are. Those few values are read by hand (no serde set-up per value, no pass over the
+/// activity's cumulative `text`); the property test `same_as_role` pins the reading to
+/// [`role`]'s on hostile shapes.
 pub fn role_of(
     frame: &str,
     activity: std::ops::Range<usize>,
     keys: &crate::activity_set::StreamKeys,
 ) -> Option<StreamRole> {
-    memchr::memmem::find(frame[activity].as_bytes(), b"\"streamType\"")?;
-    if keys.repeated {
+    if keys.refused {
         return None;
     }
-    let slice = |range: &Option<std::ops::Range<usize>>| range.clone().map(|r| &frame[r]);
-    // As the serde probe of `role` reads them: `entities` must be an array or null, and
-    // `null` for any of the four is as good as absent.
-    let entities: Option<Vec<&RawValue>> = match slice(&keys.entities) {
-        Some(text) => serde_json::from_str(text).ok()?,
-        None => None,
-    };
-    let channel_data = slice(&keys.channel_data)
-        .filter(|text| *text != "null")
-        .map(serde_json::from_str::<&RawValue>)
-        .transpose()
-        .ok()?;
-    let raw = |range: &Option<std::ops::Range<usize>>| {
-        slice(range)
+    // `null` is as good as absent for all four, as serde reads an `Option`.
+    let slice = |range: &Option<std::ops::Range<usize>>| {
+        range
+            .clone()
+            .and_then(|r| frame.get(r))
             .filter(|text| *text != "null")
-            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
     };
-    let probe = Probe {
-        kind: raw(&keys.kind),
-        id: raw(&keys.id),
-        entities,
-        channel_data,
+    let from_entities = match slice(&keys.entities) {
+        None => None,
+        Some(entities) if entities.starts_with('[') => elements(entities)
+            .filter(|entity| entity.starts_with('{'))
+            .find_map(|entity| {
+                read_fields(entity).filter(|f| f.kind.as_deref() == Some("streaminfo"))
+            }),
+        // serde refuses an activity whose `entities` is not an array.
+        Some(_) => return None,
     };
-    role_from_probe(&probe)
+    let fields = from_entities.or_else(|| {
+        slice(&keys.channel_data)
+            .filter(|data| data.starts_with('{'))
+            .and_then(read_fields)
+            .filter(|f| f.stream_type.is_some())
+    })?;
+    let kind = slice(&keys.kind).and_then(string_value);
+    let id = slice(&keys.id).and_then(string_value);
+    let role = decide(
+        kind.as_deref(),
+        id.as_deref(),
+        fields.stream_type.as_deref()?,
+        fields.stream_sequence,
+        fields.stream_id.as_deref(),
+    )?;
+    // `role` reads nothing from an activity without a literal `"streamType"`; a key written
+    // that way is one, so only an escaped one needs the search through the whole activity.
+    if !fields.literal_stream_type {
+        memchr::memmem::find(frame.get(activity)?.as_bytes(), b"\"streamType\"")?;
+    }
+    Some(role)
 }
 
 /// A JSON string's value; anything else (number, null, object) is no string.
@@ -135,8 +160,9 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 /// The `streaminfo` entity's fields, else `channelData`'s when it has a `streamType`.
 fn stream_fields<'a>(probe: &Probe<'a>) -> Option<Fields<'a>> {
+    let object = |raw: &&'a RawValue| raw.get().starts_with('{');
     let from_entities = probe.entities.as_ref().and_then(|entities| {
-        entities.iter().find_map(|raw| {
+        entities.iter().filter(|raw| object(raw)).find_map(|raw| {
             serde_json::from_str::<Fields<'a>>(raw.get())
                 .ok()
                 .filter(|f| f.kind.as_deref() == Some("streaminfo"))
@@ -145,9 +171,180 @@ fn stream_fields<'a>(probe: &Probe<'a>) -> Option<Fields<'a>> {
     from_entities.or_else(|| {
         probe
             .channel_data
+            .filter(object)
             .and_then(|raw| serde_json::from_str::<Fields<'a>>(raw.get()).ok())
             .filter(|f| f.stream_type.is_some())
     })
+}
+
+/// An entity's (or `channelData`'s) stream fields, read by hand from valid JSON text.
+#[derive(Default)]
+struct HandFields<'a> {
+    kind: Option<Cow<'a, str>>,
+    stream_type: Option<Cow<'a, str>>,
+    /// The value's JSON text.
+    stream_sequence: Option<&'a str>,
+    stream_id: Option<Cow<'a, str>>,
+    /// `streamType` was written without escapes.
+    literal_stream_type: bool,
+}
+
+/// The fields of one JSON object, or `None` where serde's `Fields` refuses it: a field
+/// given twice, a key whose escapes do not decode, a string field holding anything but a
+/// string or `null`.
+fn read_fields(object: &str) -> Option<HandFields<'_>> {
+    let mut fields = HandFields::default();
+    let mut seen = [false; 4];
+    for (key, value) in members(object) {
+        let escaped = key.contains('\\');
+        let name = if escaped {
+            Cow::Owned(serde_json::from_str::<String>(key).ok()?)
+        } else {
+            Cow::Borrowed(key.get(1..key.len().saturating_sub(1))?)
+        };
+        let field = match &*name {
+            "type" => 0,
+            "streamType" => 1,
+            "streamSequence" => 2,
+            "streamId" => 3,
+            _ => continue,
+        };
+        if std::mem::replace(&mut seen[field], true) {
+            return None;
+        }
+        if field == 2 {
+            fields.stream_sequence = Some(value).filter(|value| *value != "null");
+            continue;
+        }
+        let text = match value {
+            "null" => None,
+            _ => Some(string_value(value)?),
+        };
+        match field {
+            0 => fields.kind = text,
+            1 => {
+                fields.stream_type = text;
+                fields.literal_stream_type = !escaped;
+            }
+            _ => fields.stream_id = text,
+        }
+    }
+    Some(fields)
+}
+
+/// A JSON string's value from its quoted text; `None` for any other value, or escapes that
+/// are no character (a lone surrogate), as serde refuses them.
+fn string_value(text: &str) -> Option<Cow<'_, str>> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// The members (key with its quotes, value) of a valid JSON object's text.
+fn members(object: &str) -> impl Iterator<Item = (&str, &str)> {
+    let bytes = object.as_bytes();
+    let mut at = 1;
+    std::iter::from_fn(move || {
+        at = after_whitespace(bytes, at);
+        if bytes.get(at) == Some(&b',') {
+            at = after_whitespace(bytes, at + 1);
+        }
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = value_end(bytes, at);
+        let key = object.get(at..key_end)?;
+        at = after_whitespace(bytes, key_end);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = after_whitespace(bytes, at + 1);
+        at = value_end(bytes, start);
+        Some((key, object.get(start..at)?))
+    })
+}
+
+/// The elements of a valid JSON array's text.
+fn elements(array: &str) -> impl Iterator<Item = &str> {
+    let bytes = array.as_bytes();
+    let mut at = 1;
+    std::iter::from_fn(move || {
+        at = after_whitespace(bytes, at);
+        if bytes.get(at) == Some(&b',') {
+            at = after_whitespace(bytes, at + 1);
+        }
+        if matches!(bytes.get(at), None | Some(b']')) {
+            return None;
+        }
+        let start = at;
+        at = value_end(bytes, start);
+        array.get(start..at)
+    })
+}
+
+fn after_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Where the valid JSON value starting at `at` ends (its end's index, at most the length).
+fn value_end(bytes: &[u8], at: usize) -> usize {
+    match bytes.get(at) {
+        Some(b'"') => string_end(bytes, at),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while let Some(&byte) = bytes.get(i) {
+                match byte {
+                    b'"' => {
+                        i = string_end(bytes, i);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            bytes.len()
+        }
+        _ => {
+            let rest = bytes.get(at..).unwrap_or_default();
+            at + rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\t' | b'\r'))
+                .unwrap_or(rest.len())
+        }
+    }
+}
+
+/// Where the string whose opening quote is at `at` ends, after its closing quote.
+fn string_end(bytes: &[u8], at: usize) -> usize {
+    let mut i = at + 1;
+    loop {
+        let Some(stop) = bytes
+            .get(i..)
+            .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+        else {
+            return bytes.len();
+        };
+        i += stop;
+        if bytes[i] == b'"' {
+            return i + 1;
+        }
+        // An escape: the byte after the backslash is never the string's end.
+        i += 2;
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +430,8 @@ mod tests {
             r#""channel\u0044ata""#,
             r#""text""#,
             r#""streamType""#,
+            // a key that does not decode: serde refuses the activity
+            r#""\ud800""#,
         ];
         const VALUES: &[&str] = &[
             r#""typing""#,
@@ -251,12 +450,37 @@ mod tests {
             r#"{"streamType":"final","streamId":"s"}"#,
             r#"{"stream\u0054ype":"streaming","streamSequence":1,"streamId":"e"}"#,
             r#"{"streamType":"streaming","streamSequence":"2"}"#,
+            // hostile entities: repeated, escaped and undecodable keys, nulls, numbers and
+            // arrays where objects or strings go, nesting, spacing, overflow
+            r#"[{"type":"streaminfo","type":"streaminfo","streamType":"streaming","streamSequence":2,"streamId":"s"}]"#,
+            r#"[{"type":"streaminfo","streamType":"streaming","stream\u0053equence":4,"streamId":null}]"#,
+            r#"[null,{"type":"streaminfo","streamType":null,"streamSequence":2},{"type":"streaminfo","streamType":"final","streamId":"f"}]"#,
+            r#"[{"type":"streaminfo","streamType":5},{"type":"str\u0065aminfo","streamType":"streaming","streamSequence":9,"streamId":"t"}]"#,
+            r#"[["streaminfo","final",null,"s"]]"#,
+            r#"[{"type":"x","e":{"type":"streaminfo","streamType":"final","streamId":"n"}},{"type":"streaminfo","streamType":"streaming","streamSequence":18446744073709551615,"streamId":"big"}]"#,
+            r#"[ { "type" : "streaminfo" , "x" : [ "]" , { "}" : "\"" } ] , "streamType" : "informative" , "streamSequence" : 3 } ]"#,
+            r#"[{"type":"streaminfo","\ud800":1,"streamType":"final","streamId":"u"},{"type":"streaminfo","streamType":"final","streamId":"v","x":"\ud800"}]"#,
+            r#"[{"type":"streaminfo","streamType":"final","streamId":"\ud800"}]"#,
+            r#"[{"type":"streaminfo","stream\u0054ype":"final","streamId":"w"}]"#,
+            r#"[{"type":"streaminfo","streamType":"streaming","streamSequence":1e0,"streamId":"e"}]"#,
+            r#"{"streamType":"streaming","streamSequence":18446744073709551616,"streamId":"o"}"#,
+            r#"{"streamType":"streaming","streamSequence":1.0,"streamId":"z"}"#,
+            r#"{"streamType":"streaming","streamSequence":1,"streamId":"z","streamId":"y"}"#,
+            r#"{"streamType":"final","streamId":"q","streamType":"final"}"#,
+            r#"{"streamType":"streaming","streamSequence":null,"streamId":"n"}"#,
+            r#"{"streamType":"streaming","streamSequence":1,"streamId":7}"#,
+            r#"{"streamType":"streaming","streamSequence":1,"streamId":""}"#,
+            r#"{ "streamType" : "streaming" , "streamSequence" : 5 , "streamId" : "w\u00e9" }"#,
+            r#"["typing","streaming",1,"a"]"#,
+            r#""typ\u0069ng""#,
+            r#"{}"#,
+            "[]",
         ];
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(4096))]
             #[test]
-            fn for_any_activity(members in proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..7)) {
+            fn for_any_activity(members in proptest::collection::vec((0..KEYS.len(), 0..VALUES.len()), 0..8)) {
                 let body: Vec<String> = members
                     .iter()
                     .map(|(k, v)| format!("{}:{}", KEYS[*k], VALUES[*v]))

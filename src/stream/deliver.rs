@@ -46,7 +46,7 @@ pub(super) async fn relay_page(
     match screen {
         None => relay_text(gateway, hub, tracker, page),
         Some(screen) => Box::pin(relay_screened(gateway, hub, tracker, screen, page)).await,
-    }
+    };
 }
 
 /// A frame with the bot's activities screened first (withheld ones out, replaced ones
@@ -57,7 +57,7 @@ pub(super) async fn relay_screened(
     tracker: &mut Tracker,
     screen: &Screen,
     text: Utf8Bytes,
-) {
+) -> bool {
     let subject = crate::policy::Subject {
         bot: &hub.bot,
         conversation: hub.conversation.as_str(),
@@ -71,7 +71,7 @@ pub(super) async fn relay_screened(
         text,
     )
     .await;
-    relay_text(gateway, hub, tracker, text);
+    relay_text(gateway, hub, tracker, text)
 }
 
 /// A frame of the bot's activities as the user may see it: through the bot's policy
@@ -104,12 +104,20 @@ pub(super) async fn screen_frame(
     text
 }
 
-pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, text: Utf8Bytes) {
+/// Whether the frame was a livestream's interim (the relay may then read the next frames
+/// later, together, under `stream.chunk_interval`).
+pub(super) fn relay_text(
+    gateway: &Gateway,
+    hub: &Hub,
+    tracker: &mut Tracker,
+    text: Utf8Bytes,
+) -> bool {
     match tracker.observe(text.as_str()) {
-        Observed::Keepalive => {}
+        Observed::Keepalive => false,
         Observed::AllDuplicates { dropped } => {
             gateway.metrics.duplicates_dropped.inc_by(dropped as u64);
             hub.advance_watermark(tracker.watermark());
+            false
         }
         Observed::Forward(forward) => {
             gateway
@@ -134,6 +142,7 @@ pub(super) fn relay_text(gateway: &Gateway, hub: &Hub, tracker: &mut Tracker, te
             if stream != StreamMark::None {
                 gateway.metrics.streamed_answers.observe(&published);
             }
+            matches!(stream, StreamMark::Interim { .. })
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+
 use super::websocket::close_frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -235,6 +237,13 @@ pub async fn run(gateway: Arc<Gateway>, hub: Arc<Hub>, first: FirstLink) {
 
 const DROP_TOO_LARGE: &str = "frame_too_large";
 
+/// Under `stream.chunk_interval`, a relayed interim lets the upstream socket rest for the
+/// interval (at most this long): frames arriving meanwhile wait in the kernel and are read
+/// together at its end, one read and one wake-up for several interims. No client would
+/// get a newer interim of that stream before then anyway; what else comes meanwhile (a
+/// final, an ordinary activity, a ping or close from upstream) waits at most as long.
+const MAX_READ_DEFERRAL: Duration = Duration::from_secs(1);
+
 /// How often the pump checks liveness and idleness: fine enough for the configured
 /// times, coarse enough that ten thousand idle hubs cost few wakeups.
 fn check_period(gateway: &Gateway) -> Duration {
@@ -256,7 +265,7 @@ async fn pump(
     screen: Option<&Screen>,
 ) -> PumpEnd {
     // Copied out: the pump holds no settings handle across its awaits.
-    let (keepalive_interval, liveness_timeout, pong_timeout, linger) = {
+    let (keepalive_interval, liveness_timeout, pong_timeout, linger, read_deferral) = {
         let live = gateway.live();
         let s = &live.config.stream;
         (
@@ -264,6 +273,7 @@ async fn pump(
             s.liveness_timeout,
             s.pong_timeout,
             s.linger,
+            s.chunk_interval.min(MAX_READ_DEFERRAL),
         )
     };
     let connected = Instant::now();
@@ -293,11 +303,16 @@ async fn pump(
         .metrics
         .bytes_relayed
         .with_label_values(&["downstream"]);
+    // Under `stream.chunk_interval`, after an interim the socket is not read again until
+    // this instant (see `MAX_READ_DEFERRAL`).
+    let mut read_after: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            message = socket.read() => {
+            message = socket.read(), if read_after.is_none() => {
+              let mut message = message;
+              loop {
                 last_frame = Instant::now();
-                match message {
+                let interim = match message {
                     Ok(Incoming::Text(text)) => {
                         downstream_bytes.inc_by(text.len() as u64);
                         relayed_any |= !text.is_empty();
@@ -316,10 +331,12 @@ async fn pump(
                         if socket.pong(payload).await.is_err() {
                             return dropped("error", relayed_any);
                         }
+                        false
                     }
                     Ok(Incoming::Pong) => {
                         *answers_pings = true;
                         ping_unanswered_since = None;
+                        false
                     }
                     Ok(Incoming::Close(frame)) => {
                         if let Some(frame) = &frame {
@@ -330,7 +347,7 @@ async fn pump(
                         }
                         return dropped("closed", relayed_any);
                     }
-                    Ok(Incoming::Binary) => {}
+                    Ok(Incoming::Binary) => false,
                     Err(ReadError::Violation(Violation::TooLarge)) => {
                         // Redialling from the same watermark brings the same frame back.
                         return dropped(DROP_TOO_LARGE, relayed_any);
@@ -340,6 +357,34 @@ async fn pump(
                         return dropped("error", relayed_any);
                     }
                     Err(ReadError::Gone) => return dropped("error", relayed_any),
+                };
+                if !interim || read_deferral.is_zero() {
+                    break;
+                }
+                // What the kernel already holds is read now (a backlog never builds up
+                // behind the pause); once it holds nothing, the socket rests.
+                match socket.read().now_or_never() {
+                    Some(next) => message = next,
+                    None => {
+                        read_after = Some(tokio::time::Instant::now() + read_deferral);
+                        break;
+                    }
+                }
+              }
+            }
+            // An async block, so that no timer is set up while reads do not rest: `select!`
+            // builds every branch's future on each turn, disabled or not.
+            _ = async {
+                if let Some(at) = read_after {
+                    tokio::time::sleep_until(at).await;
+                }
+            }, if read_after.is_some() => {
+                read_after = None;
+                // Silence is judged while the socket is read: the rest does not count (an
+                // interim just came, so the upstream was alive when it began).
+                last_frame = Instant::now();
+                if ping_unanswered_since.is_some() {
+                    ping_unanswered_since = Some(Instant::now());
                 }
             }
             _ = keepalive.tick() => {
@@ -350,11 +395,13 @@ async fn pump(
                 }
                 ping_unanswered_since.get_or_insert_with(Instant::now);
             }
+            // While reads rest, frames (and pongs) wait unread in the kernel: no silence.
             _ = check.tick() => {
-                if last_frame.elapsed() >= liveness_timeout {
+                if read_after.is_none() && last_frame.elapsed() >= liveness_timeout {
                     return dropped("silent", relayed_any);
                 }
                 if *answers_pings
+                    && read_after.is_none()
                     && ping_unanswered_since.is_some_and(|since| since.elapsed() >= pong_timeout)
                 {
                     return dropped("no_pong", relayed_any);
