@@ -108,10 +108,16 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
     /// leaves nothing.
     pub async fn read(&mut self) -> Result<Incoming, ReadError> {
         loop {
-            if let Some(message) = self.reader.take() {
-                return Ok(message);
+            if let Some(next) = self.reader.next_in_order() {
+                return next.map_err(ReadError::Violation);
             }
-            std::future::poll_fn(|cx| poll_read_into(&mut self.io, &mut self.reader, cx)).await?;
+            match std::future::poll_fn(|cx| poll_read_into(&mut self.io, &mut self.reader, cx))
+                .await
+            {
+                // Held by the reader: the frames before it are taken first.
+                Ok(()) | Err(ReadError::Violation(_)) => {}
+                Err(gone) => return Err(gone),
+            }
         }
     }
 }

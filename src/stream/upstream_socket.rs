@@ -110,11 +110,12 @@ impl UpstreamSocket {
         };
         check_answer(&answer[..head_len], &derive_accept_key(key.as_bytes()))?;
         let mut reader = FrameReader::new(Reading::AsClient, max_message);
-        // Frames that came with the answer are decoded now; the answer's buffer goes.
+        // Frames that came with the answer are decoded now; the answer's buffer goes. A
+        // violation among them is the stream's, not the handshake's: the reader holds it and
+        // the first read reports it (a frame over the limit must count as one, whether or not
+        // it arrived in the answer's read).
         if head_len < answer.len() {
-            reader
-                .feed(&answer[head_len..])
-                .map_err(|_| HandshakeError::Failed("bad frame after the handshake"))?;
+            let _ = reader.feed(&answer[head_len..]);
         }
         Ok(Self { io, reader })
     }
@@ -122,10 +123,14 @@ impl UpstreamSocket {
     /// The next message. Cancel-safe: a read either decodes what it got or leaves nothing.
     pub async fn read(&mut self) -> Result<Incoming, ReadError> {
         loop {
-            if let Some(message) = self.reader.take() {
-                return Ok(message);
+            if let Some(next) = self.reader.next_in_order() {
+                return next.map_err(ReadError::Violation);
             }
-            std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                // Held by the reader: the frames before it are taken first.
+                Ok(()) | Err(ReadError::Violation(_)) => {}
+                Err(gone) => return Err(gone),
+            }
         }
     }
 
@@ -224,6 +229,7 @@ fn check_answer(head: &[u8], accept: &str) -> Result<(), HandshakeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::ws_frames::Violation;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -266,5 +272,84 @@ mod tests {
             check("SSH-2.0\r\n\r\n"),
             Err(HandshakeError::Failed(_))
         ));
+    }
+
+    /// A server that writes its 101 answer and then `frames` in one write, so that both
+    /// arrive in the handshake's read.
+    async fn answering_with(frames: Vec<u8>) -> Uri {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while memchr::memmem::find(&request, b"\r\n\r\n").is_none() {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed during its handshake");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let mut answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+            .into_bytes();
+            answer.extend_from_slice(&frames);
+            tcp.write_all(&answer).await.unwrap();
+            // Held open: the client must not need a close to learn of what it got.
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        format!("ws://{addr}/v3/directline/conversations/c/stream")
+            .parse()
+            .unwrap()
+    }
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        let roots = rustls::RootCertStore::empty();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+
+    /// A frame over the limit that comes in the handshake answer's read is the stream's
+    /// violation, reported by the first read after the frames before it, as it is when it
+    /// comes later (the hub counts it towards closing clients with 1009); it used to fail
+    /// the handshake, which the hub retried as a failed dial until the resume budget ended.
+    #[tokio::test]
+    async fn a_frame_over_the_limit_in_the_answers_read_is_reported_by_the_first_read() {
+        let mut frames = Vec::new();
+        super::super::ws_frames::push_server_frame(&mut frames, opcode::TEXT, b"{}");
+        let mut header = vec![0x81, 127];
+        header.extend_from_slice(&(64u64 * 1024).to_be_bytes());
+        frames.extend_from_slice(&header);
+        frames.extend_from_slice(&[b'z'; 100]);
+        let uri = answering_with(frames).await;
+        let mut socket = UpstreamSocket::connect(&uri, &tls(), 32 * 1024)
+            .await
+            .expect("the handshake itself succeeded");
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read())
+            .await
+            .expect("the whole frame before it is read without waiting for more bytes");
+        assert!(
+            matches!(first, Ok(Incoming::Text(ref text)) if text.as_str() == "{}"),
+            "{first:?}"
+        );
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read())
+            .await
+            .expect("the violation is reported without waiting for more bytes");
+        assert!(
+            matches!(second, Err(ReadError::Violation(Violation::TooLarge))),
+            "{second:?}"
+        );
     }
 }

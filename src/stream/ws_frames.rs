@@ -217,6 +217,17 @@ impl FrameReader {
         message
     }
 
+    /// The next decoded message, or, once every message decoded before it was taken, the
+    /// violation that stopped reading. A violation in the same read as whole frames before
+    /// it (or in the bytes that came with a handshake's answer) is thus reported in order,
+    /// not in their place and not lost while the socket waits for more bytes.
+    pub fn next_in_order(&mut self) -> Option<Result<Incoming, Violation>> {
+        match self.take() {
+            Some(message) => Some(Ok(message)),
+            None => self.failed.map(Err),
+        }
+    }
+
     /// Bytes held for an unfinished frame or message (what an idle socket costs here).
     pub fn held_bytes(&self) -> usize {
         self.unfinished.capacity()
