@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::gathered_writes::GATHER_LIMIT;
 use super::ws_frames::{
-    FrameReader, Incoming, MAX_HEADER, ReadError, Reading, opcode, poll_read_into,
-    push_server_close, push_server_frame,
+    FrameReader, Incoming, MAX_HEADER, ReadError, Reading, opcode, push_server_close,
+    push_server_frame, read_message,
 };
 
 pub struct ClientSocket<S = TokioIo<Upgraded>> {
@@ -107,18 +107,7 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
     /// The client's next message. Cancel-safe: a read either decodes what it got or
     /// leaves nothing.
     pub async fn read(&mut self) -> Result<Incoming, ReadError> {
-        loop {
-            if let Some(next) = self.reader.next_in_order() {
-                return next.map_err(ReadError::Violation);
-            }
-            match std::future::poll_fn(|cx| poll_read_into(&mut self.io, &mut self.reader, cx))
-                .await
-            {
-                // Held by the reader: the frames before it are taken first.
-                Ok(()) | Err(ReadError::Violation(_)) => {}
-                Err(gone) => return Err(gone),
-            }
-        }
+        read_message(&mut self.io, &mut self.reader).await
     }
 }
 

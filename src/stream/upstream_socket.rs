@@ -10,7 +10,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::Uri;
@@ -23,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_acc
 pub use super::ws_frames::ReadError;
 use super::ws_frames::{
     FrameReader, Incoming, MAX_CONTROL_PAYLOAD, MAX_HEADER, Reading, encode_small, opcode,
-    poll_read_into,
+    read_message,
 };
 
 /// The longest handshake answer read: Direct Line's is a few hundred bytes.
@@ -122,20 +121,7 @@ impl UpstreamSocket {
 
     /// The next message. Cancel-safe: a read either decodes what it got or leaves nothing.
     pub async fn read(&mut self) -> Result<Incoming, ReadError> {
-        loop {
-            if let Some(next) = self.reader.next_in_order() {
-                return next.map_err(ReadError::Violation);
-            }
-            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
-                // Held by the reader: the frames before it are taken first.
-                Ok(()) | Err(ReadError::Violation(_)) => {}
-                Err(gone) => return Err(gone),
-            }
-        }
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
-        poll_read_into(&mut self.io, &mut self.reader, cx)
+        read_message(&mut self.io, &mut self.reader).await
     }
 
     /// A ping, with nothing in it.

@@ -412,6 +412,24 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
     })
 }
 
+/// The next message read from `io` through `reader`. Cancel-safe: a read either decodes
+/// what it got or leaves nothing. A violation is held by the reader, so the whole frames
+/// before it in the same read are taken first.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    io: &mut R,
+    reader: &mut FrameReader,
+) -> Result<Incoming, ReadError> {
+    loop {
+        if let Some(next) = reader.next_in_order() {
+            return next.map_err(ReadError::Violation);
+        }
+        match std::future::poll_fn(|cx| poll_read_into(io, reader, cx)).await {
+            Ok(()) | Err(ReadError::Violation(_)) => {}
+            Err(gone) => return Err(gone),
+        }
+    }
+}
+
 /// Appends one unmasked frame (what a server sends, RFC 6455 §5.1) of any length to `out`.
 pub fn push_server_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.reserve(MAX_HEADER + payload.len());
@@ -488,19 +506,9 @@ mod tests {
 
     /// An unmasked frame as a server sends it.
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(n as u8),
-            n if n <= 0xFFFF => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(payload);
+        let mut out = Vec::new();
+        push_server_frame(&mut out, 0, payload);
+        out[0] = first;
         out
     }
 
