@@ -57,9 +57,24 @@ fn same_fields_as_text(data: &[u8], bound: &[u8]) {
         serde_json::from_slice(data).expect("accepted input is a JSON object");
     let output: BTreeMap<String, Box<RawValue>> =
         serde_json::from_slice(bound).expect("output is a JSON object");
+    // Field by field: a `from` holding a number beyond f64 elsewhere (`"name":8883E7068…`)
+    // still has its `role` read, as the gateway reads it.
     let claimed = input
         .get("from")
-        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+        .and_then(|raw| serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw.get()).ok())
+        .map(|fields| {
+            Value::Object(
+                fields
+                    .iter()
+                    .filter(|(key, _)| *key == "name" || *key == "role")
+                    .filter_map(|(key, raw)| {
+                        serde_json::from_str::<Value>(raw.get())
+                            .ok()
+                            .map(|value| (key.clone(), value))
+                    })
+                    .collect(),
+            )
+        });
     let from: Value = serde_json::from_str(output["from"].get()).unwrap();
     assert_eq!(from, expected_from(claimed.as_ref()));
     let keys = |m: &BTreeMap<String, Box<RawValue>>| {
